@@ -1,0 +1,151 @@
+"""``smpsim launch``, ``smpsim coordinator`` and ``smpsim cpu``: the distributed engine's commands."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from smpsim.cli.common import EXIT_RUN_FAILED, EXIT_USAGE, classify, console, fail, handle_errors
+from smpsim.cli.config_cmd import ConfigArg, SetOpt
+from smpsim.config import load_config
+
+OutOpt = Annotated[Optional[Path], typer.Option(
+    "--out", "-o", help="run directory (default: runs/<UTC time>-<config hash>)", show_default=False)]
+TransportOpt = Annotated[str, typer.Option("--transport", help="ipc (default) or tcp on loopback")]
+
+
+class _LiveStatus:
+    """One status line on a terminal (virtual time, kmaps, flushes, IPIs); nothing when piped."""
+
+    def __init__(self, con, cpus: int):
+        self.con, self.cpus = con, cpus
+        self.live = None
+
+    def __enter__(self):
+        if self.con is not None:
+            from rich.live import Live
+            self.live = Live("", console=self.con, transient=True, refresh_per_second=8)
+            self.live.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.live is not None:
+            self.live.stop()
+
+    def __call__(self, state: dict) -> None:
+        if self.live is not None:
+            self.live.update(f"[bold]{self.cpus} CPU processes[/]  virtual t={state.get('t', 0):,} cycles  "
+                             f"kmaps {state.get('kmaps', 0):,}  flushes {state.get('flushes', 0):,}  "
+                             f"IPIs {state.get('ipis', 0):,}")
+
+
+def _run_distributed(cfg, out: Path | None, transport: str) -> None:
+    from smpsim.engines.distributed.launch import run_distributed
+    from smpsim.trace.rundir import create_run_dir, default_run_dir
+
+    if transport not in ("ipc", "tcp"):
+        fail(f"--transport {transport!r}: use ipc or tcp", EXIT_USAGE)
+    out_dir = create_run_dir(out if out is not None else default_run_dir(cfg), cfg)
+    _report(cfg, out_dir, lambda status: run_distributed(cfg, out_dir, transport, progress=status))
+
+
+def _report(cfg, out_dir: Path, body) -> None:
+    """Run body(progress) under a live status line; print the summary, or the failure and the run dir."""
+    from smpsim.cli.run import print_summary
+    from smpsim.engines.distributed.coordinator_node import RunAborted
+
+    con = console()
+    try:
+        with _LiveStatus(con, cfg.machine.cpus) as status:
+            result = body(status)
+    except Exception as e:
+        known = classify(e)
+        if known is not None and known[0] == EXIT_RUN_FAILED:
+            fail(f"{known[1]} (the trace up to the failure is in {out_dir})", EXIT_RUN_FAILED)
+        if isinstance(e, RunAborted):
+            fail(f"the distributed run stopped: {e} (the trace up to that point is in {out_dir})",
+                 EXIT_RUN_FAILED)
+        raise
+    print_summary(result.summary, result.run_dir, con)
+
+
+@handle_errors
+def launch(
+    cpus: Annotated[Optional[int], typer.Option("--cpus", "-n", help="CPU processes (machine.cpus)")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="config (default: configs/default.toml)")] = None,
+    set_: SetOpt = None,
+    out: OutOpt = None,
+    transport: TransportOpt = "ipc",
+) -> None:
+    """Run a config on one OS process per CPU plus a coordinator, on this host."""
+    overrides = list(set_ or ())
+    if cpus is not None:
+        overrides.append(f"machine.cpus={cpus}")
+    cfg = load_config(config, overrides)
+    _run_distributed(cfg, out, transport)
+
+
+def run_distributed_config(cfg, out: Path | None, transport: str) -> None:
+    """`smpsim run CONFIG --engine distributed` lands here."""
+    _run_distributed(cfg, out, transport)
+
+
+@handle_errors
+def coordinator(
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="config (default: configs/default.toml)")] = None,
+    set_: SetOpt = None,
+    listen: Annotated[str, typer.Option("--listen", help="ZeroMQ address to bind, e.g. tcp://0.0.0.0:5555")] = "tcp://127.0.0.1:5555",
+    token: Annotated[Optional[str], typer.Option("--token", envvar="SMPSIM_TOKEN",
+                                                 help="run token CPUs must present (required beyond loopback)")] = None,
+    out: OutOpt = None,
+) -> None:
+    """Serve a run to CPU processes that join from this or other hosts (`smpsim cpu`)."""
+    from smpsim.engines.distributed.launch import is_loopback, serve_coordinator
+    from smpsim.trace.rundir import create_run_dir, default_run_dir
+
+    if not is_loopback(listen) and not token:
+        fail(f"--listen {listen} is beyond loopback: give a run token (--token or SMPSIM_TOKEN) that every "
+             "CPU must present", EXIT_USAGE)
+    cfg = load_config(config, set_ or ())
+    out_dir = create_run_dir(out if out is not None else default_run_dir(cfg), cfg)
+    def listening(address: str) -> None:
+        print(f"coordinator listening on {address} for {cfg.machine.cpus} CPUs; run dir {out_dir}",
+              file=sys.stderr, flush=True)
+
+    _report(cfg, out_dir, lambda status: serve_coordinator(cfg, out_dir, listen, token or "", progress=status,
+                                                           on_listening=listening))
+
+
+def _cpu_id_from_env() -> int | None:
+    for var in ("SMPSIM_CPU_ID", "JOB_COMPLETION_INDEX"):
+        v = os.environ.get(var)
+        if v not in (None, ""):
+            try:
+                return int(v)
+            except ValueError:
+                fail(f"{var}={v!r} is not a CPU id (an integer)", EXIT_USAGE)
+    return None
+
+
+@handle_errors
+def cpu(
+    coordinator_address: Annotated[str, typer.Option("--coordinator", help="the coordinator's address, e.g. tcp://HOST:5555")],
+    cpu_id: Annotated[Optional[int], typer.Option(
+        "--cpu-id", help="CPU id (default: SMPSIM_CPU_ID, then JOB_COMPLETION_INDEX, else the lowest free id)")] = None,
+    token: Annotated[Optional[str], typer.Option("--token", envvar="SMPSIM_TOKEN", help="the run token")] = None,
+    log_dir: Annotated[Optional[Path], typer.Option("--log-dir", help="where to write this process's JSON log")] = None,
+) -> None:
+    """Run one simulated CPU, joining a coordinator (possibly on another host)."""
+    from smpsim.engines.distributed.cpu_node import cpu_main
+
+    if cpu_id is None:
+        cpu_id = _cpu_id_from_env()
+    if cpu_id is not None and cpu_id < 0:
+        fail(f"--cpu-id {cpu_id}: must be >= 0", EXIT_USAGE)
+    code = cpu_main(coordinator_address, cpu_id, "", token or "", str(log_dir) if log_dir else None)
+    if code:
+        raise typer.Exit(code)

@@ -1,0 +1,271 @@
+"""The coordinator process: the model Coordinator and the run's Recorder behind a ROUTER socket.
+
+Decisions come only from message contents: requests are granted in canonical order once no CPU can
+precede them (Coordinator.step), CPUs run ahead no further than the IPI lookahead allows, and trace events
+are merged by their (t, source, n) key. So the run digest equals the single-process engine's whatever the
+arrival order, the placement of CPUs on hosts, or their PIDs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+import zmq
+
+from smpsim.config import Config
+from smpsim.engines.distributed import protocol as p
+from smpsim.engines.recorder import Recorder
+from smpsim.model import messages as mm
+from smpsim.model import workloads
+from smpsim.model.coordinator import RUNNING, Coordinator
+from smpsim.model.errors import ModelError
+
+JOIN_TIMEOUT_S = 60.0
+
+
+class RunAborted(Exception):
+    """The distributed run cannot go on (a CPU died or broke the protocol); the message says which."""
+
+
+class CoordinatorNode:
+    def __init__(self, cfg: Config, run_dir: Path | None, sock: zmq.Socket, run_id: str, token: str = "",
+                 log=None, check_children: Callable[[], str | None] | None = None,
+                 progress: Callable[[dict], None] | None = None, join_timeout: float = JOIN_TIMEOUT_S):
+        self.cfg, self.sock, self.run_id, self.token = cfg, sock, run_id, token
+        self.log = log
+        self.n = cfg.machine.cpus
+        self.check_children = check_children
+        self.progress = progress
+        self.join_timeout = join_timeout
+        self.coord = Coordinator(cfg)
+        self.rec = Recorder(cfg, run_dir, "distributed")
+        self.ident: list[bytes | None] = [None] * self.n
+        self.by_ident: dict[bytes, int] = {}
+        self.hosts: dict[int, str] = {}
+        self.links = [p.Link() for _ in range(self.n)]
+        self.last_heard = [0.0] * self.n
+        self.last_sent = [0.0] * self.n
+        self.horizon = [0] * self.n
+        self.ipi_unseen: list[deque] = [deque() for _ in range(self.n)]  # t_recv of IPIs not yet applied
+        self.ipis_seen = [0] * self.n
+        self.sent_safe = [-1] * self.n
+        self.running = False
+        self.dirty = False
+        self.bye: set[int] = set()
+        self.config_dict = cfg.model_dump(mode="json")
+        self.script: list | None = None
+        if cfg.workload.kind == "script":  # CPUs on other hosts may not have the file: ship the ops
+            self.script = [workloads.build_cpu(cfg, c) for c in range(self.n)]
+
+    # ---- sending ----------------------------------------------------------------------------------
+    def _send(self, cpu: int, kind: str, *fields) -> None:
+        frame = p.pack([kind, self.links[cpu].out(), *fields])
+        try:
+            self.sock.send_multipart([self.ident[cpu], frame])
+        except zmq.Again:
+            raise RunAborted(f"CPU {cpu} is not taking messages (send queue full for "
+                             f"{p.SEND_TIMEOUT_MS} ms)") from None
+        except zmq.ZMQError as e:
+            if e.errno == zmq.EHOSTUNREACH:
+                raise RunAborted(f"CPU {cpu} disconnected at virtual time t={self.horizon[cpu]}") from None
+            raise
+        self.last_sent[cpu] = time.monotonic()
+
+    def _refuse(self, ident: bytes, reason: str, **kw) -> None:
+        if self.log:
+            self.log.warning("refused", reason=reason, **kw)
+        try:
+            self.sock.send_multipart([ident, p.pack([p.REFUSE, reason])], flags=zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+
+    # ---- receiving --------------------------------------------------------------------------------
+    def _handle(self, ident: bytes, frame: bytes) -> None:
+        cpu = self.by_ident.get(ident)
+        try:
+            msg = p.unpack(frame)
+        except p.ProtocolError as e:
+            if cpu is None:
+                return self._refuse(ident, f"garbage on the socket: {e}")
+            raise RunAborted(f"CPU {cpu} sent an invalid message: {e}") from None
+        kind = msg[0]
+        if cpu is None:
+            if kind != p.HELLO:
+                return self._refuse(ident, f"{kind} message before joining")
+            return self._hello(ident, msg)
+        if kind == p.HELLO:
+            return self._refuse(ident, f"CPU {cpu} is already joined on this connection")
+        try:
+            self.links[cpu].check_in(msg[1], f"CPU {cpu}")
+        except p.ProtocolError as e:
+            raise RunAborted(str(e)) from None
+        self.last_heard[cpu] = time.monotonic()
+        if kind == p.BATCH:
+            _, _, msgs, events, horizon, seen = msg
+            coord = self.coord
+            try:
+                for x in msgs:
+                    if x[1] != cpu:
+                        raise ValueError(f"message for CPU {x[1]}")
+                    coord.receive(x)
+            except (ValueError, TypeError, IndexError) as e:
+                raise RunAborted(f"CPU {cpu} sent an invalid batch: {e}") from None
+            self.rec.add(1 + cpu, events)
+            self.horizon[cpu] = horizon
+            q = self.ipi_unseen[cpu]
+            for _ in range(seen - self.ipis_seen[cpu]):
+                q.popleft()
+            self.ipis_seen[cpu] = seen
+            self.dirty = True
+        elif kind == p.FAIL:
+            _, _, c, op, pos, what, t = msg
+            raise ModelError(c, op, pos, what, t)
+        elif kind == p.BYE:
+            self.bye.add(cpu)
+
+    def _hello(self, ident: bytes, msg: list) -> None:
+        _, version, run_id, cpu, pid, host, token = msg
+        who = {"cpu": cpu, "pid": pid, "host": host}
+        if version != p.VERSION:
+            return self._refuse(ident, f"protocol version {version} (this coordinator speaks {p.VERSION})", **who)
+        if self.token and token != self.token:
+            return self._refuse(ident, "wrong or missing run token", **who)
+        if run_id and run_id != self.run_id:
+            return self._refuse(ident, f"run id {run_id!r} is not this run's ({self.run_id!r})", **who)
+        if cpu == -1 and not self.running:  # "any": the lowest free id (ids only name CPUs, never order them)
+            free = [c for c in range(self.n) if self.ident[c] is None]
+            cpu = free[0] if free else self.n
+            who["cpu"] = cpu
+        if not isinstance(cpu, int) or isinstance(cpu, bool) or not 0 <= cpu < self.n:
+            return self._refuse(ident, f"CPU id {cpu!r} out of range (this run has CPUs 0..{self.n - 1})", **who)
+        if self.ident[cpu] is not None:
+            return self._refuse(ident, f"CPU {cpu} has already joined (from {self.hosts[cpu]})", **who)
+        if self.running:
+            return self._refuse(ident, "the run has already started", **who)
+        self.ident[cpu] = ident
+        self.by_ident[ident] = cpu
+        self.hosts[cpu] = f"{host} pid {pid}"
+        self.last_heard[cpu] = time.monotonic()
+        ops, lines = self.script[cpu] if self.script is not None else (None, None)
+        self._send(cpu, p.WELCOME, cpu, self.config_dict, ops, lines)
+        if self.log:
+            self.log.info("joined", **who, joined=len(self.by_ident), of=self.n)
+        if len(self.by_ident) == self.n:
+            self.running = True  # the barrier: nobody runs before everybody is here
+            self.dirty = True
+            self.t_start = time.monotonic()
+            if self.log:
+                self.log.info("all joined", cpus=self.n)
+
+    # ---- the run ----------------------------------------------------------------------------------
+    def _dispatch(self) -> None:
+        coord = self.coord
+        coord.step()
+        out: dict[int, list] = {}
+        for dest, msg in coord.outbox:
+            out.setdefault(dest, []).append(msg)
+            if msg[0] == mm.IPI:
+                self.ipi_unseen[dest].append(msg[mm.IPI_T_RECV])
+        coord.outbox.clear()
+        self.rec.add(0, coord.events)
+        coord.events = []
+        safe = coord.safe_until()
+        for c in range(self.n):
+            msgs = out.get(c)
+            stalled = coord.status[c] == RUNNING and coord.lb[c] >= self.sent_safe[c] and safe > self.sent_safe[c]
+            if msgs or stalled or self.sent_safe[c] < 0:
+                self._send(c, p.BATCH, msgs or [], safe)
+                self.sent_safe[c] = safe
+        wm = coord.bound()
+        for c in range(self.n):
+            h = self.horizon[c]
+            if self.ipi_unseen[c] and self.ipi_unseen[c][0] < h:
+                h = self.ipi_unseen[c][0]
+            if h < wm:
+                wm = h
+        self.rec.release(wm)
+        self.watermark = wm
+
+    def _complete(self) -> bool:
+        return self.coord.finished() and not any(self.ipi_unseen)
+
+    def _liveness(self) -> None:
+        now = time.monotonic()
+        if self.check_children is not None:
+            dead = self.check_children()
+            if dead:
+                raise RunAborted(dead)
+        for c in range(self.n):
+            if self.ident[c] is None:
+                continue
+            if now - self.last_heard[c] > p.PEER_TIMEOUT_S:
+                raise RunAborted(f"CPU {c} ({self.hosts[c]}) stopped responding "
+                                 f"({p.PEER_TIMEOUT_S:.0f} s without a message) at virtual time "
+                                 f"t={self.horizon[c]}")
+            if now - self.last_sent[c] > p.HEARTBEAT_S:
+                self._send(c, p.HB)
+
+    def run(self) -> dict:
+        """Serve the run to its end; returns the summary. Raises ModelError or RunAborted (trace kept)."""
+        t0 = time.monotonic()
+        last_progress = t0
+        self.watermark = 0
+        try:
+            while True:
+                if self.sock.poll(20):
+                    for _ in range(10_000):
+                        try:
+                            ident, frame = self.sock.recv_multipart(flags=zmq.NOBLOCK)[:2]
+                        except zmq.Again:
+                            break
+                        except ValueError:
+                            continue  # a frame count we do not speak: ignore
+                        self._handle(ident, frame)
+                if not self.running:
+                    if time.monotonic() - t0 > self.join_timeout:
+                        missing = [c for c in range(self.n) if self.ident[c] is None]
+                        raise RunAborted(f"only {self.n - len(missing)} of {self.n} CPUs joined within "
+                                         f"{self.join_timeout:.0f} s (missing: {missing[:16]})")
+                    self._liveness()
+                    continue
+                if self.dirty:
+                    self.dirty = False
+                    self._dispatch()
+                    if self._complete():
+                        break
+                self._liveness()
+                if self.progress is not None and time.monotonic() - last_progress > 0.25:
+                    last_progress = time.monotonic()
+                    self.progress({"t": self.watermark, **self.rec.counters.c})
+        except (ModelError, RunAborted) as e:
+            self._end("error")
+            if isinstance(e, ModelError) and self.script is not None and e.cpu is not None:
+                lines = self.script[e.cpu][1]
+                if lines and e.position is not None and e.position < len(lines):
+                    e.args = (f"{e.args[0]} (script line {lines[e.position]})",)
+            self.summary = self.rec.close(e)
+            raise
+        self._end("ok")
+        self.summary = self.rec.close()
+        return self.summary
+
+    def _end(self, status: str) -> None:
+        for c in range(self.n):
+            if self.ident[c] is not None:
+                try:
+                    self._send(c, p.END, status)
+                except (RunAborted, zmq.ZMQError):
+                    pass
+        deadline = time.monotonic() + 2.0
+        while len(self.bye) < len(self.by_ident) and time.monotonic() < deadline:
+            if self.sock.poll(50):
+                try:
+                    ident, frame = self.sock.recv_multipart(flags=zmq.NOBLOCK)[:2]
+                    cpu = self.by_ident.get(ident)
+                    if cpu is not None and p.unpack(frame)[0] == p.BYE:
+                        self.bye.add(cpu)
+                except (zmq.ZMQError, ValueError, p.ProtocolError):
+                    pass

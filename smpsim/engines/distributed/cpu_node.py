@@ -1,0 +1,182 @@
+"""A CPU process: one model Cpu behind a DEALER socket.
+
+It joins the coordinator, receives the resolved config, then loops: run the Cpu up to the safe-time bound,
+ship its model messages and trace events, apply the replies and IPIs it gets back. It exits on END, on a
+coordinator that went silent (PEER_TIMEOUT_S), or when the parent that launched it dies.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+
+import zmq
+
+from smpsim.config import validate
+from smpsim.engines.distributed import protocol as p
+from smpsim.model import workloads
+from smpsim.model.cpu import DONE, RUNNING, Cpu
+from smpsim.model.errors import ModelError
+
+
+class CpuExit(Exception):
+    """The CPU process stops; the message says why (coordinator refused, vanished, protocol error)."""
+
+
+def _die_with_parent() -> None:
+    """Linux: get SIGKILL when the launching process dies, so no CPU outlives `smpsim launch`."""
+    try:
+        import ctypes
+        import signal
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+class CpuNode:
+    def __init__(self, address: str, cpu_id: int | None, run_id: str = "", token: str = "", log=None,
+                 ctx: zmq.Context | None = None):
+        self.address, self.cpu_id, self.run_id, self.token = address, cpu_id, run_id, token
+        self.log = log
+        self.ctx = ctx or zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 2000)
+        self.sock.setsockopt(zmq.SNDHWM, p.HWM)
+        self.sock.setsockopt(zmq.RCVHWM, p.HWM)
+        self.sock.setsockopt(zmq.SNDTIMEO, p.SEND_TIMEOUT_MS)
+        self.sock.connect(address)
+        self.link = p.Link()
+        self.last_sent = self.last_heard = time.monotonic()
+        self.cpu: Cpu | None = None
+        self.safe = 0
+        self.ipis_seen = 0
+        self.reported_horizon: int | None = None
+
+    def _send(self, kind: str, *fields) -> None:
+        try:
+            self.sock.send(p.pack([kind, self.link.out(), *fields]))
+        except zmq.Again:
+            raise CpuExit(f"CPU {self.cpu_id}: could not send to the coordinator for "
+                          f"{p.SEND_TIMEOUT_MS} ms") from None
+        self.last_sent = time.monotonic()
+
+    def _recv(self, timeout_ms: int) -> list | None:
+        if not self.sock.poll(timeout_ms):
+            if time.monotonic() - self.last_heard > p.PEER_TIMEOUT_S:
+                raise CpuExit(f"CPU {self.cpu_id}: the coordinator has been silent for "
+                              f"{p.PEER_TIMEOUT_S:.0f} s; exiting")
+            return None
+        msg = p.unpack(self.sock.recv())
+        self.last_heard = time.monotonic()
+        if msg[0] != p.REFUSE:
+            self.link.check_in(msg[1], "the coordinator")
+        return msg
+
+    def join(self) -> None:
+        ask = -1 if self.cpu_id is None else self.cpu_id
+        hello = [p.HELLO, p.VERSION, self.run_id, ask, os.getpid(), socket.gethostname(), self.token]
+        self.sock.send(p.pack(hello))
+        deadline = time.monotonic() + 30
+        while True:
+            msg = self._recv(200)
+            if msg is None:
+                if time.monotonic() > deadline:
+                    raise CpuExit(f"CPU {self.cpu_id}: no answer from the coordinator at {self.address}")
+                continue
+            if msg[0] == p.REFUSE:
+                raise CpuExit(f"CPU {self.cpu_id}: refused by the coordinator: {msg[1]}")
+            if msg[0] == p.WELCOME:
+                _, _, self.cpu_id, config, ops, lines = msg
+                cfg = validate(config, "config from the coordinator")
+                if ops is None:
+                    ops, lines = workloads.build_cpu(cfg, self.cpu_id)
+                else:
+                    ops = [tuple(o) for o in ops]
+                self.cpu = Cpu(cfg, self.cpu_id, ops, lines)
+                return
+            raise CpuExit(f"CPU {self.cpu_id}: unexpected {msg[0]} before WELCOME")
+
+    def serve(self) -> None:
+        """Main loop until END."""
+        cpu = self.cpu
+        while True:
+            out: list = []
+            if cpu.state == RUNNING and (cpu.clock < self.safe or cpu.pc >= len(cpu.ops)):
+                try:
+                    out = cpu.run(self.safe)
+                except ModelError as e:
+                    return self._fail(e)
+            h = cpu.horizon()
+            if out or cpu.events or h != self.reported_horizon:
+                self._send(p.BATCH, out, cpu.events, h, self.ipis_seen)
+                cpu.events = []
+                self.reported_horizon = h
+            elif time.monotonic() - self.last_sent > p.HEARTBEAT_S:
+                self._send(p.HB)
+            runnable = cpu.state == RUNNING and cpu.clock < self.safe
+            msg = self._recv(0 if runnable else 100)
+            while msg is not None:
+                if msg[0] == p.END:
+                    self._send(p.BYE)
+                    return
+                if msg[0] == p.BATCH:
+                    _, _, msgs, safe = msg
+                    try:
+                        for mm in msgs:
+                            if mm[0] == "ipi":
+                                self.ipis_seen += 1
+                            cpu.deliver(mm)
+                    except ModelError as e:
+                        return self._fail(e)
+                    if safe > self.safe:
+                        self.safe = safe
+                msg = self._recv(0) if self.sock.poll(0) else None
+
+    def _fail(self, e: ModelError) -> None:
+        """Report a model error (with the events so far) and wait for the coordinator to end the run."""
+        self._send(p.BATCH, [], self.cpu.events, self.cpu.horizon(), self.ipis_seen)
+        self.cpu.events = []
+        self._send(p.FAIL, e.cpu, e.op, e.position, e.what, e.t)
+        deadline = time.monotonic() + p.PEER_TIMEOUT_S
+        while time.monotonic() < deadline:
+            msg = self._recv(100)
+            if msg is not None and msg[0] == p.END:
+                return
+
+    def close(self) -> None:
+        self.sock.close(linger=500)
+
+
+def cpu_main(address: str, cpu_id: int | None, run_id: str = "", token: str = "", log_dir: str | None = None,
+             child_of_launch: bool = False) -> int:
+    """Entry point of a CPU process; returns its exit code."""
+    if child_of_launch:
+        _die_with_parent()
+    from smpsim.engines.distributed.logs import process_logger
+    name = f"cpu-{cpu_id}" if cpu_id is not None else f"cpu-pid{os.getpid()}"
+    log = process_logger(log_dir, name, console=not child_of_launch)
+    node = None
+    try:
+        node = CpuNode(address, cpu_id, run_id, token, log)
+        log.info("joining", coordinator=address, cpu=cpu_id, pid=os.getpid())
+        node.join()
+        log.info("joined", cpu=cpu_id, ops=len(node.cpu.ops))
+        node.serve()
+        log.info("finished", cpu=cpu_id, clock=node.cpu.clock)
+        return 0
+    except CpuExit as e:
+        log.error("exit", reason=str(e))
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    except p.ProtocolError as e:
+        log.error("protocol error", reason=str(e))
+        print(f"error: CPU {cpu_id}: protocol error: {e}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if node is not None:
+            node.close()

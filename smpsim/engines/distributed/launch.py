@@ -1,0 +1,139 @@
+"""Start a distributed run on this host: the coordinator here, one forked OS process per CPU.
+
+CPU processes are forked before the trace machinery (pyarrow) is imported, so each stays small and starts
+in milliseconds; they open their own ZeroMQ context and never touch the parent's.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import secrets
+import shutil
+import signal
+import socket
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import zmq
+
+from smpsim.config import Config
+from smpsim.engines.distributed import protocol as p
+
+LOOPBACK = ("127.", "localhost", "[::1]", "::1")
+
+
+def _cpu_child(address: str, cpu: int, run_id: str, log_dir: str | None) -> None:
+    from smpsim.engines.distributed.cpu_node import cpu_main
+    os._exit(cpu_main(address, cpu, run_id, "", log_dir, child_of_launch=True))
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def run_distributed(cfg: Config, run_dir: Path | None, transport: str = "ipc",
+                    progress: Callable[[dict], None] | None = None,
+                    on_started: Callable[[list[int]], None] | None = None):
+    """Run cfg with cfg.machine.cpus CPU processes; returns RunResult (see engines.inline)."""
+    from smpsim.trace.rundir import create_run_dir
+    if run_dir is not None:
+        create_run_dir(run_dir, cfg)
+    run_id = secrets.token_hex(6)
+    sockdir = None
+    if transport == "ipc":
+        sockdir = tempfile.mkdtemp(prefix="smpsim-")
+        listen = f"ipc://{sockdir}/coordinator.ipc"
+    else:
+        listen = "tcp://127.0.0.1:0"
+    log_dir = str(run_dir / "logs") if run_dir is not None else None
+    ctx = zmq.Context()
+    sock, address = p.make_router(ctx, listen)
+    mp = multiprocessing.get_context("fork")
+    children = []
+    node = None
+    try:
+        for c in range(cfg.machine.cpus):
+            proc = mp.Process(target=_cpu_child, args=(address, c, run_id, log_dir), name=f"smpsim-cpu-{c}")
+            proc.start()
+            children.append(proc)
+        if on_started is not None:
+            on_started([ch.pid for ch in children])
+        from smpsim.engines.distributed.coordinator_node import CoordinatorNode
+        from smpsim.engines.distributed.logs import process_logger
+        from smpsim.engines.inline import RunResult
+
+        def check_children() -> str | None:
+            for c, ch in enumerate(children):
+                if ch.exitcode is not None and c not in node.bye and ch.exitcode != 0:
+                    return (f"CPU {c} process (pid {ch.pid}) died ({_describe_exit(ch.exitcode)}) at "
+                            f"virtual time t={node.horizon[c]}")
+            return None
+
+        log = process_logger(log_dir, "coordinator")
+        node = CoordinatorNode(cfg, run_dir, sock, run_id, log=log, check_children=check_children,
+                               progress=progress)
+        log.info("listening", address=address, cpus=cfg.machine.cpus, run_id=run_id)
+        summary = node.run()
+        summary_hosts = sorted({h.split(" pid ")[0] for h in node.hosts.values()})
+        summary["processes"] = cfg.machine.cpus + 1
+        summary["hosts"] = len(summary_hosts)
+        return RunResult(summary, run_dir)
+    finally:
+        _reap(children)
+        sock.close(linger=0)
+        ctx.term()
+        if sockdir:
+            shutil.rmtree(sockdir, ignore_errors=True)
+
+
+def _reap(children, grace: float = 3.0) -> None:
+    """Wait for every CPU process; those that do not exit in time are killed. None is left behind."""
+    import time
+    deadline = time.monotonic() + grace
+    for ch in children:
+        ch.join(max(0.0, deadline - time.monotonic()))
+    for ch in children:
+        if ch.exitcode is None:
+            ch.kill()
+    for ch in children:
+        ch.join(2.0)
+
+
+def is_loopback(listen: str) -> bool:
+    if listen.startswith(("ipc://", "inproc://")):
+        return True
+    host = listen.split("://", 1)[-1].rsplit(":", 1)[0]
+    return host.startswith(LOOPBACK)
+
+
+def serve_coordinator(cfg: Config, run_dir: Path | None, listen: str, token: str = "",
+                      progress: Callable[[dict], None] | None = None,
+                      on_listening: Callable[[str], None] | None = None):
+    """`smpsim coordinator`: serve CPUs that join from anywhere (other hosts, Kubernetes pods)."""
+    from smpsim.engines.distributed.coordinator_node import CoordinatorNode
+    from smpsim.engines.distributed.logs import process_logger
+    from smpsim.engines.inline import RunResult
+
+    log_dir = str(run_dir / "logs") if run_dir is not None else None
+    ctx = zmq.Context()
+    sock, address = p.make_router(ctx, listen)
+    try:
+        log = process_logger(log_dir, "coordinator")
+        log.info("listening", address=address, cpus=cfg.machine.cpus)
+        if on_listening is not None:
+            on_listening(address)
+        node = CoordinatorNode(cfg, run_dir, sock, run_id="", token=token, log=log, progress=progress)
+        summary = node.run()
+        summary["processes"] = cfg.machine.cpus + 1
+        summary["hosts"] = len({h.split(" pid ")[0] for h in node.hosts.values()} | {socket.gethostname()})
+        return RunResult(summary, run_dir)
+    finally:
+        sock.close(linger=0)
+        ctx.term()

@@ -1,0 +1,84 @@
+"""The single-process engine: every Cpu and the Coordinator in one process, messages as function calls.
+
+It runs the same protocol as the distributed engine (requests, replies, IPIs, safe-time bounds), so the two
+cannot disagree: only the transport differs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from smpsim.config import Config
+from smpsim.engines.recorder import Recorder
+from smpsim.model import workloads
+from smpsim.model.coordinator import Coordinator
+from smpsim.model.cpu import RUNNING, Cpu
+from smpsim.model.errors import ModelError
+
+
+@dataclass
+class RunResult:
+    summary: dict
+    run_dir: Path | None
+
+
+def build_cpus(cfg: Config) -> list[Cpu]:
+    cpus = []
+    for c in range(cfg.machine.cpus):
+        ops, lines = workloads.build_cpu(cfg, c)
+        cpus.append(Cpu(cfg, c, ops, lines))
+    return cpus
+
+
+def locate(err: ModelError, cpus: list[Cpu]) -> ModelError:
+    """Add the script line to a model error raised at a scripted operation."""
+    if err.cpu is not None and err.position is not None and 0 <= err.cpu < len(cpus):
+        lines = cpus[err.cpu].lines
+        if lines and err.position < len(lines):
+            err.args = (f"{err.args[0]} (script line {lines[err.position]})",)
+    return err
+
+
+def run(cfg: Config, out_dir: Path | None = None,
+        progress: Callable[[dict], None] | None = None) -> RunResult:
+    cpus = build_cpus(cfg)
+    coord = Coordinator(cfg)
+    rec = Recorder(cfg, out_dir, "inline")
+    rounds = 0
+    try:
+        safe = coord.safe_until()
+        while True:
+            for cpu in cpus:
+                if cpu.state == RUNNING:
+                    for msg in cpu.run(safe):
+                        coord.receive(msg)
+            coord.step()
+            for dest, msg in coord.outbox:
+                cpus[dest].deliver(msg)
+            coord.outbox.clear()
+            rec.add(0, coord.events)
+            coord.events = []
+            watermark = coord.bound()
+            for cpu in cpus:
+                rec.add(1 + cpu.id, cpu.events)
+                cpu.events = []
+                h = cpu.horizon()
+                if h < watermark:
+                    watermark = h
+            rec.release(watermark)
+            if coord.finished():
+                break
+            safe = coord.safe_until()
+            rounds += 1
+            if progress is not None and rounds % 256 == 0:
+                progress({"t": watermark, **rec.counters.c})
+    except ModelError as e:
+        for cpu in cpus:  # keep everything simulated up to the error
+            rec.add(1 + cpu.id, cpu.events)
+        rec.add(0, coord.events)
+        rec.close(locate(e, cpus))
+        raise
+    summary = rec.close()
+    return RunResult(summary, out_dir)

@@ -1,0 +1,34 @@
+"""Errors the model raises: what the kernel would BUG() on, and a ring deadlock."""
+
+from __future__ import annotations
+
+
+class ModelError(Exception):
+    """The kernel would BUG() here (or the workload asked for something impossible).
+
+    Names the CPU, the operation and its position in that CPU's program so the user can find it.
+    """
+
+    def __init__(self, cpu: int | None, op: str, position: int | None, what: str, t: int | None = None):
+        self.cpu, self.op, self.position, self.what, self.t = cpu, op, position, what, t
+        where = []
+        if cpu is not None:
+            where.append(f"CPU {cpu}")
+        if position is not None:
+            where.append(f"operation #{position} ({op})")
+        elif op:
+            where.append(op)
+        if t is not None:
+            where.append(f"at t={t}")
+        super().__init__(f"{', '.join(where)}: {what}")
+
+
+class DeadlockError(ModelError):
+    """Every CPU that still has work sleeps on pkmap_map_wait: nobody can ever kunmap again."""
+
+    def __init__(self, t: int, sleepers: list[int], ring_state: str):
+        self.sleepers = sleepers
+        self.ring_state = ring_state
+        super().__init__(None, "kmap_high", None,
+                         f"deadlock: CPUs {sleepers} all sleep on pkmap_map_wait and no CPU can kunmap; "
+                         f"{ring_state}", t)

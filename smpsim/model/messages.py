@@ -1,0 +1,15 @@
+"""Messages between Cpu and Coordinator objects: plain tuples, so any transport (a function call, msgpack
+over ZeroMQ) carries them unchanged. The first item names the kind."""
+
+# CPU -> coordinator
+REQUEST = "req"        # (REQUEST, cpu, t, op "kmap"|"kunmap", page, pc)
+PROGRESS = "progress"  # (PROGRESS, cpu, clock): running, no ring request before `clock`
+DONE = "done"          # (DONE, cpu, clock): program finished
+
+# coordinator -> CPU
+REPLY = "reply"        # (REPLY, cpu, t_done, slot, local_flushes: list of vpn tuples or None = full flush)
+IPI = "ipi"            # (IPI, src, t_send, t_recv, t_handled, t_ack, scope, vpns or None = full flush)
+
+# indices into an IPI tuple
+IPI_T_RECV = 3
+IPI_T_HANDLED = 4

@@ -1,0 +1,55 @@
+"""A per-CPU TLB: set-associative, LRU replacement, holding kernel highmem translations (vpn -> frame).
+
+Only translations the simulator tracks (pkmap and kmap_local addresses) live here. The rest of a CPU's
+working set is the `background` count: a full flush drops it too, and its refill is charged afterwards
+(kernel-pkmap.md section 4: the collateral cost of a full flush).
+"""
+
+from __future__ import annotations
+
+
+class Tlb:
+    __slots__ = ("entries", "ways", "nsets", "sets", "background")
+
+    def __init__(self, entries: int, ways: int, background: int = 0):
+        if ways < 1 or entries % ways:
+            raise ValueError("ways must divide entries")
+        self.entries, self.ways, self.background = entries, ways, background
+        self.nsets = entries // ways
+        # One dict per set; insertion order is recency order (first = least recently used).
+        self.sets: list[dict[int, int]] = [{} for _ in range(self.nsets)]
+
+    def lookup(self, vpn: int) -> int | None:
+        """The cached frame for vpn (refreshing its LRU position), or None on a miss."""
+        s = self.sets[vpn % self.nsets]
+        frame = s.pop(vpn, None)
+        if frame is not None:
+            s[vpn] = frame
+        return frame
+
+    def fill(self, vpn: int, frame: int) -> None:
+        """Insert after a page walk, evicting the set's least recently used entry if full."""
+        s = self.sets[vpn % self.nsets]
+        s.pop(vpn, None)
+        if len(s) >= self.ways:
+            del s[next(iter(s))]
+        s[vpn] = frame
+
+    def holds(self, vpn: int) -> bool:
+        return vpn in self.sets[vpn % self.nsets]
+
+    def invalidate_pages(self, vpns) -> list[int]:
+        """INVLPG each vpn; returns the vpns that were cached."""
+        sets, nsets = self.sets, self.nsets
+        return [v for v in vpns if sets[v % nsets].pop(v, None) is not None]
+
+    def invalidate_all(self) -> list[int]:
+        """Full flush (CR4.PGE toggle): drops everything, global entries included; returns the vpns dropped."""
+        dropped = [v for s in self.sets for v in s]
+        for s in self.sets:
+            s.clear()
+        return dropped
+
+    def cached(self) -> list[tuple[int, int]]:
+        """(vpn, frame) of every entry, sorted by vpn (for invariant checks)."""
+        return sorted(kv for s in self.sets for kv in s.items())

@@ -1,0 +1,418 @@
+"""Seeded per-CPU operation streams.
+
+A workload is, for each CPU, a finite list of operations in program order (docs/architecture.md,
+"Workload operations"):
+
+    ("kmap", page)                 kmap(page), page an int >= 0
+    ("access", page, n, write)     n >= 1 accesses through the address held for page; write a bool
+    ("kunmap", page)               kunmap(page)
+    ("compute", cycles)            local work, cycles an int >= 0
+
+Everything here is pure: a CPU's stream depends only on (cfg, cpu), so a CPU process can rebuild its
+own stream alone with ``build_cpu``. Randomness comes from ``random.Random(f"{seed}:{cpu}:{kind}")``
+(string seeds are hashed with SHA-512, not with the salted ``hash()``), so streams are identical across
+processes and Python runs. The only I/O is reading the script file of the ``script`` workload.
+
+Generated workloads share one shape. Each CPU does ``kmaps_per_cpu`` kmaps in groups of ``nesting``
+(the last group may be smaller); for every page of a group, in order::
+
+    compute(think)  kmap(p)  [compute(hold)  access(p, access_burst, write)] * accesses_per_kmap
+
+and the group's pages are then kunmapped in reverse (stack / LIFO) order, as kmap_local requires. think
+and hold are integers uniform in [0, 2*mean]; write is ``rng.random() < write_fraction``. A page is never
+held twice at once by a generated stream (a drawn page already held is redrawn), and every stream ends
+with nothing held. When fewer distinct pages exist than ``nesting``, the group size is capped at that
+number.
+
+Script format (``workload.kind = "script"``): JSON lines, one operation per line, each an object::
+
+    {"cpu": 0, "op": "kmap", "page": 5}
+    {"cpu": 0, "op": "access", "page": 5, "n": 8, "write": false}
+    {"cpu": 0, "op": "kunmap", "page": 5}
+    {"cpu": 1, "op": "compute", "cycles": 1000}
+
+Every field shown is required except an access's ``n`` (default 1) and ``write`` (default false); no
+other field is allowed. Blank lines and lines whose first non-blank character is ``#`` are skipped. A
+CPU's program order is the file order of its lines. An access needs the page held by that CPU at that
+point. A kunmap of a page the CPU does not hold is passed to the model, as in the kernel, where the
+mapping is global: kunmap_high BUG()s if the page has no pkmap address or its count would reach 0.
+kmapping a page already held is legal (pkmap_count just goes up). A script may end with pages held.
+CPUs absent from the script get an empty stream.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import random
+from bisect import bisect_right
+from functools import lru_cache
+from itertools import accumulate
+from pathlib import Path
+from typing import Any, Callable
+
+from smpsim.config import Config
+
+Op = tuple
+ScriptOps = dict[int, list[tuple[Op, int]]]
+
+# Redraws of an already-held page before falling back to probing the next free page.
+_MAX_REDRAWS = 64
+# Largest 2*mean+1 for which compute tuples are precomputed in a table.
+_COMPUTE_TABLE_MAX = 1 << 16
+# Pingpong: pages cycled through per pair (slots get reused quickly).
+_PINGPONG_SPAN = 64
+
+
+class WorkloadError(Exception):
+    """A user mistake in a workload or script; the message names the file, the line and the problem."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Public API
+
+
+def build_cpu(cfg: Config, cpu: int) -> tuple[list[Op], list[int] | None]:
+    """The operations of ``cpu`` in program order and, for ``script``, each op's 1-based source line."""
+    ncpus = cfg.machine.cpus
+    if not (isinstance(cpu, int) and 0 <= cpu < ncpus):
+        raise ValueError(f"cpu {cpu!r} out of range [0, {ncpus})")
+    kind = cfg.workload.kind
+    if kind == "script":
+        return _script_cpu(cfg, cpu)
+    # Millions of small tuples would trigger many useless cyclic-GC passes (tuples of ints cannot form
+    # a cycle); pausing the collector while building saves about a quarter of the build time.
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        if kind == "pingpong":
+            return _pingpong(cfg, cpu), None
+        return _generated(cfg, cpu, kind), None
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def build(cfg: Config) -> list[list[Op]]:
+    """Every CPU's operation list, index = CPU id."""
+    return [build_cpu(cfg, c)[0] for c in range(cfg.machine.cpus)]
+
+
+def load_script(path: str | os.PathLike[str]) -> ScriptOps:
+    """Parse and check a JSON-lines script: ``{cpu: [(op, line), ...]}`` in program order.
+
+    The CPU range is not checked here (it depends on the config); ``build_cpu`` does that.
+    """
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError as e:
+        raise WorkloadError(f"{path}: cannot read the workload script: {e.strerror or e}") from None
+    parsed = _load_script_cached(str(path), st.st_mtime_ns, st.st_size)
+    return {cpu: list(ops) for cpu, ops in parsed.items()}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Script workloads
+
+
+def _script_cpu(cfg: Config, cpu: int) -> tuple[list[Op], list[int]]:
+    path = cfg.script_path()
+    assert path is not None  # the Config validator requires workload.script for kind = "script"
+    script = load_script(path)
+    ncpus = cfg.machine.cpus
+    bad = [(entries[0][1], c) for c, entries in script.items() if c >= ncpus and entries]
+    if bad:
+        line, c = min(bad)
+        raise WorkloadError(
+            f"{path}:{line}: cpu {c} is out of range: the machine has {ncpus} CPU"
+            f"{'s' if ncpus != 1 else ''} (cpu must be in [0, {ncpus})); "
+            f"raise machine.cpus or fix the script")
+    entries = script.get(cpu, [])
+    return [op for op, _ in entries], [line for _, line in entries]
+
+
+_OPTIONAL = ("n", "write")
+_FIELDS = {
+    "kmap": ("cpu", "op", "page"),
+    "kunmap": ("cpu", "op", "page"),
+    "access": ("cpu", "op", "page", "n", "write"),  # n (default 1) and write (default false) optional
+    "compute": ("cpu", "op", "cycles"),
+}
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+@lru_cache(maxsize=16)
+def _load_script_cached(path: str, _mtime_ns: int, _size: int) -> dict[int, tuple[tuple[Op, int], ...]]:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise WorkloadError(f"{path}: cannot read the workload script: {e.strerror or e}") from None
+
+    out: dict[int, list[tuple[Op, int]]] = {}
+    # Per CPU: page -> hold count, and page -> line of its last kunmap (for messages).
+    held: dict[int, dict[int, int]] = {}
+    released: dict[int, dict[int, int]] = {}
+
+    for lineno, raw in enumerate(data.splitlines(), start=1):
+        where = f"{path}:{lineno}"
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise WorkloadError(f"{where}: not valid UTF-8 text ({e.reason} at byte {e.start})") from None
+        s = text.strip()
+        if not s or s.startswith("#"):
+            continue
+        try:
+            obj = json.loads(s)
+        except json.JSONDecodeError as e:
+            raise WorkloadError(f"{where}: not valid JSON: {e.msg} (column {e.colno})") from None
+        except RecursionError:
+            raise WorkloadError(f"{where}: not valid JSON: nested too deeply") from None
+        if not isinstance(obj, dict):
+            raise WorkloadError(
+                f'{where}: expected a JSON object such as {{"cpu": 0, "op": "kmap", "page": 5}}, '
+                f"got {type(obj).__name__ if not isinstance(obj, list) else 'an array'}")
+        if "op" not in obj:
+            raise WorkloadError(f'{where}: missing field "op" (one of kmap, access, kunmap, compute)')
+        op = obj["op"]
+        if not isinstance(op, str) or op not in _FIELDS:
+            raise WorkloadError(f"{where}: unknown op {json.dumps(op)} (expected one of kmap, access, kunmap, compute)")
+        allowed = _FIELDS[op]
+        for k in allowed:
+            if k not in obj and k not in _OPTIONAL:
+                raise WorkloadError(
+                    f'{where}: op "{op}" is missing field "{k}" (it needs {", ".join(allowed)})')
+        for k in obj:
+            if k not in allowed:
+                raise WorkloadError(
+                    f'{where}: op "{op}" has unexpected field {json.dumps(k)} (allowed: {", ".join(allowed)})')
+        cpu = obj["cpu"]
+        if not _is_int(cpu) or cpu < 0:
+            raise WorkloadError(f'{where}: field "cpu" must be an integer >= 0, got {json.dumps(cpu)}')
+
+        if op == "compute":
+            cycles = obj["cycles"]
+            if not _is_int(cycles) or cycles < 0:
+                raise WorkloadError(
+                    f'{where}: field "cycles" of op "compute" must be an integer >= 0, got {json.dumps(cycles)}')
+            tup: Op = ("compute", cycles)
+        else:
+            page = obj["page"]
+            if not _is_int(page) or page < 0:
+                raise WorkloadError(
+                    f'{where}: field "page" of op "{op}" must be an integer >= 0, got {json.dumps(page)}')
+            holds = held.setdefault(cpu, {})
+            if op == "kmap":
+                holds[page] = holds.get(page, 0) + 1
+                tup = ("kmap", page)
+            else:
+                if op == "access":
+                    n, write = obj.get("n", 1), obj.get("write", False)
+                    if not _is_int(n) or n < 1:
+                        raise WorkloadError(
+                            f'{where}: field "n" of op "access" must be an integer >= 1, got {json.dumps(n)}')
+                    if not isinstance(write, bool):
+                        raise WorkloadError(
+                            f'{where}: field "write" of op "access" must be true or false, got {json.dumps(write)}')
+                    tup = ("access", page, n, write)
+                else:
+                    tup = ("kunmap", page)
+                if op == "access" and not holds.get(page):
+                    # A kunmap of a page this CPU does not hold is left to the model: the mapping is
+                    # global, and kunmap_high BUG()s only if the page is unmapped or its count hits 0.
+                    last = released.get(cpu, {}).get(page)
+                    why = (f"which CPU {cpu} kunmapped at line {last} and has not kmapped again"
+                           if last is not None else f"which CPU {cpu} has not kmapped")
+                    raise WorkloadError(f'{where}: op "{op}" on page {page}, {why}')
+                if op == "kunmap" and holds.get(page):
+                    if holds[page] == 1:
+                        del holds[page]
+                        released.setdefault(cpu, {})[page] = lineno
+                    else:
+                        holds[page] -= 1
+        out.setdefault(cpu, []).append((tup, lineno))
+    return {cpu: tuple(ops) for cpu, ops in out.items()}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Generated workloads
+
+
+class _ComputeOps:
+    """Stands in for the compute table when 2*mean+1 is too large to precompute."""
+
+    __slots__ = ()
+
+    def __getitem__(self, c: int) -> Op:
+        return ("compute", c)
+
+
+def _compute_table(mean: int) -> tuple[Any, int]:
+    """(table, n): ``table[int(rand() * n)]`` is ("compute", c) with c uniform in [0, 2*mean].
+
+    The table holds shared immutable tuples, which saves building one tuple per compute op.
+    """
+    n = 2 * mean + 1 if mean > 0 else 1
+    if n <= _COMPUTE_TABLE_MAX:
+        return [("compute", c) for c in range(n)], n
+    return _ComputeOps(), n
+
+
+@lru_cache(maxsize=8)
+def _zipf_tables(seed: int, pages: int, s: float) -> tuple[list[float], list[int]]:
+    """Cumulative weights of ranks 1..pages (weight r**-s) and the rank -> page permutation."""
+    cdf = list(accumulate(r ** -s for r in range(1, pages + 1)))
+    perm = list(range(pages))
+    random.Random(f"{seed}:zipf-perm").shuffle(perm)
+    return cdf, perm
+
+
+def _page_picker(cfg: Config, cpu: int, rand: Callable[[], float]) -> tuple[Callable[[int], int], int]:
+    """(pick(i) -> page of the i-th kmap, number of distinct pages pick can return)."""
+    w = cfg.workload
+    pages = w.pages
+    kind = w.kind
+    if kind == "uniform":
+        return (lambda i: int(rand() * pages)), pages
+    if kind == "zipf":
+        cdf, perm = _zipf_tables(cfg.seed, pages, float(w.zipf_s))
+        total = cdf[-1]
+        last = pages - 1
+
+        def pick_zipf(i: int) -> int:
+            r = bisect_right(cdf, rand() * total)
+            return perm[r if r <= last else last]
+        return pick_zipf, pages
+    if kind == "stream":
+        start = cpu * (pages // cfg.machine.cpus)
+        return (lambda i: (start + i) % pages), pages
+    if kind == "shared":
+        hot = min(w.hot_pages, pages)
+        cold = pages - hot
+        frac = w.hot_fraction
+        if cold == 0:
+            return (lambda i: int(rand() * hot)), pages
+
+        def pick_shared(i: int) -> int:
+            if rand() < frac:
+                return int(rand() * hot)
+            return hot + int(rand() * cold)
+        return pick_shared, pages
+    raise AssertionError(f"no page picker for workload kind {kind!r}")
+
+
+def _generated(cfg: Config, cpu: int, kind: str) -> list[Op]:
+    w = cfg.workload
+    total = w.kmaps_per_cpu
+    if total == 0:
+        return []
+    rng = random.Random(f"{cfg.seed}:{cpu}:{kind}")
+    rand = rng.random
+    pick, distinct = _page_picker(cfg, cpu, rand)
+    nest = min(w.nesting, distinct)
+    sequential = kind == "stream"  # consecutive pages: distinct within a group by construction
+    pages = w.pages
+
+    think_t, think_n = _compute_table(w.think)
+    hold_t, hold_n = _compute_table(w.hold)
+    accesses = range(w.accesses_per_kmap)
+    burst = w.access_burst
+    wf = w.write_fraction
+
+    ops: list[Op] = []
+    app = ops.append
+    if nest == 1:
+        for i in range(total):
+            app(think_t[int(rand() * think_n)])
+            p = pick(i)
+            app(("kmap", p))
+            acc_w, acc_r = ("access", p, burst, True), ("access", p, burst, False)
+            for _ in accesses:
+                app(hold_t[int(rand() * hold_n)])
+                app(acc_w if rand() < wf else acc_r)
+            app(("kunmap", p))
+        return ops
+
+    i = 0
+    while i < total:
+        group: list[int] = []
+        for _ in range(min(nest, total - i)):
+            app(think_t[int(rand() * think_n)])
+            p = pick(i)
+            if not sequential and p in group:
+                tries = 0
+                while p in group and tries < _MAX_REDRAWS:
+                    p = pick(i)
+                    tries += 1
+                while p in group:  # pathological (e.g. hot_fraction = 1 with few hot pages): probe
+                    p = (p + 1) % pages
+            group.append(p)
+            app(("kmap", p))
+            acc_w, acc_r = ("access", p, burst, True), ("access", p, burst, False)
+            for _ in accesses:
+                app(hold_t[int(rand() * hold_n)])
+                app(acc_w if rand() < wf else acc_r)
+            i += 1
+        for p in reversed(group):
+            app(("kunmap", p))
+    return ops
+
+
+def _pingpong(cfg: Config, cpu: int) -> list[Op]:
+    """Pairs (0, 1), (2, 3), ...: the even CPU writes page base + r % span in round r, the odd CPU
+    then reads it.
+
+    Both CPUs of a pair draw their think/hold times from the even CPU's generator
+    (``f"{seed}:{even}:pingpong"``), so the odd CPU runs the same schedule shifted by an initial
+    ``compute(think + hold * accesses_per_kmap)`` (means): it kmaps page r after the even CPU has
+    kunmapped it. A lone last CPU (odd CPU count) behaves like an even one. Each pair cycles through its
+    own ``span`` pages (span = min(64, pages // pairs), at least 1) so pairs do not collide as long as
+    ``pages`` allows it. With nesting k, k consecutive rounds' pages are held at once.
+    """
+    w = cfg.workload
+    total = w.kmaps_per_cpu
+    if total == 0:
+        return []
+    ncpus = cfg.machine.cpus
+    pair = cpu // 2
+    reader = cpu % 2 == 1
+    pairs = (ncpus + 1) // 2
+    pages = w.pages
+    span = min(max(1, min(_PINGPONG_SPAN, pages // pairs)), pages)
+    base = (pair * span) % pages
+
+    rng = random.Random(f"{cfg.seed}:{2 * pair}:pingpong")
+    rand = rng.random
+    think_t, think_n = _compute_table(w.think)
+    hold_t, hold_n = _compute_table(w.hold)
+    accesses = range(w.accesses_per_kmap)
+    burst = w.access_burst
+    write = not reader
+    nest = min(w.nesting, span)
+
+    ops: list[Op] = []
+    app = ops.append
+    if reader:
+        app(("compute", w.think + w.hold * w.accesses_per_kmap))
+    r = 0
+    while r < total:
+        group: list[int] = []
+        for _ in range(min(nest, total - r)):
+            app(think_t[int(rand() * think_n)])
+            p = (base + r % span) % pages
+            group.append(p)
+            app(("kmap", p))
+            acc = ("access", p, burst, write)
+            for _ in accesses:
+                app(hold_t[int(rand() * hold_n)])
+                app(acc)
+            r += 1
+        for p in reversed(group):
+            app(("kunmap", p))
+    return ops

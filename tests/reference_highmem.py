@@ -1,0 +1,335 @@
+"""An independent second model of mm/highmem.c's persistent kmap ring, and a trace replayer.
+
+Written from the kernel's own algorithm (kmap_high, map_new_virtual, flush_all_zero_pkmaps,
+kunmap_high) as the tests' oracle. It deliberately shares no code with smpsim.model: a bug copied into
+both would hide itself.
+
+    kmap_high(page):
+        slot = page->virtual
+        if none: slot = map_new_virtual(page)          (may sleep on pkmap_map_wait)
+        pkmap_count[slot]++                            (BUG if the result is < 2)
+
+    map_new_virtual(page):
+      start:
+        count = LAST_PKMAP
+        for (;;):
+            last_pkmap_nr = (last_pkmap_nr + 1) & LAST_PKMAP_MASK
+            if !last_pkmap_nr: flush_all_zero_pkmaps(); count = LAST_PKMAP
+            if !pkmap_count[last_pkmap_nr]: break
+            if --count: continue
+            sleep; after wake-up: if page->virtual: return it; goto start
+        set_pte(pkmap_page_table[last_pkmap_nr], page); pkmap_count[last_pkmap_nr] = 1
+        page->virtual = last_pkmap_nr
+
+    flush_all_zero_pkmaps():
+        for every slot at count 1: count = 0, pte_clear (BUG if already clear), page->virtual = NULL
+        then the TLB flush (2.4: always flush_tlb_all; 2008 on: flush_tlb_kernel_range only if any slot)
+
+    kunmap_high(page):
+        slot = page->virtual (BUG if none); --pkmap_count[slot] (BUG if 0); if 1: wake_up(pkmap_map_wait)
+
+The replayer feeds the ring events of a trace (kmap, kunmap, wait, wrap, flush, wake) through this model
+in seq order and reports the first disagreement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+RING_POLICIES = ("linux-2.4", "linux-2.6", "eager", "no-ipi", "no-flush")
+RING_EVENTS = frozenset({"kmap", "kunmap", "wait", "wrap", "flush", "wake"})
+
+
+class KernelBug(AssertionError):
+    """The reference kernel would BUG() here."""
+
+
+class ReplayMismatch(AssertionError):
+    """The trace disagrees with the reference model."""
+
+
+class RefHighmem:
+    """pkmap_count, pkmap_page_table, page->virtual and last_pkmap_nr, plus the policy's flush choice."""
+
+    def __init__(self, last_pkmap: int, policy: str = "linux-2.4", ncpus: int = 1, flush_ceiling: int = 33):
+        if policy not in RING_POLICIES:
+            raise ValueError(f"policy {policy!r} does not use the pkmap ring")
+        self.LAST_PKMAP = last_pkmap
+        self.policy = policy
+        self.ncpus = ncpus
+        self.flush_ceiling = flush_ceiling
+        self.pkmap_count = [0 for _ in range(last_pkmap)]
+        self.pkmap_page_table: list[int | None] = [None for _ in range(last_pkmap)]
+        self.virtual: dict[int, int] = {}      # page -> slot ("page->virtual")
+        self.last_pkmap_nr = 0
+        # What the current call did besides its result, in order: ("wrap", torn) / ("flush", dict).
+        self.side_effects: list[tuple[str, Any]] = []
+
+    # ---- helpers -------------------------------------------------------------------------------------
+    def page_address(self, page: int) -> int | None:
+        return self.virtual.get(page)
+
+    def _others(self, cpu: int) -> list[int]:
+        return [c for c in range(self.ncpus) if c != cpu]
+
+    def _flush_record(self, cpu: int, scope: str, torn: int, pages: int | None, remote: bool) -> dict:
+        return {"scope": scope, "slots": torn, "pages": pages,
+                "targets": self._others(cpu) if remote else []}
+
+    # ---- mm/highmem.c --------------------------------------------------------------------------------
+    def flush_all_zero_pkmaps(self, cpu: int) -> int:
+        torn = 0
+        for i in range(self.LAST_PKMAP):
+            if self.pkmap_count[i] != 1:
+                continue
+            self.pkmap_count[i] = 0
+            page = self.pkmap_page_table[i]
+            if page is None:
+                raise KernelBug(f"flush_all_zero_pkmaps: slot {i} at count 1 has no pte")
+            self.pkmap_page_table[i] = None
+            if self.virtual.get(page) != i:
+                raise KernelBug(f"page {page} mapped at slot {i} but page->virtual says {self.virtual.get(page)}")
+            del self.virtual[page]
+            torn += 1
+        self.side_effects.append(("wrap", torn))
+        # The TLB flush that makes "count 0" mean "clean everywhere".
+        if self.policy == "linux-2.4":
+            self.side_effects.append(("flush", self._flush_record(cpu, "all", torn, None, True)))
+        elif self.policy == "linux-2.6":
+            if torn:
+                pages = self.LAST_PKMAP if self.LAST_PKMAP <= self.flush_ceiling else None
+                self.side_effects.append(("flush", self._flush_record(cpu, "range", torn, pages, True)))
+        elif self.policy == "no-ipi":
+            self.side_effects.append(("flush", self._flush_record(cpu, "local", torn, None, False)))
+        # eager: nothing can be at count 1 here; no-flush: never flushes.
+        return torn
+
+    def map_new_virtual(self, page: int, cpu: int) -> int | None:
+        """A slot, or None when the caller must sleep (one full fruitless scan)."""
+        count = self.LAST_PKMAP
+        while True:
+            self.last_pkmap_nr = (self.last_pkmap_nr + 1) % self.LAST_PKMAP
+            if self.last_pkmap_nr == 0:
+                self.flush_all_zero_pkmaps(cpu)
+                count = self.LAST_PKMAP
+            if self.pkmap_count[self.last_pkmap_nr] == 0:
+                break
+            count -= 1
+            if count:
+                continue
+            return None
+        slot = self.last_pkmap_nr
+        if self.pkmap_page_table[slot] is not None:
+            raise KernelBug(f"slot {slot} at count 0 still has a pte (page {self.pkmap_page_table[slot]})")
+        self.pkmap_page_table[slot] = page
+        self.pkmap_count[slot] = 1
+        self.virtual[page] = slot
+        return slot
+
+    def kmap_high(self, page: int, cpu: int = 0) -> tuple[int, bool] | None:
+        """(slot, new mapping?) or None if the caller goes to sleep. The retry after a sleep is another
+        call (the kernel re-checks page->virtual and restarts the scan from the current cursor)."""
+        self.side_effects = []
+        slot = self.page_address(page)
+        new = False
+        if slot is None:
+            slot = self.map_new_virtual(page, cpu)
+            if slot is None:
+                return None
+            new = True
+        self.pkmap_count[slot] += 1
+        if self.pkmap_count[slot] < 2:
+            raise KernelBug(f"kmap_high: pkmap_count[{slot}] = {self.pkmap_count[slot]} < 2")
+        return slot, new
+
+    def kunmap_high(self, page: int, cpu: int = 0) -> tuple[int, int, bool]:
+        """(slot, count after, need_wakeup: the count fell to 1 (or 0 after an eager teardown))."""
+        self.side_effects = []
+        slot = self.page_address(page)
+        if slot is None:
+            raise KernelBug(f"kunmap_high: page {page} has no pkmap address")
+        self.pkmap_count[slot] -= 1
+        c = self.pkmap_count[slot]
+        if c == 0:
+            raise KernelBug(f"kunmap_high: pkmap_count[{slot}] (page {page}) reached 0")
+        wake = c == 1
+        if c == 1 and self.policy == "eager":
+            # Eager policy: tear the slot down now and shoot the page down on every CPU.
+            self.pkmap_count[slot] = 0
+            self.pkmap_page_table[slot] = None
+            del self.virtual[page]
+            c = 0
+            self.side_effects.append(("flush", self._flush_record(cpu, "page", 1, 1, True)))
+        return slot, c, wake
+
+    def describe(self) -> str:
+        return (f"ref: last_pkmap_nr={self.last_pkmap_nr} count={self.pkmap_count} "
+                f"pte={self.pkmap_page_table}")
+
+
+# ---- replay -------------------------------------------------------------------------------------------
+
+@dataclass
+class ReplayStats:
+    kmaps: int = 0
+    new: int = 0
+    reuses: int = 0
+    kunmaps: int = 0
+    wraps: int = 0
+    torn: int = 0
+    flushes: int = 0
+    sleeps: int = 0
+    slept_kmaps: int = 0
+    wakes: int = 0
+    slots: list[tuple[int, int, int]] = field(default_factory=list)  # (cpu, page, slot) per kmap
+    ref: RefHighmem | None = None
+
+
+def replay(events: Iterable[dict[str, Any]], last_pkmap: int, policy: str, ncpus: int,
+           flush_ceiling: int = 33, check_flushes: bool = True) -> ReplayStats:
+    """Check a trace's ring events, in seq order, against RefHighmem; raise ReplayMismatch on the first
+    disagreement. Returns what was seen (so callers can insist that wraps or sleeps actually happened).
+
+    - every kmap: same slot, same `new`, same `slept` (the request slept on pkmap_map_wait at least once)
+    - every wait: the reference also finds no free slot in that scan
+    - wrap events occur exactly where the reference wraps (between the same ring operations) with the
+      same number of torn-down slots; flush events (check_flushes) where the policy flushes, with scope,
+      slots, targets and pages
+    - every kunmap: same slot and count afterwards; a wake event right after it exactly when the count
+      fell to 1 (or 0 by eager teardown) with sleepers waiting, naming all of them in sleep order
+    - a sleeper retries only after it was woken
+    """
+    ref = RefHighmem(last_pkmap, policy, ncpus, flush_ceiling)
+    st = ReplayStats(ref=ref)
+    effects: list[dict] = []            # wrap/flush events since the last ring operation
+    waitq: list[int] = []               # CPUs asleep on pkmap_map_wait, in sleep order
+    woken: set[int] = set()             # woken, retry not seen yet
+    slept: set[int] = set()             # CPUs whose current kmap request has slept at least once
+    expect_wake: list[int] | None = None
+    last_seq = -1
+
+    def fail(ev: dict, why: str) -> None:
+        raise ReplayMismatch(f"seq {ev.get('seq')}: {why}\n  event: {ev}\n  {ref.describe()}")
+
+    def match_effects(ev: dict) -> None:
+        want = ref.side_effects if check_flushes else [e for e in ref.side_effects if e[0] == "wrap"]
+        got = effects if check_flushes else [e for e in effects if e["ev"] == "wrap"]
+        if len(got) != len(want):
+            fail(ev, f"reference side effects {want} but the trace has {[_short(e) for e in got]} "
+                     f"before this event")
+        for g, (kind, w) in zip(got, want):
+            if g["ev"] != kind:
+                fail(ev, f"reference side effects {want} but the trace has {[_short(e) for e in got]}")
+            if kind == "wrap":
+                if g.get("slots") != w:
+                    fail(g, f"wrap tore down {g.get('slots')} slots, the reference tore down {w}")
+                if g.get("cpu") != ev.get("cpu"):
+                    fail(g, f"wrap on CPU {g.get('cpu')} during CPU {ev.get('cpu')}'s kmap")
+                st.wraps += 1
+                st.torn += w
+            else:
+                for k in ("scope", "slots", "pages"):
+                    if g.get(k) != w[k]:
+                        fail(g, f"flush {k} = {g.get(k)!r}, reference {w[k]!r} ({w})")
+                if sorted(g.get("targets") or []) != w["targets"]:
+                    fail(g, f"flush targets {g.get('targets')}, reference {w['targets']}")
+                if g.get("cpu") != ev.get("cpu"):
+                    fail(g, f"flush initiated by CPU {g.get('cpu')} during CPU {ev.get('cpu')}'s operation")
+                st.flushes += 1
+        effects.clear()
+
+    for ev in events:
+        kind = ev.get("ev")
+        if kind not in RING_EVENTS:
+            continue
+        seq = ev.get("seq", last_seq + 1)
+        if seq <= last_seq:
+            fail(ev, f"events out of seq order ({seq} after {last_seq})")
+        last_seq = seq
+        cpu, page = ev.get("cpu"), ev.get("page")
+        if expect_wake is not None:
+            if kind != "wake":
+                fail(ev, f"expected a wake of CPUs {expect_wake} right after the kunmap")
+            if list(ev.get("woken") or []) != expect_wake:
+                fail(ev, f"woke {ev.get('woken')}, the reference wakes {expect_wake} (all sleepers, in order)")
+            woken.update(expect_wake)
+            waitq.clear()
+            st.wakes += 1
+            expect_wake = None
+            continue
+        if kind in ("wrap", "flush"):
+            effects.append(ev)
+            continue
+        if kind == "wake":
+            fail(ev, f"wake with no kunmap dropping a count to 1 and sleepers {waitq}")
+        if kind in ("kmap", "wait"):
+            if cpu in slept and cpu not in woken:
+                fail(ev, f"CPU {cpu} retries its kmap without having been woken (asleep: {waitq})")
+            woken.discard(cpu)
+            res = ref.kmap_high(page, cpu)
+            match_effects(ev)
+            if kind == "wait":
+                if res is not None:
+                    fail(ev, f"CPU {cpu} slept on page {page}, the reference maps it at slot {res[0]} "
+                             f"(new={res[1]})")
+                slept.add(cpu)
+                waitq.append(cpu)
+                st.sleeps += 1
+                continue
+            if res is None:
+                fail(ev, f"kmap of page {page} at slot {ev.get('slot')}, but the reference finds no free "
+                         f"slot and sleeps")
+            slot, new = res
+            if ev.get("slot") != slot:
+                fail(ev, f"kmap of page {page} at slot {ev.get('slot')}, reference slot {slot}")
+            if bool(ev.get("new")) != new:
+                fail(ev, f"kmap new={ev.get('new')}, reference new={new}")
+            if bool(ev.get("slept")) != (cpu in slept):
+                fail(ev, f"kmap slept={ev.get('slept')}, reference slept={cpu in slept}")
+            st.slept_kmaps += cpu in slept
+            slept.discard(cpu)
+            st.kmaps += 1
+            st.new += new
+            st.reuses += not new
+            st.slots.append((cpu, page, slot))
+            continue
+        # kunmap
+        slot, count, wake = ref.kunmap_high(page, cpu)
+        match_effects(ev)
+        if ev.get("slot") != slot or ev.get("count") != count:
+            fail(ev, f"kunmap slot={ev.get('slot')} count={ev.get('count')}, "
+                     f"reference slot={slot} count={count}")
+        st.kunmaps += 1
+        if wake and waitq:
+            expect_wake = list(waitq)
+    if effects:
+        raise ReplayMismatch(f"trailing {[_short(e) for e in effects]} after the last ring operation")
+    if expect_wake is not None:
+        raise ReplayMismatch(f"trace ends without the wake of CPUs {expect_wake}")
+    return st
+
+
+def _short(ev: dict) -> str:
+    if ev["ev"] == "wrap":
+        return f"wrap(slots={ev.get('slots')})@{ev.get('seq')}"
+    return f"flush({ev.get('scope')}, slots={ev.get('slots')})@{ev.get('seq')}"
+
+
+# ---- run-directory helpers (the smpsim trace API) ---------------------------------------------------
+
+def load_events(run_dir: str | Path) -> list[dict[str, Any]]:
+    import warnings
+
+    from smpsim.trace.reader import iter_events, open_run
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a run stopped by a BUG/deadlock is "truncated" but readable
+        run = open_run(run_dir)
+    return list(iter_events(run))
+
+
+def replay_run(run_dir: str | Path, cfg, **kw) -> ReplayStats:
+    """Replay the run directory of `cfg` (a smpsim Config)."""
+    return replay(load_events(run_dir), cfg.machine.ring_size, cfg.policy.name, cfg.machine.cpus,
+                  cfg.policy.flush_ceiling, **kw)

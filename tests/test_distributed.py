@@ -1,0 +1,356 @@
+"""The distributed engine: real CPU processes, real ZeroMQ, compared with the single-process engine."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgpack
+import psutil
+import pytest
+import zmq
+
+from smpsim.config import validate
+from smpsim.engines import inline
+from smpsim.engines.distributed import protocol as p
+from smpsim.engines.distributed.launch import run_distributed
+from smpsim.trace.reader import iter_events, open_run
+
+POLICIES = ["linux-2.4", "linux-2.6", "eager", "kmap-local", "no-ipi", "no-flush"]
+
+
+def _script(tmp_path: Path, cpus: int) -> str:
+    """A script where CPUs share pages and reuse slots of a small ring."""
+    lines = []
+    for r in range(6):
+        for c in range(cpus):
+            page = (r * 3 + c) % 7
+            lines += [{"cpu": c, "op": "kmap", "page": page},
+                      {"cpu": c, "op": "access", "page": page, "n": 2, "write": c % 2 == 0},
+                      {"cpu": c, "op": "compute", "cycles": 300 + 50 * c},
+                      {"cpu": c, "op": "kunmap", "page": page},
+                      {"cpu": c, "op": "compute", "cycles": 700}]
+    path = tmp_path / "script.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return str(path)
+
+
+def _cfg(tmp_path, policy, workload, cpus, kmaps=30, **extra):
+    wl = {"kind": workload, "kmaps_per_cpu": kmaps, "pages": 96, "nesting": 2, "think": 800, "hold": 100}
+    if workload == "script":
+        wl = {"kind": "script", "script": _script(tmp_path, cpus)}
+    data = {"seed": 11, "machine": {"cpus": cpus, "last_pkmap": 16}, "policy": {"name": policy},
+            "workload": wl, "trace": {"enabled": False}}
+    for k, v in extra.items():
+        data[k] = v
+    return validate(data)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("transport", ["ipc", "tcp"])
+@pytest.mark.parametrize("workload", ["uniform", "shared", "pingpong", "script"])
+@pytest.mark.parametrize("cpus", [1, 2, 8])
+def test_digest_equals_inline(tmp_path, transport, workload, cpus):
+    for policy in POLICIES:
+        cfg = _cfg(tmp_path, policy, workload, cpus)
+        want = inline.run(cfg).summary
+        got = run_distributed(cfg, None, transport).summary
+        assert got["digest"] == want["digest"], (policy, workload, cpus, transport)
+        assert got["counters"] == want["counters"]
+        assert got["counters"]["kmaps"] > 0
+
+
+@pytest.mark.timeout(300)
+def test_digest_equals_inline_at_32_cpus(tmp_path):
+    cfg = _cfg(tmp_path, "linux-2.4", "shared", 32, kmaps=12)
+    want = inline.run(cfg).summary
+    got = run_distributed(cfg, tmp_path / "run", "ipc").summary
+    assert got["digest"] == want["digest"]
+    assert got["counters"]["ipis"] > 0
+    # The complete trace is in the coordinator's run directory, logs one file per process.
+    logs = sorted(x.name for x in (tmp_path / "run" / "logs").iterdir())
+    assert "coordinator.log.jsonl" in logs and len([x for x in logs if x.startswith("cpu-")]) == 32
+
+
+def test_trace_in_run_dir_matches_inline(tmp_path):
+    cfg = _cfg(tmp_path, "eager", "pingpong", 4, trace={"enabled": True, "part_events": 500})
+    a = inline.run(cfg, tmp_path / "a").summary
+    b = run_distributed(cfg, tmp_path / "b", "tcp").summary
+    ea = list(iter_events(open_run(tmp_path / "a")))
+    eb = list(iter_events(open_run(tmp_path / "b")))
+    assert a["digest"] == b["digest"] and ea == eb and len(ea) == a["events"]
+
+
+def _wait_for(pred, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def _log_has(path: Path, event: str) -> bool:
+    try:
+        return any(json.loads(line).get("event") == event for line in path.read_text().splitlines() if line)
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def _alive(pids) -> list[int]:
+    out = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                out.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+@pytest.mark.timeout(120)
+def test_launch_runs_one_process_per_cpu(tmp_path, smpsim_cmd, subprocess_env):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([*smpsim_cmd, "launch", "--cpus", "8", "--out", str(out),
+                             "--set", "workload.kmaps_per_cpu=400"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env)
+    try:
+        _wait_for(lambda: _log_has(out / "logs" / "coordinator.log.jsonl", "all joined"), 60, "all CPUs joined")
+        kids = psutil.Process(proc.pid).children(recursive=True)
+        seen = 1 + len(kids)
+        pids = [proc.pid] + [k.pid for k in kids]
+        stdout, stderr = proc.communicate(timeout=100)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
+    assert seen == 9
+    assert not _alive(pids)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["counters"]["kmaps"] == 8 * 400
+    assert summary["digest"] in stdout
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.timeout(120)
+def test_killed_cpu_stops_the_run(tmp_path, smpsim_cmd, subprocess_env):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([*smpsim_cmd, "launch", "--cpus", "4", "--out", str(out),
+                             "--set", "workload.kmaps_per_cpu=100000", "--set", "trace.part_events=2000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env)
+    try:
+        _wait_for(lambda: _log_has(out / "logs" / "coordinator.log.jsonl", "all joined"), 60, "all CPUs joined")
+        _wait_for(lambda: list((out / "trace").glob("part-*.parquet")), 60, "a first trace part")
+        kids = psutil.Process(proc.pid).children(recursive=True)
+        assert len(kids) == 4
+        victim = kids[2]
+        victim.send_signal(signal.SIGKILL)
+        t_kill = time.monotonic()
+        stdout, stderr = proc.communicate(timeout=30)
+        elapsed = time.monotonic() - t_kill
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    assert elapsed < 10
+    assert "CPU 2" in stderr and "SIGKILL" in stderr and "virtual time t=" in stderr, stderr
+    assert "Traceback" not in stderr
+    assert not _alive([k.pid for k in kids])
+    run = open_run(out)
+    events = list(iter_events(run))
+    assert events and [e["seq"] for e in events] == list(range(len(events)))
+    assert json.loads((out / "summary.json").read_text())["status"] == "error"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.timeout(120)
+def test_cpus_exit_when_the_coordinator_dies(tmp_path, smpsim_cmd, subprocess_env):
+    port = _free_port()
+    out = tmp_path / "run"
+    coord = subprocess.Popen([*smpsim_cmd, "coordinator", "--listen", f"tcp://127.0.0.1:{port}", "--out", str(out),
+                              "--set", "machine.cpus=2", "--set", "workload.kmaps_per_cpu=100000"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=subprocess_env)
+    cpus = [subprocess.Popen([*smpsim_cmd, "cpu", "--coordinator", f"tcp://127.0.0.1:{port}", "--cpu-id", str(c)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=subprocess_env)
+            for c in range(2)]
+    try:
+        _wait_for(lambda: _log_has(out / "logs" / "coordinator.log.jsonl", "all joined"), 60, "all CPUs joined")
+        coord.send_signal(signal.SIGKILL)
+        coord.wait(5)
+        t0 = time.monotonic()
+        for c in cpus:
+            c.wait(timeout=15)
+        elapsed = time.monotonic() - t0
+    finally:
+        for x in [coord, *cpus]:
+            x.kill()
+            x.wait()
+    assert elapsed < 10
+    for c in cpus:
+        err = c.stderr.read()
+        assert c.returncode != 0 and "coordinator" in err and "Traceback" not in err, err
+
+
+def _hello(sock, cpu, version=p.VERSION, token="", run_id=""):
+    sock.send(msgpack.packb([p.HELLO, version, run_id, cpu, os.getpid(), "test-host", token]))
+    assert sock.poll(5000), "no answer to HELLO"
+    return msgpack.unpackb(sock.recv(), raw=False)
+
+
+@pytest.mark.timeout(120)
+def test_bad_joiners_are_refused_and_the_run_is_undisturbed(tmp_path, smpsim_cmd, subprocess_env):
+    port = _free_port()
+    addr = f"tcp://127.0.0.1:{port}"
+    out = tmp_path / "run"
+    sets = ["--set", "machine.cpus=2", "--set", "workload.kmaps_per_cpu=60", "--set", "machine.last_pkmap=16"]
+    coord = subprocess.Popen([*smpsim_cmd, "coordinator", "--listen", addr, "--token", "sesame", "--out", str(out),
+                              *sets], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=subprocess_env)
+    ctx = zmq.Context()
+    socks = []
+    cpus = []
+    try:
+        def dealer():
+            s = ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            s.connect(addr)
+            socks.append(s)
+            return s
+
+        assert _hello(dealer(), 0, version=99, token="sesame")[0] == p.REFUSE
+        reply = _hello(dealer(), 0, token="wrong")
+        assert reply[0] == p.REFUSE and "token" in reply[1]
+        reply = _hello(dealer(), 7, token="sesame")
+        assert reply[0] == p.REFUSE and "out of range" in reply[1]
+        g = dealer()
+        g.send(b"\x93\xff garbage")
+        assert g.poll(5000) and msgpack.unpackb(g.recv(), raw=False)[0] == p.REFUSE
+        # CPU 0 joins for real; a second CPU 0 is a duplicate.
+        cpus.append(subprocess.Popen([*smpsim_cmd, "cpu", "--coordinator", addr, "--cpu-id", "0", "--token", "sesame"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=subprocess_env))
+        _wait_for(lambda: _log_has(out / "logs" / "coordinator.log.jsonl", "joined"), 30, "CPU 0 joined")
+        reply = _hello(dealer(), 0, token="sesame")
+        assert reply[0] == p.REFUSE and "already joined" in reply[1]
+        env = dict(subprocess_env, JOB_COMPLETION_INDEX="1", SMPSIM_TOKEN="sesame")
+        cpus.append(subprocess.Popen([*smpsim_cmd, "cpu", "--coordinator", addr], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True, env=env))
+        stdout, stderr = coord.communicate(timeout=90)
+        for c in cpus:
+            c.wait(timeout=15)
+    finally:
+        for s in socks:
+            s.close(0)
+        ctx.term()
+        for x in [coord, *cpus]:
+            x.kill()
+            x.wait()
+    assert coord.returncode == 0, stderr
+    assert all(c.returncode == 0 for c in cpus)
+    want = inline.run(validate({"machine": {"cpus": 2, "last_pkmap": 16},
+                                "workload": {"kmaps_per_cpu": 60}, "policy": {"name": "linux-2.4"}}
+                               | _default_overrides())).summary
+    got = json.loads((out / "summary.json").read_text())
+    assert got["digest"] == want["digest"]
+    log = (out / "logs" / "coordinator.log.jsonl").read_text()
+    for reason in ("protocol version 99", "token", "out of range", "garbage", "already joined"):
+        assert reason in log
+
+
+def _default_overrides() -> dict:
+    """The default config's settings other than the ones the test overrides."""
+    from smpsim.config import default_config_path, read_toml
+    data = read_toml(default_config_path())
+    data.setdefault("machine", {}).update({"cpus": 2, "last_pkmap": 16})
+    data.setdefault("workload", {}).update({"kmaps_per_cpu": 60})
+    return data
+
+
+def test_non_loopback_listen_needs_a_token(smpsim_cmd, subprocess_env):
+    r = subprocess.run([*smpsim_cmd, "coordinator", "--listen", "tcp://0.0.0.0:0"], capture_output=True,
+                       text=True, env={k: v for k, v in subprocess_env.items() if k != "SMPSIM_TOKEN"}, timeout=60)
+    assert r.returncode == 2 and "token" in r.stderr and "Traceback" not in r.stderr
+
+
+# ---- two hosts: network namespaces joined by a veth pair ---------------------------------------------
+
+NS = ("smpsim-test-a", "smpsim-test-b")
+ADDR = ("169.254.213.1", "169.254.213.2")
+
+
+def _can_netns() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to create network namespaces"
+    if not shutil.which("ip"):
+        return "needs iproute2's `ip`"
+    return None
+
+
+@pytest.fixture
+def two_hosts():
+    why = _can_netns()
+    if why:
+        pytest.skip(why)
+    sh = lambda *a: subprocess.run(a, check=True, capture_output=True, timeout=20)  # noqa: E731
+    for ns in NS:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
+    try:
+        for ns in NS:
+            sh("ip", "netns", "add", ns)
+        sh("ip", "link", "add", "smpsim-va", "netns", NS[0], "type", "veth", "peer", "name", "smpsim-vb",
+           "netns", NS[1])
+        for ns, dev, addr in ((NS[0], "smpsim-va", ADDR[0]), (NS[1], "smpsim-vb", ADDR[1])):
+            sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
+            sh("ip", "-n", ns, "link", "set", dev, "up")
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+    except subprocess.CalledProcessError as e:
+        for ns in NS:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
+        pytest.skip(f"cannot set up network namespaces here: {e.stderr.decode().strip()}")
+    yield
+    for ns in NS:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
+
+
+@pytest.mark.timeout(180)
+def test_two_hosts_same_digest(tmp_path, two_hosts, smpsim_cmd, subprocess_env):
+    out = tmp_path / "run"
+    sets = ["--set", "machine.cpus=3", "--set", "workload.kmaps_per_cpu=80", "--set", "machine.last_pkmap=32",
+            "--set", "workload.kind=shared", "--set", "policy.name=linux-2.4"]
+    cfg_data = _default_overrides()
+    cfg_data["machine"].update({"cpus": 3, "last_pkmap": 32})
+    cfg_data["workload"].update({"kmaps_per_cpu": 80, "kind": "shared"})
+    cfg_data["policy"] = {"name": "linux-2.4"}
+    want = inline.run(validate(cfg_data)).summary
+    env = dict(subprocess_env, SMPSIM_TOKEN="two-hosts")
+    coord = subprocess.Popen(["ip", "netns", "exec", NS[0], *smpsim_cmd, "coordinator", "--listen",
+                              f"tcp://{ADDR[0]}:5555", "--out", str(out), *sets],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    cpus = [subprocess.Popen(["ip", "netns", "exec", NS[1], *smpsim_cmd, "cpu", "--coordinator",
+                              f"tcp://{ADDR[0]}:5555", "--cpu-id", str(c)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+            for c in range(3)]
+    try:
+        stdout, stderr = coord.communicate(timeout=150)
+        for c in cpus:
+            c.wait(timeout=15)
+    finally:
+        for x in [coord, *cpus]:
+            x.kill()
+            x.wait()
+    assert coord.returncode == 0, stderr
+    got = json.loads((out / "summary.json").read_text())
+    assert got["digest"] == want["digest"]
+    joined = [json.loads(line) for line in (out / "logs" / "coordinator.log.jsonl").read_text().splitlines()]
+    assert len([j for j in joined if j.get("event") == "joined"]) == 3
+    assert sys.platform.startswith("linux")

@@ -1,0 +1,132 @@
+import hashlib
+import os
+from pathlib import Path
+
+import msgpack
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from smpsim.trace.reader import iter_events, open_run
+from smpsim.trace.rundir import write_summary
+from smpsim.trace.schema import FIELD_NAMES, SCHEMA
+from smpsim.trace.writer import TraceWriter, digest_events, event_bytes
+from tracegen import make_events
+
+
+def reference_digest(events):
+    """docs/architecture.md, written out independently of smpsim.trace.writer."""
+    h = hashlib.sha256()
+    for e in events:
+        h.update(msgpack.packb(sorted((k, v) for k, v in e.items() if v is not None)))
+    return h.hexdigest()
+
+
+def write_all(run_dir, events, part_events, enabled=True, batch=97):
+    w = TraceWriter(run_dir, part_events, enabled)
+    for i in range(0, len(events), batch):
+        w.write([dict(e) for e in events[i:i + batch]])
+    return w, w.close()
+
+
+def test_parts_are_bounded_and_named_in_order(tmp_path):
+    events = make_events(1050)
+    w, _ = write_all(tmp_path, events, part_events=200)
+    parts = sorted(p.name for p in (tmp_path / "trace").iterdir())
+    assert parts == [f"part-{i:05d}.parquet" for i in range(6)]
+    rows = [pq.ParquetFile(tmp_path / "trace" / p).metadata.num_rows for p in parts]
+    assert rows == [200, 200, 200, 200, 200, 50]
+    assert w.parts == 6 and w.events == 1050
+    assert pq.read_schema(tmp_path / "trace" / parts[0]).names == list(FIELD_NAMES)
+
+
+def test_part_is_written_as_soon_as_it_is_full(tmp_path):
+    w = TraceWriter(tmp_path, 10, True)
+    events = make_events(25)
+    w.write(events[:9])
+    assert not list((tmp_path / "trace").glob("*.parquet"))
+    w.write(events[9:12])
+    assert [p.name for p in (tmp_path / "trace").glob("*.parquet")] == ["part-00000.parquet"]
+    w.write(events[12:25])
+    assert len(list((tmp_path / "trace").glob("*.parquet"))) == 2
+    w.close()
+    assert len(list((tmp_path / "trace").glob("*.parquet"))) == 3
+
+
+def test_parts_are_written_under_a_temporary_name_then_renamed(tmp_path, monkeypatch):
+    seen = []
+    real_replace = os.replace
+
+    def spy(src, dst):
+        seen.append((Path(src).name, Path(dst).name))
+        assert Path(src).exists() and not Path(dst).exists()
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    write_all(tmp_path, make_events(30), part_events=10)
+    assert seen == [(f".part-{i:05d}.parquet.tmp", f"part-{i:05d}.parquet") for i in range(3)]
+    assert not [p for p in (tmp_path / "trace").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_digest_equals_independent_recomputation(tmp_path):
+    events = make_events(777)
+    _, digest = write_all(tmp_path, events, part_events=100)
+    assert digest == reference_digest(events) == digest_events(events)
+    assert event_bytes(events[3]) == msgpack.packb(sorted((k, v) for k, v in events[3].items() if v is not None))
+    # ... and from what was stored: the trace alone is enough to check a run's digest
+    write_summary(tmp_path, {"status": "ok", "digest": digest})
+    assert reference_digest(iter_events(open_run(tmp_path))) == digest
+
+
+def test_digest_is_independent_of_part_size_batches_and_enabled(tmp_path):
+    events = make_events(500)
+    digests = {
+        write_all(tmp_path / "a", events, part_events=1)[1],
+        write_all(tmp_path / "b", events, part_events=64, batch=1)[1],
+        write_all(tmp_path / "c", events, part_events=10_000, batch=500)[1],
+        write_all(tmp_path / "d", events, part_events=64, enabled=False)[1],
+        write_all(None, events, part_events=64)[1],
+    }
+    assert len(digests) == 1
+    assert not (tmp_path / "d" / "trace").exists()
+
+
+def test_empty_stream_digest():
+    w = TraceWriter(None, 10, True)
+    assert w.close() == hashlib.sha256().hexdigest()
+    assert w.stats()["events"] == 0
+
+
+def test_none_values_and_missing_fields_are_the_same_event(tmp_path):
+    a = [{"seq": 0, "t": 1, "cpu": 0, "ev": "wrap", "slots": 2, "page": None}]
+    b = [{"seq": 0, "t": 1, "cpu": 0, "ev": "wrap", "slots": 2}]
+    assert write_all(None, a, 10)[1] == write_all(None, b, 10)[1]
+
+
+def test_schema_types(tmp_path):
+    write_all(tmp_path, make_events(20), part_events=100)
+    schema = pq.read_schema(tmp_path / "trace" / "part-00000.parquet")
+    assert schema.remove_metadata().equals(SCHEMA)
+    for name in ("targets", "woken"):
+        assert pa.types.is_list(schema.field(name).type)
+        assert schema.field(name).type.value_type == pa.int32()
+    for name in ("t", "seq", "t_send", "t_recv", "t_ack", "cycles", "lock_wait", "stall"):
+        assert str(schema.field(name).type) == "int64"
+    for name in ("new", "slept", "write", "flush_caused"):
+        assert str(schema.field(name).type) == "bool"
+    assert str(schema.field("ev").type) == str(schema.field("scope").type) == "string"
+
+
+def test_unknown_field_and_out_of_order_batches_are_rejected(tmp_path):
+    w = TraceWriter(tmp_path, 1, True)
+    with pytest.raises(ValueError, match="bogus"):
+        w.write([{"seq": 0, "t": 0, "cpu": 0, "ev": "wrap", "bogus": 1}])
+    w = TraceWriter(tmp_path / "x", 10, True)
+    with pytest.raises(ValueError, match="seq"):
+        w.write([{"seq": 5, "t": 0, "cpu": 0, "ev": "wrap"}])
+
+
+def test_stats_and_close_twice(tmp_path):
+    w, digest = write_all(tmp_path, make_events(25), part_events=10)
+    assert w.close() == digest
+    assert w.stats() == {"enabled": True, "events": 25, "parts": 3, "part_events": 10, "digest": digest}

@@ -1,0 +1,42 @@
+"""Synthetic, schema-complete event streams for the trace tests (no model needed)."""
+
+from __future__ import annotations
+
+import random
+
+
+def make_events(count: int, seed: int = 1, cpus: int = 4) -> list[dict]:
+    """``count`` events of every type, t non-decreasing, seq assigned, some fields None."""
+    rng = random.Random(seed)
+    out = []
+    t = 0
+    for i in range(count):
+        t += rng.randrange(0, 40)
+        cpu = rng.randrange(cpus)
+        kind = i % 10
+        if kind == 0:
+            e = {"ev": "kmap", "page": rng.randrange(1 << 40), "slot": rng.randrange(256), "new": rng.random() < .5,
+                 "slept": False, "cycles": rng.randrange(10_000), "lock_wait": rng.randrange(5000)}
+        elif kind == 1:
+            e = {"ev": "kunmap", "page": rng.randrange(8192), "slot": rng.randrange(256), "count": 1}
+        elif kind == 2:
+            e = {"ev": "wrap", "slots": rng.randrange(256)}
+        elif kind == 3:
+            e = {"ev": "flush", "scope": "all", "slots": 3, "targets": [c for c in range(cpus) if c != cpu],
+                 "pages": None, "stall": 10_800}
+        elif kind == 4:
+            e = {"ev": "ipi", "src": (cpu + 1) % cpus, "t_send": t - 2500, "t_recv": t, "t_ack": t + 1000,
+                 "scope": "all", "dropped": rng.randrange(64)}
+        elif kind == 5:
+            e = {"ev": "access", "page": rng.randrange(8192), "slot": 4, "n": 8, "write": rng.random() < .3,
+                 "hits": 7, "misses": 1}
+        elif kind == 6:
+            e = {"ev": "tlb_miss", "page": None, "slot": None, "n": 32, "cycles": 960, "flush_caused": True}
+        elif kind == 7:
+            e = {"ev": "stale", "page": 5, "reached": 884, "slot": 13, "n": 8}
+        elif kind == 8:
+            e = {"ev": "wait", "page": rng.randrange(8192)}
+        else:
+            e = {"ev": "wake", "woken": sorted(rng.sample(range(cpus), 2))}
+        out.append({"seq": i, "t": t, "cpu": cpu, **e})
+    return out
