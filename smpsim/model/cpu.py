@@ -47,10 +47,12 @@ class Cpu:
         self.started = -1                         # start time of the latest operation
 
     # ---- the program ---------------------------------------------------------------------------------
-    def run(self, safe: int) -> list[tuple]:
-        """Execute operations that start before `safe`; returns messages for the coordinator."""
+    def run(self, safe: int, max_ops: int | None = None) -> list[tuple]:
+        """Execute operations that start before `safe` (at most max_ops of them); returns messages for
+        the coordinator."""
         out: list[tuple] = []
         ops = self.ops
+        stop_pc = INF if max_ops is None else self.pc + max_ops
         while self.state == RUNNING:
             if self.inbox and self.inbox[0][0] <= self.clock:
                 self._take_due_ipis()
@@ -60,7 +62,7 @@ class Cpu:
                     self._handle_ipi(heapq.heappop(self.inbox)[2], running=False)
                 out.append((m.DONE, self.id, self.clock))
                 break
-            if self.clock >= safe:
+            if self.clock >= safe or self.pc >= stop_pc:
                 out.append((m.PROGRESS, self.id, self.clock))
                 break
             op = ops[self.pc]

@@ -1,4 +1,4 @@
-"""Reading a run directory back: open_run, iter_events, read_table.
+"""Reading a run directory back: open_run, iter_events, iter_tables, read_table.
 
 A run is *truncated* when it did not finish cleanly: no summary.json (the process died), a status other
 than "ok" (a model BUG or deadlock stopped it), fewer parts or events than summary.json records, or a
@@ -144,12 +144,12 @@ def _config_trace(path: Path) -> dict[str, Any]:
     return trace if isinstance(trace, dict) else {}
 
 
-def _read_part(path: Path) -> pa.Table:
+def _read_part(path: Path, columns: list[str] | None = None) -> pa.Table:
     try:
-        table = pq.read_table(path)
+        table = pq.read_table(path, columns=columns)
     except (pa.ArrowException, OSError) as e:
         raise TraceError(f"{path}: corrupt or unreadable trace part ({e})") from None
-    missing = [c for c in REQUIRED if c not in table.column_names]
+    missing = [c for c in REQUIRED if c not in table.column_names and (columns is None or c in columns)]
     if missing:
         raise TraceError(f"{path}: not a trace part (no column {', '.join(missing)})")
     return table
@@ -183,19 +183,46 @@ def iter_events(run: RunDir | str | Path) -> Iterator[dict[str, Any]]:
             yield {k: v for k, v in zip(names, row) if v is not None}
 
 
-def read_table(run: RunDir | str | Path) -> pa.Table:
-    """The whole trace as one Table with the trace schema (empty when the run has no parts)."""
+def iter_tables(run: RunDir | str | Path, columns: list[str] | tuple[str, ...] | None = None) -> Iterator[pa.Table]:
+    """Each part as a Table in the trace schema, in seq order, checked like iter_events.
+
+    ``columns`` (trace field names) reads only those columns, in that order: much less I/O for a
+    columnar analysis that needs a few of them. The parts' seq continuity is checked either way.
+    """
     if not isinstance(run, RunDir):
         run = open_run(run)
-    tables = []
+    names = list(FIELD_NAMES) if columns is None else list(columns)
+    unknown = [c for c in names if c not in FIELD_NAMES]
+    if unknown:
+        raise ValueError(f"not trace fields: {unknown}")
+    schema = pa.schema([SCHEMA.field(c) for c in names])
+    read = None if columns is None else list(dict.fromkeys(["seq", *REQUIRED, *names]))
     expected = 0
     for path in run.parts:
-        table = _read_part(path)
+        table = _read_part(path, _present(path, read))
         expected = _check_seq(path, table, expected)
         try:
-            tables.append(table.select(list(FIELD_NAMES)).cast(SCHEMA))
+            yield table.select(names).cast(schema)
         except (pa.ArrowException, KeyError) as e:
             raise TraceError(f"{path}: does not match the trace schema ({e})") from None
+
+
+def _present(path: Path, columns: list[str] | None) -> list[str] | None:
+    """The requested columns the part has (a missing one is reported by the schema check, naming it)."""
+    if columns is None:
+        return None
+    try:
+        have = set(pq.read_schema(path).names)
+    except (pa.ArrowException, OSError) as e:
+        raise TraceError(f"{path}: corrupt or unreadable trace part ({e})") from None
+    return [c for c in columns if c in have]
+
+
+def read_table(run: RunDir | str | Path, columns: list[str] | tuple[str, ...] | None = None) -> pa.Table:
+    """The whole trace as one Table with the trace schema (or just ``columns`` of it; empty when the run
+    has no parts)."""
+    tables = list(iter_tables(run, columns))
     if not tables:
-        return SCHEMA.empty_table()
+        names = list(FIELD_NAMES) if columns is None else list(columns)
+        return pa.schema([SCHEMA.field(c) for c in names]).empty_table()
     return pa.concat_tables(tables)

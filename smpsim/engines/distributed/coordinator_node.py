@@ -23,9 +23,6 @@ from smpsim.model import workloads
 from smpsim.model.coordinator import RUNNING, Coordinator
 from smpsim.model.errors import ModelError
 
-JOIN_TIMEOUT_S = 60.0
-
-
 class RunAborted(Exception):
     """The distributed run cannot go on (a CPU died or broke the protocol); the message says which."""
 
@@ -33,7 +30,7 @@ class RunAborted(Exception):
 class CoordinatorNode:
     def __init__(self, cfg: Config, run_dir: Path | None, sock: zmq.Socket, run_id: str, token: str = "",
                  log=None, check_children: Callable[[], str | None] | None = None,
-                 progress: Callable[[dict], None] | None = None, join_timeout: float = JOIN_TIMEOUT_S):
+                 progress: Callable[[dict], None] | None = None, join_timeout: float = p.JOIN_TIMEOUT_S):
         self.cfg, self.sock, self.run_id, self.token = cfg, sock, run_id, token
         self.log = log
         self.n = cfg.machine.cpus

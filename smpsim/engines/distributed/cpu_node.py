@@ -21,6 +21,10 @@ from smpsim.model.cpu import DONE, RUNNING, Cpu
 from smpsim.model.errors import ModelError
 
 
+# Operations per Cpu.run call: keeps the process answering heartbeats when it may run far ahead.
+RUN_CHUNK = 20_000
+
+
 class CpuExit(Exception):
     """The CPU process stops; the message says why (coordinator refused, vanished, protocol error)."""
 
@@ -63,9 +67,9 @@ class CpuNode:
                           f"{p.SEND_TIMEOUT_MS} ms") from None
         self.last_sent = time.monotonic()
 
-    def _recv(self, timeout_ms: int) -> list | None:
+    def _recv(self, timeout_ms: int, joining: bool = False) -> list | None:
         if not self.sock.poll(timeout_ms):
-            if time.monotonic() - self.last_heard > p.PEER_TIMEOUT_S:
+            if not joining and time.monotonic() - self.last_heard > p.PEER_TIMEOUT_S:
                 raise CpuExit(f"CPU {self.cpu_id}: the coordinator has been silent for "
                               f"{p.PEER_TIMEOUT_S:.0f} s; exiting")
             return None
@@ -79,9 +83,9 @@ class CpuNode:
         ask = -1 if self.cpu_id is None else self.cpu_id
         hello = [p.HELLO, p.VERSION, self.run_id, ask, os.getpid(), socket.gethostname(), self.token]
         self.sock.send(p.pack(hello))
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + p.JOIN_TIMEOUT_S
         while True:
-            msg = self._recv(200)
+            msg = self._recv(200, joining=True)
             if msg is None:
                 if time.monotonic() > deadline:
                     raise CpuExit(f"CPU {self.cpu_id}: no answer from the coordinator at {self.address}")
@@ -106,7 +110,7 @@ class CpuNode:
             out: list = []
             if cpu.state == RUNNING and (cpu.clock < self.safe or cpu.pc >= len(cpu.ops)):
                 try:
-                    out = cpu.run(self.safe)
+                    out = cpu.run(self.safe, max_ops=RUN_CHUNK)
                 except ModelError as e:
                     return self._fail(e)
             h = cpu.horizon()

@@ -29,7 +29,8 @@ HELLO, WELCOME, REFUSE, BATCH, HB, FAIL, BYE, END = (
     "hello", "welcome", "refuse", "batch", "hb", "fail", "bye", "end")
 
 HEARTBEAT_S = 0.25      # send a heartbeat when a link was quiet this long
-PEER_TIMEOUT_S = 3.0    # a peer silent this long is gone
+PEER_TIMEOUT_S = 5.0    # a peer silent this long is gone (faults are reported within 10 s)
+JOIN_TIMEOUT_S = 60.0   # how long joining may take (64 CPU processes on 2 cores start slowly)
 SEND_TIMEOUT_MS = 5000  # a send that cannot be queued within this is an error (bounded queues)
 HWM = 100_000
 
