@@ -11,7 +11,8 @@ from typing import Annotated
 import typer
 
 from smpsim import __version__
-from smpsim.cli import config_cmd, distributed, export, run
+from smpsim.cli import analyze
+from smpsim.cli import bench, config_cmd, distributed, export, run, sweep
 
 app = typer.Typer(
     name="smpsim",
@@ -38,9 +39,14 @@ def main(
 
 app.command("run")(run.run)
 app.command("export")(export.export)
+app.command("analyze")(analyze.analyze)
+app.command("compare")(analyze.compare)
+app.command("query")(analyze.query)
 app.command("launch")(distributed.launch)
 app.command("coordinator")(distributed.coordinator)
 app.command("cpu")(distributed.cpu)
+app.command("bench")(bench.bench)
+app.command("sweep")(sweep.sweep)
 app.add_typer(config_cmd.app, name="config")
 
 

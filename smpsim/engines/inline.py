@@ -6,8 +6,9 @@ cannot disagree: only the transport differs.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from smpsim.config import Config
@@ -22,6 +23,8 @@ from smpsim.model.errors import ModelError
 class RunResult:
     summary: dict
     run_dir: Path | None
+    # Wall-clock measurements (seconds, start-up, messages, peak RSS): for benchmarks, never in the trace.
+    timing: dict = field(default_factory=dict)
 
 
 def build_cpus(cfg: Config) -> list[Cpu]:
@@ -43,6 +46,7 @@ def locate(err: ModelError, cpus: list[Cpu]) -> ModelError:
 
 def run(cfg: Config, out_dir: Path | None = None,
         progress: Callable[[dict], None] | None = None) -> RunResult:
+    t0 = time.perf_counter()
     cpus = build_cpus(cfg)
     coord = Coordinator(cfg)
     rec = Recorder(cfg, out_dir, "inline")
@@ -51,7 +55,7 @@ def run(cfg: Config, out_dir: Path | None = None,
         safe = coord.safe_until()
         while True:
             for cpu in cpus:
-                if cpu.state == RUNNING:
+                if cpu.state == RUNNING and (cpu.clock < safe or cpu.pc >= len(cpu.ops)):
                     for msg in cpu.run(safe):
                         coord.receive(msg)
             coord.step()
@@ -81,4 +85,4 @@ def run(cfg: Config, out_dir: Path | None = None,
         rec.close(locate(e, cpus))
         raise
     summary = rec.close()
-    return RunResult(summary, out_dir)
+    return RunResult(summary, out_dir, {"seconds": time.perf_counter() - t0})

@@ -79,16 +79,20 @@ class Coordinator:
     def step(self) -> None:
         """Grant every request that no CPU can still precede; results go to self.outbox / self.events."""
         pending = self.pending
+        earliest = self._earliest_running()
         while pending:
             head = pending[0]
-            if self._earliest_running() < (head.t, head.cpu):
+            if earliest < (head.t, head.cpu):
                 break  # that CPU may still ask for the lock earlier
             heapq.heappop(pending)
             if head.op == "kmap":
                 self._kmap_high(head)
             else:
                 self._kunmap_high(head)
-        if not pending and self._earliest_running()[0] == INF and self.pkmap_map_wait:
+            c = head.cpu  # the only CPU that can have become RUNNING
+            if self.status[c] == RUNNING and (self.lb[c], c) < earliest:
+                earliest = (self.lb[c], c)
+        if not pending and earliest[0] == INF and self.pkmap_map_wait:
             sleepers = [r.cpu for r in self.pkmap_map_wait]
             raise DeadlockError(self.t_last, sleepers, self.ring.describe())
 
@@ -104,7 +108,21 @@ class Coordinator:
         if self.lookahead is None:
             return INF
         g = self.bound()
-        return INF if g >= INF else g + self.lookahead
+        if g >= INF:
+            return INF
+        if self.policy.flushes_only_at_wrap:
+            g += self._time_to_wrap()
+        return g + self.lookahead
+
+    def _time_to_wrap(self) -> int:
+        """A lower bound on the time from the next ring operation to the next wrap.
+
+        Between flushes no slot returns to 0, so with F free slots ahead of the cursor the wrap comes no
+        earlier than the (F+1)-th new mapping, and kmap_lock serializes those: each holds the lock for at
+        least lock_hold + pkmap_scan + pte_write."""
+        ring, c = self.ring, self.cost
+        free_ahead = ring.pkmap_count[ring.last_pkmap_nr + 1:].count(0)
+        return free_ahead * (c.lock_hold + c.pkmap_scan + c.pte_write) + c.lock_hold
 
     def finished(self) -> bool:
         return all(s == DONE for s in self.status)

@@ -22,6 +22,7 @@ class FlushPolicy:
     uses_ring = True           # False: kmap_local slots, CPU-private
     eager_teardown = False     # kunmap that drops a slot to 1 tears it down and shoots the page down
     sends_ipis = True
+    flushes_only_at_wrap = False  # lets the coordinator look further ahead (Coordinator._time_to_wrap)
 
     def __init__(self, last_pkmap: int):
         self.last_pkmap = last_pkmap
@@ -37,6 +38,7 @@ class FlushPolicy:
 class Linux24(FlushPolicy):
     """2.4: flush_tlb_all() at every wrap, even when nothing was torn down [R3][R5]."""
     name = "linux-2.4"
+    flushes_only_at_wrap = True
 
     def wrap_flush(self, torn):
         return Flush("all", None, True)
@@ -47,6 +49,7 @@ class Linux26(FlushPolicy):
 
     Each CPU flushes everything when the window exceeds tlb_single_page_flush_ceiling [R11]."""
     name = "linux-2.6"
+    flushes_only_at_wrap = True
 
     def wrap_flush(self, torn):
         return Flush("range", tuple(range(self.last_pkmap)), True) if torn else None

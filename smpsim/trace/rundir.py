@@ -3,7 +3,9 @@
 ```
 RUN/
   config.toml      resolved config (every default filled in)
-  summary.json     counters, per-CPU TLB stats, digest, status; written last, atomically
+  summary.json     counters, per-CPU TLB stats, digest, status; written atomically at the end of the run
+  provenance.json  what produced the run (config hash, version, git revision, command, wall times);
+                   written after summary.json, so its presence marks a finished run
   trace/part-00000.parquet ...
 ```
 """
@@ -23,6 +25,7 @@ from smpsim.trace.errors import TraceError
 
 CONFIG_NAME = "config.toml"
 SUMMARY_NAME = "summary.json"
+PROVENANCE_NAME = "provenance.json"
 LOGS_DIR = "logs"
 TRACE_DIR = "trace"
 
@@ -103,14 +106,30 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def write_summary(run_dir: str | Path, summary: dict[str, Any]) -> Path:
     """Write summary.json atomically (a reader sees the old one or the new one, never half of one)."""
-    path = Path(run_dir) / SUMMARY_NAME
-    atomic_write_text(path, json.dumps(summary, indent=2, default=_jsonable) + "\n")
-    return path
+    return _write_json(Path(run_dir) / SUMMARY_NAME, summary)
 
 
 def read_summary(run_dir: str | Path) -> dict[str, Any] | None:
     """summary.json as a dict, None when there is none; TraceError naming the file when it is unreadable."""
-    path = Path(run_dir) / SUMMARY_NAME
+    return _read_json(Path(run_dir) / SUMMARY_NAME)
+
+
+def write_provenance(run_dir: str | Path, provenance: dict[str, Any]) -> Path:
+    """Write provenance.json atomically (see smpsim.experiments.provenance for its fields)."""
+    return _write_json(Path(run_dir) / PROVENANCE_NAME, provenance)
+
+
+def read_provenance(run_dir: str | Path) -> dict[str, Any] | None:
+    """provenance.json as a dict, None when there is none (the run did not finish)."""
+    return _read_json(Path(run_dir) / PROVENANCE_NAME)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> Path:
+    atomic_write_text(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
+    return path
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

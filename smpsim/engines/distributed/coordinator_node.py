@@ -52,6 +52,11 @@ class CoordinatorNode:
         self.running = False
         self.dirty = False
         self.bye: set[int] = set()
+        self.cpu_maxrss_kb: dict[int, int] = {}
+        self.n_in = self.n_out = 0
+        self.t_created = time.monotonic()
+        self.t_all_joined: float | None = None
+        self.last_liveness = 0.0
         self.config_dict = cfg.model_dump(mode="json")
         self.script: list | None = None
         if cfg.workload.kind == "script":  # CPUs on other hosts may not have the file: ship the ops
@@ -70,6 +75,7 @@ class CoordinatorNode:
                 raise RunAborted(f"CPU {cpu} disconnected at virtual time t={self.horizon[cpu]}") from None
             raise
         self.last_sent[cpu] = time.monotonic()
+        self.n_out += 1
 
     def _refuse(self, ident: bytes, reason: str, **kw) -> None:
         if self.log:
@@ -121,7 +127,7 @@ class CoordinatorNode:
             _, _, c, op, pos, what, t = msg
             raise ModelError(c, op, pos, what, t)
         elif kind == p.BYE:
-            self.bye.add(cpu)
+            self._bye(cpu, msg)
 
     def _hello(self, ident: bytes, msg: list) -> None:
         _, version, run_id, cpu, pid, host, token = msg
@@ -153,7 +159,7 @@ class CoordinatorNode:
         if len(self.by_ident) == self.n:
             self.running = True  # the barrier: nobody runs before everybody is here
             self.dirty = True
-            self.t_start = time.monotonic()
+            self.t_all_joined = time.monotonic()
             if self.log:
                 self.log.info("all joined", cpus=self.n)
 
@@ -172,7 +178,8 @@ class CoordinatorNode:
         safe = coord.safe_until()
         for c in range(self.n):
             msgs = out.get(c)
-            stalled = coord.status[c] == RUNNING and coord.lb[c] >= self.sent_safe[c] and safe > self.sent_safe[c]
+            # A CPU stalled at its bound (clock lb >= the safe time it has) needs a larger one to go on.
+            stalled = coord.status[c] == RUNNING and coord.lb[c] >= self.sent_safe[c] and safe > coord.lb[c]
             if msgs or stalled or self.sent_safe[c] < 0:
                 self._send(c, p.BATCH, msgs or [], safe)
                 self.sent_safe[c] = safe
@@ -191,6 +198,9 @@ class CoordinatorNode:
 
     def _liveness(self) -> None:
         now = time.monotonic()
+        if now - self.last_liveness < 0.05:  # waitpid and heartbeats: not on every loop turn
+            return
+        self.last_liveness = now
         if self.check_children is not None:
             dead = self.check_children()
             if dead:
@@ -213,14 +223,14 @@ class CoordinatorNode:
         try:
             while True:
                 if self.sock.poll(20):
+                    sock = self.sock
                     for _ in range(10_000):
-                        try:
-                            ident, frame = self.sock.recv_multipart(flags=zmq.NOBLOCK)[:2]
-                        except zmq.Again:
+                        if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                             break
-                        except ValueError:
-                            continue  # a frame count we do not speak: ignore
-                        self._handle(ident, frame)
+                        frames = sock.recv_multipart()
+                        if len(frames) == 2:  # anything else is not ours: ignore it
+                            self.n_in += 1
+                            self._handle(frames[0], frames[1])
                 if not self.running:
                     if time.monotonic() - t0 > self.join_timeout:
                         missing = [c for c in range(self.n) if self.ident[c] is None]
@@ -249,6 +259,17 @@ class CoordinatorNode:
         self.summary = self.rec.close()
         return self.summary
 
+    def _bye(self, cpu: int, msg: list) -> None:
+        self.bye.add(cpu)
+        if isinstance(msg[2], int):
+            self.cpu_maxrss_kb[cpu] = msg[2]
+
+    def timing(self) -> dict:
+        """Wall-clock facts of the run for benchmarks (never part of the trace or digest)."""
+        return {"startup_s": self.t_all_joined - self.t_created if self.t_all_joined else None,
+                "messages_in": self.n_in, "messages_out": self.n_out,
+                "cpu_maxrss_kb": max(self.cpu_maxrss_kb.values(), default=None)}
+
     def _end(self, status: str) -> None:
         for c in range(self.n):
             if self.ident[c] is not None:
@@ -262,7 +283,8 @@ class CoordinatorNode:
                 try:
                     ident, frame = self.sock.recv_multipart(flags=zmq.NOBLOCK)[:2]
                     cpu = self.by_ident.get(ident)
-                    if cpu is not None and p.unpack(frame)[0] == p.BYE:
-                        self.bye.add(cpu)
+                    msg = p.unpack(frame)
+                    if cpu is not None and msg[0] == p.BYE:
+                        self._bye(cpu, msg)
                 except (zmq.ZMQError, ValueError, p.ProtocolError):
                     pass

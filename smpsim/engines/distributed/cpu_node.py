@@ -8,14 +8,16 @@ coordinator that went silent (PEER_TIMEOUT_S), or when the parent that launched 
 from __future__ import annotations
 
 import os
+import resource
 import socket
 import sys
 import time
 
 import zmq
 
-from smpsim.config import validate
+from smpsim.config import Config, validate
 from smpsim.engines.distributed import protocol as p
+from smpsim.engines.distributed.logs import process_logger
 from smpsim.model import workloads
 from smpsim.model.cpu import DONE, RUNNING, Cpu
 from smpsim.model.errors import ModelError
@@ -42,8 +44,9 @@ def _die_with_parent() -> None:
 
 class CpuNode:
     def __init__(self, address: str, cpu_id: int | None, run_id: str = "", token: str = "", log=None,
-                 ctx: zmq.Context | None = None):
+                 ctx: zmq.Context | None = None, cfg: Config | None = None):
         self.address, self.cpu_id, self.run_id, self.token = address, cpu_id, run_id, token
+        self.preloaded = cfg  # a forked child already holds the validated config
         self.log = log
         self.ctx = ctx or zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
@@ -94,7 +97,7 @@ class CpuNode:
                 raise CpuExit(f"CPU {self.cpu_id}: refused by the coordinator: {msg[1]}")
             if msg[0] == p.WELCOME:
                 _, _, self.cpu_id, config, ops, lines = msg
-                cfg = validate(config, "config from the coordinator")
+                cfg = self.preloaded or validate(config, "config from the coordinator")
                 if ops is None:
                     ops, lines = workloads.build_cpu(cfg, self.cpu_id)
                 else:
@@ -114,7 +117,9 @@ class CpuNode:
                 except ModelError as e:
                     return self._fail(e)
             h = cpu.horizon()
-            if out or cpu.events or h != self.reported_horizon:
+            # A blocked CPU's events ride with its next request; a finished one must report what its IPIs
+            # did (the coordinator waits for every IPI to be seen before it ends the run).
+            if out or (cpu.state == DONE and (cpu.events or h != self.reported_horizon)):
                 self._send(p.BATCH, out, cpu.events, h, self.ipis_seen)
                 cpu.events = []
                 self.reported_horizon = h
@@ -124,7 +129,7 @@ class CpuNode:
             msg = self._recv(0 if runnable else 100)
             while msg is not None:
                 if msg[0] == p.END:
-                    self._send(p.BYE)
+                    self._send(p.BYE, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
                     return
                 if msg[0] == p.BATCH:
                     _, _, msgs, safe = msg
@@ -155,16 +160,15 @@ class CpuNode:
 
 
 def cpu_main(address: str, cpu_id: int | None, run_id: str = "", token: str = "", log_dir: str | None = None,
-             child_of_launch: bool = False) -> int:
+             child_of_launch: bool = False, cfg: Config | None = None) -> int:
     """Entry point of a CPU process; returns its exit code."""
     if child_of_launch:
         _die_with_parent()
-    from smpsim.engines.distributed.logs import process_logger
     name = f"cpu-{cpu_id}" if cpu_id is not None else f"cpu-pid{os.getpid()}"
     log = process_logger(log_dir, name, console=not child_of_launch)
     node = None
     try:
-        node = CpuNode(address, cpu_id, run_id, token, log)
+        node = CpuNode(address, cpu_id, run_id, token, log, cfg=cfg)
         log.info("joining", coordinator=address, cpu=cpu_id, pid=os.getpid())
         node.join()
         log.info("joined", cpu=cpu_id, ops=len(node.cpu.ops))

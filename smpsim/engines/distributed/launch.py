@@ -8,25 +8,28 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import resource
 import secrets
 import shutil
 import signal
 import socket
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import zmq
 
 from smpsim.config import Config
+from smpsim.engines.distributed import cpu_node  # noqa: F401  imported once here, shared by every fork
 from smpsim.engines.distributed import protocol as p
 
 LOOPBACK = ("127.", "localhost", "[::1]", "::1")
 
 
-def _cpu_child(address: str, cpu: int, run_id: str, log_dir: str | None) -> None:
+def _cpu_child(address: str, cpu: int, run_id: str, log_dir: str | None, cfg: Config) -> None:
     from smpsim.engines.distributed.cpu_node import cpu_main
-    os._exit(cpu_main(address, cpu, run_id, "", log_dir, child_of_launch=True))
+    os._exit(cpu_main(address, cpu, run_id, "", log_dir, child_of_launch=True, cfg=cfg))
 
 
 def _describe_exit(code: int | None) -> str:
@@ -53,6 +56,8 @@ def run_distributed(cfg: Config, run_dir: Path | None, transport: str = "ipc",
     else:
         listen = "tcp://127.0.0.1:0"
     log_dir = str(run_dir / "logs") if run_dir is not None else None
+    t0 = time.perf_counter()
+    t0_mono = time.monotonic()
     ctx = zmq.Context()
     sock, address = p.make_router(ctx, listen)
     mp = multiprocessing.get_context("fork")
@@ -60,7 +65,7 @@ def run_distributed(cfg: Config, run_dir: Path | None, transport: str = "ipc",
     node = None
     try:
         for c in range(cfg.machine.cpus):
-            proc = mp.Process(target=_cpu_child, args=(address, c, run_id, log_dir), name=f"smpsim-cpu-{c}")
+            proc = mp.Process(target=_cpu_child, args=(address, c, run_id, log_dir, cfg), name=f"smpsim-cpu-{c}")
             proc.start()
             children.append(proc)
         if on_started is not None:
@@ -80,11 +85,14 @@ def run_distributed(cfg: Config, run_dir: Path | None, transport: str = "ipc",
         node = CoordinatorNode(cfg, run_dir, sock, run_id, log=log, check_children=check_children,
                                progress=progress)
         log.info("listening", address=address, cpus=cfg.machine.cpus, run_id=run_id)
+        node.t_created = t0_mono
         summary = node.run()
         summary_hosts = sorted({h.split(" pid ")[0] for h in node.hosts.values()})
         summary["processes"] = cfg.machine.cpus + 1
         summary["hosts"] = len(summary_hosts)
-        return RunResult(summary, run_dir)
+        timing = {"seconds": time.perf_counter() - t0, **node.timing(),
+                  "coordinator_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
+        return RunResult(summary, run_dir, timing)
     finally:
         _reap(children)
         sock.close(linger=0)
@@ -95,7 +103,6 @@ def run_distributed(cfg: Config, run_dir: Path | None, transport: str = "ipc",
 
 def _reap(children, grace: float = 3.0) -> None:
     """Wait for every CPU process; those that do not exit in time are killed. None is left behind."""
-    import time
     deadline = time.monotonic() + grace
     for ch in children:
         ch.join(max(0.0, deadline - time.monotonic()))

@@ -8,7 +8,7 @@ CPU -> coordinator
   [BATCH, seq, model_msgs, events, horizon, ipis_seen]   model messages from Cpu.run, trace events
   [HB, seq]                                             heartbeat
   [FAIL, seq, cpu, op, position, what, t]               a ModelError raised on the CPU
-  [BYE, seq]
+  [BYE, seq, maxrss_kb]                                 leaving; the process's peak RSS
 coordinator -> CPU
   [WELCOME, seq, cpu_id, config, ops, lines]            CPU id (assigned if asked with -1), resolved
                                                         config; ops only for script workloads
@@ -35,7 +35,7 @@ SEND_TIMEOUT_MS = 5000  # a send that cannot be queued within this is an error (
 HWM = 100_000
 
 # Shapes: message kind -> number of items (after the kind) it must have.
-_ARITY = {HELLO: 6, WELCOME: 5, REFUSE: 1, BATCH: None, HB: 1, FAIL: 6, BYE: 1, END: 2}
+_ARITY = {HELLO: 6, WELCOME: 5, REFUSE: 1, BATCH: None, HB: 1, FAIL: 6, BYE: 2, END: 2}
 
 
 class ProtocolError(Exception):

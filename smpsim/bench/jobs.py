@@ -1,0 +1,95 @@
+"""One benchmark job per process, so that each peak RSS and timing is its own.
+
+`python -m smpsim.bench.jobs '{"job": "inline", ...}'` prints one JSON object: the job's figures.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _config(cpus: int, kmaps_total: int, trace: bool):
+    from smpsim.config import load_config
+    per_cpu = max(1, kmaps_total // cpus)
+    return load_config(None, [f"machine.cpus={cpus}", f"workload.kmaps_per_cpu={per_cpu}",
+                              f"trace.enabled={'true' if trace else 'false'}"])
+
+
+def _maxrss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def job_inline(cpus: int, kmaps_total: int, trace: bool = True) -> dict:
+    from smpsim.engines.inline import run
+    tmp = Path(tempfile.mkdtemp(prefix="smpsim-bench-"))
+    try:
+        res = run(_config(cpus, kmaps_total, trace), tmp / "run")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    kmaps = res.summary["counters"]["kmaps"]
+    return {"kmaps": kmaps, "seconds": res.timing["seconds"], "kmaps_per_s": kmaps / res.timing["seconds"],
+            "events": res.summary["events"], "digest": res.summary["digest"], "maxrss_mb": _maxrss_mb()}
+
+
+def job_distributed(cpus: int, kmaps_total: int) -> dict:
+    from smpsim.engines.distributed.launch import run_distributed
+    tmp = Path(tempfile.mkdtemp(prefix="smpsim-bench-"))
+    try:
+        res = run_distributed(_config(cpus, kmaps_total, True), tmp / "run", "ipc")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    t = res.timing
+    kmaps = res.summary["counters"]["kmaps"]
+    run_s = t["seconds"] - t["startup_s"]
+    return {"kmaps": kmaps, "seconds": t["seconds"], "startup_s": t["startup_s"], "run_s": run_s,
+            "kmaps_per_s": kmaps / run_s, "messages_per_kmap": (t["messages_in"] + t["messages_out"]) / kmaps,
+            "coordinator_maxrss_mb": t["coordinator_maxrss_kb"] / 1024,
+            "cpu_maxrss_mb": (t["cpu_maxrss_kb"] or 0) / 1024, "digest": res.summary["digest"]}
+
+
+def job_pingpong(clients: int, round_trips: int) -> dict:
+    from smpsim.bench.ceiling import pingpong
+    return pingpong(clients, max(1, round_trips // clients))
+
+
+def job_synth(events: int, out: str) -> dict:
+    from smpsim.analysis.synth import make_big_run
+    t0 = time.perf_counter()
+    make_big_run(Path(out), events)
+    return {"seconds": time.perf_counter() - t0, "events": events}
+
+
+def job_analyze(run: str) -> dict:
+    """`smpsim analyze RUN --json` as a user runs it: wall time and the analyzing process's peak RSS."""
+    import subprocess
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "smpsim", "analyze", run, "--json"], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE, text=True)
+    seconds = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise RuntimeError(f"smpsim analyze failed: {r.stderr.strip()[-300:]}")
+    return {"seconds": seconds, "maxrss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+
+
+JOBS = {"inline": job_inline, "distributed": job_distributed, "pingpong": job_pingpong,
+        "synth": job_synth, "analyze": job_analyze}
+
+
+def main(argv: list[str]) -> int:
+    spec = json.loads(argv[0])
+    name = spec.pop("job")
+    t0 = time.perf_counter()
+    out = JOBS[name](**spec)
+    out["wall_s"] = time.perf_counter() - t0
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

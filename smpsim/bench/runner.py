@@ -1,0 +1,126 @@
+"""`smpsim bench`: every figure measured in one run on this machine, each the median of several repetitions
+(with min and max), the compared jobs interleaved so that a noisy neighbour hits both alike."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+class BenchError(Exception):
+    pass
+
+
+def run_job(spec: dict, timeout: float) -> dict:
+    """Run one job in a fresh process; its JSON result."""
+    try:
+        r = subprocess.run([sys.executable, "-m", "smpsim.bench.jobs", json.dumps(spec)], capture_output=True,
+                           text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"benchmark job {spec} took longer than {timeout:.0f} s") from None
+    if r.returncode != 0:
+        tail = (r.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise BenchError(f"benchmark job {spec['job']} failed: {tail}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _stat(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def measure(reps: int = 3, kmaps_total: int = 12_000, cpus: tuple[int, ...] = (8, 64),
+            trace_events: int = 10_000_000, round_trips: int = 16_000,
+            progress: Callable[[str], None] | None = None, timeout: float = 1800.0) -> dict:
+    say = progress or (lambda _m: None)
+    samples: dict[str, list[float]] = {}
+
+    def add(key: str, value: float | None) -> None:
+        if value is not None:
+            samples.setdefault(key, []).append(value)
+
+    digests: dict[int, set[str]] = {}
+    for rep in range(reps):
+        for n in cpus:
+            say(f"rep {rep + 1}/{reps}: ping-pong ceiling, {n} clients")
+            pp = run_job({"job": "pingpong", "clients": n, "round_trips": round_trips}, timeout)
+            add(f"ceiling_rt_per_s@{n}", pp["rate"])
+            say(f"rep {rep + 1}/{reps}: distributed engine, {n} CPUs")
+            d = run_job({"job": "distributed", "cpus": n, "kmaps_total": kmaps_total}, timeout)
+            add(f"distributed_kmaps_per_s@{n}", d["kmaps_per_s"])
+            add(f"messages_per_kmap@{n}", d["messages_per_kmap"])
+            add(f"startup_s@{n}", d["startup_s"])
+            add(f"coordinator_maxrss_mb@{n}", d["coordinator_maxrss_mb"])
+            add(f"cpu_maxrss_mb@{n}", d["cpu_maxrss_mb"])
+            add(f"ratio_distributed_to_ceiling@{n}", d["kmaps_per_s"] / pp["rate"])
+            say(f"rep {rep + 1}/{reps}: single-process engine, {n} CPUs")
+            i = run_job({"job": "inline", "cpus": n, "kmaps_total": kmaps_total, "trace": True}, timeout)
+            add(f"inline_kmaps_per_s@{n}", i["kmaps_per_s"])
+            add(f"ratio_inline_to_distributed@{n}", i["kmaps_per_s"] / d["kmaps_per_s"])
+            digests.setdefault(n, set()).update((d["digest"], i["digest"]))
+        say(f"rep {rep + 1}/{reps}: trace on vs off")
+        on = run_job({"job": "inline", "cpus": cpus[0], "kmaps_total": kmaps_total, "trace": True}, timeout)
+        off = run_job({"job": "inline", "cpus": cpus[0], "kmaps_total": kmaps_total, "trace": False}, timeout)
+        add("inline_trace_on_kmaps_per_s", on["kmaps_per_s"])
+        add("inline_trace_off_kmaps_per_s", off["kmaps_per_s"])
+        add("trace_cost_fraction", 1 - on["kmaps_per_s"] / off["kmaps_per_s"])
+    if trace_events:
+        tmp = Path(tempfile.mkdtemp(prefix="smpsim-bench-trace-"))
+        try:
+            say(f"writing a synthetic trace of {trace_events:,} events")
+            run_job({"job": "synth", "events": trace_events, "out": str(tmp / "run")}, timeout)
+            for rep in range(reps):
+                say(f"rep {rep + 1}/{reps}: analyze --json on {trace_events:,} events")
+                a = run_job({"job": "analyze", "run": str(tmp / "run")}, timeout)
+                add("analyze_s", a["seconds"])
+                add("analyze_maxrss_mb", a["maxrss_mb"])
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    figures = {k: _stat(v) for k, v in samples.items()}
+    return {"figures": figures, "targets": check_targets(figures, cpus),
+            "digests_equal": {str(n): len(d) == 1 for n, d in digests.items()},
+            "setup": {"reps": reps, "kmaps_total": kmaps_total, "cpus": list(cpus),
+                      "trace_events": trace_events}}
+
+
+# (figure, comparison, bound, what the issue asks)
+TARGETS = [
+    ("ratio_distributed_to_ceiling@8", ">=", 0.5, "distributed engine at 8 CPUs >= 0.5x ceiling at N=8"),
+    ("ratio_distributed_to_ceiling@64", ">=", 0.3, "distributed engine at 64 CPUs >= 0.3x ceiling at N=64"),
+    ("inline_trace_on_kmaps_per_s", ">=", 100_000, "single-process engine >= 100,000 kmaps/s, trace on"),
+    ("trace_cost_fraction", "<=", 0.25, "recording the trace costs <= 25%"),
+    ("startup_s@64", "<=", 3.0, "64 CPUs joined within 3 s of launch"),
+    ("cpu_maxrss_mb@64", "<", 60.0, "a CPU process's RSS < 60 MB"),
+    ("analyze_s", "<", 20.0, "analyze --json on 10M events < 20 s"),
+    ("analyze_maxrss_mb", "<", 2048.0, "analyze peak RSS < 2 GB"),
+]
+
+
+def check_targets(figures: dict, cpus: tuple[int, ...]) -> list[dict]:
+    out = []
+    for key, op, bound, what in TARGETS:
+        f = figures.get(key)
+        if f is None:
+            continue
+        v = f["median"]
+        met = v >= bound if op == ">=" else v <= bound if op == "<=" else v < bound
+        out.append({"figure": key, "median": v, "target": f"{op} {bound:g}", "met": met, "what": what})
+    return out
+
+
+def render(result: dict) -> str:
+    """A plain table (the CLI shows it with rich on a terminal)."""
+    lines = [f"{'figure':38s} {'median':>12s} {'min':>12s} {'max':>12s}"]
+    for k, f in result["figures"].items():
+        lines.append(f"{k:38s} {f['median']:12.3f} {f['min']:12.3f} {f['max']:12.3f}")
+    lines.append("")
+    for t in result["targets"]:
+        lines.append(f"{'met ' if t['met'] else 'MISS'}  {t['what']}: {t['median']:.3f} (target {t['target']})")
+    for n, ok in result["digests_equal"].items():
+        lines.append(f"{'ok  ' if ok else 'FAIL'}  digest(distributed) == digest(inline) at {n} CPUs")
+    return "\n".join(lines)
