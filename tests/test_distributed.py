@@ -354,3 +354,29 @@ def test_two_hosts_same_digest(tmp_path, two_hosts, smpsim_cmd, subprocess_env):
     joined = [json.loads(line) for line in (out / "logs" / "coordinator.log.jsonl").read_text().splitlines()]
     assert len([j for j in joined if j.get("event") == "joined"]) == 3
     assert sys.platform.startswith("linux")
+
+
+@pytest.mark.timeout(60)
+def test_a_lost_message_stops_the_run(tmp_path, smpsim_cmd, subprocess_env):
+    """A joined CPU whose message skips a sequence number: the run stops, saying so; nothing silent."""
+    port = _free_port()
+    addr = f"tcp://127.0.0.1:{port}"
+    coord = subprocess.Popen([*smpsim_cmd, "coordinator", "--listen", addr, "--out", str(tmp_path / "run"),
+                              "--set", "machine.cpus=1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=subprocess_env)
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(addr)
+    try:
+        welcome = _hello(s, 0)
+        assert welcome[0] == p.WELCOME and welcome[2] == 0
+        s.send(msgpack.packb([p.BATCH, 5, [], [], 0, 0]))  # seq 0 expected
+        _, stderr = coord.communicate(timeout=30)
+    finally:
+        s.close(0)
+        ctx.term()
+        coord.kill()
+        coord.wait()
+    assert coord.returncode == 1
+    assert "CPU 0" in stderr and "expected seq 0, got 5" in stderr and "Traceback" not in stderr

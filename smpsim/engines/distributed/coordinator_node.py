@@ -190,7 +190,6 @@ class CoordinatorNode:
                 h = self.ipi_unseen[c][0]
             if h < wm:
                 wm = h
-        self.rec.release(wm)
         self.watermark = wm
 
     def _complete(self) -> bool:
@@ -222,6 +221,10 @@ class CoordinatorNode:
         self.watermark = 0
         try:
             while True:
+                if not self.sock.poll(0) or len(self.rec.merger) > 200_000:
+                    # Idle (or much buffered): now is the time for the trace (merge, count, digest, write),
+                    # off the round-trip path of the requests.
+                    self.rec.release(self.watermark)
                 if self.sock.poll(20):
                     sock = self.sock
                     for _ in range(10_000):
