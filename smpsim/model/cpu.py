@@ -63,7 +63,7 @@ class Cpu:
                 out.append((m.DONE, self.id, self.clock))
                 break
             if self.clock >= safe or self.pc >= stop_pc:
-                out.append((m.PROGRESS, self.id, self.clock))
+                out.append((m.PROGRESS, self.id, self.request_bound()))
                 break
             op = ops[self.pc]
             code = op[0]
@@ -86,6 +86,24 @@ class Cpu:
                 raise self._error(code, f"unknown operation {op!r}")
             self.pc += 1
         return out
+
+    def request_bound(self, scan: int = 64) -> int:
+        """No ring request from this CPU before this time: its clock plus the least its next operations can
+        take before the next kmap/kunmap (IPI handlers and TLB misses only add to that)."""
+        t = self.clock
+        if not self.policy.uses_ring:
+            return INF
+        ops = self.ops
+        for pc in range(self.pc, min(len(ops), self.pc + scan)):
+            op = ops[pc]
+            code = op[0]
+            if code == "compute":
+                t += op[1]
+            elif code == "access":
+                t += op[2] * self.c_access
+            else:
+                return t
+        return INF if self.pc + scan >= len(ops) else t
 
     def horizon(self) -> int:
         """No event this CPU emits from now on has an earlier time."""
