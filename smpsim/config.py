@@ -140,7 +140,8 @@ class ConfigError(Exception):
         return "\n".join(lines)
 
 
-def _describe(err: dict[str, Any]) -> str:
+def describe_error(err: dict[str, Any]) -> str:
+    """One pydantic error as ``dotted.key: what is wrong (given value)``."""
     loc = ".".join(str(p) for p in err["loc"])
     if err["type"] == "extra_forbidden":
         return f"{loc}: unknown key"
@@ -155,7 +156,7 @@ def validate(data: dict[str, Any], source: str = "config") -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(source, [_describe(x) for x in e.errors()]) from None
+        raise ConfigError(source, [describe_error(x) for x in e.errors()]) from None
 
 
 def parse_value(text: str) -> Any:
@@ -170,16 +171,21 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     if "=" not in assignment:
         raise ConfigError("--set", [f"{assignment!r}: expected key=value, e.g. machine.cpus=8"])
     key, _, text = assignment.partition("=")
-    parts = key.strip().split(".")
+    set_key(data, key.strip(), parse_value(text.strip()))
+
+
+def set_key(data: dict[str, Any], key: str, value: Any, source: str = "--set") -> None:
+    """Set a dotted key (``machine.cpus``) in raw config data, creating tables on the way."""
+    parts = key.split(".")
     if not all(parts):
-        raise ConfigError("--set", [f"{key!r}: not a dotted key"])
+        raise ConfigError(source, [f"{key!r}: not a dotted key"])
     node = data
     for p in parts[:-1]:
         child = node.setdefault(p, {})
         if not isinstance(child, dict):
-            raise ConfigError("--set", [f"{key}: {p} is not a table"])
+            raise ConfigError(source, [f"{key}: {p} is not a table"])
         node = child
-    node[parts[-1]] = parse_value(text.strip())
+    node[parts[-1]] = value
 
 
 def read_toml(path: Path) -> dict[str, Any]:

@@ -1,0 +1,13 @@
+"""Reports over a recorded run (docs/analysis.md). Import the submodules directly:
+
+- ``load``     open_trace: a checked run directory as the DuckDB view ``events``
+- ``metrics``  the figures of ``smpsim analyze`` (pure functions over an opened trace -> dicts)
+- ``series``   per-time-bin aggregates for the figures
+- ``report``   the analysis as report sections (terminal and HTML)
+- ``plots``    PNG figures and the self-contained HTML report
+- ``logs``     summary of the operational logs (RUN/logs/*.log.jsonl)
+- ``compare``  run discovery below sweep directories, headline metrics side by side
+- ``query``    SQL over ``events``
+- ``chrome``   Chrome Trace Event JSON for Perfetto
+- ``synth``    a large valid run made quickly (benchmarks)
+"""

@@ -120,9 +120,7 @@ def _scaled_counters(summary: dict, k: int, t_end: int) -> dict:
     for p, row in zip(c.per_cpu, summary["per_cpu"]):
         p.update({key: v * k for key, v in row.items() if key not in ("cpu", "hit_rate")})
     c.events, c.t_end = summary["events"] * k, t_end
-    out = c.summary()
-    # Counters.summary derives tlb_hits / tlb_misses from the per-CPU rows: the same scaled sums.
-    return out
+    return c.summary()  # tlb_hits / tlb_misses and the ratios derived from the scaled sums
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from smpsim.cli.common import handle_errors
-from smpsim.config import ConfigError, load_config, to_toml
+from smpsim.config import ConfigError
+from smpsim.experiments.sweep import load_experiment
 
 app = typer.Typer(no_args_is_help=True, help="Show or check a run configuration.")
 
@@ -21,18 +22,18 @@ SetOpt = Annotated[Optional[list[str]], typer.Option(
 @app.command("show")
 @handle_errors
 def show(config: ConfigArg = None, set_: SetOpt = None) -> None:
-    """Print the resolved config (every default filled in) as TOML."""
-    cfg = load_config(config, set_ or ())
-    typer.echo(to_toml(cfg), nl=False)
+    """Print the resolved config (every default filled in) as TOML, and an experiment's sweep table."""
+    typer.echo(load_experiment(config, set_ or ()).to_toml(), nl=False)
 
 
 @app.command("check")
 @handle_errors
-def check(config: Annotated[Path, typer.Argument(help="TOML config file to validate")],
+def check(config: Annotated[Path, typer.Argument(help="TOML config (or experiment) file to validate")],
           set_: SetOpt = None) -> None:
-    """Validate a config file: print ``ok``, or every problem (exit 2)."""
-    cfg = load_config(config, set_ or ())
-    script = cfg.script_path()
-    if cfg.workload.kind == "script" and script is not None and not script.is_file():
-        raise ConfigError(str(config), [f"workload.script: file not found ({script})"])
-    typer.echo("ok")
+    """Validate a config file, and every point of its sweep table: print ``ok``, or every problem (exit 2)."""
+    exp = load_experiment(config, set_ or ())
+    scripts = {p.cfg.script_path() for p in exp.points if p.cfg.workload.kind == "script"}
+    missing = sorted(str(s) for s in scripts if s is not None and not s.is_file())
+    if missing:
+        raise ConfigError(str(config), [f"workload.script: file not found ({s})" for s in missing])
+    typer.echo("ok" if not exp.values else f"ok: a sweep of {len(exp.points)} points")

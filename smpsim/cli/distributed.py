@@ -44,13 +44,13 @@ class _LiveStatus:
 
 
 def _run_distributed(cfg, out: Path | None, transport: str) -> None:
-    from smpsim.engines.distributed.launch import run_distributed
+    from smpsim.experiments.runner import run_config
     from smpsim.trace.rundir import create_run_dir, default_run_dir
 
     if transport not in ("ipc", "tcp"):
         fail(f"--transport {transport!r}: use ipc or tcp", EXIT_USAGE)
     out_dir = create_run_dir(out if out is not None else default_run_dir(cfg), cfg)
-    _report(cfg, out_dir, lambda status: run_distributed(cfg, out_dir, transport, progress=status))
+    _report(cfg, out_dir, lambda status: run_config(cfg, out_dir, status, transport, engine="distributed"))
 
 
 def _report(cfg, out_dir: Path, body) -> None:
@@ -105,6 +105,7 @@ def coordinator(
 ) -> None:
     """Serve a run to CPU processes that join from this or other hosts (`smpsim cpu`)."""
     from smpsim.engines.distributed.launch import is_loopback, serve_coordinator
+    from smpsim.experiments.provenance import recorded
     from smpsim.trace.rundir import create_run_dir, default_run_dir
 
     if not is_loopback(listen) and not token:
@@ -116,8 +117,10 @@ def coordinator(
         print(f"coordinator listening on {address} for {cfg.machine.cpus} CPUs; run dir {out_dir}",
               file=sys.stderr, flush=True)
 
-    _report(cfg, out_dir, lambda status: serve_coordinator(cfg, out_dir, listen, token or "", progress=status,
-                                                           on_listening=listening))
+    _report(cfg, out_dir, lambda status: recorded(
+        cfg, out_dir, lambda: serve_coordinator(cfg, out_dir, listen, token or "", progress=status,
+                                                on_listening=listening),
+        "distributed", processes=cfg.machine.cpus + 1, hosts=None))
 
 
 def _cpu_id_from_env() -> int | None:

@@ -1,4 +1,4 @@
-"""``smpsim export RUN --format jsonl [--output FILE]``."""
+"""``smpsim export RUN --format jsonl|chrome [--output FILE] [--from T --to T]``."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from smpsim.cli.common import handle_errors, warn
+from smpsim.cli.common import fail, handle_errors, warn
 
 
 class Format(str, Enum):
     jsonl = "jsonl"
+    chrome = "chrome"
 
 
 @handle_errors
@@ -22,16 +23,54 @@ def export(
     format: Annotated[Format, typer.Option("--format", "-f", help="output format")] = Format.jsonl,
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="output file (default: stdout)", show_default=False)] = None,
+    t_from: Annotated[Optional[int], typer.Option(
+        "--from", help="chrome: start of the time window (virtual cycles)", show_default=False)] = None,
+    t_to: Annotated[Optional[int], typer.Option(
+        "--to", help="chrome: end of the time window (virtual cycles)", show_default=False)] = None,
 ) -> None:
-    """Export a recorded trace (JSON lines: one event per line, in seq order)."""
-    from smpsim.trace.export import export_jsonl
+    """Export a recorded trace as JSON lines or Chrome Trace Event JSON (Perfetto).
+
+    jsonl: one event per line, in seq order. chrome: a track per CPU with spans for kmap, flush and IPI
+    handling, flow arrows from each IPI's sender to its receiver, and a counter of free pkmap slots.
+    """
     from smpsim.trace.reader import open_run
 
+    if format is Format.jsonl and (t_from is not None or t_to is not None):
+        fail("--from/--to apply to --format chrome only")
+    if t_from is not None and t_to is not None and t_from > t_to:
+        fail(f"--from {t_from} is after --to {t_to}")
     rd = open_run(run, warn=False)
     if rd.truncated:
         warn(f"{rd.path}: truncated run ({rd.reason}); exporting the events recorded")
+    if format is Format.chrome:
+        return _chrome(rd.path, output, t_from, t_to)
+    from smpsim.trace.export import export_jsonl
+
     if output is None:
         export_jsonl(rd, sys.stdout)
         sys.stdout.flush()
     else:
         export_jsonl(rd, output)
+
+
+def _chrome(run: Path, output: Path | None, t_from: int | None, t_to: int | None) -> None:
+    import os
+
+    from smpsim.analysis.chrome import write_chrome
+    from smpsim.analysis.load import open_trace
+
+    with open_trace(run) as tr:
+        if output is None:
+            write_chrome(tr, sys.stdout, t_from, t_to)
+            sys.stdout.flush()
+            return
+        tmp = output.with_name(f".{output.name}.tmp")
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                write_chrome(tr, f, t_from, t_to)
+            os.replace(tmp, output)
+        except OSError as e:
+            fail(f"{output}: cannot write: {e.strerror or e}")
+        finally:
+            if tmp.exists():
+                tmp.unlink()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
@@ -47,16 +46,16 @@ def run(
     if cfg.run.engine == "distributed":
         from smpsim.cli.distributed import run_distributed_config
         return run_distributed_config(cfg, out, cfg.run.transport)
-    inline = importlib.import_module("smpsim.engines.inline")
+    from smpsim.experiments.runner import run_config
 
     out_dir = create_run_dir(out if out is not None else default_run_dir(cfg), cfg)
     con = console()
     try:
         if con is not None:
             with _progress_bar(con, cfg.machine.cpus * cfg.workload.kmaps_per_cpu) as progress:
-                result = inline.run(cfg, out_dir, progress=progress)
+                result = run_config(cfg, out_dir, progress=progress)
         else:
-            result = inline.run(cfg, out_dir)
+            result = run_config(cfg, out_dir)
     except Exception as e:
         known = classify(e)
         if known is not None and known[0] == EXIT_RUN_FAILED:

@@ -155,6 +155,11 @@ def _read_part(path: Path, columns: list[str] | None = None) -> pa.Table:
     return table
 
 
+def read_part(path: str | Path) -> pa.Table:
+    """One part file read in full, as written; TraceError naming the file when it is damaged."""
+    return _read_part(Path(path))
+
+
 def _check_seq(path: Path, table: pa.Table, expected: int) -> int:
     """Each part continues the seq numbering of the one before; returns the next expected seq."""
     n = table.num_rows

@@ -1,0 +1,256 @@
+"""``smpsim analyze RUN [--json] [--plot DIR]``, ``smpsim compare RUN ...`` and ``smpsim query RUN SQL``.
+
+The figures themselves come from smpsim.analysis; this module only opens runs, reports truncation and prints
+(plain text off a terminal, rich tables on one).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from smpsim.cli.common import EXIT_USAGE, console, fail, handle_errors, warn
+
+RunArg = Annotated[Path, typer.Argument(help="run directory (RUN/summary.json, RUN/trace/)", show_default=False)]
+
+
+def _truncation_warning(meta, events: int | None = None, t_end: int | None = None) -> None:
+    if meta.truncated:
+        tail = "" if events is None else f"; analysing the {events:,} events recorded (up to t={t_end:,})"
+        warn(f"{meta.path}: truncated run ({meta.reason}){tail}")
+
+
+# ---------------------------------------------------------------------------------------------- rendering
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        return f"{v:,.1f}" if abs(v) >= 100 else f"{v:.4g}"
+    return str(v)
+
+
+_NUMBER_TEXT = re.compile(r"-|-?[0-9][0-9,.]*(%|x|e[+-]?[0-9]+)?")
+
+
+def _numeric(v: Any) -> bool:
+    """A number, or text that shows one (a percentage, a ratio "1.5x", "-" for none): right-aligned."""
+    if isinstance(v, str):
+        return bool(_NUMBER_TEXT.fullmatch(v))
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def render(sections: list[tuple[str, list[str] | None, list[list[Any]]]], con: Any = None) -> None:
+    """Print report sections: plain aligned text, or rich tables on a terminal."""
+    if con is not None:
+        from rich.table import Table
+
+        for title, headers, rows in sections:
+            if headers is None:
+                t = Table(title=title, title_justify="left", title_style="bold", show_header=False, box=None,
+                          pad_edge=False)
+                t.add_column(style="bold")
+                t.add_column(justify="right")
+                t.add_column(style="dim")
+            else:
+                t = Table(title=title, title_justify="left", title_style="bold")
+                for i, h in enumerate(headers):
+                    num = bool(rows) and all(_numeric(r[i]) or r[i] is None for r in rows)
+                    t.add_column(h, justify="right" if num else "left")
+            for r in rows:
+                t.add_row(*(_fmt(v) for v in r))
+            con.print(t)
+            con.print()
+        return
+    out = []
+    for title, headers, rows in sections:
+        out.append(title)
+        cells = [[_fmt(v) for v in r] for r in rows]
+        if headers is None:
+            w0 = max((len(r[0]) for r in cells), default=0)
+            w1 = max((len(r[1]) for r in cells), default=0)
+            for r, raw in zip(cells, rows):
+                value = r[1].rjust(w1) if _numeric(raw[1]) else r[1].ljust(w1)
+                out.append(f"  {r[0]:<{w0}}  {value}  {r[2]}".rstrip())
+        else:
+            out += ["  " + line for line in _aligned(headers, rows)]
+        out.append("")
+    typer.echo("\n".join(out).rstrip("\n"))
+
+
+def _aligned(headers: list[str], rows: list[list[Any]]) -> list[str]:
+    """A table as lines: numeric columns right-aligned, others left-aligned."""
+    cells = [[_fmt(v) for v in r] for r in rows]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
+    num = [bool(rows) and all(_numeric(r[i]) or r[i] is None for r in rows) for i in range(len(headers))]
+    lines = ["  ".join(h.rjust(w) if n else h.ljust(w) for h, w, n in zip(headers, widths, num)).rstrip()]
+    for r in cells:
+        lines.append("  ".join(c.rjust(w) if n else c.ljust(w) for c, w, n in zip(r, widths, num)).rstrip())
+    return lines
+
+
+def _plain_table(headers: list[str], rows: list[list[Any]]) -> None:
+    typer.echo("\n".join(_aligned(headers, rows)))
+
+
+# ---------------------------------------------------------------------------------------------- analyze
+
+@handle_errors
+def analyze(
+    run: RunArg,
+    json_: Annotated[bool, typer.Option("--json", help="print the analysis as one JSON document")] = False,
+    plot: Annotated[Optional[Path], typer.Option(
+        "--plot", help="also write PNG figures and report.html into this directory", show_default=False)] = None,
+) -> None:
+    """Report on a run: flushes, IPIs, shootdown latency, TLB hit rates, stale uses.
+
+    Also kmaps (new vs reused), ring wraps, kmap_lock waits, sleeps on pkmap_map_wait, the CPU x CPU IPI
+    matrix and the operational logs' warnings and errors. --json prints the same as one JSON document.
+    """
+    from smpsim.analysis.load import open_trace
+    from smpsim.analysis.logs import summarize_logs
+    from smpsim.analysis.metrics import analyze as analyze_trace
+    from smpsim.analysis.report import sections
+
+    with open_trace(run) as tr:
+        a = analyze_trace(tr, summarize_logs(tr.meta.path))
+        _truncation_warning(tr.meta, a["events"], a["t_end"])
+        written: dict[str, Path] = {}
+        if plot is not None:
+            from smpsim.analysis.plots import write_figures, write_html
+
+            try:
+                written = dict(write_figures(tr, a, plot))
+                written["report"] = write_html(a, written, plot / "report.html", sections(a))
+            except OSError as e:
+                fail(f"{plot}: cannot write the figures: {e.strerror or e}")
+    if json_:
+        typer.echo(json.dumps(a, indent=2))
+    else:
+        render(sections(a), console())
+    if written:
+        say = (lambda m: print(m, file=sys.stderr)) if json_ else typer.echo
+        for path in written.values():
+            say(f"wrote {path}")
+
+
+# ---------------------------------------------------------------------------------------------- compare
+
+@handle_errors
+def compare(
+    runs: Annotated[list[Path], typer.Argument(
+        help="run directories, or directories with runs below them (sweeps); the first run is the baseline",
+        show_default=False)],
+    json_: Annotated[bool, typer.Option("--json", help="print the comparison as one JSON document")] = False,
+) -> None:
+    """Headline metrics of several runs side by side, with each run's ratio to the first."""
+    from smpsim.analysis.compare import compare as compare_runs
+    from smpsim.analysis.compare import find_runs, labels
+    from smpsim.analysis.load import open_trace
+    from smpsim.analysis.metrics import analyze as analyze_trace
+
+    paths: list[Path] = []
+    args: list[Path] = []
+    for arg in runs:
+        found = find_runs(arg)
+        paths += found
+        args += [arg] * len(found)
+    if len(paths) < 2:
+        fail(f"compare needs at least two runs; found {len(paths)} ({', '.join(map(str, paths))})", EXIT_USAGE)
+    analyses = []
+    for path, label in zip(paths, labels(paths, args)):
+        with open_trace(path) as tr:
+            a = analyze_trace(tr)
+            _truncation_warning(tr.meta, a["events"], a["t_end"])
+        analyses.append((label, a))
+    doc = compare_runs(analyses)
+    if json_:
+        typer.echo(json.dumps(doc, indent=2))
+        return
+    con = console()
+    legend = [[f"[{i + 1}]", r["label"], r["policy"], r["workload"], r["cpus"], "yes" if r["truncated"] else "",
+               ", ".join(f"{k}={v}" for k, v in r["differs"].items())]
+              for i, r in enumerate(doc["runs"])]
+    legend_headers = ["", "run", "policy", "workload", "CPUs", "truncated", "config differences"]
+    headers = ["metric"]
+    for i in range(len(doc["runs"])):
+        headers += [f"[{i + 1}]"] + ([f"[{i + 1}]/[1]"] if i else [])
+    rows = []
+    for m in doc["metrics"]:
+        row: list[Any] = [m["label"]]
+        for i, (v, r) in enumerate(zip(m["values"], m["ratios"])):
+            row.append(v)
+            if i:
+                row.append(_times(r))
+        rows.append(row)
+    if con is not None:
+        render([("Runs (ratios are to [1])", legend_headers, legend),
+                ("Headline metrics", headers, rows)], con)
+    else:
+        typer.echo("runs (ratios are to [1]):")
+        _plain_table(legend_headers, legend)
+        typer.echo("")
+        _plain_table(headers, rows)
+
+
+def _times(r: float | None) -> str:
+    """A ratio as "12.3x" (3 significant digits, no exponent); "-" for none."""
+    if r is None:
+        return "-"
+    digits = max(0, 2 - int(math.floor(math.log10(abs(r))))) if r else 0
+    return f"{r:,.{digits}f}x"
+
+
+# ---------------------------------------------------------------------------------------------- query
+
+class QueryFormat(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+@handle_errors
+def query(
+    run: RunArg,
+    sql: Annotated[str, typer.Argument(help='SQL over the table "events" (DuckDB dialect)', show_default=False)],
+    format: Annotated[QueryFormat, typer.Option("--format", "-f", help="output format")] = QueryFormat.table,
+) -> None:
+    """Run SQL (DuckDB) over a run's trace: the events are the table "events".
+
+    The columns are the trace fields of docs/trace-format.md; seq is the canonical order.
+    """
+    from smpsim.analysis.load import open_trace
+    from smpsim.analysis.query import QueryError
+    from smpsim.analysis.query import query as run_query
+
+    with open_trace(run) as tr:
+        _truncation_warning(tr.meta)
+        try:
+            cols, rows = run_query(tr, sql)
+        except QueryError as e:
+            fail(f"query failed: {e}")
+    if format is QueryFormat.json:
+        typer.echo(json.dumps([dict(zip(cols, r)) for r in rows], indent=1, default=str))
+    elif format is QueryFormat.csv:
+        w = csv.writer(sys.stdout, lineterminator="\n")
+        w.writerow(cols)
+        w.writerows(rows)
+        sys.stdout.flush()
+    elif cols:
+        con = console()
+        if con is not None:
+            render([(f"{len(rows):,} rows", cols, [list(r) for r in rows])], con)
+        else:
+            _plain_table(cols, [list(r) for r in rows])

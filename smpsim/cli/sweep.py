@@ -1,0 +1,151 @@
+"""``smpsim sweep EXPERIMENT.toml [--set k=v ...] [--out DIR] [--jobs N] [--shard I/N]`` and
+``smpsim sweep --collect DIR``: run an experiment's points, write and print its results table."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from smpsim.cli.common import EXIT_RUN_FAILED, console, fail, handle_errors
+from smpsim.cli.config_cmd import SetOpt
+from smpsim.trace.errors import TraceError
+
+
+@handle_errors
+def sweep(
+    experiment: Annotated[Optional[Path], typer.Argument(
+        help="experiment: a config with a \\[sweep] table of dotted keys and lists of values",
+        show_default=False)] = None,
+    set_: SetOpt = None,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="sweep directory: a run directory per point and the results table "
+        "(default: runs/<experiment name>)", show_default=False)] = None,
+    jobs: Annotated[Optional[int], typer.Option(
+        "--jobs", "-j", help="points run at once (default: the usable cores)", show_default=False)] = None,
+    shard: Annotated[Optional[str], typer.Option(
+        "--shard", metavar="I/N", help="run only points I, I+N, I+2N, ... (0 <= I < N), e.g. one task of a job "
+        "array; the table goes to results-shard-I-of-N.*")] = None,
+    collect: Annotated[Optional[Path], typer.Option(
+        "--collect", metavar="DIR", help="merge the shard tables found under DIR into DIR/results.*")] = None,
+) -> None:
+    """Run every point of an experiment (finished points are skipped) and print its results table."""
+    if collect is not None:
+        from smpsim.experiments import results
+
+        if experiment is not None or shard is not None or set_:
+            fail("--collect DIR merges the results of shards that already ran: give it no EXPERIMENT, "
+                 "--shard or --set")
+        rows, meta = results.collect(collect)
+        paths = results.write(rows, meta["params"], meta, collect / "results")
+        _finish(rows, meta["params"], f"{len(rows)} points of {meta['experiment']} collected", paths)
+        return
+    if experiment is None:
+        fail("give an experiment to run (smpsim sweep configs/lazy-vs-eager.toml), or --collect DIR to merge "
+             "the results of its shards")
+    from smpsim.experiments.runner import SweepError, run_sweep
+    from smpsim.experiments.sweep import load_experiment
+
+    exp = load_experiment(experiment, set_ or ())
+    part = _parse_shard(shard) if shard is not None else None
+    if jobs is None:
+        jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    elif jobs < 1:
+        fail(f"--jobs {jobs}: must be at least 1")
+    out = out if out is not None else Path("runs") / experiment.stem
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TraceError(f"{out}: cannot create the sweep directory: {e.strerror}") from None
+    points = exp.shard(*part) if part else list(exp.points)
+
+    try:
+        with _Progress(console(), len(points)) as advance:
+            report = run_sweep(exp, points, out, jobs, advance)
+    except SweepError as e:
+        fail(str(e), EXIT_RUN_FAILED)
+    from smpsim.experiments import results  # pyarrow and numpy start threads: not before forking the workers
+
+    rows = [results.row(pt, out / pt.name, report.errors.get(pt.index)) for pt in points]
+    base = out / (f"results-shard-{part[0]}-of-{part[1]}" if part else "results")
+    paths = results.write(rows, exp.keys, results.metadata(exp, part), base)
+    which = f"shard {part[0]}/{part[1]}: {len(points)} of {len(exp.points)} points" if part else f"{len(points)} points"
+    _finish(rows, exp.keys, f"{which}: {len(report.ran)} run, {len(report.skipped)} already finished", paths)
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    i, sep, n = text.partition("/")
+    try:
+        part = (int(i), int(n))
+    except ValueError:
+        part = None
+    if not sep or part is None or not 0 <= part[0] < part[1]:
+        fail(f"--shard {text!r}: expected I/N with 0 <= I < N, e.g. --shard 0/4 for the first of 4 shards")
+    return part
+
+
+def _finish(rows: list[dict[str, Any]], params: list[str], what: str, paths: tuple[Path, Path]) -> None:
+    """Print the table and where it was written; exit 1 when a point has no successful run."""
+    from smpsim.experiments.results import METRICS
+
+    shown = [(k, k, str) for k in ("point", *params, "status")]
+    shown += [(name, label, _fmt) for name, label, _ in METRICS if label]
+    _print_table(rows, shown)
+    typer.echo(f"{what}; results in {paths[0]} and {paths[1]}")
+    bad = [r for r in rows if r["status"] != "ok"]
+    if bad:
+        why = "; ".join(f"point {r['point']} ({r['status']}: {r['error'] or 'no run'})" for r in bad[:5])
+        fail(f"{len(bad)} of {len(rows)} points did not finish with a result: {why}"
+             f"{'; ...' if len(bad) > 5 else ''}. Points that failed or were interrupted run again when the "
+             "same command is repeated; a point stopped by the model (error) is deterministic: see its "
+             "run directory's summary.json", EXIT_RUN_FAILED)
+
+
+def _print_table(rows: list[dict[str, Any]], shown: list[tuple[str, str, Any]]) -> None:
+    """shown: (column, label, format) of the columns to print, right-aligned plain text (a terminal
+    soft-wraps it when it is wider than the window; the CSV has every column)."""
+    cells = [[label for _, label, _ in shown]] + [[fmt(r.get(k)) for k, _, fmt in shown] for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(shown))]
+    for c in cells:
+        typer.echo("  ".join(v.rjust(w) for v, w in zip(c, widths)))
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool) or isinstance(v, str):
+        return str(v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        return "0" if v == 0 else f"{v:,.0f}" if abs(v) >= 1000 else f"{v:,.1f}" if abs(v) >= 10 else f"{v:.3f}"
+    return str(v)
+
+
+class _Progress:
+    """A progress bar over the points on a terminal, nothing otherwise; each call advances one point. It
+    starts at the first call: run_sweep calls only once its worker processes are forked."""
+
+    def __init__(self, con: Any, total: int) -> None:
+        self.con, self.total, self.progress = con, total, None
+
+    def __enter__(self) -> "_Progress":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def __call__(self) -> None:
+        if self.con is None:
+            return
+        if self.progress is None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+            self.progress = Progress("sweep: points", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                     console=self.con, transient=True)
+            self.task = self.progress.add_task("points", total=self.total)
+            self.progress.start()
+        self.progress.advance(self.task)

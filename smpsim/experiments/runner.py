@@ -1,0 +1,148 @@
+"""Running configs: the engine a config names, provenance.json, and sweeps on a local process pool.
+
+A sweep point runs in a worker process of a pool (fork: workers start in milliseconds and inherit the
+loaded modules). A point whose run directory already holds a finished run of the same config is not run
+again, so an interrupted sweep resumes where it stopped. Workers ignore Ctrl-C between points, stop the
+point they run on Ctrl-C, and die with the sweep process, so none outlives it.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import signal
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from smpsim.config import Config, ConfigError
+from smpsim.experiments.provenance import recorded
+from smpsim.experiments.sweep import Experiment, Point
+from smpsim.model.errors import ModelError
+from smpsim.trace.errors import TraceError
+from smpsim.trace.rundir import (CONFIG_NAME, LOGS_DIR, PROVENANCE_NAME, SUMMARY_NAME, TRACE_DIR,
+                                 read_provenance)
+
+RUN_ITEMS = {CONFIG_NAME, SUMMARY_NAME, PROVENANCE_NAME, TRACE_DIR, LOGS_DIR}
+
+
+class SweepError(Exception):
+    """The sweep itself broke (a worker process died); the message says what to do."""
+
+
+def run_config(cfg: Config, run_dir: Path | None, progress: Callable[[dict], None] | None = None,
+               transport: str | None = None, sweep: dict[str, Any] | None = None, engine: str | None = None):
+    """Run cfg with the engine it names (or ``engine``) into run_dir, then write run_dir/provenance.json."""
+    engine = engine or cfg.run.engine
+    if engine == "distributed":
+        from smpsim.engines.distributed.launch import run_distributed
+        return recorded(cfg, run_dir, lambda: run_distributed(cfg, run_dir, transport or cfg.run.transport,
+                                                              progress=progress),
+                        engine, processes=cfg.machine.cpus + 1, sweep=sweep)
+    from smpsim.engines.inline import run
+    return recorded(cfg, run_dir, lambda: run(cfg, run_dir, progress=progress), engine, processes=1, sweep=sweep)
+
+
+def is_finished(run_dir: Path, hash_: str) -> bool:
+    """run_dir holds a finished run (provenance.json written) of the config whose hash is hash_."""
+    try:
+        prov = read_provenance(run_dir)
+    except TraceError:
+        return False
+    return prov is not None and prov.get("config_hash") == hash_ and (run_dir / SUMMARY_NAME).is_file()
+
+
+@dataclass
+class SweepReport:
+    ran: list[int] = field(default_factory=list)      # points run now
+    skipped: list[int] = field(default_factory=list)  # points found finished
+    errors: dict[int, str] = field(default_factory=dict)  # point -> why it has no finished run
+
+
+def run_sweep(exp: Experiment, points: list[Point], out: Path, jobs: int,
+              on_point: Callable[[], None] = lambda: None) -> SweepReport:
+    """Run the points not yet finished under out/<point name>/, jobs at a time; on_point() after each
+    point (finished ones included), first called once the worker processes are forked, so that the caller
+    may start threads (a progress bar) then."""
+    report = SweepReport()
+    todo = []
+    for pt in points:
+        if is_finished(out / pt.name, pt.hash):
+            report.skipped.append(pt.index)
+        else:
+            todo.append(pt)
+    if not todo:
+        for _ in report.skipped:
+            on_point()
+        return report
+    pool = ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=multiprocessing.get_context("fork"),
+                               initializer=_init_worker, initargs=(os.getpid(),))
+    try:
+        futures = {pool.submit(_run_point, pt.cfg, out / pt.name,
+                               {"experiment": str(exp.path), "point": pt.index, "params": pt.params}): pt
+                   for pt in todo}
+        for _ in report.skipped:
+            on_point()
+        for fut in as_completed(futures):
+            pt = futures[fut]
+            error = fut.result()
+            report.ran.append(pt.index)
+            if error is not None:
+                report.errors[pt.index] = error
+            on_point()
+    except BrokenProcessPool:
+        raise SweepError("a sweep worker process died (out of memory?); run the same command again to run "
+                         "the points that did not finish") from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return report
+
+
+def _init_worker(parent: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C between points: the sweep process handles it
+    try:  # Linux: die with the sweep process even when it is SIGKILLed
+        import ctypes
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+_interrupted = False  # this worker saw Ctrl-C: it runs no further point (some may be queued to it already)
+
+
+def _run_point(cfg: Config, run_dir: Path, sweep: dict[str, Any]) -> str | None:
+    """Run one point in a worker; None when its run directory now holds a finished run without error."""
+    global _interrupted
+    if _interrupted:
+        return "interrupted"
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _clear(run_dir)
+        run_config(cfg, run_dir, sweep=sweep)
+        return None
+    except KeyboardInterrupt:
+        _interrupted = True
+        return "interrupted"
+    except (ModelError, ConfigError, TraceError) as e:
+        return str(e)
+    except Exception as e:  # noqa: BLE001 - reported per point; the other points go on
+        return f"{type(e).__name__}: {e}"
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _clear(run_dir: Path) -> None:
+    """Remove what an unfinished run left in run_dir (refusing a directory with anything else in it)."""
+    if not run_dir.exists():
+        return
+    foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in RUN_ITEMS and not p.name.startswith("."))
+    if foreign:
+        raise TraceError(f"{run_dir}: holds files that are not part of a run ({', '.join(foreign[:5])}); "
+                         "remove them or choose another --out")
+    shutil.rmtree(run_dir)

@@ -1,0 +1,200 @@
+"""Experiments: a run config plus a ``[sweep]`` table, expanded into points.
+
+```toml
+[sweep]
+mode = "product"                          # default; "zip" pairs the lists: point i takes value i of each
+"policy.name" = ["linux-2.4", "eager"]    # a dotted key of the config, and the values it takes
+machine.last_pkmap = [16, 64, 256]        # unquoted dotted TOML keys work too
+```
+
+Every point is the rest of the file with one value per swept key. A point's run directory is named by the
+hash of its resolved config, so a point is the same directory in every sweep that contains it.
+
+``--set key=value`` changes the config under the sweep; setting a swept key pins it (it is no longer
+swept). ``--set sweep.KEY=[...]`` replaces or adds a swept key's list, ``--set sweep.mode=zip`` the mode.
+Every problem (in the config, in the sweep table, in any point) is reported at once in one ConfigError.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from smpsim.config import (Config, ConfigError, apply_override, default_config_path, describe_error, parse_value,
+                           read_toml, set_key, to_toml)
+from smpsim.trace.rundir import config_hash
+
+MODES = ("product", "zip")
+SWEEP_PREFIX = "sweep."
+
+
+@dataclass(frozen=True)
+class Point:
+    index: int
+    params: dict[str, Any]  # swept key -> its value in this point's resolved config
+    cfg: Config
+    hash: str               # config_hash(cfg)
+
+    @property
+    def name(self) -> str:
+        """The point's run directory name: the start of its config hash."""
+        return self.hash[:16]
+
+    def describe(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+
+
+@dataclass(frozen=True)
+class Experiment:
+    path: Path
+    mode: str
+    values: dict[str, list]  # swept key -> values, in the order of the sweep table
+    points: tuple[Point, ...]
+
+    @property
+    def keys(self) -> list[str]:
+        return list(self.values)
+
+    @property
+    def sweep_id(self) -> str:
+        """Identifies the expanded sweep: the same points in the same order give the same id."""
+        return hashlib.sha256("\n".join(p.hash for p in self.points).encode()).hexdigest()
+
+    def shard(self, i: int, n: int) -> list[Point]:
+        """Every n-th point starting at point i."""
+        return [p for p in self.points if p.index % n == i]
+
+    def to_toml(self) -> str:
+        """A resolved experiment file: the first point's config (every default filled in) and the sweep."""
+        text = to_toml(self.points[0].cfg)
+        if not self.values:
+            return text
+        lines = [f"\n# {len(self.points)} points; the swept keys above show the first point's values",
+                 "[sweep]", f'mode = "{self.mode}"']
+        lines += [f"{json.dumps(k)} = {json.dumps(v)}" for k, v in self.values.items()]
+        return text + "\n".join(lines) + "\n"
+
+
+def load_experiment(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Experiment:
+    """Read an experiment (the default config when path is None), apply --set overrides, expand and
+    validate every point."""
+    p = Path(path) if path is not None else default_config_path()
+    data = read_toml(p)
+    table = data.pop("sweep", {})
+    problems: list[str] = []
+    pinned, sweep_sets = set(), []
+    for a in overrides:
+        key, eq, text = a.partition("=")
+        key = key.strip()
+        if eq and key.startswith(SWEEP_PREFIX):
+            sweep_sets.append((key[len(SWEEP_PREFIX):], parse_value(text.strip())))
+        else:
+            apply_override(data, a)
+            pinned.add(key)
+    mode, values = _parse_sweep(table, sweep_sets, problems)
+    for key in [k for k in values if k in pinned]:
+        del values[key]
+    for key in list(values):  # a key that cannot be set at all (seed.x: seed is not a table)
+        try:
+            set_key(copy.deepcopy(data), key, None, "[sweep]")
+        except ConfigError as e:
+            problems += [f"[sweep] {x}" for x in e.problems]
+            del values[key]
+    points = _expand(data, mode, values, p, problems)
+    if problems:
+        raise ConfigError(str(p), list(dict.fromkeys(problems)))
+    return Experiment(p, mode, values, tuple(points))
+
+
+def _parse_sweep(table: Any, sweep_sets: list[tuple[str, Any]], problems: list[str]) -> tuple[str, dict[str, list]]:
+    if not isinstance(table, dict):
+        problems.append(f"sweep: expected a table of dotted keys and lists of values (given {table!r})")
+        table = {}
+    mode = table.get("mode", "product")
+    entries: dict[str, Any] = {}
+    for key, value in _flatten({k: v for k, v in table.items() if k != "mode"}):
+        if key in entries:
+            problems.append(f"[sweep] {key}: given twice")
+        entries[key] = value
+    for key, value in sweep_sets:
+        if key == "mode":
+            mode = value
+        else:
+            entries[key] = value
+    if mode not in MODES:
+        problems.append(f"[sweep] mode: expected 'product' or 'zip' (given {mode!r})")
+        mode = "product"
+    values: dict[str, list] = {}
+    for key, value in entries.items():
+        if not isinstance(value, list):
+            problems.append(f"[sweep] {key}: expected a list of values, e.g. [1, 2] (given {value!r})")
+        elif not value:
+            problems.append(f"[sweep] {key}: empty list; give at least one value")
+        else:
+            values[key] = value
+    if mode == "zip" and len({len(v) for v in values.values()}) > 1:
+        lengths = ", ".join(f"{k} has {len(v)}" for k, v in values.items())
+        problems.append(f"[sweep] mode = 'zip' pairs the lists, so they must be equally long ({lengths})")
+    return mode, values
+
+
+def _flatten(table: dict[str, Any], prefix: str = ""):
+    for k, v in table.items():
+        if isinstance(v, dict):
+            yield from _flatten(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def _expand(data: dict[str, Any], mode: str, values: dict[str, list], path: Path, problems: list[str]) -> list[Point]:
+    keys = list(values)
+    combos = zip(*values.values()) if mode == "zip" else itertools.product(*values.values())
+    points: list[Point] = []
+    seen: dict[str, Point] = {}
+    for index, combo in enumerate(combos):
+        d = copy.deepcopy(data)
+        try:
+            for key, value in zip(keys, combo):
+                set_key(d, key, value, "[sweep]")
+            cfg = Config.model_validate(d)
+        except ConfigError as e:  # e.g. both machine and machine.cpus swept
+            problems += [f"[sweep] {x}" for x in e.problems]
+            continue
+        except ValidationError as e:
+            problems += [_problem(err, keys) for err in e.errors()]
+            continue
+        cfg.base_dir = str(path.resolve().parent)
+        point = Point(index, {k: _resolved(cfg, k) for k in keys}, cfg, config_hash(cfg))
+        if point.hash in seen:
+            problems.append(f"[sweep] points {seen[point.hash].index} and {index} are the same config "
+                            f"({point.describe()}); list each value once")
+        seen.setdefault(point.hash, point)
+        points.append(point)
+    return points
+
+
+def _problem(err: dict[str, Any], keys: list[str]) -> str:
+    """A validation error, marked [sweep] when a swept key caused it."""
+    loc = ".".join(str(x) for x in err["loc"])
+    for key in keys:
+        if err["type"] == "extra_forbidden" and (key == loc or key.startswith(loc + ".")):
+            return f"[sweep] {key}: unknown key"
+        if key.startswith(loc + "."):
+            return f"[sweep] {key}: {loc} is not a table"
+        if loc == key or loc.startswith(key + "."):
+            return f"[sweep] {describe_error(err)}"
+    return describe_error(err)
+
+
+def _resolved(cfg: Config, key: str) -> Any:
+    value: Any = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
