@@ -9,14 +9,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from typer.testing import CliRunner
 
 from analysis_reference import reference
-from smpsim.cli.main import app
 from smpsim.config import validate
 from smpsim.engines.inline import run as run_inline
+from cli_helpers import invoke, user_error
 
-runner = CliRunner()
 
 # Small runs, one per policy the analysis must get right; several parts each (part_events).
 CONFIGS = {
@@ -52,12 +50,6 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     return {name: make(name, root / name) for name in CONFIGS}
 
 
-def invoke(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert "Traceback" not in result.output
-    if result.exception is not None:
-        assert isinstance(result.exception, SystemExit), result.exception
-    return result
 
 
 def analyze_json(path: Path) -> dict:
@@ -213,12 +205,6 @@ def test_run_that_failed_is_analysed_with_a_warning(runs, tmp_path):
     assert json.loads(r.stdout)["run"]["status"] == "error"
 
 
-def _user_error(r) -> str:
-    assert r.exit_code == 2, r.output[:2000]
-    assert r.stderr.startswith("error: ") and "\n\n" not in r.stderr.strip()
-    return r.stderr
-
-
 @pytest.mark.parametrize("damage", ["garbage", "cut", "page header"])
 def test_corrupt_part_is_an_error_naming_the_file(runs, tmp_path, damage):
     path = tmp_path / "bad"
@@ -236,20 +222,20 @@ def test_corrupt_part_is_an_error_naming_the_file(runs, tmp_path, damage):
     part.write_bytes(bytes(data))
     for args in (["analyze", path, "--json"], ["analyze", path], ["query", path, "SELECT sum(t) FROM events"],
                  ["export", path, "--format", "chrome"]):
-        assert str(part) in _user_error(invoke(*args)), args
+        assert str(part) in user_error(invoke(*args)), args
 
 
 def test_not_a_run_directory_or_no_trace(tmp_path, runs):
-    err = _user_error(invoke("analyze", tmp_path))
+    err = user_error(invoke("analyze", tmp_path))
     assert "not a run directory" in err and str(tmp_path) in err
-    assert "no such run directory" in _user_error(invoke("analyze", tmp_path / "missing"))
+    assert "no such run directory" in user_error(invoke("analyze", tmp_path / "missing"))
     f = tmp_path / "file.txt"
     f.write_text("x")
-    assert str(f) in _user_error(invoke("analyze", f))
+    assert str(f) in user_error(invoke("analyze", f))
     cfg = json.loads(json.dumps(CONFIGS["linux-2.4"]))
     cfg["trace"] = {"enabled": False}
     run_inline(validate(cfg), tmp_path / "untraced")
-    assert "no trace" in _user_error(invoke("analyze", tmp_path / "untraced"))
+    assert "no trace" in user_error(invoke("analyze", tmp_path / "untraced"))
 
 
 def test_part_with_a_foreign_schema_is_an_error_naming_it(runs, tmp_path):
@@ -258,7 +244,7 @@ def test_part_with_a_foreign_schema_is_an_error_naming_it(runs, tmp_path):
     part = path / "trace" / "part-00000.parquet"
     table = pq.read_table(part)
     pq.write_table(table.drop_columns(["hits"]), part)
-    err = _user_error(invoke("analyze", path))
+    err = user_error(invoke("analyze", path))
     assert str(part) in err and "hits" in err
 
 

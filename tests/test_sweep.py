@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from typer.testing import CliRunner
 
-from smpsim.cli.main import app
 from smpsim.config import ConfigError
 from smpsim.experiments.sweep import load_experiment
+from cli_helpers import invoke, user_error
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,19 +38,6 @@ def write(tmp_path, text, name="exp.toml"):
     return p
 
 
-def invoke(*args):
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    assert "Traceback" not in result.output
-    if result.exception is not None:
-        assert isinstance(result.exception, SystemExit), result.exception
-    return result
-
-
-def user_error(result, code=2):
-    assert result.exit_code == code, result.output
-    assert result.stderr.startswith("error: ")
-    assert "\n\n" not in result.stderr.strip()  # one paragraph
-    return result.stderr
 
 
 def finished(out):

@@ -22,6 +22,7 @@ import numpy as np
 
 from smpsim.analysis import series
 from smpsim.analysis.load import Trace
+from smpsim.analysis.report import fmt_value as _fmt
 
 FIGURES = ("ipi_heatmap", "timeline", "latency_cdf", "hit_rate")
 DPI = 110
@@ -239,18 +240,6 @@ def _table(headers: list[str] | None, rows: list[list[Any]]) -> str:
         out.append("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in r) + "</tr>")
     out.append("</table>")
     return "\n".join(out)
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, int):
-        return f"{v:,}"
-    if isinstance(v, float):
-        return f"{v:,.1f}" if abs(v) >= 100 else f"{v:.4g}"
-    return str(v)
 
 
 def write_html(a: dict[str, Any], figures: dict[str, Path], path: Path,

@@ -12,6 +12,19 @@ from typing import Any
 MATRIX_MAX_CPUS = 32  # wider IPI matrices are left to --json / the heatmap
 
 
+def fmt_value(v: Any) -> str:
+    """How a report cell shows a value (terminal and HTML alike)."""
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        return f"{v:,.1f}" if abs(v) >= 100 else f"{v:.4g}"
+    return str(v)
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from smpsim.cli.common import EXIT_USAGE, console, fail, handle_errors, warn
+from smpsim.analysis.report import fmt_value as _fmt
 
 RunArg = Annotated[Path, typer.Argument(help="run directory (RUN/summary.json, RUN/trace/)", show_default=False)]
 
@@ -29,18 +30,6 @@ def _truncation_warning(meta, events: int | None = None, t_end: int | None = Non
 
 
 # ---------------------------------------------------------------------------------------------- rendering
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, int):
-        return f"{v:,}"
-    if isinstance(v, float):
-        return f"{v:,.1f}" if abs(v) >= 100 else f"{v:.4g}"
-    return str(v)
-
 
 _NUMBER_TEXT = re.compile(r"-|-?[0-9][0-9,.]*(%|x|e[+-]?[0-9]+)?")
 

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from smpsim.cli.common import EXIT_RUN_FAILED, EXIT_USAGE, classify, console, fail, handle_errors
-from smpsim.cli.config_cmd import ConfigArg, SetOpt
+from smpsim.cli.config_cmd import SetOpt
 from smpsim.config import load_config
 
 OutOpt = Annotated[Optional[Path], typer.Option(

@@ -146,7 +146,7 @@ def _config_trace(path: Path) -> dict[str, Any]:
 
 def _read_part(path: Path, columns: list[str] | None = None) -> pa.Table:
     try:
-        table = pq.read_table(path, columns=columns)
+        table = pq.read_table(path, columns=columns, page_checksum_verification=True)
     except (pa.ArrowException, OSError) as e:
         raise TraceError(f"{path}: corrupt or unreadable trace part ({e})") from None
     missing = [c for c in REQUIRED if c not in table.column_names and (columns is None or c in columns)]

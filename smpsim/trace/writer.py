@@ -114,7 +114,7 @@ class TraceWriter:
         tmp = self.trace_dir / f".{name}.tmp"
         table = events_to_table(rows)
         try:
-            pq.write_table(table, tmp, compression=COMPRESSION)
+            pq.write_table(table, tmp, compression=COMPRESSION, write_page_checksum=True)
             os.replace(tmp, final)
         except OSError as e:
             raise TraceError(f"{final}: cannot write trace part: {e}") from None
