@@ -112,7 +112,7 @@ def test_schema_types(tmp_path):
         assert schema.field(name).type.value_type == pa.int32()
     for name in ("t", "seq", "t_send", "t_recv", "t_ack", "cycles", "lock_wait", "stall"):
         assert str(schema.field(name).type) == "int64"
-    for name in ("new", "slept", "write", "flush_caused"):
+    for name in ("new", "slept", "flush_caused"):
         assert str(schema.field(name).type) == "bool"
     assert str(schema.field("ev").type) == str(schema.field("scope").type) == "string"
 

@@ -28,7 +28,7 @@ def make_events(count: int, seed: int = 1, cpus: int = 4) -> list[dict]:
             e = {"ev": "ipi", "src": (cpu + 1) % cpus, "t_send": t - 2500, "t_recv": t, "t_ack": t + 1000,
                  "scope": "all", "dropped": rng.randrange(64)}
         elif kind == 5:
-            e = {"ev": "access", "page": rng.randrange(8192), "slot": 4, "n": 8, "write": rng.random() < .3,
+            e = {"ev": "access", "page": rng.randrange(8192), "slot": 4, "n": 8, "writes": rng.randrange(9),
                  "hits": 7, "misses": 1}
         elif kind == 6:
             e = {"ev": "tlb_miss", "page": None, "slot": None, "n": 32, "cycles": 960, "flush_caused": True}

@@ -37,6 +37,7 @@ class Cpu:
         self.policy = make_policy(cfg.policy.name, cfg.machine.ring_size)
         self.local_slots = cfg.machine.kmap_local_slots
         self.held: dict[int, list[int]] = {}      # page -> vpns this CPU holds it at (one per nested kmap)
+        self.use: dict[int, list[int]] = {}       # page -> [slot, n, writes, hits, misses] since its kmap
         self.local_stack: list[int] = []          # kmap_local: pages, top = last mapped
         self.inbox: list[tuple] = []              # heap of (t_recv, src, IPI message)
         self.flushed: set[int] = set()            # vpns dropped by a flush and not refilled since
@@ -58,6 +59,8 @@ class Cpu:
                 self._take_due_ipis()
             if self.pc >= len(ops):
                 self.state = DONE
+                for page in list(self.use):  # pages still held when the program ends
+                    self._record_use(page)
                 while self.inbox:
                     self._handle_ipi(heapq.heappop(self.inbox)[2], running=False)
                 out.append((m.DONE, self.id, self.clock))
@@ -209,9 +212,23 @@ class Cpu:
             hits, misses = n, 0
         self.hits += hits
         self.misses += misses
-        ev.append({"t": self.clock, "cpu": self.id, "ev": "access", "page": page, "slot": slot, "n": n,
-                   "write": bool(write), "hits": hits, "misses": misses})
+        u = self.use.get(page)
+        if u is None:
+            self.use[page] = [slot, n, n if write else 0, hits, misses]
+        else:
+            u[1] += n
+            u[2] += n if write else 0
+            u[3] += hits
+            u[4] += misses
         self.clock = t + n * self.c_access + hits * self.c_hit + misses * self.c_walk
+
+    def _record_use(self, page: int) -> None:
+        """One `access` event for the accesses made through a page's address since it was kmapped,
+        recorded when the hold ends: per hold, not per access, keeps the trace small."""
+        u = self.use.pop(page, None)
+        if u is not None:
+            self.events.append({"t": self.clock, "cpu": self.id, "ev": "access", "page": page, "slot": u[0],
+                                "n": u[1], "writes": u[2], "hits": u[3], "misses": u[4]})
 
     # ---- kmap_local: CPU-private slots, no lock, no IPIs -------------------------------------------------
     def _kmap_local(self, page: int) -> None:
@@ -242,6 +259,7 @@ class Cpu:
                             "count": 0})
 
     def _release(self, page: int, op: str) -> int:
+        self._record_use(page)
         vpns = self.held.get(page)
         if not vpns:
             raise self._error(op, f"kunmap of page {page}, which this CPU has not kmapped")

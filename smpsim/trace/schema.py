@@ -33,7 +33,7 @@ FIELDS: tuple[tuple[str, pa.DataType], ...] = (
     ("t_ack", I64),          # ipi: ack time
     ("dropped", I32),        # ipi: pkmap translations the receiver dropped
     ("n", I32),              # access/tlb_miss/stale: number of accesses
-    ("write", pa.bool_()),   # access: the accesses write
+    ("writes", I32),         # access: how many of the n accesses wrote
     ("hits", I32),           # access: TLB hits
     ("misses", I32),         # access: TLB misses
     ("reached", I64),        # stale: page frame the stale TLB entry pointed to
