@@ -3,7 +3,7 @@ over ZeroMQ) carries them unchanged. The first item names the kind."""
 
 # CPU -> coordinator
 REQUEST = "req"        # (REQUEST, cpu, t, op "kmap"|"kunmap", page, pc)
-PROGRESS = "progress"  # (PROGRESS, cpu, clock): running, no ring request before `clock`
+PROGRESS = "progress"  # (PROGRESS, cpu, bound): running; no ring request before `bound`
 DONE = "done"          # (DONE, cpu, clock): program finished
 
 # coordinator -> CPU

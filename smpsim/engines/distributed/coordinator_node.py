@@ -20,7 +20,7 @@ from smpsim.engines.distributed import protocol as p
 from smpsim.engines.recorder import Recorder
 from smpsim.model import messages as mm
 from smpsim.model import workloads
-from smpsim.model.coordinator import RUNNING, Coordinator
+from smpsim.model.coordinator import INF, RUNNING, Coordinator
 from smpsim.model.errors import ModelError
 
 class RunAborted(Exception):
@@ -178,8 +178,13 @@ class CoordinatorNode:
         safe = coord.safe_until()
         for c in range(self.n):
             msgs = out.get(c)
-            # A CPU stalled at its bound (clock lb >= the safe time it has) needs a larger one to go on.
-            stalled = coord.status[c] == RUNNING and coord.lb[c] >= self.sent_safe[c] and safe > coord.lb[c]
+            # A CPU whose next request cannot come before the safe time it has (lb, from its last report)
+            # has stopped; it gets a larger one once that lets it reach its next request. The others get
+            # theirs with their next reply.
+            # (lb INF: no ring request left, but local work: any larger safe time helps)
+            lb = coord.lb[c]
+            stalled = (coord.status[c] == RUNNING and lb >= self.sent_safe[c] and safe > self.sent_safe[c]
+                       and (safe > lb or lb >= INF))
             if msgs or stalled or self.sent_safe[c] < 0:
                 self._send(c, p.BATCH, msgs or [], safe)
                 self.sent_safe[c] = safe

@@ -59,6 +59,7 @@ class CpuNode:
         self.last_sent = self.last_heard = time.monotonic()
         self.cpu: Cpu | None = None
         self.safe = 0
+        self.poked = False
         self.ipis_seen = 0
         self.reported_horizon: int | None = None
 
@@ -111,7 +112,10 @@ class CpuNode:
         cpu = self.cpu
         while True:
             out: list = []
-            if cpu.state == RUNNING and (cpu.clock < self.safe or cpu.pc >= len(cpu.ops)):
+            if cpu.state == RUNNING and (cpu.clock < self.safe or cpu.pc >= len(cpu.ops) or self.poked):
+                # (poked: a new safe time that still leaves it at or past it, as an IPI handler moved its
+                # clock since its last report: it reports again, or the coordinator would not know it waits)
+                self.poked = False
                 try:
                     out = cpu.run(self.safe, max_ops=RUN_CHUNK)
                 except ModelError as e:
@@ -133,15 +137,21 @@ class CpuNode:
                     return
                 if msg[0] == p.BATCH:
                     _, _, msgs, safe = msg
+                    replied = None
                     try:
                         for mm in msgs:
                             if mm[0] == "ipi":
                                 self.ipis_seen += 1
+                            else:
+                                replied = mm[2]  # t_done
                             cpu.deliver(mm)
                     except ModelError as e:
                         return self._fail(e)
                     if safe > self.safe:
                         self.safe = safe
+                    # The coordinator believes this CPU resumes at t_done, or is where it last reported; an
+                    # IPI handler may have moved its clock further. If that leaves it waiting, it says so.
+                    self.poked = replied is None or cpu.clock > replied
                 msg = self._recv(0) if self.sock.poll(0) else None
 
     def _fail(self, e: ModelError) -> None:
