@@ -44,7 +44,6 @@ class Cpu:
         self.refill_due = False                   # background working set lost to a full flush
         self.blocked_op: tuple | None = None      # (op, page) awaiting the coordinator's reply
         self.events: list[dict] = []
-        self.hits = self.misses = 0
         self.started = -1                         # start time of the latest operation
 
     # ---- the program ---------------------------------------------------------------------------------
@@ -192,7 +191,6 @@ class Cpu:
             cycles = self.tlb.background * self.c_walk
             ev.append({"t": t, "cpu": self.id, "ev": "tlb_miss", "n": self.tlb.background,
                        "cycles": cycles, "flush_caused": True})
-            self.misses += self.tlb.background
             t += cycles
         slot = vpn if vpn < LOCAL_BASE else vpn - LOCAL_BASE - self.id * self.local_slots
         frame = self.tlb.lookup(vpn)
@@ -210,8 +208,6 @@ class Cpu:
                 ev.append({"t": t, "cpu": self.id, "ev": "stale", "page": page, "reached": frame,
                            "slot": slot, "n": n})
             hits, misses = n, 0
-        self.hits += hits
-        self.misses += misses
         u = self.use.get(page)
         if u is None:
             self.use[page] = [slot, n, n if write else 0, hits, misses]

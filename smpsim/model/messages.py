@@ -7,7 +7,7 @@ PROGRESS = "progress"  # (PROGRESS, cpu, bound): running; no ring request before
 DONE = "done"          # (DONE, cpu, clock): program finished
 
 # coordinator -> CPU
-REPLY = "reply"        # (REPLY, cpu, t_done, slot, local_flushes: list of vpn tuples or None = full flush)
+REPLY = "reply"        # (REPLY, cpu, t_done, slot, local_flushes: [(t, vpns or None = full flush)] of the caller)
 IPI = "ipi"            # (IPI, src, t_send, t_recv, t_handled, t_ack, scope, vpns or None = full flush)
 
 # indices into an IPI tuple

@@ -35,9 +35,6 @@ class Tlb:
             del s[next(iter(s))]
         s[vpn] = frame
 
-    def holds(self, vpn: int) -> bool:
-        return vpn in self.sets[vpn % self.nsets]
-
     def invalidate_pages(self, vpns) -> list[int]:
         """INVLPG each vpn; returns the vpns that were cached."""
         sets, nsets = self.sets, self.nsets
