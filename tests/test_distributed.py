@@ -8,7 +8,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -353,7 +352,6 @@ def test_two_hosts_same_digest(tmp_path, two_hosts, smpsim_cmd, subprocess_env):
     assert got["digest"] == want["digest"]
     joined = [json.loads(line) for line in (out / "logs" / "coordinator.log.jsonl").read_text().splitlines()]
     assert len([j for j in joined if j.get("event") == "joined"]) == 3
-    assert sys.platform.startswith("linux")
 
 
 @pytest.mark.timeout(60)

@@ -15,7 +15,7 @@ from smpsim.config import Config
 from smpsim.engines.recorder import Recorder
 from smpsim.model import workloads
 from smpsim.model.coordinator import Coordinator
-from smpsim.model.cpu import RUNNING, Cpu
+from smpsim.model.cpu import Cpu
 from smpsim.model.errors import ModelError
 
 
@@ -55,7 +55,7 @@ def run(cfg: Config, out_dir: Path | None = None,
         safe = coord.safe_until()
         while True:
             for cpu in cpus:
-                if cpu.state == RUNNING and (cpu.clock < safe or cpu.pc >= len(cpu.ops)):
+                if cpu.can_run(safe):
                     for msg in cpu.run(safe):
                         coord.receive(msg)
             coord.step()

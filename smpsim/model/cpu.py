@@ -89,6 +89,10 @@ class Cpu:
             self.pc += 1
         return out
 
+    def can_run(self, safe: int) -> bool:
+        """Whether run(safe) would get anywhere: an operation to start before safe, or the program's end."""
+        return self.state == RUNNING and (self.clock < safe or self.pc >= len(self.ops))
+
     def request_bound(self, scan: int = 64) -> int:
         """No ring request from this CPU before this time: its clock plus the least its next operations can
         take before the next kmap/kunmap (IPI handlers and TLB misses only add to that)."""

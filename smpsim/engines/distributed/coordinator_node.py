@@ -30,7 +30,8 @@ class RunAborted(Exception):
 class CoordinatorNode:
     def __init__(self, cfg: Config, run_dir: Path | None, sock: zmq.Socket, run_id: str, token: str = "",
                  log=None, check_children: Callable[[], str | None] | None = None,
-                 progress: Callable[[dict], None] | None = None, join_timeout: float = p.JOIN_TIMEOUT_S):
+                 progress: Callable[[dict], None] | None = None, join_timeout: float = p.JOIN_TIMEOUT_S,
+                 t_start: float | None = None):
         self.cfg, self.sock, self.run_id, self.token = cfg, sock, run_id, token
         self.log = log
         self.n = cfg.machine.cpus
@@ -54,7 +55,7 @@ class CoordinatorNode:
         self.bye: set[int] = set()
         self.cpu_maxrss_kb: dict[int, int] = {}
         self.n_in = self.n_out = 0
-        self.t_created = time.monotonic()
+        self.t_created = t_start if t_start is not None else time.monotonic()  # start-up counts from here
         self.t_all_joined: float | None = None
         self.last_liveness = 0.0
         self.config_dict = cfg.model_dump(mode="json")

@@ -112,7 +112,7 @@ class CpuNode:
         cpu = self.cpu
         while True:
             out: list = []
-            if cpu.state == RUNNING and (cpu.clock < self.safe or cpu.pc >= len(cpu.ops) or self.poked):
+            if cpu.can_run(self.safe) or (self.poked and cpu.state == RUNNING):
                 # (poked: a new safe time that still leaves it at or past it, as an IPI handler moved its
                 # clock since its last report: it reports again, or the coordinator would not know it waits)
                 self.poked = False

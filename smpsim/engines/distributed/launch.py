@@ -21,15 +21,14 @@ from pathlib import Path
 import zmq
 
 from smpsim.config import Config
-from smpsim.engines.distributed import cpu_node  # noqa: F401  imported once here, shared by every fork
+from smpsim.engines.distributed import cpu_node  # imported before forking: shared by every CPU process
 from smpsim.engines.distributed import protocol as p
 
 LOOPBACK = ("127.", "localhost", "[::1]", "::1")
 
 
 def _cpu_child(address: str, cpu: int, run_id: str, log_dir: str | None, cfg: Config) -> None:
-    from smpsim.engines.distributed.cpu_node import cpu_main
-    os._exit(cpu_main(address, cpu, run_id, "", log_dir, child_of_launch=True, cfg=cfg))
+    os._exit(cpu_node.cpu_main(address, cpu, run_id, "", log_dir, child_of_launch=True, cfg=cfg))
 
 
 def _describe_exit(code: int | None) -> str:
@@ -83,9 +82,8 @@ def run_distributed(cfg: Config, run_dir: Path | None, transport: str = "ipc",
 
         log = process_logger(log_dir, "coordinator")
         node = CoordinatorNode(cfg, run_dir, sock, run_id, log=log, check_children=check_children,
-                               progress=progress)
+                               progress=progress, t_start=t0_mono)
         log.info("listening", address=address, cpus=cfg.machine.cpus, run_id=run_id)
-        node.t_created = t0_mono
         summary = node.run()
         summary_hosts = sorted({h.split(" pid ")[0] for h in node.hosts.values()})
         summary["processes"] = cfg.machine.cpus + 1
