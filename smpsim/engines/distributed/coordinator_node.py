@@ -17,6 +17,8 @@ import zmq
 
 from smpsim.config import Config
 from smpsim.engines.distributed import protocol as p
+from smpsim.engines.distributed.logs import RateLimitedLog
+from smpsim.engines.distributed.security import same_token
 from smpsim.engines.recorder import Recorder
 from smpsim.model import messages as mm
 from smpsim.model import workloads
@@ -27,13 +29,19 @@ class RunAborted(Exception):
     """The distributed run cannot go on (a CPU died or broke the protocol); the message says which."""
 
 
+# What a malformed message's contents raise when the coordinator applies them (the shape is checked first)
+_BAD_CONTENT = (ValueError, TypeError, IndexError, KeyError, AttributeError, OverflowError)
+
+
 class CoordinatorNode:
     def __init__(self, cfg: Config, run_dir: Path | None, sock: zmq.Socket, run_id: str, token: str = "",
                  log=None, check_children: Callable[[], str | None] | None = None,
                  progress: Callable[[dict], None] | None = None, join_timeout: float = p.JOIN_TIMEOUT_S,
-                 t_start: float | None = None):
+                 t_start: float | None = None, curve=None):
         self.cfg, self.sock, self.run_id, self.token = cfg, sock, run_id, token
         self.log = log
+        self.refused = RateLimitedLog(log)
+        self.curve = curve  # a security.CurveServer whose handshake refusals are logged here
         self.n = cfg.machine.cpus
         self.check_children = check_children
         self.progress = progress
@@ -78,9 +86,10 @@ class CoordinatorNode:
         self.last_sent[cpu] = time.monotonic()
         self.n_out += 1
 
-    def _refuse(self, ident: bytes, reason: str, **kw) -> None:
-        if self.log:
-            self.log.warning("refused", reason=reason, **kw)
+    def _refuse(self, ident: bytes | None, reason: str, **kw) -> None:
+        self.refused(reason, **kw)
+        if ident is None:
+            return
         try:
             self.sock.send_multipart([ident, p.pack([p.REFUSE, reason])], flags=zmq.NOBLOCK)
         except zmq.ZMQError:
@@ -90,18 +99,25 @@ class CoordinatorNode:
     def _handle(self, ident: bytes, frame: bytes) -> None:
         cpu = self.by_ident.get(ident)
         try:
-            msg = p.unpack(frame)
+            msg = p.unpack(frame, p.TO_COORDINATOR)
         except p.ProtocolError as e:
             if cpu is None:
                 return self._refuse(ident, f"garbage on the socket: {e}")
-            raise RunAborted(f"CPU {cpu} sent an invalid message: {e}") from None
-        kind = msg[0]
+            raise RunAborted(f"CPU {cpu} ({self.hosts[cpu]}) sent an invalid message: {e}") from None
         if cpu is None:
-            if kind != p.HELLO:
-                return self._refuse(ident, f"{kind} message before joining")
+            if msg[0] != p.HELLO:
+                return self._refuse(ident, f"{msg[0]} message before joining")
             return self._hello(ident, msg)
+        try:
+            self._from_cpu(cpu, msg)
+        except _BAD_CONTENT as e:
+            raise RunAborted(f"CPU {cpu} ({self.hosts[cpu]}) sent an invalid {msg[0]} message: "
+                             f"{type(e).__name__}: {str(e)[:200]}") from None
+
+    def _from_cpu(self, cpu: int, msg: list) -> None:
+        kind = msg[0]
         if kind == p.HELLO:
-            return self._refuse(ident, f"CPU {cpu} is already joined on this connection")
+            raise RunAborted(f"CPU {cpu} ({self.hosts[cpu]}) sent a second HELLO on its connection")
         try:
             self.links[cpu].check_in(msg[1], f"CPU {cpu}")
         except p.ProtocolError as e:
@@ -109,17 +125,17 @@ class CoordinatorNode:
         self.last_heard[cpu] = time.monotonic()
         if kind == p.BATCH:
             _, _, msgs, events, horizon, seen = msg
+            q = self.ipi_unseen[cpu]
+            if not 0 <= seen - self.ipis_seen[cpu] <= len(q):
+                raise ValueError(f"{seen} IPIs seen, but {self.ipis_seen[cpu]} were seen before and "
+                                 f"{len(q)} more were sent since")
             coord = self.coord
-            try:
-                for x in msgs:
-                    if x[1] != cpu:
-                        raise ValueError(f"message for CPU {x[1]}")
-                    coord.receive(x)
-            except (ValueError, TypeError, IndexError) as e:
-                raise RunAborted(f"CPU {cpu} sent an invalid batch: {e}") from None
+            for x in msgs:
+                if x[1] != cpu:
+                    raise ValueError(f"message for CPU {x[1]}")
+                coord.receive(x)
             self.rec.add(1 + cpu, events)
             self.horizon[cpu] = horizon
-            q = self.ipi_unseen[cpu]
             for _ in range(seen - self.ipis_seen[cpu]):
                 q.popleft()
             self.ipis_seen[cpu] = seen
@@ -135,7 +151,7 @@ class CoordinatorNode:
         who = {"cpu": cpu, "pid": pid, "host": host}
         if version != p.VERSION:
             return self._refuse(ident, f"protocol version {version} (this coordinator speaks {p.VERSION})", **who)
-        if self.token and token != self.token:
+        if self.token and not same_token(token, self.token):
             return self._refuse(ident, "wrong or missing run token", **who)
         if run_id and run_id != self.run_id:
             return self._refuse(ident, f"run id {run_id!r} is not this run's ({self.run_id!r})", **who)
@@ -206,6 +222,10 @@ class CoordinatorNode:
         if now - self.last_liveness < 0.05:  # waitpid and heartbeats: not on every loop turn
             return
         self.last_liveness = now
+        if self.curve is not None:
+            for reason in self.curve.refusals():
+                self.refused(reason)
+        self.refused.tick(now)
         if self.check_children is not None:
             dead = self.check_children()
             if dead:
@@ -237,9 +257,15 @@ class CoordinatorNode:
                         if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                             break
                         frames = sock.recv_multipart()
-                        if len(frames) == 2:  # anything else is not ours: ignore it
-                            self.n_in += 1
+                        self.n_in += 1
+                        if len(frames) == 2:
                             self._handle(frames[0], frames[1])
+                        elif frames[0] in self.by_ident:
+                            c = self.by_ident[frames[0]]
+                            raise RunAborted(f"CPU {c} ({self.hosts[c]}) sent a message of {len(frames) - 1} "
+                                             "frames (one expected)")
+                        else:
+                            self._refuse(None, f"message of {len(frames) - 1} frames before joining")
                 if not self.running:
                     if time.monotonic() - t0 > self.join_timeout:
                         missing = [c for c in range(self.n) if self.ident[c] is None]
@@ -257,6 +283,7 @@ class CoordinatorNode:
                     last_progress = time.monotonic()
                     self.progress({"t": self.watermark, **self.rec.counters.c})
         except (ModelError, RunAborted) as e:
+            self.refused.flush()
             self._end("error")
             if isinstance(e, ModelError) and self.script is not None and e.cpu is not None:
                 lines = self.script[e.cpu][1]
@@ -264,6 +291,7 @@ class CoordinatorNode:
                     e.args = (f"{e.args[0]} (script line {lines[e.position]})",)
             self.summary = self.rec.close(e)
             raise
+        self.refused.flush()
         self._end("ok")
         self.summary = self.rec.close()
         return self.summary

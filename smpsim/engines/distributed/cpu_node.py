@@ -44,17 +44,12 @@ def _die_with_parent() -> None:
 
 class CpuNode:
     def __init__(self, address: str, cpu_id: int | None, run_id: str = "", token: str = "", log=None,
-                 ctx: zmq.Context | None = None, cfg: Config | None = None):
+                 ctx: zmq.Context | None = None, cfg: Config | None = None, curve=None):
         self.address, self.cpu_id, self.run_id, self.token = address, cpu_id, run_id, token
         self.preloaded = cfg  # a forked child already holds the validated config
         self.log = log
         self.ctx = ctx or zmq.Context()
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 2000)
-        self.sock.setsockopt(zmq.SNDHWM, p.HWM)
-        self.sock.setsockopt(zmq.RCVHWM, p.HWM)
-        self.sock.setsockopt(zmq.SNDTIMEO, p.SEND_TIMEOUT_MS)
-        self.sock.connect(address)
+        self.sock = p.make_dealer(self.ctx, address, curve)
         self.link = p.Link()
         self.last_sent = self.last_heard = time.monotonic()
         self.cpu: Cpu | None = None
@@ -77,7 +72,7 @@ class CpuNode:
                 raise CpuExit(f"CPU {self.cpu_id}: the coordinator has been silent for "
                               f"{p.PEER_TIMEOUT_S:.0f} s; exiting")
             return None
-        msg = p.unpack(self.sock.recv())
+        msg = p.unpack(self.sock.recv(), p.TO_CPU)
         self.last_heard = time.monotonic()
         if msg[0] != p.REFUSE:
             self.link.check_in(msg[1], "the coordinator")

@@ -7,6 +7,7 @@ the simulated machine did.
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import structlog
@@ -37,3 +38,43 @@ def process_logger(log_dir: str | Path | None, name: str, console: bool = False)
                     lambda _l, _m, ed: {**ed, "process": name},
                     emit],
     )
+
+
+class RateLimitedLog:
+    """Warnings a hostile peer can cause at will (refused messages): the first ``first`` are logged one by
+    one, later ones only counted, and every ``interval`` seconds one summary line gives the counts by
+    reason. So a flood cannot fill the disk or slow the run down with logging."""
+
+    MAX_REASONS = 32  # distinct reasons counted; more are counted as "other"
+
+    def __init__(self, log, event: str = "refused", first: int = 20, interval: float = 5.0):
+        self.log, self.event, self.first, self.interval = log, event, first, interval
+        self.total = 0
+        self.suppressed: dict[str, int] = {}
+        self.last_summary = time.monotonic()
+
+    def __call__(self, reason: str, **fields) -> None:
+        self.total += 1
+        if self.total <= self.first:
+            if self.log is not None:
+                self.log.warning(self.event, reason=reason, **fields)
+            return
+        key = reason.split(":", 1)[0][:80]
+        if key not in self.suppressed and len(self.suppressed) >= self.MAX_REASONS:
+            key = "other"
+        self.suppressed[key] = self.suppressed.get(key, 0) + 1
+
+    def tick(self, now: float | None = None) -> None:
+        """Log the summary if an interval has passed since the last one (call it from the main loop)."""
+        now = time.monotonic() if now is None else now
+        if now - self.last_summary >= self.interval:
+            self.flush(now)
+
+    def flush(self, now: float | None = None) -> None:
+        self.last_summary = time.monotonic() if now is None else now
+        if self.suppressed:
+            if self.log is not None:
+                self.log.warning(f"{self.event} (summary)", count=sum(self.suppressed.values()),
+                                 by_reason=dict(sorted(self.suppressed.items())), total=self.total,
+                                 note=f"only the first {self.first} are logged one by one")
+            self.suppressed = {}

@@ -1,7 +1,9 @@
 """The wire protocol between the coordinator (ROUTER) and CPU processes (DEALER): msgpack arrays.
 
 Every message after the handshake carries a per-link sequence number, checked by the receiver, so a lost
-or reordered message is an error rather than a silently different simulation.
+or reordered message is an error rather than a silently different simulation. The fields of every message
+kind, per direction, are declared once below (TO_COORDINATOR, TO_CPU) with their types; ``unpack`` checks a
+message against them, and the fuzz tests derive their mutations from them.
 
 CPU -> coordinator
   [HELLO, version, run_id, cpu_id, pid, host, token]    cpu_id -1: take the lowest free id
@@ -20,6 +22,8 @@ coordinator -> CPU
 
 from __future__ import annotations
 
+import re
+
 import msgpack
 import zmq
 
@@ -32,10 +36,29 @@ HEARTBEAT_S = 0.25      # send a heartbeat when a link was quiet this long
 PEER_TIMEOUT_S = 5.0    # a peer silent this long is gone (faults are reported within 10 s)
 JOIN_TIMEOUT_S = 60.0   # how long joining may take (64 CPU processes on 2 cores start slowly)
 SEND_TIMEOUT_MS = 5000  # a send that cannot be queued within this is an error (bounded queues)
-HWM = 100_000
+HWM = 100_000           # messages queued per peer and direction
+MAX_MESSAGE_BYTES = 64 << 20  # ZMQ_MAXMSGSIZE: a peer sending a larger message is disconnected
 
-# Shapes: message kind -> number of items (after the kind) it must have.
-_ARITY = {HELLO: 6, WELCOME: 5, REFUSE: 1, BATCH: None, HB: 1, FAIL: 6, BYE: 2, END: 2}
+# Field types (exact: a bool is not an int here).
+INT, STR, LIST, DICT = (int,), (str,), (list,), (dict,)
+INT_OR_NONE, LIST_OR_NONE = (int, type(None)), (list, type(None))
+
+# The declared shapes: kind -> the fields after the kind, (name, allowed types), per direction.
+TO_COORDINATOR: dict[str, tuple[tuple[str, tuple[type, ...]], ...]] = {
+    HELLO: (("version", INT), ("run_id", STR), ("cpu", INT), ("pid", INT), ("host", STR), ("token", STR)),
+    BATCH: (("seq", INT), ("msgs", LIST), ("events", LIST), ("horizon", INT), ("ipis_seen", INT)),
+    HB: (("seq", INT),),
+    FAIL: (("seq", INT), ("cpu", INT_OR_NONE), ("op", STR), ("position", INT_OR_NONE), ("what", STR),
+           ("t", INT_OR_NONE)),
+    BYE: (("seq", INT), ("maxrss_kb", INT)),
+}
+TO_CPU: dict[str, tuple[tuple[str, tuple[type, ...]], ...]] = {
+    WELCOME: (("seq", INT), ("cpu", INT), ("config", DICT), ("ops", LIST_OR_NONE), ("lines", LIST_OR_NONE)),
+    REFUSE: (("reason", STR),),
+    BATCH: (("seq", INT), ("msgs", LIST), ("safe", INT)),
+    HB: (("seq", INT),),
+    END: (("seq", INT), ("status", STR)),
+}
 
 
 class ProtocolError(Exception):
@@ -43,28 +66,34 @@ class ProtocolError(Exception):
 
 
 def pack(msg: list) -> bytes:
-    return msgpack.packb(msg, use_bin_type=True)
+    frame = msgpack.packb(msg, use_bin_type=True)
+    if len(frame) > MAX_MESSAGE_BYTES:  # the receiver would drop the connection: say so here instead
+        raise ProtocolError(f"{msg[0]} message of {len(frame):,} bytes exceeds the maximum of "
+                            f"{MAX_MESSAGE_BYTES:,} bytes")
+    return frame
 
 
-def unpack(frame: bytes) -> list:
-    """Decode and check the outer shape; raises ProtocolError naming what is wrong."""
+def unpack(frame: bytes, shapes: dict = TO_COORDINATOR) -> list:
+    """Decode and check the message against its declared shape (field count and types); raises
+    ProtocolError naming what is wrong."""
     try:
         msg = msgpack.unpackb(frame, raw=False, strict_map_key=False)
     except Exception as e:  # msgpack raises several types for garbage
         raise ProtocolError(f"undecodable message ({len(frame)} bytes): {type(e).__name__}") from None
-    if not isinstance(msg, list) or not msg or not isinstance(msg[0], str):
+    if type(msg) is not list or not msg or type(msg[0]) is not str:
         raise ProtocolError(f"not a smpsim message: {str(msg)[:60]!r}")
     kind = msg[0]
-    if kind not in _ARITY:
+    shape = shapes.get(kind)
+    if shape is None:
         raise ProtocolError(f"unknown message kind {kind[:30]!r}")
-    want = _ARITY[kind]
-    if kind == BATCH:
-        if len(msg) not in (4, 6):
-            raise ProtocolError(f"malformed batch message ({len(msg) - 1} fields)")
-    elif len(msg) - 1 != want:
-        raise ProtocolError(f"malformed {kind} message: {len(msg) - 1} fields, expected {want}")
-    if kind != HELLO and kind != REFUSE and not isinstance(msg[1], int):
-        raise ProtocolError(f"{kind} message without a sequence number")
+    if len(msg) - 1 != len(shape):
+        raise ProtocolError(f"malformed {kind} message: {len(msg) - 1} fields, expected {len(shape)}")
+    for (name, types), v in zip(shape, msg[1:]):
+        if type(v) not in types:
+            if name == "seq":
+                raise ProtocolError(f"{kind} message without a sequence number")
+            raise ProtocolError(f"malformed {kind} message: field {name} is {type(v).__name__}, expected "
+                                + " or ".join(t.__name__ for t in types))
     return msg
 
 
@@ -88,17 +117,67 @@ class Link:
         self.next_in += 1
 
 
-def make_router(ctx: zmq.Context, listen: str) -> tuple[zmq.Socket, str]:
-    """Bind the coordinator's ROUTER; returns it and the address CPUs connect to."""
+class AddressError(ValueError):
+    """A --listen or --coordinator address that is not one, or cannot be bound; the message names it."""
+
+
+_TCP = re.compile(r"tcp://(?P<host>\*|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9._-]*):(?P<port>\*|[0-9]{1,5})")
+ADDRESS_HELP = "use tcp://HOST:PORT (PORT 1..65535, or 0 for any free port) or ipc://PATH"
+
+
+def check_address(address: str, option: str = "--listen") -> str:
+    """The address, normalised (port 0 is written as ZeroMQ's *); AddressError naming it if it is not a
+    tcp:// or ipc:// address ZeroMQ would take as meant."""
+    if address.startswith("ipc://") and len(address) > len("ipc://"):
+        return address
+    m = _TCP.fullmatch(address)
+    if m is None:
+        raise AddressError(f"{option} {address!r} is not a ZeroMQ address: {ADDRESS_HELP}")
+    port = m["port"]
+    if port != "*" and int(port) > 65535:
+        raise AddressError(f"{option} {address}: port {port} is out of range: {ADDRESS_HELP}")
+    if port in ("*", "0") or int(port) == 0:
+        if option != "--listen":
+            raise AddressError(f"{option} {address}: connect to a real port, not {port}")
+        return f"tcp://{m['host']}:*"
+    return address
+
+
+def make_router(ctx: zmq.Context, listen: str, curve=None) -> tuple[zmq.Socket, str]:
+    """Bind the coordinator's ROUTER; returns it and the address it is bound to (LAST_ENDPOINT: the port
+    actually taken). curve: a security.CurveServer to encrypt and authenticate with, or None."""
+    listen = check_address(listen)
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     sock.setsockopt(zmq.SNDHWM, HWM)
     sock.setsockopt(zmq.RCVHWM, HWM)
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
     sock.setsockopt(zmq.SNDTIMEO, SEND_TIMEOUT_MS)
     sock.setsockopt(zmq.LINGER, 1000)
-    if listen.startswith("tcp://") and listen.endswith(":0"):
-        port = sock.bind_to_random_port(listen[:-2])
-        return sock, f"{listen[:-2]}:{port}"
-    sock.bind(listen)
-    return sock, listen
+    if curve is not None:
+        curve.apply(sock)
+    try:
+        sock.bind(listen)
+    except zmq.ZMQError as e:
+        sock.close(linger=0)
+        raise AddressError(f"--listen {listen}: cannot bind: {e.strerror}") from None
+    return sock, sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+
+def make_dealer(ctx: zmq.Context, address: str, curve=None) -> zmq.Socket:
+    """A CPU's DEALER connected to the coordinator; curve: a security.CurveClient, or None."""
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 2000)
+    sock.setsockopt(zmq.SNDHWM, HWM)
+    sock.setsockopt(zmq.RCVHWM, HWM)
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+    sock.setsockopt(zmq.SNDTIMEO, SEND_TIMEOUT_MS)
+    if curve is not None:
+        curve.apply(sock)
+    try:
+        sock.connect(address)
+    except zmq.ZMQError as e:
+        sock.close(linger=0)
+        raise AddressError(f"--coordinator {address}: cannot connect: {e.strerror}") from None
+    return sock
 

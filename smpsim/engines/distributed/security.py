@@ -1,0 +1,228 @@
+"""Who may join a distributed run: CurveZMQ keys beyond loopback, a run token everywhere.
+
+Key files are ZeroMQ certificates (the format of czmq's zcert and pyzmq's zmq.auth): NAME.key holds a
+public key, NAME.key_secret the key pair and is created readable by its owner only. The coordinator has a
+key pair and a list of allowed CPU public keys (a directory of *.key files, or a file with one Z85 key per
+line); each CPU has its own key pair and the coordinator's public key. ZeroMQ's ZAP handler (pyzmq's
+ThreadAuthenticator) refuses a CPU whose key is not allowed during the handshake, before any message of
+ours is read; the coordinator logs each refusal.
+
+Tokens: a run token is a shared secret every CPU presents in its HELLO. Over CurveZMQ it travels encrypted;
+on loopback it keeps other local users' processes from taking a CPU's place.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import os
+import secrets
+from collections import deque
+from pathlib import Path
+
+import zmq
+import zmq.auth
+from zmq.utils.monitor import recv_monitor_message
+
+LOOPBACK_NAMES = ("localhost", "ip6-localhost")
+_Z85_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#")
+
+
+class SecurityError(ValueError):
+    """A key file or key list that cannot be used; the message names the file (and line) and the fix."""
+
+
+def is_loopback(address: str) -> bool:
+    """An ipc:// address, or a tcp:// one whose host is a loopback address or name."""
+    if address.startswith(("ipc://", "inproc://")):
+        return True
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# ---- tokens -------------------------------------------------------------------------------------------
+
+def new_token() -> str:
+    return secrets.token_hex(16)
+
+
+def same_token(given: str, expected: str) -> bool:
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+def write_private(path: Path, text: str) -> None:
+    """Create path readable and writable by its owner only (0600 from the start, never wider)."""
+    path = Path(path)
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def read_token_file(path: Path) -> str:
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as e:
+        raise SecurityError(f"--token-file {path}: cannot read it ({e.strerror})") from None
+    if not token:
+        raise SecurityError(f"--token-file {path} is empty")
+    return token
+
+
+# ---- keys ---------------------------------------------------------------------------------------------
+
+def _check_z85(key: bytes, where: str) -> bytes:
+    if len(key) != 40 or not set(key.decode("ascii", "replace")) <= _Z85_CHARS:
+        raise SecurityError(f"{where}: not a CurveZMQ key (40 Z85 characters, as `smpsim keygen` writes)")
+    return key
+
+
+def load_keypair(path: Path, option: str = "--key") -> tuple[bytes, bytes]:
+    """(public, secret) Z85 keys of a NAME.key_secret file."""
+    try:
+        public, secret = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as e:
+        raise SecurityError(f"{option} {path}: cannot read a key pair from it ({e}); make one with "
+                        "`smpsim keygen`") from None
+    if secret is None:
+        raise SecurityError(f"{option} {path} holds only a public key: give the NAME.key_secret file")
+    return _check_z85(public, f"{option} {path}"), _check_z85(secret, f"{option} {path}")
+
+
+def load_public_key(path: Path, option: str) -> bytes:
+    """The public key of a NAME.key (or NAME.key_secret) file."""
+    try:
+        public, _ = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as e:
+        raise SecurityError(f"{option} {path}: cannot read a public key from it ({e}); make one with "
+                        "`smpsim keygen`") from None
+    return _check_z85(public, f"{option} {path}")
+
+
+def load_allowed(path: Path) -> set[bytes]:
+    """Allowed CPU public keys: every *.key certificate in a directory, or a file with one Z85 key per
+    line ('#' starts a comment), or a single certificate file."""
+    path = Path(path)
+    if path.is_dir():
+        keys = {load_public_key(f, "--allow") for f in sorted(path.glob("*.key"))}
+    else:
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise SecurityError(f"--allow {path}: cannot read it ({e})") from None
+        if "public-key" in text:
+            keys = {load_public_key(path, "--allow")}
+        else:
+            keys = set()
+            for n, line in enumerate(text.splitlines(), 1):
+                line = line.split("#", 1)[0].strip()
+                if line:
+                    keys.add(_check_z85(line.encode(), f"--allow {path}, line {n}"))
+    if not keys:
+        raise SecurityError(f"--allow {path}: no public keys in it (a directory of NAME.key files, or a file "
+                        "of Z85 keys, one per line)")
+    return keys
+
+
+def write_keypair(directory: Path, name: str) -> tuple[Path, Path, str]:
+    """Create directory/name.key (public) and directory/name.key_secret (0600); never overwrites.
+    Returns both paths and the public key."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    public, secret = zmq.curve_keypair()
+    pub_path, sec_path = directory / f"{name}.key", directory / f"{name}.key_secret"
+    for p in (pub_path, sec_path):
+        if p.exists():
+            raise SecurityError(f"{p} exists already: keygen never overwrites a key (remove it first)")
+    body = f"metadata\n    name = \"{name}\"\ncurve\n    public-key = \"{public.decode()}\"\n"
+    header = "#   ZeroMQ CURVE {} Certificate (smpsim keygen)\n\n"
+    fd = os.open(sec_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(header.format("**Secret**") + body + f"    secret-key = \"{secret.decode()}\"\n")
+    fd = os.open(pub_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    with os.fdopen(fd, "w") as f:
+        f.write(header.format("Public") + body)
+    return pub_path, sec_path, public.decode()
+
+
+# ---- sockets ------------------------------------------------------------------------------------------
+
+class CurveClient:
+    """A CPU's side: its key pair and the coordinator's public key."""
+
+    def __init__(self, key_file: Path, coordinator_key_file: Path):
+        self.public, self.secret = load_keypair(key_file)
+        self.server = load_public_key(coordinator_key_file, "--coordinator-key")
+
+    def apply(self, sock: zmq.Socket) -> None:
+        sock.curve_secretkey = self.secret
+        sock.curve_publickey = self.public
+        sock.curve_serverkey = self.server
+
+
+class CurveServer:
+    """The coordinator's side: its key pair, the allowed CPU keys, and the ZAP handler that checks them.
+
+    Refusals happen on the ZAP thread; they are queued here and logged by the coordinator's own loop
+    (``refusals()``), so that one thread writes the log. Handshakes that fail before ZAP is asked (a
+    plain-TCP client, a client holding the wrong coordinator key) are seen on a socket monitor.
+    """
+
+    def __init__(self, key_file: Path, allow: Path):
+        self.public, self.secret = load_keypair(key_file)
+        self.allowed = load_allowed(allow) - {self.public}
+        self.auth = None
+        self.sock = self.monitor = None
+        self._refused: deque = deque(maxlen=1000)  # bounded: a flood of bad handshakes cannot grow it
+
+    def apply(self, sock: zmq.Socket) -> None:
+        sock.curve_server = True
+        sock.curve_secretkey = self.secret
+        sock.curve_publickey = self.public
+
+    def start(self, ctx: zmq.Context) -> None:
+        from zmq.auth.thread import ThreadAuthenticator
+        self.auth = ThreadAuthenticator(ctx)
+        self.auth.start()
+        self.auth.configure_curve_callback("*", credentials_provider=self)
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        """ZAP: is this client key allowed? (called on the authenticator's thread)"""
+        if key in self.allowed:
+            return True
+        self._refused.append(key.decode("ascii", "replace"))
+        return False
+
+    def watch(self, sock: zmq.Socket) -> None:
+        self.sock = sock
+        self.monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                                               | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+
+    def refusals(self) -> list[str]:
+        """Reasons for the handshakes refused since the last call."""
+        out = []
+        while self._refused:
+            out.append(f"CurveZMQ key {self._refused.popleft()} is not in the --allow list")
+        while self.monitor is not None and self.monitor.poll(0):
+            ev = recv_monitor_message(self.monitor)["event"]
+            out.append("CurveZMQ handshake failed: " + (
+                "the client does not speak CurveZMQ (plain TCP?)" if ev == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                else "the client may hold the wrong coordinator public key"))
+        return out
+
+    def stop(self) -> None:
+        if self.monitor is not None:
+            self.sock.disable_monitor()
+            self.monitor.close(linger=0)
+            self.monitor = None
+        if self.auth is not None:
+            self.auth.stop()
+            self.auth = None
