@@ -16,6 +16,8 @@ from smpsim.config import load_config
 OutOpt = Annotated[Optional[Path], typer.Option(
     "--out", "-o", help="run directory (default: runs/<UTC time>-<config hash>)", show_default=False)]
 TransportOpt = Annotated[str, typer.Option("--transport", help="ipc (default) or tcp on loopback")]
+InsecureOpt = Annotated[bool, typer.Option(
+    "--insecure", help="allow plain TCP beyond loopback: unencrypted, only the run token admits CPUs")]
 
 
 class _LiveStatus:
@@ -99,28 +101,61 @@ def coordinator(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="config (default: configs/default.toml)")] = None,
     set_: SetOpt = None,
     listen: Annotated[str, typer.Option("--listen", help="ZeroMQ address to bind, e.g. tcp://0.0.0.0:5555")] = "tcp://127.0.0.1:5555",
-    token: Annotated[Optional[str], typer.Option("--token", envvar="SMPSIM_TOKEN",
-                                                 help="run token CPUs must present (required beyond loopback)")] = None,
+    token: Annotated[Optional[str], typer.Option(
+        "--token", envvar="SMPSIM_TOKEN",
+        help="run token CPUs must present (default on loopback without keys: one made for this run)")] = None,
+    token_file: Annotated[Optional[Path], typer.Option(
+        "--token-file", help="write the run token to this file, readable by this user only, for "
+                             "`smpsim cpu --token-file` (default: print it)")] = None,
+    key: Annotated[Optional[Path], typer.Option(
+        "--key", envvar="SMPSIM_KEY", help="this coordinator's key pair, NAME.key_secret from `smpsim keygen`: "
+                                           "CurveZMQ encryption and authentication")] = None,
+    allow: Annotated[Optional[Path], typer.Option(
+        "--allow", envvar="SMPSIM_ALLOW", help="the CPUs' public keys: a directory of NAME.key files, or a "
+                                               "file of Z85 keys one per line")] = None,
+    insecure: InsecureOpt = False,
     out: OutOpt = None,
 ) -> None:
     """Serve a run to CPU processes that join from this or other hosts (`smpsim cpu`)."""
-    from smpsim.engines.distributed.launch import is_loopback, serve_coordinator
+    from smpsim.engines.distributed import protocol as p
+    from smpsim.engines.distributed import security
+    from smpsim.engines.distributed.launch import serve_coordinator
     from smpsim.experiments.provenance import recorded
     from smpsim.trace.rundir import create_run_dir, default_run_dir
 
-    if not is_loopback(listen) and not token:
-        fail(f"--listen {listen} is beyond loopback: give a run token (--token or SMPSIM_TOKEN) that every "
-             "CPU must present", EXIT_USAGE)
+    try:
+        listen = p.check_address(listen)
+        token, curve, made = security.coordinator_side(listen, token, key, allow, insecure)
+        if token_file is not None:
+            if not token:
+                raise security.SecurityError("--token-file: there is no run token to write (CurveZMQ keys "
+                                             "admit the CPUs; give --token as well to require one)")
+            security.write_private(token_file, token + "\n")
+    except (p.AddressError, security.SecurityError) as e:
+        fail(str(e), EXIT_USAGE)
+    except OSError as e:
+        fail(f"--token-file {token_file}: cannot write it ({e.strerror})", EXIT_USAGE)
     cfg = load_config(config, set_ or ())
     out_dir = create_run_dir(out if out is not None else default_run_dir(cfg), cfg)
-    def listening(address: str) -> None:
-        print(f"coordinator listening on {address} for {cfg.machine.cpus} CPUs; run dir {out_dir}",
-              file=sys.stderr, flush=True)
+    how = []
+    if curve is not None:
+        how.append(f"CurveZMQ, {len(curve.allowed)} CPU keys allowed")
+    if token_file is not None:
+        how.append(f"run token in {token_file}")
+    elif made:
+        how.append(f"run token {token} (CPUs: --token or SMPSIM_TOKEN)")
 
-    _report(cfg, out_dir, lambda status: recorded(
-        cfg, out_dir, lambda: serve_coordinator(cfg, out_dir, listen, token or "", progress=status,
-                                                on_listening=listening),
-        "distributed", processes=cfg.machine.cpus + 1, hosts=None))
+    def listening(address: str) -> None:
+        print(f"coordinator listening on {address} for {cfg.machine.cpus} CPUs; run dir {out_dir}"
+              + "".join(f"; {h}" for h in how), file=sys.stderr, flush=True)
+
+    try:
+        _report(cfg, out_dir, lambda status: recorded(
+            cfg, out_dir, lambda: serve_coordinator(cfg, out_dir, listen, token, progress=status,
+                                                    on_listening=listening, curve=curve),
+            "distributed", processes=cfg.machine.cpus + 1, hosts=None))
+    except p.AddressError as e:
+        fail(str(e), EXIT_USAGE)
 
 
 def _cpu_id_from_env() -> int | None:
@@ -140,15 +175,30 @@ def cpu(
     cpu_id: Annotated[Optional[int], typer.Option(
         "--cpu-id", help="CPU id (default: SMPSIM_CPU_ID, then JOB_COMPLETION_INDEX, else the lowest free id)")] = None,
     token: Annotated[Optional[str], typer.Option("--token", envvar="SMPSIM_TOKEN", help="the run token")] = None,
+    token_file: Annotated[Optional[Path], typer.Option(
+        "--token-file", help="read the run token from this file (`smpsim coordinator --token-file`)")] = None,
+    key: Annotated[Optional[Path], typer.Option(
+        "--key", envvar="SMPSIM_KEY", help="this CPU's key pair, NAME.key_secret from `smpsim keygen`")] = None,
+    coordinator_key: Annotated[Optional[Path], typer.Option(
+        "--coordinator-key", envvar="SMPSIM_COORDINATOR_KEY",
+        help="the coordinator's public key, NAME.key (with --key: CurveZMQ)")] = None,
+    insecure: InsecureOpt = False,
     log_dir: Annotated[Optional[Path], typer.Option("--log-dir", help="where to write this process's JSON log")] = None,
 ) -> None:
     """Run one simulated CPU, joining a coordinator (possibly on another host)."""
+    from smpsim.engines.distributed import protocol as p
+    from smpsim.engines.distributed import security
     from smpsim.engines.distributed.cpu_node import cpu_main
 
     if cpu_id is None:
         cpu_id = _cpu_id_from_env()
     if cpu_id is not None and cpu_id < 0:
         fail(f"--cpu-id {cpu_id}: must be >= 0", EXIT_USAGE)
-    code = cpu_main(coordinator_address, cpu_id, "", token or "", str(log_dir) if log_dir else None)
+    try:
+        p.check_address(coordinator_address, "--coordinator")
+        token, curve = security.cpu_side(coordinator_address, token, token_file, key, coordinator_key, insecure)
+    except (p.AddressError, security.SecurityError) as e:
+        fail(str(e), EXIT_USAGE)
+    code = cpu_main(coordinator_address, cpu_id, "", token, str(log_dir) if log_dir else None, curve=curve)
     if code:
         raise typer.Exit(code)

@@ -14,6 +14,7 @@ import sys
 import time
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from smpsim.config import Config, validate
 from smpsim.engines.distributed import protocol as p
@@ -49,7 +50,8 @@ class CpuNode:
         self.preloaded = cfg  # a forked child already holds the validated config
         self.log = log
         self.ctx = ctx or zmq.Context()
-        self.sock = p.make_dealer(self.ctx, address, curve)
+        self.curve = curve
+        self.sock, self.monitor = p.make_dealer(self.ctx, address, curve)
         self.link = p.Link()
         self.last_sent = self.last_heard = time.monotonic()
         self.cpu: Cpu | None = None
@@ -84,6 +86,7 @@ class CpuNode:
         self.sock.send(p.pack(hello))
         deadline = time.monotonic() + p.JOIN_TIMEOUT_S
         while True:
+            self._check_handshake()
             msg = self._recv(200, joining=True)
             if msg is None:
                 if time.monotonic() > deadline:
@@ -99,8 +102,31 @@ class CpuNode:
                 else:
                     ops = [tuple(o) for o in ops]
                 self.cpu = Cpu(cfg, self.cpu_id, ops, lines)
+                self._stop_monitor()
                 return
             raise CpuExit(f"CPU {self.cpu_id}: unexpected {msg[0]} before WELCOME")
+
+    def _check_handshake(self) -> None:
+        """A failed handshake is final (a key the coordinator does not allow, the wrong coordinator key,
+        CurveZMQ on one side only): say which instead of waiting for the join timeout."""
+        if self.monitor is None or not self.monitor.poll(0):
+            return
+        ev = recv_monitor_message(self.monitor)["event"]
+        where = f"CPU {self.cpu_id}: the coordinator at {self.address}"
+        if ev == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            raise CpuExit(f"{where} refused this CPU's CurveZMQ key {self.curve.public.decode()}: add its "
+                          "NAME.key to the coordinator's --allow list")
+        if self.curve is not None:
+            raise CpuExit(f"{where}: the CurveZMQ handshake failed: is --coordinator-key that coordinator's "
+                          "public key, and was it started with --key?")
+        raise CpuExit(f"{where}: the handshake failed: the coordinator uses CurveZMQ; give this CPU its key "
+                      "pair and the coordinator's public key (--key, --coordinator-key)")
+
+    def _stop_monitor(self) -> None:
+        if self.monitor is not None:
+            self.sock.disable_monitor()
+            self.monitor.close(linger=0)
+            self.monitor = None
 
     def serve(self) -> None:
         """Main loop until END."""
@@ -161,11 +187,12 @@ class CpuNode:
                 return
 
     def close(self) -> None:
+        self._stop_monitor()
         self.sock.close(linger=500)
 
 
 def cpu_main(address: str, cpu_id: int | None, run_id: str = "", token: str = "", log_dir: str | None = None,
-             child_of_launch: bool = False, cfg: Config | None = None) -> int:
+             child_of_launch: bool = False, cfg: Config | None = None, curve=None) -> int:
     """Entry point of a CPU process; returns its exit code."""
     if child_of_launch:
         _die_with_parent()
@@ -173,7 +200,7 @@ def cpu_main(address: str, cpu_id: int | None, run_id: str = "", token: str = ""
     log = process_logger(log_dir, name, console=not child_of_launch)
     node = None
     try:
-        node = CpuNode(address, cpu_id, run_id, token, log, cfg=cfg)
+        node = CpuNode(address, cpu_id, run_id, token, log, cfg=cfg, curve=curve)
         log.info("joining", coordinator=address, cpu=cpu_id, pid=os.getpid())
         node.join()
         log.info("joined", cpu=cpu_id, ops=len(node.cpu.ops))

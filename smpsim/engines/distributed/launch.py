@@ -23,12 +23,11 @@ import zmq
 from smpsim.config import Config
 from smpsim.engines.distributed import cpu_node  # imported before forking: shared by every CPU process
 from smpsim.engines.distributed import protocol as p
+from smpsim.engines.distributed.security import is_loopback, new_token  # noqa: F401 (is_loopback: API)
 
-LOOPBACK = ("127.", "localhost", "[::1]", "::1")
 
-
-def _cpu_child(address: str, cpu: int, run_id: str, log_dir: str | None, cfg: Config) -> None:
-    os._exit(cpu_node.cpu_main(address, cpu, run_id, "", log_dir, child_of_launch=True, cfg=cfg))
+def _cpu_child(address: str, cpu: int, run_id: str, token: str, log_dir: str | None, cfg: Config) -> None:
+    os._exit(cpu_node.cpu_main(address, cpu, run_id, token, log_dir, child_of_launch=True, cfg=cfg))
 
 
 def _describe_exit(code: int | None) -> str:
@@ -48,9 +47,11 @@ def run_distributed(cfg: Config, run_dir: Path | None, transport: str = "ipc",
     if run_dir is not None:
         create_run_dir(run_dir, cfg)
     run_id = secrets.token_hex(6)
+    token = new_token()  # only this process and its children know it: no other local process can join
     sockdir = None
     if transport == "ipc":
         sockdir = tempfile.mkdtemp(prefix="smpsim-")
+        os.chmod(sockdir, 0o700)  # mkdtemp makes it so; said here because the socket's privacy rests on it
         listen = f"ipc://{sockdir}/coordinator.ipc"
     else:
         listen = "tcp://127.0.0.1:0"
@@ -64,7 +65,7 @@ def run_distributed(cfg: Config, run_dir: Path | None, transport: str = "ipc",
     node = None
     try:
         for c in range(cfg.machine.cpus):
-            proc = mp.Process(target=_cpu_child, args=(address, c, run_id, log_dir, cfg), name=f"smpsim-cpu-{c}")
+            proc = mp.Process(target=_cpu_child, args=(address, c, run_id, token, log_dir, cfg), name=f"smpsim-cpu-{c}")
             proc.start()
             children.append(proc)
         if on_started is not None:
@@ -81,7 +82,7 @@ def run_distributed(cfg: Config, run_dir: Path | None, transport: str = "ipc",
             return None
 
         log = process_logger(log_dir, "coordinator")
-        node = CoordinatorNode(cfg, run_dir, sock, run_id, log=log, check_children=check_children,
+        node = CoordinatorNode(cfg, run_dir, sock, run_id, token, log=log, check_children=check_children,
                                progress=progress, t_start=t0_mono)
         log.info("listening", address=address, cpus=cfg.machine.cpus, run_id=run_id)
         summary = node.run()
@@ -111,34 +112,42 @@ def _reap(children, grace: float = 3.0) -> None:
         ch.join(2.0)
 
 
-def is_loopback(listen: str) -> bool:
-    if listen.startswith(("ipc://", "inproc://")):
-        return True
-    host = listen.split("://", 1)[-1].rsplit(":", 1)[0]
-    return host.startswith(LOOPBACK)
-
-
 def serve_coordinator(cfg: Config, run_dir: Path | None, listen: str, token: str = "",
                       progress: Callable[[dict], None] | None = None,
-                      on_listening: Callable[[str], None] | None = None):
-    """`smpsim coordinator`: serve CPUs that join from anywhere (other hosts, Kubernetes pods)."""
+                      on_listening: Callable[[str], None] | None = None, curve=None):
+    """`smpsim coordinator`: serve CPUs that join from anywhere (other hosts, Kubernetes pods).
+    curve: a security.CurveServer (encrypt, and admit only its allowed CPU keys), or None."""
     from smpsim.engines.distributed.coordinator_node import CoordinatorNode
     from smpsim.engines.distributed.logs import process_logger
     from smpsim.engines.inline import RunResult
 
     log_dir = str(run_dir / "logs") if run_dir is not None else None
     ctx = zmq.Context()
-    sock, address = p.make_router(ctx, listen)
+    if curve is not None:
+        curve.start(ctx)  # the ZAP handler must be there before the first handshake
+    try:
+        sock, address = p.make_router(ctx, listen, curve)
+    except p.AddressError:
+        if curve is not None:
+            curve.stop()
+        ctx.term()
+        raise
+    if curve is not None:
+        curve.watch(sock)
     try:
         log = process_logger(log_dir, "coordinator")
-        log.info("listening", address=address, cpus=cfg.machine.cpus)
+        log.info("listening", address=address, cpus=cfg.machine.cpus, curve=curve is not None,
+                 token=bool(token))
         if on_listening is not None:
             on_listening(address)
-        node = CoordinatorNode(cfg, run_dir, sock, run_id="", token=token, log=log, progress=progress)
+        node = CoordinatorNode(cfg, run_dir, sock, run_id="", token=token, log=log, progress=progress,
+                               curve=curve)
         summary = node.run()
         summary["processes"] = cfg.machine.cpus + 1
         summary["hosts"] = len({h.split(" pid ")[0] for h in node.hosts.values()} | {socket.gethostname()})
         return RunResult(summary, run_dir)
     finally:
+        if curve is not None:
+            curve.stop()
         sock.close(linger=0)
         ctx.term()

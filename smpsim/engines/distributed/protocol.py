@@ -164,8 +164,13 @@ def make_router(ctx: zmq.Context, listen: str, curve=None) -> tuple[zmq.Socket, 
     return sock, sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
-def make_dealer(ctx: zmq.Context, address: str, curve=None) -> zmq.Socket:
-    """A CPU's DEALER connected to the coordinator; curve: a security.CurveClient, or None."""
+HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+
+
+def make_dealer(ctx: zmq.Context, address: str, curve=None) -> tuple[zmq.Socket, zmq.Socket]:
+    """A CPU's DEALER connected to the coordinator, and a monitor of its failed handshakes (attached
+    before connecting, so none is missed); curve: a security.CurveClient, or None."""
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 2000)
     sock.setsockopt(zmq.SNDHWM, HWM)
@@ -174,10 +179,13 @@ def make_dealer(ctx: zmq.Context, address: str, curve=None) -> zmq.Socket:
     sock.setsockopt(zmq.SNDTIMEO, SEND_TIMEOUT_MS)
     if curve is not None:
         curve.apply(sock)
+    monitor = sock.get_monitor_socket(HANDSHAKE_FAILED)
     try:
         sock.connect(address)
     except zmq.ZMQError as e:
+        sock.disable_monitor()
+        monitor.close(linger=0)
         sock.close(linger=0)
         raise AddressError(f"--coordinator {address}: cannot connect: {e.strerror}") from None
-    return sock
+    return sock, monitor
 

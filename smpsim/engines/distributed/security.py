@@ -108,8 +108,9 @@ def load_public_key(path: Path, option: str) -> bytes:
 
 
 def load_allowed(path: Path) -> set[bytes]:
-    """Allowed CPU public keys: every *.key certificate in a directory, or a file with one Z85 key per
-    line ('#' starts a comment), or a single certificate file."""
+    """Allowed CPU public keys: every *.key certificate in a directory, or a file with one Z85 key first
+    on each line (anything after it, and lines starting with a '#' word, are comments), or one certificate
+    file."""
     path = Path(path)
     if path.is_dir():
         keys = {load_public_key(f, "--allow") for f in sorted(path.glob("*.key"))}
@@ -123,9 +124,11 @@ def load_allowed(path: Path) -> set[bytes]:
         else:
             keys = set()
             for n, line in enumerate(text.splitlines(), 1):
-                line = line.split("#", 1)[0].strip()
-                if line:
-                    keys.add(_check_z85(line.encode(), f"--allow {path}, line {n}"))
+                words = line.split()
+                # A key is the line's first word (Z85 has '#' in its alphabet: a key may start with it)
+                if not words or (words[0].startswith("#") and len(words[0]) != 40):
+                    continue
+                keys.add(_check_z85(words[0].encode(), f"--allow {path}, line {n}"))
     if not keys:
         raise SecurityError(f"--allow {path}: no public keys in it (a directory of NAME.key files, or a file "
                         "of Z85 keys, one per line)")
@@ -212,10 +215,9 @@ class CurveServer:
         while self._refused:
             out.append(f"CurveZMQ key {self._refused.popleft()} is not in the --allow list")
         while self.monitor is not None and self.monitor.poll(0):
-            ev = recv_monitor_message(self.monitor)["event"]
-            out.append("CurveZMQ handshake failed: " + (
-                "the client does not speak CurveZMQ (plain TCP?)" if ev == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                else "the client may hold the wrong coordinator public key"))
+            recv_monitor_message(self.monitor)
+            out.append("CurveZMQ handshake failed: a client without CurveZMQ, or holding another "
+                       "coordinator's public key")
         return out
 
     def stop(self) -> None:
@@ -226,3 +228,60 @@ class CurveServer:
         if self.auth is not None:
             self.auth.stop()
             self.auth = None
+
+
+# ---- what each side uses, from its options --------------------------------------------------------------
+
+_KEYGEN_HINT = "make keys with `smpsim keygen --cpus N --dir keys` (README, \"Security\")"
+
+
+def _curve_available() -> None:
+    if not zmq.has("curve"):
+        raise SecurityError("this ZeroMQ library was built without CurveZMQ: keys cannot be used")
+
+
+def coordinator_side(listen: str, token: str | None, key: Path | None, allow: Path | None,
+                     insecure: bool) -> tuple[str, CurveServer | None, bool]:
+    """(run token, CurveServer or None, whether the token was made here) for `smpsim coordinator`.
+
+    Beyond loopback: CurveZMQ (--key and --allow), or plain TCP with --insecure and a run token. On
+    loopback without keys: the given run token, else one of its own (made=True), so that no other local
+    process can take a CPU's place."""
+    if (key is None) != (allow is None):
+        raise SecurityError("--key and --allow go together: the coordinator's key pair and the CPUs' public "
+                            f"keys; {_KEYGEN_HINT}")
+    curve = None
+    if key is not None:
+        _curve_available()
+        curve = CurveServer(key, allow)
+    elif not is_loopback(listen):
+        if not insecure:
+            raise SecurityError(f"--listen {listen} is beyond loopback: plain TCP is refused there; give the "
+                                f"coordinator a key pair and the CPUs' public keys (--key, --allow): "
+                                f"{_KEYGEN_HINT}; or accept an unencrypted wire with --insecure and a run token")
+        if not token:
+            raise SecurityError(f"--listen {listen} --insecure: give a run token (--token or SMPSIM_TOKEN) "
+                                "that every CPU must present")
+    if token or curve is not None:
+        return token or "", curve, False
+    return new_token(), None, True
+
+
+def cpu_side(address: str, token: str | None, token_file: Path | None, key: Path | None,
+             coordinator_key: Path | None, insecure: bool) -> tuple[str, CurveClient | None]:
+    """(run token, CurveClient or None) for `smpsim cpu`."""
+    if token_file is not None:
+        if token:
+            raise SecurityError("give the run token once: --token (or SMPSIM_TOKEN) or --token-file")
+        token = read_token_file(token_file)
+    if (key is None) != (coordinator_key is None):
+        raise SecurityError("--key and --coordinator-key go together: this CPU's key pair and the "
+                            f"coordinator's public key; {_KEYGEN_HINT}")
+    if key is not None:
+        _curve_available()
+        return token or "", CurveClient(key, coordinator_key)
+    if not is_loopback(address) and not insecure:
+        raise SecurityError(f"--coordinator {address} is beyond loopback: plain TCP is refused there; give "
+                            "this CPU its key pair and the coordinator's public key (--key, "
+                            f"--coordinator-key): {_KEYGEN_HINT}; or --insecure")
+    return token or "", None
