@@ -178,9 +178,10 @@ def test_cpus_exit_when_the_coordinator_dies(tmp_path, smpsim_cmd, subprocess_en
     port = _free_port()
     out = tmp_path / "run"
     coord = subprocess.Popen([*smpsim_cmd, "coordinator", "--listen", f"tcp://127.0.0.1:{port}", "--out", str(out),
-                              "--set", "machine.cpus=2", "--set", "workload.kmaps_per_cpu=100000"],
+                              "--set", "machine.cpus=2", "--set", "workload.kmaps_per_cpu=100000", "--token", "t"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=subprocess_env)
-    cpus = [subprocess.Popen([*smpsim_cmd, "cpu", "--coordinator", f"tcp://127.0.0.1:{port}", "--cpu-id", str(c)],
+    cpus = [subprocess.Popen([*smpsim_cmd, "cpu", "--coordinator", f"tcp://127.0.0.1:{port}", "--cpu-id", str(c),
+                              "--token", "t"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=subprocess_env)
             for c in range(2)]
     try:
@@ -276,7 +277,7 @@ def _default_overrides() -> dict:
 
 
 def test_non_loopback_listen_needs_a_token(smpsim_cmd, subprocess_env):
-    r = subprocess.run([*smpsim_cmd, "coordinator", "--listen", "tcp://0.0.0.0:0"], capture_output=True,
+    r = subprocess.run([*smpsim_cmd, "coordinator", "--listen", "tcp://0.0.0.0:0", "--insecure"], capture_output=True,
                        text=True, env={k: v for k, v in subprocess_env.items() if k != "SMPSIM_TOKEN"}, timeout=60)
     assert r.returncode == 2 and "token" in r.stderr and "Traceback" not in r.stderr
 
@@ -333,10 +334,10 @@ def test_two_hosts_same_digest(tmp_path, two_hosts, smpsim_cmd, subprocess_env):
     want = inline.run(validate(cfg_data)).summary
     env = dict(subprocess_env, SMPSIM_TOKEN="two-hosts")
     coord = subprocess.Popen(["ip", "netns", "exec", NS[0], *smpsim_cmd, "coordinator", "--listen",
-                              f"tcp://{ADDR[0]}:5555", "--out", str(out), *sets],
+                              f"tcp://{ADDR[0]}:5555", "--insecure", "--out", str(out), *sets],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     cpus = [subprocess.Popen(["ip", "netns", "exec", NS[1], *smpsim_cmd, "cpu", "--coordinator",
-                              f"tcp://{ADDR[0]}:5555", "--cpu-id", str(c)],
+                              f"tcp://{ADDR[0]}:5555", "--insecure", "--cpu-id", str(c)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
             for c in range(3)]
     try:
@@ -360,14 +361,14 @@ def test_a_lost_message_stops_the_run(tmp_path, smpsim_cmd, subprocess_env):
     port = _free_port()
     addr = f"tcp://127.0.0.1:{port}"
     coord = subprocess.Popen([*smpsim_cmd, "coordinator", "--listen", addr, "--out", str(tmp_path / "run"),
-                              "--set", "machine.cpus=1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              "--set", "machine.cpus=1", "--token", "t"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True, env=subprocess_env)
     ctx = zmq.Context()
     s = ctx.socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)
     s.connect(addr)
     try:
-        welcome = _hello(s, 0)
+        welcome = _hello(s, 0, token="t")
         assert welcome[0] == p.WELCOME and welcome[2] == 0
         s.send(msgpack.packb([p.BATCH, 5, [], [], 0, 0]))  # seq 0 expected
         _, stderr = coord.communicate(timeout=30)

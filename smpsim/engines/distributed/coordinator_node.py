@@ -129,10 +129,10 @@ class CoordinatorNode:
             if not 0 <= seen - self.ipis_seen[cpu] <= len(q):
                 raise ValueError(f"{seen} IPIs seen, but {self.ipis_seen[cpu]} were seen before and "
                                  f"{len(q)} more were sent since")
+            p.check_model_messages(msgs, cpu)
+            p.check_events(events, cpu)
             coord = self.coord
             for x in msgs:
-                if x[1] != cpu:
-                    raise ValueError(f"message for CPU {x[1]}")
                 coord.receive(x)
             self.rec.add(1 + cpu, events)
             self.horizon[cpu] = horizon
@@ -250,7 +250,11 @@ class CoordinatorNode:
                 if not self.sock.poll(0) or len(self.rec.merger) > 200_000:
                     # Idle (or much buffered): now is the time for the trace (merge, count, digest, write),
                     # off the round-trip path of the requests.
-                    self.rec.release(self.watermark)
+                    try:
+                        self.rec.release(self.watermark)
+                    except _BAD_CONTENT as e:  # checked on receipt; this is what a check cannot see
+                        raise RunAborted(f"a trace event could not be recorded: {type(e).__name__}: "
+                                         f"{str(e)[:200]}") from None
                 if self.sock.poll(20):
                     sock = self.sock
                     for _ in range(10_000):

@@ -27,6 +27,8 @@ import re
 import msgpack
 import zmq
 
+from smpsim.model import messages as mm
+
 VERSION = 1
 
 HELLO, WELCOME, REFUSE, BATCH, HB, FAIL, BYE, END = (
@@ -51,6 +53,12 @@ TO_COORDINATOR: dict[str, tuple[tuple[str, tuple[type, ...]], ...]] = {
     FAIL: (("seq", INT), ("cpu", INT_OR_NONE), ("op", STR), ("position", INT_OR_NONE), ("what", STR),
            ("t", INT_OR_NONE)),
     BYE: (("seq", INT), ("maxrss_kb", INT)),
+}
+# The model messages a CPU's BATCH carries (smpsim.model.messages): kind -> types of the items after it.
+MODEL_TO_COORDINATOR: dict[str, tuple[tuple[type, ...], ...]] = {
+    mm.REQUEST: (INT, INT, STR, INT, INT),  # cpu, t, op, page, pc
+    mm.PROGRESS: (INT, INT),                # cpu, bound
+    mm.DONE: (INT, INT),                    # cpu, clock
 }
 TO_CPU: dict[str, tuple[tuple[str, tuple[type, ...]], ...]] = {
     WELCOME: (("seq", INT), ("cpu", INT), ("config", DICT), ("ops", LIST_OR_NONE), ("lines", LIST_OR_NONE)),
@@ -189,3 +197,50 @@ def make_dealer(ctx: zmq.Context, address: str, curve=None) -> tuple[zmq.Socket,
         raise AddressError(f"--coordinator {address}: cannot connect: {e.strerror}") from None
     return sock, monitor
 
+
+
+def check_model_messages(msgs: list, cpu: int) -> None:
+    """Model messages from CPU cpu: known kinds of the declared shapes, about that CPU; ValueError naming
+    the first that is not."""
+    for i, x in enumerate(msgs):
+        shape = MODEL_TO_COORDINATOR.get(x[0]) if type(x) is list and x and type(x[0]) is str else None
+        if shape is None or len(x) != len(shape) + 1:
+            raise ValueError(f"model message {i} is not one of {sorted(MODEL_TO_COORDINATOR)}: {str(x)[:60]}")
+        if any(type(v) not in t for v, t in zip(x[1:], shape)):
+            raise ValueError(f"model message {i} has a field of the wrong type: {str(x)[:60]}")
+        if x[1] != cpu:
+            raise ValueError(f"model message {i} is about CPU {x[1]}")
+
+
+def _event_types() -> dict[str, type]:
+    """Trace field -> the Python type its values have on the wire (from the trace schema)."""
+    import pyarrow as pa
+
+    from smpsim.trace.schema import FIELDS
+    return {name: bool if pa.types.is_boolean(t) else int if pa.types.is_integer(t)
+            else str if pa.types.is_string(t) else list for name, t in FIELDS}
+
+
+_EVENT_FIELD_TYPES: dict[str, type] | None = None
+
+
+def check_events(events: list, cpu: int) -> None:
+    """Trace events from CPU cpu, as the recorder needs them: flat dicts of known fields with values of
+    the schema's types (or None), a known event type, an integer time, and about that CPU. ValueError
+    naming the first that is not."""
+    global _EVENT_FIELD_TYPES
+    if _EVENT_FIELD_TYPES is None:
+        _EVENT_FIELD_TYPES = _event_types()
+    from smpsim.trace.schema import EVENT_TYPES
+    types = _EVENT_FIELD_TYPES
+    for i, ev in enumerate(events):
+        if type(ev) is not dict:
+            raise ValueError(f"event {i} is a {type(ev).__name__}, not a map")
+        for k, v in ev.items():
+            want = types.get(k)
+            if want is None or (type(v) is not want and v is not None):
+                raise ValueError(f"event {i}: field {str(k)[:30]!r} = {str(v)[:30]!r}")
+            if want is list and any(type(x) is not int for x in v):
+                raise ValueError(f"event {i}: field {k} holds a non-integer")
+        if type(ev.get("t")) is not int or ev.get("cpu") != cpu or ev.get("ev") not in EVENT_TYPES:
+            raise ValueError(f"event {i} lacks an integer t, cpu {cpu} or a known event type")
