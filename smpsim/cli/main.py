@@ -12,7 +12,7 @@ import typer
 
 from smpsim import __version__
 from smpsim.cli import analyze
-from smpsim.cli import bench, config_cmd, distributed, export, keygen, run, sweep
+from smpsim.cli import bench, calibrate, config_cmd, distributed, export, keygen, run, sweep
 
 app = typer.Typer(
     name="smpsim",
@@ -48,6 +48,7 @@ app.command("cpu")(distributed.cpu)
 app.command("keygen")(keygen.keygen)
 app.command("bench")(bench.bench)
 app.command("sweep")(sweep.sweep)
+app.command("calibrate")(calibrate.calibrate)
 app.add_typer(config_cmd.app, name="config")
 
 
