@@ -1,0 +1,321 @@
+"""Nobody let in: listen addresses, run tokens, CurveZMQ keys, read-only queries, hostile peers.
+
+Real processes and real ZeroMQ throughout; the two-host tests use the network namespaces of
+test_distributed.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import selectors
+import stat
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import msgpack
+import psutil
+import pytest
+import zmq
+
+from cli_helpers import invoke, user_error
+from smpsim.config import load_config
+from smpsim.engines import inline
+from smpsim.engines.distributed import protocol as p
+from smpsim.engines.distributed import security
+from test_distributed import ADDR, NS, _free_port, _hello, _log_has, _wait_for, two_hosts  # noqa: F401
+
+
+def _log(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _stderr_line(proc: subprocess.Popen, pattern: str, timeout: float) -> re.Match:
+    """The first line of proc's stderr matching pattern (waiting at most timeout seconds)."""
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stderr, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        if sel.select(timeout=max(0.0, deadline - time.monotonic())):
+            line = proc.stderr.readline()
+            if not line:
+                break
+            seen.append(line)
+            m = re.search(pattern, line)
+            if m:
+                return m
+    raise AssertionError(f"no stderr line matching {pattern!r} within {timeout}s: {''.join(seen)!r}")
+
+
+def _coordinator(smpsim_cmd, env, out: Path, *args: str, cpus: int = 1, kmaps: int = 40,
+                 prefix: tuple[str, ...] = ()):
+    return subprocess.Popen([*prefix, *smpsim_cmd, "coordinator", "--out", str(out), "--set", f"machine.cpus={cpus}",
+                             "--set", f"workload.kmaps_per_cpu={kmaps}", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _cpu(smpsim_cmd, env, *args: str, prefix: tuple[str, ...] = ()):
+    return subprocess.Popen([*prefix, *smpsim_cmd, "cpu", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _finish(*procs, timeout: float = 90):
+    try:
+        return [x.communicate(timeout=timeout) for x in procs]
+    finally:
+        for x in procs:
+            x.kill()
+            x.wait()
+
+
+def _inline_digest(cpus: int, kmaps: int, *sets: str) -> str:
+    cfg = load_config(None, [f"machine.cpus={cpus}", f"workload.kmaps_per_cpu={kmaps}", *sets])
+    return inline.run(cfg).summary["digest"]
+
+
+# ---- --listen ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("listen, what", [
+    ("tcp://127.0.0.1:99999", "port 99999 is out of range"),
+    ("nonsense", "'nonsense' is not a ZeroMQ address"),
+    ("tcp://127.0.0.1", "'tcp://127.0.0.1' is not a ZeroMQ address"),
+    ("udp://127.0.0.1:5555", "is not a ZeroMQ address"),
+    ("tcp://0.0.0.0:5555", "beyond loopback"),
+])
+def test_a_bad_listen_address_is_named(tmp_path, listen, what):
+    err = user_error(invoke("coordinator", "--listen", listen, "--out", tmp_path / "run"))
+    assert what in err and listen in err
+    assert not (tmp_path / "run").exists()  # refused before anything is created
+
+
+def test_an_address_that_cannot_be_bound_is_named(tmp_path):
+    with socket_bound() as port:
+        err = user_error(invoke("coordinator", "--listen", f"tcp://127.0.0.1:{port}", "--token", "x",
+                                "--out", tmp_path / "run"))
+    assert f"--listen tcp://127.0.0.1:{port}: cannot bind" in err and "in use" in err
+
+
+class socket_bound:
+    """A TCP port on loopback held by another socket."""
+
+    def __enter__(self) -> int:
+        self.ctx = zmq.Context()
+        self.s = self.ctx.socket(zmq.ROUTER)
+        port = self.s.bind_to_random_port("tcp://127.0.0.1")
+        return port
+
+    def __exit__(self, *exc):
+        self.s.close(0)
+        self.ctx.term()
+
+
+def test_cpu_address_is_validated():
+    assert "'nonsense' is not a ZeroMQ address" in user_error(invoke("cpu", "--coordinator", "nonsense"))
+    err = user_error(invoke("cpu", "--coordinator", "tcp://10.1.2.3:5555"))
+    assert "beyond loopback" in err and "--coordinator-key" in err and "--insecure" in err
+
+
+# ---- run tokens on loopback ------------------------------------------------------------------------------
+
+@pytest.mark.timeout(120)
+def test_loopback_coordinator_makes_a_token_and_prints_the_bound_address(tmp_path, smpsim_cmd, subprocess_env):
+    env = {k: v for k, v in subprocess_env.items() if k != "SMPSIM_TOKEN"}
+    coord = _coordinator(smpsim_cmd, env, tmp_path / "run", "--listen", "tcp://127.0.0.1:0")
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    try:
+        m = _stderr_line(coord, r"listening on (tcp://127\.0\.0\.1:(\d+)) .*run token ([0-9a-f]{32})", 60)
+        addr, port, token = m[1], int(m[2]), m[3]
+        assert port != 0
+        s.connect(addr)  # the printed address is the bound one: a stranger reaches it, and is refused
+        reply = _hello(s, 0)
+        assert reply[0] == p.REFUSE and "token" in reply[1]
+        cpu = _cpu(smpsim_cmd, env, "--coordinator", addr, "--token", token)
+        (_, err), (_, cerr) = _finish(coord, cpu)
+    finally:
+        s.close(0)
+        ctx.term()
+        coord.kill()
+    assert coord.returncode == 0 and cpu.returncode == 0, err + cerr
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "ok"
+
+
+@pytest.mark.timeout(120)
+def test_token_file_is_private_and_read_by_the_cpu(tmp_path, smpsim_cmd, subprocess_env):
+    env = {k: v for k, v in subprocess_env.items() if k != "SMPSIM_TOKEN"}
+    port = _free_port()
+    tf = tmp_path / "token"
+    coord = _coordinator(smpsim_cmd, env, tmp_path / "run", "--listen", f"tcp://127.0.0.1:{port}",
+                         "--token-file", str(tf))
+    m = _stderr_line(coord, r"listening on .*run token in (\S+)", 60)
+    assert m[1] == str(tf)
+    assert stat.S_IMODE(tf.stat().st_mode) == 0o600 and re.fullmatch(r"[0-9a-f]{32}\n", tf.read_text())
+    cpu = _cpu(smpsim_cmd, env, "--coordinator", f"tcp://127.0.0.1:{port}", "--token-file", str(tf))
+    (_, err), (_, cerr) = _finish(coord, cpu)
+    assert coord.returncode == 0 and cpu.returncode == 0, err + cerr
+
+
+@pytest.mark.timeout(120)
+def test_launch_keeps_its_ipc_socket_private(tmp_path, smpsim_cmd, subprocess_env):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([*smpsim_cmd, "launch", "--cpus", "2", "--out", str(out),
+                             "--set", "workload.kmaps_per_cpu=3000", "--set", "trace.enabled=false"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env)
+    log = out / "logs" / "coordinator.log.jsonl"
+    try:
+        _wait_for(lambda: _log_has(log, "listening"), 60, "the coordinator listening")
+        address = next(e["address"] for e in _log(log) if e.get("event") == "listening")
+        assert address.startswith("ipc://")
+        sock = Path(address[len("ipc://"):])
+        st = sock.parent.stat()
+        assert stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == os.getuid()
+        _, err = proc.communicate(timeout=100)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, err
+    assert not sock.parent.exists()  # removed with the run
+
+
+# ---- keys ------------------------------------------------------------------------------------------------
+
+def test_keygen_makes_private_key_pairs_and_never_overwrites(tmp_path):
+    r = invoke("keygen", "--cpus", "3", "--dir", tmp_path / "keys")
+    assert r.exit_code == 0, r.output
+    cdir, kdir = tmp_path / "keys" / "coordinator", tmp_path / "keys" / "cpus"
+    assert sorted(x.name for x in cdir.iterdir()) == ["allowed.keys", "coordinator.key_secret"]
+    assert sorted(x.name for x in kdir.iterdir()) == sorted(
+        ["coordinator.key"] + [f"cpu-{c}.key{s}" for c in range(3) for s in ("", "_secret")])
+    for secret in [cdir / "coordinator.key_secret", *kdir.glob("*.key_secret")]:
+        assert stat.S_IMODE(secret.stat().st_mode) == 0o600, secret
+        public, key = zmq.auth.load_certificate(secret)
+        assert len(public) == len(key) == 40
+    allowed = security.load_allowed(cdir / "allowed.keys")
+    assert allowed == {zmq.auth.load_certificate(kdir / f"cpu-{c}.key")[0] for c in range(3)}
+    coord_public = zmq.auth.load_certificate(cdir / "coordinator.key_secret")[0]
+    assert zmq.auth.load_certificate(kdir / "coordinator.key") == (coord_public, None)
+    before = (cdir / "coordinator.key_secret").read_bytes()
+    assert "never overwrites" in user_error(invoke("keygen", "--cpus", "3", "--dir", tmp_path / "keys"))
+    assert (cdir / "coordinator.key_secret").read_bytes() == before
+    r = invoke("keygen", "solo", "--dir", tmp_path / "one")
+    assert r.exit_code == 0 and stat.S_IMODE((tmp_path / "one" / "solo.key_secret").stat().st_mode) == 0o600
+    assert "never overwrites" in user_error(invoke("keygen", "solo", "--dir", tmp_path / "one"))
+
+
+def test_bad_key_options_are_named(tmp_path):
+    invoke("keygen", "--cpus", "1", "--dir", tmp_path / "k")
+    sec = tmp_path / "k" / "coordinator" / "coordinator.key_secret"
+    assert "--key and --allow go together" in user_error(invoke("coordinator", "--key", sec))
+    bad = tmp_path / "bad.keys"
+    bad.write_text("# keys\nnot-a-key\n")
+    err = user_error(invoke("coordinator", "--key", sec, "--allow", bad, "--out", tmp_path / "r"))
+    assert f"--allow {bad}, line 2: not a CurveZMQ key" in err
+    pub = tmp_path / "k" / "cpus" / "coordinator.key"
+    assert "holds only a public key" in user_error(invoke("coordinator", "--key", pub, "--allow", bad))
+    err = user_error(invoke("cpu", "--coordinator", "tcp://10.1.2.3:5555", "--key", sec))
+    assert "--key and --coordinator-key go together" in err
+
+
+def _keys(tmp_path: Path, cpus: int) -> tuple[Path, Path, Path]:
+    r = invoke("keygen", "--cpus", str(cpus), "--dir", tmp_path / "keys")
+    assert r.exit_code == 0, r.output
+    r = invoke("keygen", "intruder", "--dir", tmp_path / "other")
+    assert r.exit_code == 0, r.output
+    return tmp_path / "keys" / "coordinator", tmp_path / "keys" / "cpus", tmp_path / "other"
+
+
+@pytest.mark.timeout(180)
+def test_two_hosts_over_curve_right_keys_run_wrong_keys_are_refused(tmp_path, two_hosts, smpsim_cmd,
+                                                                     subprocess_env):
+    """Coordinator and CPUs in two network namespaces, CurveZMQ: the run's digest equals the inline
+    engine's; a CPU with a key the coordinator does not allow, and one holding another coordinator's
+    public key, are refused, say so, and leave the run undisturbed."""
+    cdir, kdir, other = _keys(tmp_path, 3)
+    out = tmp_path / "run"
+    env = {k: v for k, v in subprocess_env.items() if k != "SMPSIM_TOKEN"}
+    addr = f"tcp://{ADDR[0]}:5555"
+    coord = _coordinator(smpsim_cmd, env, out, "--listen", addr, "--key", str(cdir / "coordinator.key_secret"),
+                         "--allow", str(cdir / "allowed.keys"), "--set", "workload.kind=shared",
+                         cpus=3, kmaps=80, prefix=("ip", "netns", "exec", NS[0]))
+    there = ("ip", "netns", "exec", NS[1])
+    intruder = _cpu(smpsim_cmd, env, "--coordinator", addr, "--key", str(other / "intruder.key_secret"),
+                    "--coordinator-key", str(kdir / "coordinator.key"), prefix=there)
+    impostor = _cpu(smpsim_cmd, env, "--coordinator", addr, "--key", str(kdir / "cpu-0.key_secret"),
+                    "--coordinator-key", str(other / "intruder.key"), prefix=there)
+    _, ierr = intruder.communicate(timeout=60)
+    _, perr = impostor.communicate(timeout=60)
+    cpus = [_cpu(smpsim_cmd, env, "--coordinator", addr, "--cpu-id", str(c),
+                 "--key", str(kdir / f"cpu-{c}.key_secret"), "--coordinator-key", str(kdir / "coordinator.key"),
+                 prefix=there) for c in range(3)]
+    (_, err), *_ = _finish(coord, *cpus, timeout=120)
+    assert coord.returncode == 0, err
+    assert all(c.returncode == 0 for c in cpus)
+    assert intruder.returncode != 0 and "refused this CPU's CurveZMQ key" in ierr and "Traceback" not in ierr
+    assert impostor.returncode != 0 and "CurveZMQ handshake failed" in perr and "Traceback" not in perr
+    got = json.loads((out / "summary.json").read_text())
+    assert got["digest"] == _inline_digest(3, 80, "workload.kind=shared")
+    log = _log(out / "logs" / "coordinator.log.jsonl")
+    intruder_key = zmq.auth.load_certificate(other / "intruder.key")[0].decode()
+    refused = [e["reason"] for e in log if e.get("event") == "refused"]
+    assert f"CurveZMQ key {intruder_key} is not in the --allow list" in refused
+    assert any("CurveZMQ handshake failed" in r for r in refused)
+    assert len([e for e in log if e.get("event") == "joined"]) == 3
+
+
+@pytest.mark.timeout(60)
+def test_two_hosts_plain_tcp_needs_insecure(tmp_path, two_hosts, smpsim_cmd, subprocess_env):
+    env = {k: v for k, v in subprocess_env.items() if k != "SMPSIM_TOKEN"}
+    r = subprocess.run(["ip", "netns", "exec", NS[0], *smpsim_cmd, "coordinator", "--listen",
+                        f"tcp://{ADDR[0]}:5555", "--token", "x", "--out", str(tmp_path / "run")],
+                       capture_output=True, text=True, env=env, timeout=50)
+    assert r.returncode == 2 and "plain TCP is refused" in r.stderr and "--insecure" in r.stderr
+    assert r.stderr.count("error:") == 1 and "Traceback" not in r.stderr
+
+
+# ---- read-only queries -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def a_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("q") / "run"
+    inline.run(load_config(None, ["machine.cpus=2", "workload.kmaps_per_cpu=50", "trace.part_events=100"]), out)
+    return out
+
+
+@pytest.mark.parametrize("sql", [
+    "COPY (SELECT * FROM events) TO '{tmp}/out.csv'",
+    "COPY events TO '{tmp}/out.parquet' (FORMAT parquet)",
+    "EXPORT DATABASE '{tmp}/db'",
+    "SELECT * FROM read_csv('/etc/passwd')",
+    "SELECT * FROM read_text('/etc/hostname')",
+    "SELECT * FROM glob('/etc/*')",
+    "SELECT count(*) FROM read_parquet('{run}/trace/*.parquet')",
+    "ATTACH '{tmp}/other.duckdb' AS other",
+    "INSTALL httpfs",
+    "LOAD httpfs",
+    "SELECT * FROM 'https://example.invalid/x.parquet'",
+    "SET enable_external_access = true",
+    "SET lock_configuration = false",
+    "SET allowed_paths = ['/etc/passwd']",
+])
+def test_query_is_read_only(a_run, tmp_path, sql):
+    sql = sql.format(tmp=tmp_path, run=a_run)
+    err = user_error(invoke("query", a_run, sql))
+    assert err.startswith("error: query failed: ")
+    assert "disabled" in err or "locked" in err or "read-only" in err, err
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_query_still_reads_the_trace(a_run):
+    r = invoke("query", a_run, "SELECT count(*) AS n FROM events", "--format", "csv")
+    n = int(r.stdout.splitlines()[1])
+    assert r.exit_code == 0 and n == json.loads((a_run / "summary.json").read_text())["events"]
+    parts = sorted((a_run / "trace").glob("part-*.parquet"))
+    r = invoke("query", a_run, f"SELECT count(*) FROM read_parquet('{parts[0]}')", "--format", "csv")
+    assert r.exit_code == 0 and int(r.stdout.splitlines()[1]) > 0  # the run's own trace stays readable
+    r = invoke("query", a_run, "CREATE TABLE k AS SELECT * FROM events WHERE ev = 'kmap'")
+    assert r.exit_code == 0  # in memory only
