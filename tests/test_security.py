@@ -319,3 +319,123 @@ def test_query_still_reads_the_trace(a_run):
     assert r.exit_code == 0 and int(r.stdout.splitlines()[1]) > 0  # the run's own trace stays readable
     r = invoke("query", a_run, "CREATE TABLE k AS SELECT * FROM events WHERE ev = 'kmap'")
     assert r.exit_code == 0  # in memory only
+
+
+# ---- hostile peers ---------------------------------------------------------------------------------------
+
+def _refused_total(log: Path) -> int:
+    """Refusals the coordinator has counted, from its last summary line (0 before the first)."""
+    try:
+        lines = log.read_text().splitlines()
+    except OSError:
+        return 0
+    for line in reversed(lines):
+        if '"refused (summary)"' in line:
+            return json.loads(line)["total"]
+    return 0
+
+
+@pytest.mark.timeout(240)
+def test_fuzzed_coordinator_runs_on_with_the_same_digest(tmp_path, smpsim_cmd, subprocess_env):
+    """100,000+ mutated messages from sockets that never joined, while CPU 0 waits at the barrier, and
+    more while the run runs: the run ends ok with the inline digest, memory stays bounded, refusals are
+    logged rate-limited, and no stranger takes a CPU's place."""
+    import fuzz_wire
+
+    n_msgs, kmaps = 100_000, 200
+    WINDOW = 30_000
+    token = os.urandom(16).hex()
+    addr = f"tcp://127.0.0.1:{_free_port()}"
+    out = tmp_path / "run"
+    log = out / "logs" / "coordinator.log.jsonl"
+    env = {k: v for k, v in subprocess_env.items() if k != "SMPSIM_TOKEN"}
+    coord = _coordinator(smpsim_cmd, env, out, "--listen", addr, "--token", token, "--set", "trace.enabled=false",
+                         cpus=2, kmaps=kmaps)
+    _stderr_line(coord, "listening on", 60)
+    cproc = psutil.Process(coord.pid)
+    base_rss = peak_rss = cproc.memory_info().rss
+    frames = fuzz_wire.corpus(7, token)
+    small = [f for f in frames if len(f) < 10_000]
+    big = [f for f in frames if len(f) >= 10_000]
+    import random
+    rng = random.Random(7)
+    ctx = zmq.Context()
+    socks = []
+    for _ in range(4):
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(addr)
+        socks.append(s)
+    cpus = [_cpu(smpsim_cmd, env, "--coordinator", addr, "--token", token, "--cpu-id", "0")]
+    sent = answers = 0
+    t0 = time.monotonic()
+
+    def fuzz_until(done, timeout: float) -> None:
+        """Send until done(), keeping at most WINDOW messages ahead of what the coordinator has counted
+        (so that on two loaded cores the sender does not starve the coordinator it tests)."""
+        nonlocal sent, answers, peak_rss
+        deadline = time.monotonic() + timeout
+        last_check = 0.0
+        refused = 0
+        while time.monotonic() < deadline:
+            now = time.monotonic()
+            if now - last_check > 0.2 or sent - refused >= WINDOW:
+                last_check = now
+                peak_rss = max(peak_rss, cproc.memory_info().rss)
+                for s in socks:
+                    while s.poll(0):
+                        answers += 1
+                        assert msgpack.unpackb(s.recv(), raw=False)[0] == p.REFUSE
+                if done():
+                    return
+                refused = _refused_total(log)
+                if sent - refused >= WINDOW:
+                    time.sleep(0.1)
+                    continue
+            s = socks[sent % len(socks)]
+            frame = big[(sent // 20_000) % len(big)] if sent % 20_000 == 0 else rng.choice(small)
+            try:
+                if sent % 9_973 == 0:
+                    s.send_multipart([frame, b"second frame"], zmq.NOBLOCK)
+                else:
+                    s.send(frame, zmq.NOBLOCK)
+                sent += 1
+            except zmq.Again:
+                s.poll(10, zmq.POLLOUT)
+        raise AssertionError(f"fuzzing: timed out after {timeout}s ({sent} sent, "
+                             f"{_refused_total(log)} refused so far)")
+
+    oversize = ctx.socket(zmq.DEALER)
+    oversize.setsockopt(zmq.LINGER, 0)
+    oversize.connect(addr)
+    try:
+        oversize.send(fuzz_wire.OVERSIZE)  # over MAXMSGSIZE: dropped with its connection, not buffered
+        fuzz_until(lambda: _refused_total(log) >= n_msgs and _log_has(log, "joined"), 150)
+        at_barrier = _refused_total(log)
+        cpus.append(_cpu(smpsim_cmd, env, "--coordinator", addr, "--token", token, "--cpu-id", "1"))
+        fuzz_until(lambda: coord.poll() is not None, 150)  # until the run is over
+        elapsed = time.monotonic() - t0
+        (_, err), *cerrs = _finish(coord, *cpus)
+    finally:
+        for s in [*socks, oversize]:
+            s.close(0)
+        ctx.term()
+        for x in [coord, *cpus]:
+            x.kill()
+            x.wait()
+    assert coord.returncode == 0 and all(c.returncode == 0 for c in cpus), err + "".join(e for _, e in cerrs)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "ok"
+    assert summary["digest"] == _inline_digest(2, kmaps, "trace.enabled=false")
+    entries = _log(log)
+    joined = [e for e in entries if e.get("event") == "joined"]
+    assert sorted(e["cpu"] for e in joined) == [0, 1] and all(e["host"] != "fuzz" for e in joined)
+    total = _refused_total(log)
+    assert total >= n_msgs and total - at_barrier > 0, (total, at_barrier)  # also while the run ran
+    one_by_one = [e for e in entries if e.get("event") == "refused"]
+    summaries = [e for e in entries if e.get("event") == "refused (summary)"]
+    assert len(one_by_one) == 20 and len(summaries) <= elapsed / 2 + 3
+    assert answers <= 4 * 3  # a flood is not answered message by message
+    assert peak_rss - base_rss < 300 << 20, (base_rss >> 20, peak_rss >> 20)
+    print(f"fuzz: {sent:,} sent, {total:,} refused ({at_barrier:,} at the barrier), {elapsed:.1f} s, "
+          f"coordinator RSS {base_rss >> 20} -> {peak_rss >> 20} MB")

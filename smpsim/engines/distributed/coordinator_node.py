@@ -29,6 +29,9 @@ class RunAborted(Exception):
     """The distributed run cannot go on (a CPU died or broke the protocol); the message says which."""
 
 
+REFUSE_ANSWERS = 3  # refusals answered per unjoined connection; the rest are only counted
+STRANGER_BUDGET = 500  # messages from unjoined connections handled per loop turn
+
 # What a malformed message's contents raise when the coordinator applies them (the shape is checked first)
 _BAD_CONTENT = (ValueError, TypeError, IndexError, KeyError, AttributeError, OverflowError)
 
@@ -40,7 +43,8 @@ class CoordinatorNode:
                  t_start: float | None = None, curve=None):
         self.cfg, self.sock, self.run_id, self.token = cfg, sock, run_id, token
         self.log = log
-        self.refused = RateLimitedLog(log)
+        self.refused = RateLimitedLog(log, interval=2.0)
+        self.answered: dict[bytes, int] = {}  # REFUSE answers sent per unjoined connection
         self.curve = curve  # a security.CurveServer whose handshake refusals are logged here
         self.n = cfg.machine.cpus
         self.check_children = check_children
@@ -87,9 +91,17 @@ class CoordinatorNode:
         self.n_out += 1
 
     def _refuse(self, ident: bytes | None, reason: str, **kw) -> None:
+        """Log (rate-limited) and answer, the first few times per connection only: a flood from one
+        peer costs a decode and a count per message, nothing more."""
         self.refused(reason, **kw)
         if ident is None:
             return
+        n = self.answered.get(ident, 0)
+        if n >= REFUSE_ANSWERS:
+            return
+        if len(self.answered) >= 10_000:  # bounded: many connections only forget older ones
+            self.answered.clear()
+        self.answered[ident] = n + 1
         try:
             self.sock.send_multipart([ident, p.pack([p.REFUSE, reason])], flags=zmq.NOBLOCK)
         except zmq.ZMQError:
@@ -257,7 +269,12 @@ class CoordinatorNode:
                                          f"{str(e)[:200]}") from None
                 if self.sock.poll(20):
                     sock = self.sock
+                    # Strangers' messages (all refused) get a budget per turn, so that a flood of them
+                    # cannot keep the joined CPUs' requests waiting; the rest wait in their bounded queues.
+                    strangers_until = self.refused.total + STRANGER_BUDGET
                     for _ in range(10_000):
+                        if self.refused.total >= strangers_until:
+                            break
                         if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                             break
                         frames = sock.recv_multipart()
