@@ -439,3 +439,111 @@ def test_fuzzed_coordinator_runs_on_with_the_same_digest(tmp_path, smpsim_cmd, s
     assert peak_rss - base_rss < 300 << 20, (base_rss >> 20, peak_rss >> 20)
     print(f"fuzz: {sent:,} sent, {total:,} refused ({at_barrier:,} at the barrier), {elapsed:.1f} s, "
           f"coordinator RSS {base_rss >> 20} -> {peak_rss >> 20} MB")
+
+
+def _malformed_cases() -> list[tuple[str, list]]:
+    """Messages a joined CPU 0 might send that are not well-formed, derived from the declared shapes:
+    each field of each kind with a value of the wrong type, and contents the shapes cannot express."""
+    import fuzz_wire
+
+    cases = []
+    for msg in fuzz_wire.wrong_types():
+        if msg[0] != p.HELLO:
+            if type(msg[1]) is int:
+                msg[1] = 0  # the sequence number expected: the wrong type is the only fault
+            cases.append((f"{msg[0]} #{len(cases)}", msg))
+    batch = lambda **kw: [p.BATCH, 0, kw.get("msgs", []), kw.get("events", []), 0, kw.get("seen", 0)]  # noqa: E731
+    ev = {"t": 5, "cpu": 0, "ev": "kunmap", "page": 1, "slot": 2, "count": 0}
+    cases += [
+        ("model-kind", batch(msgs=[["grant", 0, 5]])),
+        ("model-other-cpu", batch(msgs=[["done", 1, 5]])),
+        ("model-wrong-type", batch(msgs=[["done", 0, "5"]])),
+        ("model-not-a-list", batch(msgs=[7])),
+        ("event-not-a-map", batch(events=[[1, 2, 3]])),
+        ("event-unknown-field", batch(events=[{**ev, "evil": 1}])),
+        ("event-wrong-type", batch(events=[{**ev, "slot": "2"}])),
+        ("event-other-cpu", batch(events=[{**ev, "cpu": 5}])),
+        ("event-no-time", batch(events=[{k: v for k, v in ev.items() if k != "t"}])),
+        ("event-unknown-type", batch(events=[{**ev, "ev": "explode"}])),
+        ("ipis-seen-unsent", batch(seen=3)),
+        ("second-hello", [p.HELLO, p.VERSION, "", 0, 1, "h", "t"]),
+        ("unknown-kind", ["reboot", 0]),
+        ("truncated", msgpack.packb(batch())[:-2]),
+        ("not-msgpack", b"\xc1\xc1\xc1"),
+        ("two-frames", None),
+    ]
+    return cases
+
+
+@pytest.mark.timeout(120)
+def test_a_malformed_message_from_a_joined_cpu_stops_the_run_naming_it():
+    """Each malformed message from CPU 0's own socket stops the run with RunAborted naming CPU 0 (real
+    coordinator loop and sockets in this process, one run per case)."""
+    from smpsim.engines.distributed.coordinator_node import CoordinatorNode, RunAborted
+
+    cfg = load_config(None, ["machine.cpus=1", "workload.kmaps_per_cpu=10", "trace.enabled=false"])
+    cases = _malformed_cases()
+    assert len(cases) > 40
+    failures = []
+    for name, msg in cases:
+        ctx = zmq.Context()
+        sock, addr = p.make_router(ctx, "tcp://127.0.0.1:0")
+        node = CoordinatorNode(cfg, None, sock, "", "t", join_timeout=20)
+        outcome: dict = {}
+
+        def serve():
+            try:
+                node.run()
+                outcome["result"] = "ended ok"
+            except Exception as e:  # noqa: BLE001 - what it raised is the point
+                outcome["result"] = e
+
+        th = threading.Thread(target=serve)
+        th.start()
+        d = ctx.socket(zmq.DEALER)
+        d.setsockopt(zmq.LINGER, 0)
+        d.connect(addr)
+        try:
+            assert _hello(d, 0, token="t")[0] == p.WELCOME
+            if msg is None:
+                d.send_multipart([msgpack.packb([p.HB, 0]), b"x"])
+            else:
+                d.send(msg if isinstance(msg, bytes) else msgpack.packb(msg, use_bin_type=True))
+            deadline = time.monotonic() + 15
+            while th.is_alive() and time.monotonic() < deadline:  # on END say BYE, as a CPU does
+                if d.poll(100) and msgpack.unpackb(d.recv(), raw=False)[0] == p.END:
+                    d.send(msgpack.packb([p.BYE, 1, 0]))
+                    break
+            th.join(15)
+        finally:
+            d.close(0)
+        assert not th.is_alive(), f"{name}: the coordinator hangs"
+        sock.close(0)
+        ctx.term()
+        r = outcome.get("result")
+        if not (isinstance(r, RunAborted) and "CPU 0" in str(r) and "\n" not in str(r)):
+            failures.append((name, msg, r))
+    assert not failures, failures
+
+
+@pytest.mark.timeout(60)
+def test_a_malformed_message_ends_the_coordinator_with_one_error(tmp_path, smpsim_cmd, subprocess_env):
+    addr = f"tcp://127.0.0.1:{_free_port()}"
+    coord = _coordinator(smpsim_cmd, subprocess_env, tmp_path / "run", "--listen", addr, "--token", "t")
+    _stderr_line(coord, "listening on", 60)
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(addr)
+    try:
+        assert _hello(s, 0, token="t")[0] == p.WELCOME
+        s.send(msgpack.packb([p.BATCH, 0, [], [{"t": 1, "cpu": 0, "ev": "kmap", "page": "nine"}], 0, 0]))
+        _, err = coord.communicate(timeout=30)
+    finally:
+        s.close(0)
+        ctx.term()
+        coord.kill()
+        coord.wait()
+    assert coord.returncode == 1
+    assert err.count("error:") == 1 and "CPU 0" in err and "'page'" in err and "Traceback" not in err, err
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "error"
