@@ -547,3 +547,36 @@ def test_a_malformed_message_ends_the_coordinator_with_one_error(tmp_path, smpsi
     assert coord.returncode == 1
     assert err.count("error:") == 1 and "CPU 0" in err and "'page'" in err and "Traceback" not in err, err
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "error"
+
+
+def test_deploy_manifests_use_the_keys_keygen_makes(tmp_path):
+    """The Secrets' file names, the paths the coordinator and CPU arguments name, and the Compose secrets
+    are exactly what `smpsim keygen --cpus N` writes; beyond loopback nothing runs plain TCP."""
+    import yaml
+
+    deploy = Path(__file__).resolve().parents[1] / "deploy"
+    docs = [d for f in (deploy / "kubernetes").glob("*.yaml") for d in yaml.safe_load_all(f.read_text()) if d]
+    sts = next(d for d in docs if d["kind"] == "StatefulSet")
+    job = next(d for d in docs if d["kind"] == "Job" and d["metadata"]["name"] == "smpsim-cpus")
+    secrets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}
+    cpus = job["spec"]["completions"]
+    assert invoke("keygen", "--cpus", cpus, "--dir", tmp_path).exit_code == 0
+    made = {"coordinator": {x.name for x in (tmp_path / "coordinator").iterdir()},
+            "cpus": {x.name for x in (tmp_path / "cpus").iterdir()}}
+    for pod, made_set in ((sts, made["coordinator"]), (job, made["cpus"])):
+        spec = pod["spec"]["template"]["spec"]
+        args = spec["containers"][0]["args"]
+        secret = next(v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v)
+        assert set(secrets[secret]["stringData"]) <= made_set
+        mount = next(m["mountPath"] for m in spec["containers"][0]["volumeMounts"] if m["name"] == "keys")
+        for flag in ("--key", "--allow", "--coordinator-key"):
+            if flag in args:
+                name = args[args.index(flag) + 1].replace("$(JOB_COMPLETION_INDEX)", str(cpus - 1))
+                assert name.startswith(mount + "/") and Path(name).name in made_set, (flag, name)
+        assert "--insecure" not in args
+    compose = yaml.safe_load((deploy / "compose.yaml").read_text())
+    for name, s in compose["secrets"].items():
+        rel = Path(s["file"]).relative_to("../keys")
+        assert (tmp_path / rel).is_file(), name
+    for svc in compose["services"].values():
+        assert "--insecure" not in svc["command"] and "--key" in svc["command"]
