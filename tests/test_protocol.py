@@ -31,3 +31,52 @@ def test_loopback_detection():
     from smpsim.engines.distributed.launch import is_loopback
     assert is_loopback("tcp://127.0.0.1:5555") and is_loopback("ipc:///tmp/x") and is_loopback("tcp://localhost:1")
     assert not is_loopback("tcp://0.0.0.0:5555") and not is_loopback("tcp://169.254.1.1:5555")
+
+
+def test_addresses_are_checked():
+    assert p.check_address("tcp://127.0.0.1:0") == "tcp://127.0.0.1:*"
+    assert p.check_address("tcp://[::1]:5555") == "tcp://[::1]:5555"
+    assert p.check_address("ipc:///tmp/x.ipc") == "ipc:///tmp/x.ipc"
+    for bad, why in (("tcp://127.0.0.1:99999", "out of range"), ("nonsense", "not a ZeroMQ address"),
+                     ("tcp://:5555", "not a ZeroMQ address"), ("tcp://h:5555/x", "not a ZeroMQ address")):
+        with pytest.raises(p.AddressError, match=why):
+            p.check_address(bad)
+    with pytest.raises(p.AddressError, match="connect to a real port"):
+        p.check_address("tcp://127.0.0.1:0", "--coordinator")
+
+
+def test_every_field_type_is_checked():
+    """A bool is not an int, and each declared field rejects the other wire types."""
+    for kind, shape in p.TO_COORDINATOR.items():
+        for i, (name, types) in enumerate(shape):
+            for v in (True, 1.5, None, "s", [], {}):
+                if type(v) in types:
+                    continue
+                msg = [kind] + [{int: 0, str: "", list: [], dict: {}, type(None): None}[t[0]] for _, t in shape]
+                msg[1 + i] = v
+                with pytest.raises(p.ProtocolError, match=f"field {name} is|without a sequence number"):
+                    p.unpack(msgpack.packb(msg))
+
+
+def test_refusals_are_logged_rate_limited():
+    from smpsim.engines.distributed.logs import RateLimitedLog
+
+    lines = []
+
+    class Log:
+        def warning(self, event, **kw):
+            lines.append((event, kw))
+
+    r = RateLimitedLog(Log(), first=3, interval=5.0)
+    for i in range(1000):
+        r(f"garbage on the socket: message {i}")
+    r("wrong or missing run token")
+    assert len(lines) == 3
+    r.tick(r.last_summary + 1)
+    assert len(lines) == 3
+    r.tick(r.last_summary + 5)
+    event, kw = lines[-1]
+    assert event == "refused (summary)" and kw["count"] == 998 and kw["total"] == 1001
+    assert kw["by_reason"] == {"garbage on the socket": 997, "wrong or missing run token": 1}
+    r.flush()
+    assert len(lines) == 4  # nothing new, no empty summary

@@ -151,19 +151,25 @@ def check_address(address: str, option: str = "--listen") -> str:
     return address
 
 
-def make_router(ctx: zmq.Context, listen: str, curve=None) -> tuple[zmq.Socket, str]:
-    """Bind the coordinator's ROUTER; returns it and the address it is bound to (LAST_ENDPOINT: the port
-    actually taken). curve: a security.CurveServer to encrypt and authenticate with, or None."""
-    listen = check_address(listen)
-    sock = ctx.socket(zmq.ROUTER)
-    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+def _socket(ctx: zmq.Context, kind: int, linger_ms: int, curve) -> zmq.Socket:
+    """A socket with both sides' limits: bounded queues, a maximum message size, a send timeout."""
+    sock = ctx.socket(kind)
+    sock.setsockopt(zmq.LINGER, linger_ms)
     sock.setsockopt(zmq.SNDHWM, HWM)
     sock.setsockopt(zmq.RCVHWM, HWM)
     sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
     sock.setsockopt(zmq.SNDTIMEO, SEND_TIMEOUT_MS)
-    sock.setsockopt(zmq.LINGER, 1000)
     if curve is not None:
         curve.apply(sock)
+    return sock
+
+
+def make_router(ctx: zmq.Context, listen: str, curve=None) -> tuple[zmq.Socket, str]:
+    """Bind the coordinator's ROUTER; returns it and the address it is bound to (LAST_ENDPOINT: the port
+    actually taken). curve: a security.CurveServer to encrypt and authenticate with, or None."""
+    listen = check_address(listen)
+    sock = _socket(ctx, zmq.ROUTER, 1000, curve)
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     try:
         sock.bind(listen)
     except zmq.ZMQError as e:
@@ -179,14 +185,7 @@ HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED
 def make_dealer(ctx: zmq.Context, address: str, curve=None) -> tuple[zmq.Socket, zmq.Socket]:
     """A CPU's DEALER connected to the coordinator, and a monitor of its failed handshakes (attached
     before connecting, so none is missed); curve: a security.CurveClient, or None."""
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 2000)
-    sock.setsockopt(zmq.SNDHWM, HWM)
-    sock.setsockopt(zmq.RCVHWM, HWM)
-    sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
-    sock.setsockopt(zmq.SNDTIMEO, SEND_TIMEOUT_MS)
-    if curve is not None:
-        curve.apply(sock)
+    sock = _socket(ctx, zmq.DEALER, 2000, curve)
     monitor = sock.get_monitor_socket(HANDSHAKE_FAILED)
     try:
         sock.connect(address)
