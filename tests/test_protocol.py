@@ -28,9 +28,11 @@ def test_sequence_numbers_catch_a_lost_message():
 
 
 def test_loopback_detection():
-    from smpsim.engines.distributed.launch import is_loopback
+    from smpsim.engines.distributed.security import is_loopback
     assert is_loopback("tcp://127.0.0.1:5555") and is_loopback("ipc:///tmp/x") and is_loopback("tcp://localhost:1")
     assert not is_loopback("tcp://0.0.0.0:5555") and not is_loopback("tcp://169.254.1.1:5555")
+    assert is_loopback("tcp://[::1]:5555") and is_loopback("tcp://127.0.0.2:1")
+    assert not is_loopback("tcp://*:5555") and not is_loopback("tcp://127.example.com:5555")
 
 
 def test_addresses_are_checked():

@@ -114,8 +114,9 @@ class CpuNode:
         ev = recv_monitor_message(self.monitor)["event"]
         where = f"CPU {self.cpu_id}: the coordinator at {self.address}"
         if ev == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-            raise CpuExit(f"{where} refused this CPU's CurveZMQ key {self.curve.public.decode()}: add its "
-                          "NAME.key to the coordinator's --allow list")
+            key = self.curve.public.decode() if self.curve is not None else "(none)"
+            raise CpuExit(f"{where} refused this CPU's CurveZMQ key {key}: add its NAME.key to the "
+                          "coordinator's --allow list")
         if self.curve is not None:
             raise CpuExit(f"{where}: the CurveZMQ handshake failed: is --coordinator-key that coordinator's "
                           "public key, and was it started with --key?")

@@ -23,7 +23,7 @@ import zmq
 from smpsim.config import Config
 from smpsim.engines.distributed import cpu_node  # imported before forking: shared by every CPU process
 from smpsim.engines.distributed import protocol as p
-from smpsim.engines.distributed.security import is_loopback, new_token  # noqa: F401 (is_loopback: API)
+from smpsim.engines.distributed.security import new_token
 
 
 def _cpu_child(address: str, cpu: int, run_id: str, token: str, log_dir: str | None, cfg: Config) -> None:
