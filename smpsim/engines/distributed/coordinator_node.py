@@ -160,13 +160,13 @@ class CoordinatorNode:
 
     def _hello(self, ident: bytes, msg: list) -> None:
         _, version, run_id, cpu, pid, host, token = msg
-        who = {"cpu": cpu, "pid": pid, "host": host}
+        who = {"cpu": cpu, "pid": pid, "host": host[:100]}  # a stranger's strings: bounded in logs
         if version != p.VERSION:
             return self._refuse(ident, f"protocol version {version} (this coordinator speaks {p.VERSION})", **who)
         if self.token and not same_token(token, self.token):
             return self._refuse(ident, "wrong or missing run token", **who)
         if run_id and run_id != self.run_id:
-            return self._refuse(ident, f"run id {run_id!r} is not this run's ({self.run_id!r})", **who)
+            return self._refuse(ident, f"run id {run_id[:40]!r} is not this run's ({self.run_id!r})", **who)
         if cpu == -1 and not self.running:  # "any": the lowest free id (ids only name CPUs, never order them)
             free = [c for c in range(self.n) if self.ident[c] is None]
             cpu = free[0] if free else self.n
@@ -179,7 +179,7 @@ class CoordinatorNode:
             return self._refuse(ident, "the run has already started", **who)
         self.ident[cpu] = ident
         self.by_ident[ident] = cpu
-        self.hosts[cpu] = f"{host} pid {pid}"
+        self.hosts[cpu] = f"{host[:100]} pid {pid}"
         self.last_heard[cpu] = time.monotonic()
         ops, lines = self.script[cpu] if self.script is not None else (None, None)
         self._send(cpu, p.WELCOME, cpu, self.config_dict, ops, lines)

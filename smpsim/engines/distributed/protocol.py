@@ -23,6 +23,7 @@ coordinator -> CPU
 from __future__ import annotations
 
 import re
+import reprlib
 
 import msgpack
 import zmq
@@ -89,7 +90,7 @@ def unpack(frame: bytes, shapes: dict = TO_COORDINATOR) -> list:
     except Exception as e:  # msgpack raises several types for garbage
         raise ProtocolError(f"undecodable message ({len(frame)} bytes): {type(e).__name__}") from None
     if type(msg) is not list or not msg or type(msg[0]) is not str:
-        raise ProtocolError(f"not a smpsim message: {str(msg)[:60]!r}")
+        raise ProtocolError(f"not a smpsim message: {reprlib.repr(msg)[:60]}")
     kind = msg[0]
     shape = shapes.get(kind)
     if shape is None:
