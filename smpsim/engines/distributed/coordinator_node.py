@@ -275,9 +275,10 @@ class CoordinatorNode:
                     for _ in range(10_000):
                         if self.refused.total >= strangers_until:
                             break
-                        if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                        try:
+                            frames = sock.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
                             break
-                        frames = sock.recv_multipart()
                         self.n_in += 1
                         if len(frames) == 2:
                             self._handle(frames[0], frames[1])
