@@ -82,3 +82,28 @@ def test_refusals_are_logged_rate_limited():
     assert kw["by_reason"] == {"garbage on the socket": 997, "wrong or missing run token": 1}
     r.flush()
     assert len(lines) == 4  # nothing new, no empty summary
+
+
+def test_messages_over_the_maximum_size_are_not_taken():
+    """A peer sending more than MAX_MESSAGE_BYTES is disconnected by ZeroMQ before the message is
+    buffered; our own sends over it fail with a clear error instead of a silent drop."""
+    import zmq
+
+    ctx = zmq.Context()
+    router, addr = p.make_router(ctx, "tcp://127.0.0.1:0")
+    big, small = ctx.socket(zmq.DEALER), ctx.socket(zmq.DEALER)
+    try:
+        for s in (big, small):
+            s.setsockopt(zmq.LINGER, 0)
+            s.connect(addr)
+        big.send(b"\0" * (p.MAX_MESSAGE_BYTES + 1))
+        small.send(b"after")
+        assert router.poll(10_000)
+        assert router.recv_multipart()[1] == b"after"
+        assert not router.poll(500)  # the oversized one never arrives
+    finally:
+        for s in (big, small, router):
+            s.close(0)
+        ctx.term()
+    with pytest.raises(p.ProtocolError, match="exceeds the maximum"):
+        p.pack([p.BATCH, 0, [], ["x" * p.MAX_MESSAGE_BYTES], 0, 0])

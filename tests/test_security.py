@@ -467,6 +467,7 @@ def _malformed_cases() -> list[tuple[str, list]]:
         ("event-no-time", batch(events=[{k: v for k, v in ev.items() if k != "t"}])),
         ("event-unknown-type", batch(events=[{**ev, "ev": "explode"}])),
         ("ipis-seen-unsent", batch(seen=3)),
+        ("fail-for-another-cpu", [p.FAIL, 0, 3, "kmap", 1, "BUG", 5]),
         ("second-hello", [p.HELLO, p.VERSION, "", 0, 1, "h", "t"]),
         ("unknown-kind", ["reboot", 0]),
         ("truncated", msgpack.packb(batch())[:-2]),

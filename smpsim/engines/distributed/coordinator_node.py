@@ -154,6 +154,8 @@ class CoordinatorNode:
             self.dirty = True
         elif kind == p.FAIL:
             _, _, c, op, pos, what, t = msg
+            if c not in (cpu, None):
+                raise ValueError(f"a failure reported for CPU {c}")
             raise ModelError(c, op, pos, what, t)
         elif kind == p.BYE:
             self._bye(cpu, msg)
