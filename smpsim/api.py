@@ -248,9 +248,10 @@ class SweepResult:
 
 def run_sweep(experiment: str | Path, overrides: Overrides = None, *, out: str | Path | None = None,
               jobs: int | None = None, shard: tuple[int, int] | None = None,
-              on_point: Callable[[], None] = lambda: None) -> SweepResult:
+              on_point: Callable[[int], None] = lambda total: None) -> SweepResult:
     """Run an experiment's points not yet finished under ``out`` (default ``runs/<experiment name>``),
-    ``jobs`` at a time (default: the usable cores), and write its results table."""
+    ``jobs`` at a time (default: the usable cores), and write its results table. ``on_point(total)`` after
+    each point (total: the points to run), first once the worker processes are forked."""
     import os
 
     from smpsim.experiments.runner import run_sweep as run_points
@@ -268,7 +269,7 @@ def run_sweep(experiment: str | Path, overrides: Overrides = None, *, out: str |
     except OSError as e:
         raise TraceError(f"{out}: cannot create the sweep directory: {e.strerror}") from None
     points = exp.shard(*shard) if shard else list(exp.points)
-    report = run_points(exp, points, out, jobs, on_point)
+    report = run_points(exp, points, out, jobs, lambda: on_point(len(points)))
     from smpsim.experiments import results  # pyarrow and numpy start threads: not before forking the workers
 
     rows = [results.row(pt, out / pt.name, report.errors.get(pt.index)) for pt in points]
