@@ -256,7 +256,10 @@ def run_sweep(experiment: str | Path, overrides: Overrides = None, *, out: str |
 
     from smpsim.experiments.runner import run_sweep as run_points
     from smpsim.experiments.sweep import load_experiment
+    from smpsim.extras import need
 
+    for module in ("duckdb", "numpy"):  # the results table's figures: known before any point runs
+        need(module)
     experiment = Path(experiment)
     exp = load_experiment(experiment, _override_strings(overrides))
     if jobs is None:

@@ -1,13 +1,14 @@
 """Optional dependencies: the core install runs simulations (a CPU process, the coordinator, ``smpsim
 run``); analysis and plotting (DuckDB, matplotlib) come with the ``analysis`` extra. A command that needs a
-missing one says which install command brings it (``handle_errors`` maps the ImportError here)."""
+missing one says which install command brings it (``handle_errors`` maps the ImportError here). Keep this
+table in step with pyproject.toml's extras."""
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 
 # Importable module -> the extra that installs it.
-EXTRA_OF = {"duckdb": "analysis", "matplotlib": "analysis"}
+EXTRA_OF = {"duckdb": "analysis", "numpy": "analysis", "matplotlib": "analysis"}
 
 
 class MissingExtra(ImportError):
@@ -24,8 +25,11 @@ def missing_message(module: str) -> str | None:
 
 
 def need(module: str) -> None:
-    """Raise MissingExtra naming the install command when ``module`` (one of EXTRA_OF) is missing."""
+    """Raise MissingExtra naming the install command when ``module`` (one of EXTRA_OF) cannot be found;
+    it is not imported (a sweep checks before forking its workers)."""
     try:
-        importlib.import_module(module)
+        found = importlib.util.find_spec(module) is not None
     except ImportError:
-        raise MissingExtra(missing_message(module), name=module) from None
+        found = False
+    if not found:
+        raise MissingExtra(missing_message(module), name=module)
