@@ -191,9 +191,9 @@ class Run:
     @property
     def events(self):
         """Every event as a pyarrow Table in canonical order (the trace schema)."""
-        from smpsim.trace.reader import read_table
+        from smpsim.trace.reader import open_run, read_table
 
-        return read_table(self.path)
+        return read_table(open_run(self.path, warn=False))
 
     def _trace(self):
         from smpsim.extras import need
@@ -204,9 +204,18 @@ class Run:
         return open_trace(self.path)
 
     def sql(self, query: str):
-        """DuckDB SQL over the table ``events``; the result as a pyarrow Table."""
+        """DuckDB SQL over the table ``events``; the result as a pyarrow Table (None for a statement without
+        one). QueryError with DuckDB's message when it does not run."""
         with self._trace() as tr:
-            return tr.sql(query).to_arrow_table()
+            import duckdb
+
+            from smpsim.analysis.query import QueryError
+
+            try:
+                rel = tr.con.sql(query)
+                return rel.to_arrow_table() if rel is not None else None
+            except duckdb.Error as e:
+                raise QueryError(str(e).strip()) from None
 
     def analyze(self) -> dict[str, Any]:
         """The analysis document (what ``smpsim analyze --json`` prints)."""
