@@ -19,7 +19,7 @@ except ImportError:  # pragma: no cover - older typer on Click
 
 from smpsim import __version__
 from smpsim.cli import analyze
-from smpsim.cli import bench, config_cmd, distributed, export, run, sweep
+from smpsim.cli import bench, calibrate, config_cmd, distributed, export, run, sweep
 from smpsim.cli.common import EXIT_USAGE
 
 
@@ -89,6 +89,7 @@ app.command("coordinator")(distributed.coordinator)
 app.command("cpu")(distributed.cpu)
 app.command("bench")(bench.bench)
 app.command("sweep")(sweep.sweep)
+app.command("calibrate")(calibrate.calibrate)
 app.add_typer(config_cmd.app, name="config")
 
 
