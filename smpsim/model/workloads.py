@@ -24,20 +24,8 @@ held twice at once by a generated stream (a drawn page already held is redrawn),
 with nothing held. When fewer distinct pages exist than ``nesting``, the group size is capped at that
 number.
 
-Script format (``workload.kind = "script"``): JSON lines, one operation per line, each an object::
-
-    {"cpu": 0, "op": "kmap", "page": 5}
-    {"cpu": 0, "op": "access", "page": 5, "n": 8, "write": false}
-    {"cpu": 0, "op": "kunmap", "page": 5}
-    {"cpu": 1, "op": "compute", "cycles": 1000}
-
-Every field shown is required except an access's ``n`` (default 1) and ``write`` (default false); no
-other field is allowed. Blank lines and lines whose first non-blank character is ``#`` are skipped. A
-CPU's program order is the file order of its lines. An access needs the page held by that CPU at that
-point. A kunmap of a page the CPU does not hold is passed to the model, as in the kernel, where the
-mapping is global: kunmap_high BUG()s if the page has no pkmap address or its count would reach 0.
-kmapping a page already held is legal (pkmap_count just goes up). A script may end with pages held.
-CPUs absent from the script get an empty stream.
+Script format (``workload.kind = "script"``): JSON lines, one operation per line, documented with
+examples in docs/workloads.md. ``check_script`` reports every bad line (``smpsim config check``).
 """
 
 from __future__ import annotations
