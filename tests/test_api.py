@@ -120,3 +120,13 @@ def test_import_is_light():
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=root)
     assert p.returncode == 0, p.stderr
     assert p.stdout.splitlines() == ["[]", "[]"]
+
+
+def test_both_engines_through_the_api():
+    runs = [smpsim.run(SMALL, engine=engine, overrides={"policy.name": "linux-2.6"})
+            for engine in ("inline", "distributed")]
+    assert runs[0].summary["engine"] == "inline" and runs[1].summary["engine"] == "distributed"
+    assert runs[0].summary["digest"] == runs[1].summary["digest"]
+    assert runs[0].events.equals(runs[1].events)
+    for run in runs:
+        run.close()

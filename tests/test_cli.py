@@ -274,6 +274,7 @@ def smpsim(args, env, cwd):
     (["config", "check"], "missing argument 'config' (`smpsim config check --help` shows the usage)"),
     (["launch", "--cpus", "two"], "invalid value for '--cpus' / '-n'"),
     (["run", "--point", "-"], "invalid value for '--point'"),
+    (["run", "--engine", "bogus"], "invalid value for '--engine': 'bogus' is not one of 'inline', 'distributed' ("),
     (["sweep", "--shard", "4/4", "configs/ring-size.toml"], "--shard '4/4': expected I/N with 0 <= I < N"),
 ])
 def test_usage_mistakes_are_one_error_paragraph(args, message, subprocess_env, tmp_path):

@@ -11,11 +11,7 @@ import typer
 
 from smpsim.cli.common import EXIT_USAGE, fail, handle_errors
 from smpsim.cli.config_cmd import SetOpt
-from smpsim.cli.run import OutOpt, PointOpt, execute, report
-
-TransportOpt = Annotated[Optional[str], typer.Option(
-    "--transport", help="ipc or tcp on loopback (default: run.transport, ipc)", show_default=False)]
-
+from smpsim.cli.run import OutOpt, PointOpt, TransportOpt, execute, report
 
 @handle_errors
 def launch(
@@ -32,7 +28,8 @@ def launch(
     overrides = list(set_ or ())
     if cpus is not None:
         overrides.append(f"machine.cpus={cpus}")
-    execute(api.load(config, overrides, engine="distributed", transport=transport, point=point), out)
+    execute(api.load(config, overrides, engine="distributed", transport=transport and transport.value,
+                     point=point), out)
 
 
 @handle_errors

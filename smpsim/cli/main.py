@@ -49,7 +49,7 @@ class _Group(TyperGroup):
 
 def usage_message(e: Any) -> str:
     """Click's message, one line, and where the usage is explained."""
-    text = " ".join(e.format_message().split())
+    text = " ".join(e.format_message().split()).replace("Value error, ", "")  # typer's pydantic coercion
     text = text[:1].lower() + text[1:]
     where = e.ctx.command_path if e.ctx is not None else "smpsim"
     return f"{text.rstrip('.')} (`{where} --help` shows the usage)"

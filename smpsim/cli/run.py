@@ -3,6 +3,7 @@ the one way ``run`` and ``launch`` run a config (smpsim.api) and report the resu
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
@@ -24,6 +25,18 @@ SUMMARY_ROWS = (
 )
 
 
+class Engine(str, Enum):
+    inline = "inline"
+    distributed = "distributed"
+
+
+class Transport(str, Enum):
+    ipc = "ipc"
+    tcp = "tcp"
+
+
+TransportOpt = Annotated[Optional[Transport], typer.Option(
+    "--transport", help="distributed engine: ipc or tcp on loopback (default: run.transport)", show_default=False)]
 PointOpt = Annotated[Optional[int], typer.Option(
     "--point", metavar="N", help="run point N of a sweep file (0 is the first point `smpsim sweep` lists)",
     show_default=False)]
@@ -36,16 +49,17 @@ def run(
     config: ConfigArg = None,
     out: OutOpt = None,
     set_: SetOpt = None,
-    engine: Annotated[Optional[str], typer.Option(
-        "--engine", help="inline (one process) or distributed (a process per CPU); default: run.engine")] = None,
-    transport: Annotated[Optional[str], typer.Option(
-        "--transport", help="distributed engine: ipc or tcp (default: run.transport)")] = None,
+    engine: Annotated[Optional[Engine], typer.Option(
+        "--engine", help="inline (one process) or distributed (a process per CPU); default: run.engine",
+        show_default=False)] = None,
+    transport: TransportOpt = None,
     point: PointOpt = None,
 ) -> None:
     """Run one simulation and print its summary."""
     from smpsim import api
 
-    execute(api.load(config, set_, engine=engine, transport=transport, point=point), out)
+    execute(api.load(config, set_, engine=engine and engine.value, transport=transport and transport.value,
+                     point=point), out)
 
 
 def execute(cfg: Config, out: Path | None) -> None:
