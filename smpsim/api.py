@@ -63,14 +63,17 @@ def _override_strings(overrides: Overrides) -> list[str]:
 def load(config: ConfigSource = None, overrides: Overrides = None, *, engine: str | None = None,
          transport: str | None = None, point: int | None = None) -> Config:
     """The resolved config of one run: a TOML file (the default config when None), a dict of the same
-    tables, or a Config; ``overrides`` as ``--set`` takes them. A sweep file needs ``point``: the index of
+    tables (a relative script path is relative to the working directory), or a Config; ``overrides`` as
+    ``--set`` takes them. A sweep file needs ``point``: the index of
     one of its points, in the order ``smpsim sweep`` lists them."""
     sets = _override_strings(overrides)
     if engine is not None:
         sets.append(f"run.engine={json.dumps(engine)}")
     if transport is not None:
         sets.append(f"run.transport={json.dumps(transport)}")
+    base_dir = None
     if isinstance(config, Config):
+        base_dir = config.base_dir  # where its relative script path points
         config = config.model_dump(mode="json", exclude_none=True)
     if isinstance(config, Mapping):
         if point is not None:
@@ -79,7 +82,7 @@ def load(config: ConfigSource = None, overrides: Overrides = None, *, engine: st
         for a in sets:
             apply_override(data, a)
         cfg = validate(data, "config")
-        cfg.base_dir = str(Path.cwd())
+        cfg.base_dir = base_dir or str(Path.cwd())
         return cfg
     path = Path(config) if config is not None else default_config_path()
     from smpsim.experiments.sweep import load_experiment
