@@ -330,6 +330,8 @@ def test_real_script_errors(subprocess_env, tmp_path):
     assert not (tmp_path / "r1").exists()  # failed before simulating: no run directory left behind
     p = smpsim(["run", cfg], subprocess_env, tmp_path)
     assert p.returncode == 2 and "unknown op" in p.stderr
+    p = smpsim(["launch", "--config", cfg], subprocess_env, tmp_path)
+    assert p.returncode == 2 and "unknown op" in p.stderr
     assert not list(tmp_path.glob("runs/*"))
     (tmp_path / "ops.jsonl").write_text('{"cpu": 0, "op": "kunmap", "page": 1}\n')
     p = smpsim(["run", cfg, "--out", tmp_path / "r2"], subprocess_env, tmp_path)
