@@ -130,3 +130,23 @@ def test_both_engines_through_the_api():
     assert runs[0].events.equals(runs[1].events)
     for run in runs:
         run.close()
+
+
+def test_the_readme_example_names_only_real_api():
+    """Every smpsim.X and run.X the README's Python example uses exists, with the keywords it passes."""
+    import ast
+    import inspect
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (code,) = re.findall(r"```python\n(.*?)```", readme[readme.index("## Python API"):], re.S)[:1]
+    tree = ast.parse(code)
+    used = {(n.value.id, n.attr) for n in ast.walk(tree)
+            if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)}
+    assert ("smpsim", "run") in used and ("run", "sql") in used
+    for owner, attr in used:
+        assert hasattr(smpsim if owner == "smpsim" else smpsim.Run, attr), f"{owner}.{attr}"
+    for call in (n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+                 and getattr(n.func.value, "id", None) == "smpsim"):
+        params = inspect.signature(getattr(smpsim, call.func.attr)).parameters
+        assert {k.arg for k in call.keywords} <= set(params), call.func.attr
