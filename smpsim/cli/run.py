@@ -3,6 +3,7 @@ the one way ``run`` and ``launch`` run a config (smpsim.api) and report the resu
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
@@ -67,7 +68,7 @@ def execute(cfg: Config, out: Path | None) -> None:
     and print its summary."""
     from smpsim import api
 
-    report(cfg, lambda progress: api.run_config(cfg, out, runs_root=None if out else "runs", progress=progress))
+    report(cfg, lambda progress: api.run_config(cfg, out, runs_root=None if out is not None else "runs", progress=progress))
 
 
 def report(cfg: Config, body: Callable[[Callable[[dict], None]], Any], run_dir: Path | None = None) -> None:
@@ -168,19 +169,11 @@ class _LiveStatus:
                          f"IPIs {state.get('ipis', 0):,}")
 
 
-class _NoProgress:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-
 def progress_display(con: Any, cfg: Config):
     """A context giving the progress callback of a run of cfg: a bar (inline) or a status line
     (distributed) on a terminal, None off one."""
     if con is None:
-        return _NoProgress()
+        return nullcontext()
     if cfg.run.engine == "distributed":
         return _LiveStatus(con, cfg.machine.cpus)
     return _progress_bar(con, cfg.machine.cpus * cfg.workload.kmaps_per_cpu)
