@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from smpsim.config import Config
+from smpsim.engines.core import Core, CpuPort
 from smpsim.engines.recorder import Recorder
 from smpsim.model import workloads
 from smpsim.model.coordinator import Coordinator
@@ -35,54 +36,39 @@ def build_cpus(cfg: Config) -> list[Cpu]:
     return cpus
 
 
-def locate(err: ModelError, cpus: list[Cpu]) -> ModelError:
-    """Add the script line to a model error raised at a scripted operation."""
-    if err.cpu is not None and err.position is not None and 0 <= err.cpu < len(cpus):
-        lines = cpus[err.cpu].lines
-        if lines and err.position < len(lines):
-            err.args = (f"{err.args[0]} (script line {lines[err.position]})",)
-    return err
-
-
 def run(cfg: Config, out_dir: Path | None = None,
         progress: Callable[[dict], None] | None = None) -> RunResult:
     t0 = time.perf_counter()
     cpus = build_cpus(cfg)
-    coord = Coordinator(cfg)
-    rec = Recorder(cfg, out_dir, "inline")
-    rounds = 0
+    core = Core(Coordinator(cfg), Recorder(cfg, out_dir, "inline"), [c.lines for c in cpus])
     try:
-        safe = coord.safe_until()
-        while True:
-            for cpu in cpus:
-                if cpu.can_run(safe):
-                    for msg in cpu.run(safe):
-                        coord.receive(msg)
-            coord.step()
-            for dest, msg in coord.outbox:
-                cpus[dest].deliver(msg)
-            coord.outbox.clear()
-            rec.add(0, coord.events)
-            coord.events = []
-            watermark = coord.bound()
-            for cpu in cpus:
-                rec.add(1 + cpu.id, cpu.events)
-                cpu.events = []
-                h = cpu.horizon()
-                if h < watermark:
-                    watermark = h
-            rec.release(watermark)
-            if coord.finished():
-                break
-            safe = coord.safe_until()
-            rounds += 1
-            if progress is not None and rounds % 256 == 0:
-                progress({"t": watermark, **rec.counters.c})
+        drive(core, [CpuPort(c) for c in cpus], progress)
     except ModelError as e:
         for cpu in cpus:  # keep everything simulated up to the error
-            rec.add(1 + cpu.id, cpu.events)
-        rec.add(0, coord.events)
-        rec.close(locate(e, cpus))
+            core.rec.add(1 + cpu.id, cpu.events)
+        core.fail(e)
         raise
-    summary = rec.close()
+    summary = core.close()
     return RunResult(summary, out_dir, {"seconds": time.perf_counter() - t0})
+
+
+def drive(core: Core, ports: list[CpuPort], progress: Callable[[dict], None] | None = None) -> None:
+    """The inline transport: batches as function calls, delivered at once."""
+    report = [False] * len(ports)
+    for c, down in core.start():
+        report[c] = ports[c].deliver(down)
+    rounds = 0
+    while True:
+        for c, port in enumerate(ports):
+            up = port.work(None, report[c])
+            report[c] = False
+            if up is not None:
+                core.receive(c, up)
+        for c, down in core.step():
+            report[c] = ports[c].deliver(down)
+        core.release()
+        if core.complete():
+            return
+        rounds += 1
+        if progress is not None and rounds % 256 == 0:
+            progress(core.progress())

@@ -66,6 +66,7 @@ class Cpu:
         self.flushed: set[int] = set()            # vpns dropped by a flush and not refilled since
         self.refill_due = False                   # background working set lost to a full flush
         self.results: list[tuple] = []            # the rest of a compound reply, last item first
+        self.resumed = 0                          # when the CPU resumed after its last reply
         self.events: list[dict] = []
         self.started = -1                         # start time of the latest operation
 
@@ -217,6 +218,8 @@ class Cpu:
             self.held.setdefault(page, []).append(slot)
         self.clock = end
         self.pc += 1
+        if not self.results:
+            self.resumed = end
 
     # ---- TLB ------------------------------------------------------------------------------------------
     def _handle_ipi(self, ipi: m.Ipi, running: bool) -> None:
