@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from smpsim.config import Config
-from smpsim.engines.core import Core, CpuPort
+from smpsim.engines.core import Core, CpuPort, Down
 from smpsim.engines.recorder import Recorder
 from smpsim.model import workloads
 from smpsim.model.coordinator import Coordinator
@@ -39,36 +39,54 @@ def build_cpus(cfg: Config) -> list[Cpu]:
 def run(cfg: Config, out_dir: Path | None = None,
         progress: Callable[[dict], None] | None = None) -> RunResult:
     t0 = time.perf_counter()
-    cpus = build_cpus(cfg)
-    core = Core(Coordinator(cfg), Recorder(cfg, out_dir, "inline"), [c.lines for c in cpus])
+    engine = InlineEngine(cfg, Recorder(cfg, out_dir, "inline"))
     try:
-        drive(core, [CpuPort(c) for c in cpus], progress)
+        engine.drive(progress)
     except ModelError as e:
-        for cpu in cpus:  # keep everything simulated up to the error
-            core.rec.add(1 + cpu.id, cpu.events)
-        core.fail(e)
+        engine.fail(e)
         raise
-    summary = core.close()
+    summary = engine.core.close()
     return RunResult(summary, out_dir, {"seconds": time.perf_counter() - t0})
 
 
-def drive(core: Core, ports: list[CpuPort], progress: Callable[[dict], None] | None = None) -> None:
-    """The inline transport: batches as function calls, delivered at once."""
-    report = [False] * len(ports)
-    for c, down in core.start():
-        report[c] = ports[c].deliver(down)
-    rounds = 0
-    while True:
-        for c, port in enumerate(ports):
+class InlineEngine:
+    """The inline transport around the core: every batch a function call, delivered at once."""
+
+    def __init__(self, cfg: Config, recorder, coord: Coordinator | None = None):
+        self.cpus = build_cpus(cfg)
+        self.core = Core(coord or Coordinator(cfg), recorder, [c.lines for c in self.cpus])
+        self.ports = [CpuPort(c) for c in self.cpus]
+        self.report = [False] * len(self.ports)
+
+    def step(self) -> list[tuple[int, Down]]:
+        """One round: every CPU that can runs and reports, the core grants; what to deliver."""
+        core, report = self.core, self.report
+        for c, port in enumerate(self.ports):
             up = port.work(None, report[c])
             report[c] = False
             if up is not None:
                 core.receive(c, up)
-        for c, down in core.step():
-            report[c] = ports[c].deliver(down)
-        core.release()
-        if core.complete():
-            return
-        rounds += 1
-        if progress is not None and rounds % 256 == 0:
-            progress(core.progress())
+        return core.step()
+
+    def deliver(self, downs: list[tuple[int, Down]]) -> None:
+        for c, down in downs:
+            self.report[c] = self.ports[c].deliver(down)
+
+    def drive(self, progress: Callable[[dict], None] | None = None) -> None:
+        core = self.core
+        self.deliver(core.start())
+        rounds = 0
+        while True:
+            self.deliver(self.step())
+            core.release()
+            if core.complete():
+                return
+            rounds += 1
+            if progress is not None and rounds % 256 == 0:
+                progress(core.progress())
+
+    def fail(self, err: ModelError) -> dict:
+        for cpu in self.cpus:  # keep everything simulated up to the error
+            self.core.rec.add(1 + cpu.id, cpu.events)
+            cpu.events = []
+        return self.core.fail(err)
