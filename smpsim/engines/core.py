@@ -171,8 +171,13 @@ class CpuPort:
             self.safe = down.safe
         if cpu.state != CPU_RUNNING or cpu.can_run(self.safe):
             return False
-        believed = self.bound if not self.replied else cpu.resumed + self.after if self.after < INF else INF
-        return believed < self.safe
+        return self._believed() < self.safe
+
+    def _believed(self) -> int:
+        """The coordinator's idea of when this CPU's next request can come at the earliest (its lb)."""
+        if not self.replied:
+            return self.bound
+        return self.cpu.resumed + self.after if self.after < INF else INF
 
     def work(self, max_ops: int | None = None, must_report: bool = False) -> Up | None:
         """Run the Cpu as far as it may; the batch to send up, or None when there is nothing to say."""
@@ -182,13 +187,14 @@ class CpuPort:
             out = cpu.run(self.safe, max_ops)
         elif must_report:
             out = [m.Progress(cpu.id, cpu.request_bound())]
-        for msg in out:
-            t = type(msg)
-            if t is m.Request:
-                self.after = msg.after
-            elif t is m.Progress:
-                self.bound = msg.bound
+        if out and type(out[-1]) is m.Progress:
+            if self._believed() >= self.safe:
+                out.pop()  # the coordinator already counts this CPU as waiting for a larger safe time
+            else:
+                self.bound = out[-1].bound
                 self.replied = False
+        elif out and type(out[-1]) is m.Request:
+            self.after = out[-1].after
         h = cpu.horizon()
         # A blocked CPU's events ride with its next request; a finished one must report what its IPIs did
         # (the core waits for every IPI to be seen before it ends the run).
