@@ -57,6 +57,7 @@ class Core:
         self.safe = -1
         self.watermark = 0
         self.touched: set[int] = set()                  # CPUs that reported since the last step
+        self.waiting: set[int] = set()                  # running CPUs that may wait for a larger safe time
 
     def receive(self, cpu: int, up: Up) -> None:
         """A CPU's batch. Raises ModelError for what the model rejects."""
@@ -87,24 +88,32 @@ class Core:
         safe = coord.safe_until()
         sent = self.sent_safe
         # A CPU whose next request cannot come before the safe time it has (lb, from its last report) may
-        # have stopped; it gets a larger one once that lets it reach its next request (or, with no ring
-        # request left, any larger one). Only a larger safe time or a new report changes that.
+        # have stopped: it is `waiting`, and gets a larger safe time once that lets it reach its next
+        # request (or, with no ring request left, any larger one). Only a report or a reply changes lb.
+        lb, status, waiting = coord.lb, coord.status, self.waiting
+        for c in self.touched:
+            if status[c] == RUNNING and lb[c] >= sent[c]:
+                waiting.add(c)
+            else:
+                waiting.discard(c)
         if safe > self.safe:
             self.safe = safe
-            check = range(self.n)
+            check = waiting
         else:
-            check = self.touched
-        lb, status = coord.lb, coord.status
-        for c in check:
-            if (c not in out and status[c] == RUNNING and lb[c] >= sent[c] and safe > sent[c]
-                    and (safe > lb[c] or lb[c] >= INF)):
-                out[c] = []
+            check = self.touched & waiting
         self.touched = set()
+        for c in check:
+            if c not in out and safe > sent[c] and (safe > lb[c] or lb[c] >= INF):
+                out[c] = []
         todo = []
         for c, msgs in out.items():
             if msgs or safe > sent[c]:
                 sent[c] = max(sent[c], safe)
                 todo.append((c, Down(msgs, sent[c])))
+            if status[c] == RUNNING and lb[c] >= sent[c]:
+                waiting.add(c)
+            else:
+                waiting.discard(c)
         return todo
 
     def start(self) -> list[tuple[int, Down]]:
@@ -187,6 +196,8 @@ class CpuPort:
             out = cpu.run(self.safe, max_ops)
         elif must_report:
             out = [m.Progress(cpu.id, cpu.request_bound())]
+        elif cpu.state != DONE:
+            return None  # blocked, or waiting for a larger safe time: nothing new to say
         if out and type(out[-1]) is m.Progress:
             if self._believed() >= self.safe:
                 out.pop()  # the coordinator already counts this CPU as waiting for a larger safe time

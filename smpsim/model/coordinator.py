@@ -57,6 +57,7 @@ class Coordinator:
         self.computing: list[_Request | None] = [None] * self.ncpu  # pending compound call, not yet made
         self.status = [RUNNING] * self.ncpu
         self.lb = [0] * self.ncpu                # RUNNING CPUs: no request before this time
+        self.running = [(0, c) for c in range(self.ncpu)]  # heap of (lb, cpu), outdated entries skipped
         self.pkmap_map_wait: list[_Request] = []  # sleepers, in the order they went to sleep
         self.events: list[dict] = []
         self.outbox: list[tuple[int, tuple]] = []  # (destination CPU, message)
@@ -76,6 +77,7 @@ class Coordinator:
             heapq.heappush(self.pending, _Request(t, cpu, op, page, pc, msg.ops[1:], None, msg.after))
         elif kind is m.Progress:
             self.lb[cpu] = msg.bound
+            heapq.heappush(self.running, (msg.bound, cpu))
         elif kind is m.Done:
             self.status[cpu] = DONE
             self.inboxes[cpu] = []
@@ -84,11 +86,14 @@ class Coordinator:
 
     # ---- scheduling -----------------------------------------------------------------------------------
     def _earliest_running(self) -> tuple[int, int]:
-        best = (INF, INF)
-        for c in range(self.ncpu):
-            if self.status[c] == RUNNING and (self.lb[c], c) < best:
-                best = (self.lb[c], c)
-        return best
+        """(lb, cpu) of the running CPU that can send the earliest request."""
+        heap, status, lb = self.running, self.status, self.lb
+        while heap:
+            lb_c, c = heap[0]
+            if status[c] == RUNNING and lb[c] == lb_c:
+                return heap[0]
+            heapq.heappop(heap)  # outdated: that CPU reported again, or is no longer running
+        return (INF, INF)
 
     def step(self) -> None:
         """Grant every request that no CPU can still precede; results go to self.outbox / self.events."""
@@ -222,7 +227,8 @@ class Coordinator:
     def _reply(self, r: _Request, t: int, slot: int) -> None:
         cpu = r.cpu
         r.results.append((r.t_first, t, slot, tuple(r.local_flushes)))
-        end = service_ipis(t, self.inboxes[cpu], False)  # as the CPU will: IPIs serviced while it waited
+        inbox = self.inboxes[cpu]  # as the CPU will: IPIs due by t were serviced while it waited
+        end = service_ipis(t, inbox, False) if inbox and inbox[0][0] <= t else t
         if r.rest:
             gap, op, page, pc = r.rest[0]
             nxt = _Request(service_ipis(end + gap, self.inboxes[cpu], True), cpu, op, page, pc, r.rest[1:],
@@ -231,7 +237,8 @@ class Coordinator:
             heapq.heappush(self.pending, nxt)
             return
         self.status[cpu] = RUNNING
-        self.lb[cpu] = end + r.after if r.after < INF else INF
+        lb = self.lb[cpu] = end + r.after if r.after < INF else INF
+        heapq.heappush(self.running, (lb, cpu))
         self.outbox.append((cpu, m.Reply(cpu, tuple(r.results))))
 
     def _ipi_to_computing(self, nxt: _Request, ipi: m.Ipi) -> None:

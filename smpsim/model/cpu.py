@@ -203,17 +203,23 @@ class Cpu:
                                     f"t={self.clock} (engine bug)")
         # IPIs that arrived while this CPU spun on kmap_lock or slept were serviced meanwhile (IRQs stay
         # on); its own flushes (as initiator) happened at their times too: apply both in time order.
-        own = list(local_flushes)
-        own.reverse()
+        inbox = self.inbox
+        if inbox and inbox[0][0] <= t_done:
+            own = list(local_flushes)
+            own.reverse()
 
-        def handle(ipi: m.Ipi, running: bool) -> None:
-            while own and own[-1][0] <= ipi.t_recv:
+            def handle(ipi: m.Ipi, running: bool) -> None:
+                while own and own[-1][0] <= ipi.t_recv:
+                    self._flush_tlb(own.pop()[1])
+                self._handle_ipi(ipi, running)
+
+            end = service_ipis(t_done, inbox, False, handle)
+            while own:
                 self._flush_tlb(own.pop()[1])
-            self._handle_ipi(ipi, running)
-
-        end = service_ipis(t_done, self.inbox, False, handle)
-        while own:
-            self._flush_tlb(own.pop()[1])
+        else:
+            end = t_done
+            for _, vpns in local_flushes:
+                self._flush_tlb(vpns)
         if code == "kmap":
             self.held.setdefault(page, []).append(slot)
         self.clock = end

@@ -189,20 +189,24 @@ class CoordinatorNode:
         t0 = time.monotonic()
         last_progress = t0
         try:
+            sock = self.sock
             while True:
-                if not self.sock.poll(0) or len(self.rec.merger) > 200_000:
+                got = 0
+                while got < 10_000:
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    got += 1
+                    if len(frames) == 2:  # anything else is not ours: ignore it
+                        self.n_in += 1
+                        self._handle(frames[0], frames[1])
+                if not got or len(self.rec.merger) > 200_000:
                     # Idle (or much buffered): now is the time for the trace (merge, count, digest, write),
                     # off the round-trip path of the requests.
                     self.core.release()
-                if self.sock.poll(20):
-                    sock = self.sock
-                    for _ in range(10_000):
-                        if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                            break
-                        frames = sock.recv_multipart()
-                        if len(frames) == 2:  # anything else is not ours: ignore it
-                            self.n_in += 1
-                            self._handle(frames[0], frames[1])
+                    if not got:
+                        sock.poll(20)
                 if not self.running:
                     if time.monotonic() - t0 > self.join_timeout:
                         missing = [c for c in range(self.n) if self.ident[c] is None]

@@ -76,7 +76,15 @@ class CpuNode:
                 raise CpuExit(f"CPU {self.cpu_id}: the coordinator has been silent for "
                               f"{p.PEER_TIMEOUT_S:.0f} s; exiting")
             return None
-        msg = p.unpack(self.sock.recv())
+        return self._recv_now()
+
+    def _recv_now(self) -> list | None:
+        """The next message if one is there, without waiting (and without a poll system call)."""
+        try:
+            frame = self.sock.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return None
+        msg = p.unpack(frame)
         self.last_heard = time.monotonic()
         if msg[0] != p.REFUSE:
             self.link.check_in(msg[1], "the coordinator")
@@ -120,7 +128,7 @@ class CpuNode:
                 self._send(p.BATCH, [to_wire(x) for x in up.msgs], up.events, up.horizon, up.ipis_seen)
             elif time.monotonic() - self.last_sent > p.HEARTBEAT_S:
                 self._send(p.HB)
-            msg = self._recv(0 if port.runnable() else 100)
+            msg = self._recv_now() if port.runnable() else self._recv(100)
             while msg is not None:
                 if msg[0] == p.END:
                     self._send(p.BYE, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
@@ -133,7 +141,7 @@ class CpuNode:
                         return self._fail(e)
                     except (ValueError, TypeError, IndexError) as e:
                         raise p.ProtocolError(f"invalid batch from the coordinator: {e}") from None
-                msg = self._recv(0) if self.sock.poll(0) else None
+                msg = self._recv_now()
 
     def _fail(self, e: ModelError) -> None:
         """Report a model error (with the events so far) and wait for the coordinator to end the run."""
