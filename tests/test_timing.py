@@ -81,3 +81,25 @@ def test_shuffled_deliveries_give_the_inline_digest(policy, workload, cpus, ring
         got = shuffled_run(cfg, seed)
         assert got["digest"] == want["digest"], (policy, workload, seed)
         assert got["counters"] == want["counters"]
+
+
+def test_a_kmap_costs_one_request():
+    """A kunmap and the next kmap that only compute separates travel as one request (one round trip), and
+    a stalled CPU sends no progress report the coordinator does not need."""
+    cfg = _cfg("linux-2.4", "uniform", 4, 64, kmaps=200)
+    engine = inline.InlineEngine(cfg, Recorder(cfg, None, "inline"))
+    kinds: dict[str, int] = {}
+    receive = engine.core.receive
+
+    def counting(cpu, up):
+        for msg in up.msgs:
+            kinds[type(msg).__name__] = kinds.get(type(msg).__name__, 0) + 1
+        receive(cpu, up)
+
+    engine.core.receive = counting
+    engine.drive()
+    summary = engine.core.close()
+    assert summary["counters"]["kmaps"] == 800 and summary["counters"]["wraps"] > 0
+    # the first kmap of each CPU, then one request per kunmap + next kmap; the last kunmap alone
+    assert kinds["Request"] == 800 + 4
+    assert kinds.get("Progress", 0) < 40
