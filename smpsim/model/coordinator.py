@@ -5,6 +5,10 @@ requests are granted in the canonical order (request time, CPU id), and a reques
 CPU can still send an earlier one: every decision is a function of message contents, never of arrival
 order. Global flushes run under the lock (2.4: smp_call_function with wait=1), so other CPUs that want the
 lock spin until the initiator has every ack.
+
+A compound request (messages.Request) holds ring calls that only compute separates; the coordinator makes
+each later call at the time the CPU will, from its mirror of the IPIs it sent that CPU and the IPI rule
+the CPU applies (cpu.service_ipis), and replies once for all of them.
 """
 
 from __future__ import annotations
@@ -245,12 +249,10 @@ class Coordinator:
         """An IPI for a CPU between two calls of a compound request: it stretches that compute if it
         arrives before the later call (service_ipis' running rule), which moves the call."""
         inbox = self.inboxes[nxt.cpu]
+        heapq.heappush(inbox, (ipi.t_recv, ipi.src, ipi))
         if ipi.t_recv <= nxt.t:
-            heapq.heappush(inbox, (ipi.t_recv, ipi.src, ipi))
             nxt.t = nxt.t_first = service_ipis(nxt.t, inbox, True)
-            heapq.heapify(self.pending)
-        else:
-            heapq.heappush(inbox, (ipi.t_recv, ipi.src, ipi))
+            heapq.heapify(self.pending)  # nxt moved later
 
     # ---- TLB shootdown --------------------------------------------------------------------------------
     def _flush(self, t: int, initiator: int, flush: Flush, torn: int, r: _Request) -> int:
