@@ -26,6 +26,7 @@ from smpsim.config import load_config
 from smpsim.engines import inline
 from smpsim.engines.distributed import protocol as p
 from smpsim.engines.distributed import security
+from smpsim.model import messages as mm
 from test_distributed import ADDR, NS, _free_port, _hello, _log_has, _wait_for, two_hosts  # noqa: F401
 
 
@@ -456,9 +457,12 @@ def _malformed_cases() -> list[tuple[str, list]]:
     batch = lambda **kw: [p.BATCH, 0, kw.get("msgs", []), kw.get("events", []), 0, kw.get("seen", 0)]  # noqa: E731
     ev = {"t": 5, "cpu": 0, "ev": "kunmap", "page": 1, "slot": 2, "count": 0}
     cases += [
-        ("model-kind", batch(msgs=[["grant", 0, 5]])),
-        ("model-other-cpu", batch(msgs=[["done", 1, 5]])),
-        ("model-wrong-type", batch(msgs=[["done", 0, "5"]])),
+        ("model-kind", batch(msgs=[[99, 0, 5]])),
+        ("model-for-a-cpu", batch(msgs=[mm.to_wire(mm.Reply(0, ()))])),
+        ("model-other-cpu", batch(msgs=[mm.to_wire(mm.Done(1, 5))])),
+        ("model-wrong-type", batch(msgs=[mm.to_wire(mm.Done(0, "5"))])),
+        ("model-arity", batch(msgs=[mm.to_wire(mm.Done(0, 5)) + [1]])),
+        ("model-bad-op", batch(msgs=[mm.to_wire(mm.Request(0, 5, [[0, "kmap", "page", 0]], 9))])),
         ("model-not-a-list", batch(msgs=[7])),
         ("event-not-a-map", batch(events=[[1, 2, 3]])),
         ("event-unknown-field", batch(events=[{**ev, "evil": 1}])),

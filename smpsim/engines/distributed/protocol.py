@@ -7,7 +7,7 @@ message against them, and the fuzz tests derive their mutations from them.
 
 CPU -> coordinator
   [HELLO, version, run_id, cpu_id, pid, host, token]    cpu_id -1: take the lowest free id
-  [BATCH, seq, model_msgs, events, horizon, ipis_seen]   model messages from Cpu.run, trace events
+  [BATCH, seq, model_msgs, events, horizon, ipis_seen]   model messages (messages.to_wire arrays), events
   [HB, seq]                                             heartbeat
   [FAIL, seq, cpu, op, position, what, t]               a ModelError raised on the CPU
   [BYE, seq, maxrss_kb]                                 leaving; the process's peak RSS
@@ -15,7 +15,7 @@ coordinator -> CPU
   [WELCOME, seq, cpu_id, config, ops, lines]            CPU id (assigned if asked with -1), resolved
                                                         config; ops only for script workloads
   [REFUSE, reason]
-  [BATCH, seq, model_msgs, safe]                        replies and IPIs, and the new safe-time bound
+  [BATCH, seq, model_msgs, safe]                        replies and IPIs (arrays), and the safe-time bound
   [HB, seq]
   [END, seq, status]
 """
@@ -55,12 +55,13 @@ TO_COORDINATOR: dict[str, tuple[tuple[str, tuple[type, ...]], ...]] = {
            ("t", INT_OR_NONE)),
     BYE: (("seq", INT), ("maxrss_kb", INT)),
 }
-# The model messages a CPU's BATCH carries (smpsim.model.messages): kind -> types of the items after it.
-MODEL_TO_COORDINATOR: dict[str, tuple[tuple[type, ...], ...]] = {
-    mm.REQUEST: (INT, INT, STR, INT, INT),  # cpu, t, op, page, pc
-    mm.PROGRESS: (INT, INT),                # cpu, bound
-    mm.DONE: (INT, INT),                    # cpu, clock
+# The model messages a CPU's BATCH carries (messages.from_wire of each array): type -> its fields' types.
+MODEL_TO_COORDINATOR: dict[type, tuple[tuple[type, ...], ...]] = {
+    mm.Request: (INT, INT, LIST, INT),  # cpu, t, ops, after
+    mm.Progress: (INT, INT),            # cpu, bound
+    mm.Done: (INT, INT),                # cpu, clock
 }
+REQUEST_OP = (INT, STR, INT, INT)       # an item of Request.ops: gap, op, page, pc
 TO_CPU: dict[str, tuple[tuple[str, tuple[type, ...]], ...]] = {
     WELCOME: (("seq", INT), ("cpu", INT), ("config", DICT), ("ops", LIST_OR_NONE), ("lines", LIST_OR_NONE)),
     REFUSE: (("reason", STR),),
@@ -199,17 +200,26 @@ def make_dealer(ctx: zmq.Context, address: str, curve=None) -> tuple[zmq.Socket,
 
 
 
-def check_model_messages(msgs: list, cpu: int) -> None:
-    """Model messages from CPU cpu: known kinds of the declared shapes, about that CPU; ValueError naming
-    the first that is not."""
-    for i, x in enumerate(msgs):
-        shape = MODEL_TO_COORDINATOR.get(x[0]) if type(x) is list and x and type(x[0]) is str else None
-        if shape is None or len(x) != len(shape) + 1:
-            raise ValueError(f"model message {i} is not one of {sorted(MODEL_TO_COORDINATOR)}: {str(x)[:60]}")
-        if any(type(v) not in t for v, t in zip(x[1:], shape)):
-            raise ValueError(f"model message {i} has a field of the wrong type: {str(x)[:60]}")
-        if x[1] != cpu:
-            raise ValueError(f"model message {i} is about CPU {x[1]}")
+def model_messages(wire: list, cpu: int) -> list:
+    """The model messages of CPU cpu's batch, decoded (messages.from_wire) and checked against their
+    declared shapes; ValueError or TypeError naming the first that is not well-formed or not from cpu."""
+    out = []
+    for i, arr in enumerate(wire):
+        x = mm.from_wire(arr)
+        shape = MODEL_TO_COORDINATOR.get(type(x))
+        if shape is None:
+            raise ValueError(f"model message {i}: a {type(x).__name__} does not go to the coordinator")
+        if any(type(v) not in t for v, t in zip(x, shape)):
+            raise ValueError(f"model message {i} ({type(x).__name__}) has a field of the wrong type")
+        if x.cpu != cpu:
+            raise ValueError(f"model message {i} ({type(x).__name__}) is about CPU {x.cpu}")
+        if type(x) is mm.Request:
+            for op in x.ops:
+                if type(op) is not list or len(op) != len(REQUEST_OP) or any(
+                        type(v) not in t for v, t in zip(op, REQUEST_OP)):
+                    raise ValueError(f"model message {i} (Request) has a malformed operation")
+        out.append(x)
+    return out
 
 
 def _event_types() -> dict[str, type]:
