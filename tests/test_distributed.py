@@ -462,9 +462,10 @@ def test_real_zeromq_with_random_delays_gives_the_inline_digest(tmp_path, smpsim
     out = tmp_path / "run"
     args = [a for k, v in sets.items() for a in ("--set", f"{k}={json.dumps(v)}")]
     try:
-        code, stderr = _coordinator_and_cpus([*smpsim_cmd, "coordinator", "--listen", back, "--out", str(out), *args],
-                                             [[*smpsim_cmd, "cpu", "--coordinator", proxy.address, "--cpu-id", str(c)]
-                                              for c in range(3)], subprocess_env)
+        code, stderr = _coordinator_and_cpus([*smpsim_cmd, "coordinator", "--listen", back, "--out", str(out), *args,
+                                              "--token", "t"],
+                                             [[*smpsim_cmd, "cpu", "--coordinator", proxy.address, "--cpu-id", str(c),
+                                               "--token", "t"] for c in range(3)], subprocess_env)
     finally:
         proxy.close()
     assert code == 0, stderr
