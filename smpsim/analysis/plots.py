@@ -22,7 +22,7 @@ import numpy as np
 
 from smpsim.analysis import series
 from smpsim.analysis.load import Trace
-from smpsim.analysis.report import fmt_value as _fmt
+from smpsim.metrics import fmt as _fmt
 
 FIGURES = ("ipi_heatmap", "timeline", "latency_cdf", "hit_rate")
 DPI = 110

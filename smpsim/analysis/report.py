@@ -9,24 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from smpsim.metrics import METRICS, fmt, fmt_metric
+
 MATRIX_MAX_CPUS = 32  # wider IPI matrices are left to --json / the heatmap
 
 
-def fmt_value(v: Any) -> str:
-    """How a report cell shows a value (terminal and HTML alike)."""
-    if v is None:
-        return "-"
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, int):
-        return f"{v:,}"
-    if isinstance(v, float):
-        return f"{v:,.1f}" if abs(v) >= 100 else f"{v:.4g}"
-    return str(v)
-
-
 def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
+    return fmt(x, "fraction")
 
 
 def sections(a: dict[str, Any]) -> list[tuple[str, list[str] | None, list[list[Any]]]]:
@@ -45,6 +34,7 @@ def sections(a: dict[str, Any]) -> list[tuple[str, list[str] | None, list[list[A
         ["virtual time", f"{a['t_end']:,} cycles", ""],
     ]
     out.append(("Run", None, run_rows))
+    out.append(("Headline metrics", None, [[m.label, fmt_metric(m.key, a["headline"][m.key]), ""] for m in METRICS]))
 
     scope_note = ", ".join(f"{s} {n:,}" for s, n in a["flushes_by_scope"].items()) or "none"
     cap = ring["capacity"]
@@ -121,4 +111,4 @@ def sections(a: dict[str, Any]) -> list[tuple[str, list[str] | None, list[list[A
 
 
 def _n(v: int | None) -> str:
-    return "?" if v is None else f"{v:,}"
+    return "?" if v is None else fmt(v)

@@ -70,7 +70,7 @@ def _report(cfg, out_dir: Path, body) -> None:
             fail(f"the distributed run stopped: {e} (the trace up to that point is in {out_dir})",
                  EXIT_RUN_FAILED)
         raise
-    print_summary(result.summary, result.run_dir, con)
+    print_summary(result.summary, result.run_dir, con, cfg)
 
 
 @handle_errors

@@ -11,18 +11,6 @@ from smpsim.cli.common import EXIT_RUN_FAILED, classify, console, fail, handle_e
 from smpsim.cli.config_cmd import ConfigArg, SetOpt
 from smpsim.config import load_config
 
-# (summary["counters"] key, label) in the order the summary is printed.
-SUMMARY_ROWS = (
-    ("kmaps", "kmaps"),
-    ("new_mappings", "new mappings"),
-    ("wraps", "ring wraps"),
-    ("flushes", "flushes"),
-    ("ipis", "IPIs"),
-    ("stale", "stale uses"),
-    ("sleeps", "sleeps"),
-)
-
-
 @handle_errors
 def run(
     config: ConfigArg = None,
@@ -61,14 +49,15 @@ def run(
         if known is not None and known[0] == EXIT_RUN_FAILED:
             fail(f"{known[1]} (the trace up to the failure is in {out_dir})", EXIT_RUN_FAILED)
         raise
-    print_summary(result.summary, result.run_dir, con)
+    print_summary(result.summary, result.run_dir, con, cfg)
 
 
-def print_summary(summary: dict[str, Any], run_dir: Path | None, con: Any = None) -> None:
-    counters = summary.get("counters", {})
-    rows = [(label, _fmt(counters.get(key))) for key, label in SUMMARY_ROWS]
-    rows.append(("digest", str(summary.get("digest", "-"))))
-    rows.append(("run dir", str(run_dir) if run_dir is not None else "-"))
+def print_summary(summary: dict[str, Any], run_dir: Path | None, con: Any = None, cfg: Any = None) -> None:
+    """What ran, its headline figures and the next command (smpsim.metrics.run_summary_rows)."""
+    from smpsim.metrics import run_summary_rows
+
+    what = (cfg.policy.name, cfg.machine.cpus, cfg.workload.kind) if cfg is not None else ()
+    rows = run_summary_rows(summary, run_dir, *what)
     if con is None:
         width = max(len(label) for label, _ in rows)
         for label, value in rows:
@@ -78,18 +67,10 @@ def print_summary(summary: dict[str, Any], run_dir: Path | None, con: Any = None
 
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
-    table.add_column(justify="right")
+    table.add_column()
     for label, value in rows:
         table.add_row(label, value)
     con.print(table)
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
 
 
 class _progress_bar:

@@ -40,7 +40,7 @@ def sweep(
                  "--shard or --set")
         rows, meta = results.collect(collect)
         paths = results.write(rows, meta["params"], meta, collect / "results")
-        _finish(rows, meta["params"], f"{len(rows)} points of {meta['experiment']} collected", paths)
+        _finish(rows, meta["params"], meta, f"{len(rows)} points of {meta['experiment']} collected", paths)
         return
     if experiment is None:
         fail("give an experiment to run (smpsim sweep configs/lazy-vs-eager.toml), or --collect DIR to merge "
@@ -70,9 +70,10 @@ def sweep(
 
     rows = [results.row(pt, out / pt.name, report.errors.get(pt.index)) for pt in points]
     base = out / (f"results-shard-{part[0]}-of-{part[1]}" if part else "results")
-    paths = results.write(rows, exp.keys, results.metadata(exp, part), base)
+    meta = results.metadata(exp, part)
+    paths = results.write(rows, exp.keys, meta, base)
     which = f"shard {part[0]}/{part[1]}: {len(points)} of {len(exp.points)} points" if part else f"{len(points)} points"
-    _finish(rows, exp.keys, f"{which}: {len(report.ran)} run, {len(report.skipped)} already finished", paths)
+    _finish(rows, exp.keys, meta, f"{which}: {len(report.ran)} run, {len(report.skipped)} already finished", paths)
 
 
 def _parse_shard(text: str) -> tuple[int, int]:
@@ -86,13 +87,30 @@ def _parse_shard(text: str) -> tuple[int, int]:
     return part
 
 
-def _finish(rows: list[dict[str, Any]], params: list[str], what: str, paths: tuple[Path, Path]) -> None:
-    """Print the table and where it was written; exit 1 when a point has no successful run."""
-    from smpsim.experiments.results import METRICS
+def _finish(rows: list[dict[str, Any]], params: list[str], meta: dict[str, Any], what: str,
+            paths: tuple[Path, Path]) -> None:
+    """Print the metrics of the points (metrics as rows, one block per [report] group), each point's
+    saving over its baseline, and where the table was written; exit 1 when a point has no successful run."""
+    from smpsim.analysis.compare import metrics_table
+    from smpsim.cli.analyze import table_width
+    from smpsim.experiments.results import saving_lines
+    from smpsim.metrics import fmt
 
-    shown = [(k, k, str) for k in ("point", *params, "status")]
-    shown += [(name, label, _fmt) for name, label, _ in METRICS if label]
-    _print_table(rows, shown)
+    ok = [r for r in rows if r["status"] == "ok"]
+    by = [k for k in (meta.get("report") or {}).get("by", []) if k in params]
+    header = [(k, [r[k] for r in ok]) for k in params if k not in by] or [("point", [r["point"] for r in ok])]
+    blocks: dict[tuple, list[int]] = {}
+    for i, r in enumerate(ok):
+        blocks.setdefault(tuple(r[k] for k in by), []).append(i)
+    titled = [(", ".join(f"{k} = {fmt(v)}" for k, v in zip(by, key)), members) for key, members in blocks.items()]
+    lines = metrics_table(header, ok, titled, table_width()) if ok else []
+    savings = saving_lines(rows, params, meta)
+    if savings:
+        rep = meta["report"]
+        against = ", ".join(f"{k}={v}" for k, v in rep["baseline"].items())
+        lines += ["", f"against {against}" + (f", by {', '.join(rep['by'])}" if rep["by"] else "") + ":"]
+        lines += ["  " + line for line in savings]
+    typer.echo("\n".join(lines))
     typer.echo(f"{what}; results in {paths[0]} and {paths[1]}")
     bad = [r for r in rows if r["status"] != "ok"]
     if bad:
@@ -101,27 +119,6 @@ def _finish(rows: list[dict[str, Any]], params: list[str], what: str, paths: tup
              f"{'; ...' if len(bad) > 5 else ''}. Points that failed or were interrupted run again when the "
              "same command is repeated; a point stopped by the model (error) is deterministic: see its "
              "run directory's summary.json", EXIT_RUN_FAILED)
-
-
-def _print_table(rows: list[dict[str, Any]], shown: list[tuple[str, str, Any]]) -> None:
-    """shown: (column, label, format) of the columns to print, right-aligned plain text (a terminal
-    soft-wraps it when it is wider than the window; the CSV has every column)."""
-    cells = [[label for _, label, _ in shown]] + [[fmt(r.get(k)) for k, _, fmt in shown] for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(shown))]
-    for c in cells:
-        typer.echo("  ".join(v.rjust(w) for v, w in zip(c, widths)))
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, bool) or isinstance(v, str):
-        return str(v)
-    if isinstance(v, int):
-        return f"{v:,}"
-    if isinstance(v, float):
-        return "0" if v == 0 else f"{v:,.0f}" if abs(v) >= 1000 else f"{v:,.1f}" if abs(v) >= 10 else f"{v:.3f}"
-    return str(v)
 
 
 class _Progress:

@@ -27,12 +27,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from smpsim.config import (Config, ConfigError, apply_override, default_config_path, describe_error, parse_value,
-                           read_toml, set_key, to_toml)
+from smpsim.config import (Config, ConfigError, Report, apply_override, default_config_path, describe_error,
+                           parse_value, read_toml, set_key, to_toml, validate_report)
+from smpsim.metrics import group
 from smpsim.trace.rundir import config_hash
 
 MODES = ("product", "zip")
 SWEEP_PREFIX = "sweep."
+REPORT_PREFIX = "report."
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,11 @@ class Experiment:
     mode: str
     values: dict[str, list]  # swept key -> values, in the order of the sweep table
     points: tuple[Point, ...]
+    report: Report | None = None  # the [report] table: each point's baseline
+
+    def params(self, keys: list[str]) -> list[dict[str, Any]]:
+        """Each point's resolved value of each key."""
+        return [{k: _resolved(p.cfg, k) for k in keys} for p in self.points]
 
     @property
     def keys(self) -> list[str]:
@@ -79,6 +86,9 @@ class Experiment:
         lines = [f"\n# {len(self.points)} points; the swept keys above show the first point's values",
                  "[sweep]", f'mode = "{self.mode}"']
         lines += [f"{json.dumps(k)} = {json.dumps(v)}" for k, v in self.values.items()]
+        if self.report is not None:
+            base = ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in self.report.baseline.items())
+            lines += ["", "[report]", f"baseline = {{{base}}}", f"by = {json.dumps(self.report.by)}"]
         return text + "\n".join(lines) + "\n"
 
 
@@ -88,6 +98,7 @@ def load_experiment(path: str | Path | None = None, overrides: list[str] | tuple
     p = Path(path) if path is not None else default_config_path()
     data = read_toml(p)
     table = data.pop("sweep", {})
+    report_table = data.pop("report", None)
     problems: list[str] = []
     pinned, sweep_sets = set(), []
     for a in overrides:
@@ -95,6 +106,9 @@ def load_experiment(path: str | Path | None = None, overrides: list[str] | tuple
         key = key.strip()
         if eq and key.startswith(SWEEP_PREFIX):
             sweep_sets.append((key[len(SWEEP_PREFIX):], parse_value(text.strip())))
+        elif eq and key.startswith(REPORT_PREFIX):
+            report_table = dict(report_table or {})
+            set_key(report_table, key[len(REPORT_PREFIX):], parse_value(text.strip()))
         else:
             apply_override(data, a)
             pinned.add(key)
@@ -108,9 +122,20 @@ def load_experiment(path: str | Path | None = None, overrides: list[str] | tuple
             problems += [f"[sweep] {x}" for x in e.problems]
             del values[key]
     points = _expand(data, mode, values, p, problems)
+    report = None
+    if report_table is not None:
+        try:
+            report = validate_report(report_table, str(p))
+        except ConfigError as e:
+            problems += e.problems
     if problems:
         raise ConfigError(str(p), list(dict.fromkeys(problems)))
-    return Experiment(p, mode, values, tuple(points))
+    exp = Experiment(p, mode, values, tuple(points), report)
+    if report is not None and report.baseline:
+        _, trouble = group(exp.params([*report.baseline, *report.by]), report.baseline, report.by, "point")
+        if trouble:
+            raise ConfigError(str(p), [f"[report] {t}" for t in dict.fromkeys(trouble)])
+    return exp
 
 
 def _parse_sweep(table: Any, sweep_sets: list[tuple[str, Any]], problems: list[str]) -> tuple[str, dict[str, list]]:
