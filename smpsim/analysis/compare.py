@@ -108,9 +108,10 @@ def compare(paths: list[Path], analyses: list[dict[str, Any]], baseline: dict[st
     else:
         groups = [Group({}, list(range(len(paths))), 0)]
     base_of = {i: g.base for g in groups for i in g.members}
-    runs = [{"label": label, "run": str(p), "params": prm, "truncated": a["run"]["truncated"],
+    runs = [{"label": label, "run": str(p), "params": prm, "policy": c.get("policy.name"),
+             "workload": c.get("workload.kind"), "cpus": c.get("machine.cpus"), "truncated": a["run"]["truncated"],
              "baseline": base_of.get(i)}
-            for i, (label, p, prm, a) in enumerate(zip(labels, paths, params, analyses))]
+            for i, (label, p, prm, c, a) in enumerate(zip(labels, paths, params, configs, analyses))]
     metrics = []
     for m in METRICS:
         vs = [v[m.key] for v in values]
