@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -97,8 +98,11 @@ def compare(paths: list[Path], analyses: list[dict[str, Any]], baseline: dict[st
     vary = [k for k in differing(configs) if k not in by]
     params = [{k: c.get(k) for k in vary} for c in configs]
     labels = [describe(p) for p in params]
-    if len(set(labels)) < len(labels) and fallback is not None:
-        labels = list(fallback)
+    keyed = [(label, *(json.dumps(c.get(k)) for k in by)) for label, c in zip(labels, configs)]
+    if len(set(keyed)) < len(keyed):  # the same config twice: name them apart, by number if need be
+        named = fallback is not None and len(set(fallback)) == len(fallback) and not any(
+            re.fullmatch(r"[0-9a-f]{16}", f) for f in fallback)
+        labels = list(fallback) if named else [f"{label or 'run'} #{i + 1}" for i, label in enumerate(labels)]
     values = [a["headline"] for a in analyses]
     if baseline:
         groups, problems = group([{k: c.get(k) for k in [*baseline, *by]} for c in configs], dict(baseline),
@@ -108,9 +112,10 @@ def compare(paths: list[Path], analyses: list[dict[str, Any]], baseline: dict[st
     else:
         groups = [Group({}, list(range(len(paths))), 0)]
     base_of = {i: g.base for g in groups for i in g.members}
+    group_of = {i: g.label for g in groups for i in g.members}
     runs = [{"label": label, "run": str(p), "params": prm, "policy": c.get("policy.name"),
              "workload": c.get("workload.kind"), "cpus": c.get("machine.cpus"), "truncated": a["run"]["truncated"],
-             "baseline": base_of.get(i)}
+             "group": group_of[i], "baseline": base_of.get(i)}
             for i, (label, p, prm, c, a) in enumerate(zip(labels, paths, params, configs, analyses))]
     metrics = []
     for m in METRICS:

@@ -188,7 +188,8 @@ def compare(
 
         try:
             plot.mkdir(parents=True, exist_ok=True)
-            written = kmap_latency_cdf([r["label"] for r in doc["runs"]], cycles, plot / "kmap_latency_cdf.png")
+            written = kmap_latency_cdf([r["label"] for r in doc["runs"]], [r["group"] for r in doc["runs"]], cycles,
+                                       plot / "kmap_latency_cdf.png")
         except OSError as e:
             fail(f"{plot}: cannot write the figures: {e.strerror or e}")
     if json_:

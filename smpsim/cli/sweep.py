@@ -30,6 +30,9 @@ def sweep(
         "array; the table goes to results-shard-I-of-N.*")] = None,
     collect: Annotated[Optional[Path], typer.Option(
         "--collect", metavar="DIR", help="merge the shard tables found under DIR into DIR/results.*")] = None,
+    plot: Annotated[Optional[Path], typer.Option(
+        "--plot", metavar="DIR", help="also write flush_stall.png (initiator stall against the swept key) "
+        "into DIR", show_default=False)] = None,
 ) -> None:
     """Run every point of an experiment (finished points are skipped) and print its results table."""
     if collect is not None:
@@ -40,7 +43,7 @@ def sweep(
                  "--shard or --set")
         rows, meta = results.collect(collect)
         paths = results.write(rows, meta["params"], meta, collect / "results")
-        _finish(rows, meta["params"], meta, f"{len(rows)} points of {meta['experiment']} collected", paths)
+        _finish(rows, meta["params"], meta, f"{len(rows)} points of {meta['experiment']} collected", paths, plot)
         return
     if experiment is None:
         fail("give an experiment to run (smpsim sweep configs/lazy-vs-eager.toml), or --collect DIR to merge "
@@ -73,7 +76,8 @@ def sweep(
     meta = results.metadata(exp, part)
     paths = results.write(rows, exp.keys, meta, base)
     which = f"shard {part[0]}/{part[1]}: {len(points)} of {len(exp.points)} points" if part else f"{len(points)} points"
-    _finish(rows, exp.keys, meta, f"{which}: {len(report.ran)} run, {len(report.skipped)} already finished", paths)
+    _finish(rows, exp.keys, meta, f"{which}: {len(report.ran)} run, {len(report.skipped)} already finished", paths,
+            plot)
 
 
 def _parse_shard(text: str) -> tuple[int, int]:
@@ -88,7 +92,7 @@ def _parse_shard(text: str) -> tuple[int, int]:
 
 
 def _finish(rows: list[dict[str, Any]], params: list[str], meta: dict[str, Any], what: str,
-            paths: tuple[Path, Path]) -> None:
+            paths: tuple[Path, Path], plot: Path | None = None) -> None:
     """Print the metrics of the points (metrics as rows, one block per [report] group), each point's
     saving over its baseline, and where the table was written; exit 1 when a point has no successful run."""
     from smpsim.analysis.compare import metrics_table
@@ -112,6 +116,14 @@ def _finish(rows: list[dict[str, Any]], params: list[str], meta: dict[str, Any],
         lines += ["  " + line for line in savings]
     typer.echo("\n".join(lines))
     typer.echo(f"{what}; results in {paths[0]} and {paths[1]}")
+    if plot is not None and ok:
+        from smpsim.analysis.plots import sweep_stall
+
+        try:
+            plot.mkdir(parents=True, exist_ok=True)
+            typer.echo(f"wrote {sweep_stall(rows, params, by, plot / 'flush_stall.png')}")
+        except OSError as e:
+            fail(f"{plot}: cannot write the figure: {e.strerror or e}")
     bad = [r for r in rows if r["status"] != "ok"]
     if bad:
         why = "; ".join(f"point {r['point']} ({r['status']}: {r['error'] or 'no run'})" for r in bad[:5])
