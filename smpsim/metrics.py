@@ -12,7 +12,6 @@ Core install only: no numpy, pyarrow or DuckDB here (a CPU process imports the c
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -95,7 +94,8 @@ METRICS: tuple[Metric, ...] = (
     Metric("tlb_hit_rate", "TLB hit rate", "fraction",
            lambda f: hit_rate(f["counters"]["tlb_hits"], f["counters"]["tlb_misses"])),
     Metric("flush_misses_per_cpu", "flush-induced TLB misses per CPU", "number",
-           lambda f: _per_cpu_mean(f, "flush_misses"), ratio_column=True),
+           lambda f: _per_cpu_mean(f, "flush_misses"), saving=("TLB refills after flushes", "fewer", "more"),
+           always=False, ratio_column=True),
     Metric("flush_miss_cycles_per_cpu", "flush-induced miss cycles per CPU", "number",
            lambda f: _per_cpu_mean(f, "flush_miss_cycles")),
     Metric("sleeps", "sleeps on pkmap_map_wait", "count", _c("sleeps"),
@@ -159,10 +159,9 @@ def fmt_times(r: float | None) -> str:
     """A ratio as "1,143x", "40x", "2.5x", "0.125x"; "-" for none."""
     if r is None:
         return "-"
-    if r >= 10:
+    if r >= 9.95:
         return f"{r:,.0f}x"
-    digits = max(0, 2 - int(math.floor(math.log10(abs(r))))) if r else 0
-    return f"{r:,.{digits}f}x"
+    return f"{r:.3g}x"
 
 
 # ------------------------------------------------------------------------------------------- the saving line

@@ -174,10 +174,18 @@ def metrics_table(header: list[tuple[str, list[Any]]], values: list[dict[str, An
     return out
 
 
-def _wrapped(text: str, width: int) -> list[str]:
+def savings_block(against: str, texts: list[str], width: int = WIDTH) -> list[str]:
+    """The saving lines under a heading, each wrapped to ``width``."""
+    out = ["", f"against {against}:"]
+    for text in texts:
+        out += _wrapped("  " + text, width, "      ")
+    return out
+
+
+def _wrapped(text: str, width: int, indent: str = "  ") -> list[str]:
     import textwrap
 
-    return textwrap.wrap(text, width, subsequent_indent="  ", break_on_hyphens=False)
+    return textwrap.wrap(text, width, subsequent_indent=indent, break_on_hyphens=False)
 
 
 def layout(doc: dict[str, Any]) -> tuple[list[tuple[str, list[Any]]], list[tuple[str, list[int]]]]:

@@ -152,7 +152,7 @@ def compare(
 ) -> None:
     """Headline metrics of several runs side by side, and how much each saves over its baseline."""
     from smpsim.analysis.compare import compare as compare_runs
-    from smpsim.analysis.compare import find_runs, layout, metrics_table
+    from smpsim.analysis.compare import find_runs, layout, metrics_table, savings_block
     from smpsim.analysis.load import open_trace
     from smpsim.analysis.metrics import analyze as analyze_trace
     from smpsim.config import config_key_problem, parse_value
@@ -196,11 +196,12 @@ def compare(
         typer.echo(json.dumps(doc, indent=2))
     else:
         header, blocks = layout(doc)
+        width = table_width()
         lines = metrics_table(header, [{m["key"]: m["values"][i] for m in doc["metrics"]}
-                                       for i in range(len(doc["runs"]))], blocks, table_width())
+                                       for i in range(len(doc["runs"]))], blocks, width)
         against = ", ".join(f"{k}={v}" for k, v in spec.items()) or doc["runs"][0]["label"]
-        lines += ["", f"against {against}" + (f", by {', '.join(by or ())}" if by else "") + ":"]
-        lines += ["  " + s["text"] for s in doc["savings"]]
+        lines += savings_block(against + (f", by {', '.join(by or ())}" if by else ""),
+                               [s["text"] for s in doc["savings"]], width)
         typer.echo("\n".join(lines))
     if written is not None:
         print(f"wrote {written}", file=sys.stderr if json_ else sys.stdout)

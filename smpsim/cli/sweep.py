@@ -95,7 +95,7 @@ def _finish(rows: list[dict[str, Any]], params: list[str], meta: dict[str, Any],
             paths: tuple[Path, Path], plot: Path | None = None) -> None:
     """Print the metrics of the points (metrics as rows, one block per [report] group), each point's
     saving over its baseline, and where the table was written; exit 1 when a point has no successful run."""
-    from smpsim.analysis.compare import metrics_table
+    from smpsim.analysis.compare import metrics_table, savings_block
     from smpsim.cli.analyze import table_width
     from smpsim.experiments.results import saving_lines
     from smpsim.metrics import fmt
@@ -107,13 +107,13 @@ def _finish(rows: list[dict[str, Any]], params: list[str], meta: dict[str, Any],
     for i, r in enumerate(ok):
         blocks.setdefault(tuple(r[k] for k in by), []).append(i)
     titled = [(", ".join(f"{k} = {fmt(v)}" for k, v in zip(by, key)), members) for key, members in blocks.items()]
-    lines = metrics_table(header, ok, titled, table_width()) if ok else []
+    width = table_width()
+    lines = metrics_table(header, ok, titled, width) if ok else []
     savings = saving_lines(rows, params, meta)
     if savings:
         rep = meta["report"]
         against = ", ".join(f"{k}={v}" for k, v in rep["baseline"].items())
-        lines += ["", f"against {against}" + (f", by {', '.join(rep['by'])}" if rep["by"] else "") + ":"]
-        lines += ["  " + line for line in savings]
+        lines += savings_block(against + (f", by {', '.join(rep['by'])}" if rep["by"] else ""), savings, width)
     typer.echo("\n".join(lines))
     typer.echo(f"{what}; results in {paths[0]} and {paths[1]}")
     if plot is not None and ok:
