@@ -110,9 +110,16 @@ RUN_SUMMARY = ("kmaps", "new_mappings", "wraps", "flushes", "ipis", "ipis_per_10
                "sleeps", "stale")
 
 
-def headline(facts: Facts) -> dict[str, Any]:
-    """Every metric's value, by key."""
-    return {m.key: m.value(facts) for m in METRICS}
+def headline(facts: Facts, keys: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Every metric's value (or those of ``keys``), by key; None for one whose counters the facts lack
+    (a summary.json written by an older smpsim)."""
+    out = {}
+    for m in METRICS if keys is None else [BY_KEY[k] for k in keys]:
+        try:
+            out[m.key] = m.value(facts)
+        except (KeyError, TypeError):
+            out[m.key] = None
+    return out
 
 
 def facts_from_summary(summary: dict[str, Any], kmap_latency: dict | None = None,
@@ -225,7 +232,7 @@ def run_summary_rows(summary: dict[str, Any], run_dir: Any, policy: str | None =
     rows = []
     if policy is not None:
         rows += [("policy", str(policy)), ("CPUs", fmt(cpus)), ("workload", str(workload))]
-    values = headline(facts_from_summary(summary)) if "counters" in summary else {}
+    values = headline(facts_from_summary(summary), RUN_SUMMARY) if "counters" in summary else {}
     rows += [(BY_KEY[k].label, fmt_metric(k, values.get(k))) for k in RUN_SUMMARY]
     rows.append(("digest", str(summary.get("digest", "-"))))
     rows.append(("run dir", str(run_dir) if run_dir is not None else "-"))

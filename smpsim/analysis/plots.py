@@ -383,7 +383,7 @@ def write_html(a: dict[str, Any], figures: dict[str, Path], path: Path,
                      "the figures cover the events recorded up to where the trace ends.</p>")
     captions = {"ipi_heatmap": "IPIs by sending and receiving CPU",
                 "timeline": "Flushes, IPIs and slots in use over virtual time",
-                "latency_cdf": "kmap latency CDF and shootdown latency (initiator stall)",
+                "latency_cdf": "Shootdown latency (initiator stall) and kmap latency",
                 "hit_rate": "Per-CPU TLB hit rate over time"}
     for title, headers, rows in sections:
         parts.append(f"<h2>{html.escape(title)}</h2>")

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from smpsim.cli.common import EXIT_RUN_FAILED, console, fail, handle_errors
+from smpsim.cli.common import EXIT_RUN_FAILED, console, fail, handle_errors, warn
 from smpsim.cli.config_cmd import SetOpt
 from smpsim.trace.errors import TraceError
 
@@ -52,6 +52,8 @@ def sweep(
     from smpsim.experiments.sweep import load_experiment
 
     exp = load_experiment(experiment, set_ or ())
+    for problem in exp.report_problems():
+        warn(f"{experiment}: {problem}: those points get no saving line")
     part = _parse_shard(shard) if shard is not None else None
     if jobs is None:
         jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

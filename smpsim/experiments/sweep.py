@@ -61,6 +61,15 @@ class Experiment:
     points: tuple[Point, ...]
     report: Report | None = None  # the [report] table: each point's baseline
 
+    def report_problems(self) -> list[str]:
+        """Groups of points without a baseline point, or with several (e.g. --set pinned the baseline's key
+        to another value): those points get no saving line."""
+        rep = self.report
+        if rep is None or not rep.baseline:
+            return []
+        _, trouble = group(self.params([*rep.baseline, *rep.by]), rep.baseline, rep.by, "point")
+        return [f"[report] {t}" for t in dict.fromkeys(trouble)]
+
     def params(self, keys: list[str]) -> list[dict[str, Any]]:
         """Each point's resolved value of each key."""
         return [{k: _resolved(p.cfg, k) for k in keys} for p in self.points]
@@ -130,12 +139,7 @@ def load_experiment(path: str | Path | None = None, overrides: list[str] | tuple
             problems += e.problems
     if problems:
         raise ConfigError(str(p), list(dict.fromkeys(problems)))
-    exp = Experiment(p, mode, values, tuple(points), report)
-    if report is not None and report.baseline:
-        _, trouble = group(exp.params([*report.baseline, *report.by]), report.baseline, report.by, "point")
-        if trouble:
-            raise ConfigError(str(p), [f"[report] {t}" for t in dict.fromkeys(trouble)])
-    return exp
+    return Experiment(p, mode, values, tuple(points), report)
 
 
 def _parse_sweep(table: Any, sweep_sets: list[tuple[str, Any]], problems: list[str]) -> tuple[str, dict[str, list]]:
