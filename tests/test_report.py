@@ -104,7 +104,7 @@ def test_sweep_prints_one_saving_line_per_point_against_its_groups_baseline(swep
         n, word = times(text, "mean kmap latency")
         assert word == "lower" and close(n, (b["kmap_cycles"] / b["kmaps"]) / (c["kmap_cycles"] / c["kmaps"]))
     out = swept["stdout"]
-    assert max(map(len, out.splitlines())) <= 100
+    assert max(len(x) for x in out.splitlines() if str(swept["root"]) not in x) <= 100  # paths apart
     assert not re.search(r"\b[0-9a-f]{16}\b", out)  # points are named by their parameters, never by hash
 
 
