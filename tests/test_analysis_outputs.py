@@ -293,14 +293,3 @@ def test_query_with_bad_sql_is_a_clear_error(runs, sql, what):
     assert r.exit_code == 2, r.output
     assert r.stderr.startswith("error: query failed: ") and what in r.stderr
     assert "\n\n" not in r.stderr.strip() and "Traceback" not in r.stderr
-
-
-def test_readme_recipes_run(runs):
-    """The three SQL recipes of README.md's Analysis section run on a real trace."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme[readme.index("## Analysis"):]
-    recipes = [sql for sql in re.findall(r'smpsim query RUN "([^"]+)"', section) if sql != "SQL"]
-    assert len(recipes) == 3
-    for sql in recipes:
-        r = invoke("query", runs["linux-2.4"], sql)
-        assert r.exit_code == 0 and r.stdout.strip(), (sql, r.output)
