@@ -11,36 +11,12 @@ import typer
 
 from smpsim.cli.common import EXIT_RUN_FAILED, EXIT_USAGE, classify, console, fail, handle_errors
 from smpsim.cli.config_cmd import SetOpt
+from smpsim.cli.progress import RunProgress, total_kmaps
 from smpsim.config import load_config
 
 OutOpt = Annotated[Optional[Path], typer.Option(
     "--out", "-o", help="run directory (default: runs/<UTC time>-<config hash>)", show_default=False)]
 TransportOpt = Annotated[str, typer.Option("--transport", help="ipc (default) or tcp on loopback")]
-
-
-class _LiveStatus:
-    """One status line on a terminal (virtual time, kmaps, flushes, IPIs); nothing when piped."""
-
-    def __init__(self, con, cpus: int):
-        self.con, self.cpus = con, cpus
-        self.live = None
-
-    def __enter__(self):
-        if self.con is not None:
-            from rich.live import Live
-            self.live = Live("", console=self.con, transient=True, refresh_per_second=8)
-            self.live.start()
-        return self
-
-    def __exit__(self, *exc):
-        if self.live is not None:
-            self.live.stop()
-
-    def __call__(self, state: dict) -> None:
-        if self.live is not None:
-            self.live.update(f"[bold]{self.cpus} CPU processes[/]  virtual t={state.get('t', 0):,} cycles  "
-                             f"kmaps {state.get('kmaps', 0):,}  flushes {state.get('flushes', 0):,}  "
-                             f"IPIs {state.get('ipis', 0):,}")
 
 
 def _run_distributed(cfg, out: Path | None, transport: str) -> None:
@@ -60,7 +36,7 @@ def _report(cfg, out_dir: Path, body) -> None:
 
     con = console()
     try:
-        with _LiveStatus(con, cfg.machine.cpus) as status:
+        with RunProgress(con, total_kmaps(cfg), f"{cfg.machine.cpus} CPU processes") as status:
             result = body(status)
     except Exception as e:
         known = classify(e)

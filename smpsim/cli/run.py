@@ -9,6 +9,7 @@ import typer
 
 from smpsim.cli.common import EXIT_RUN_FAILED, classify, console, fail, handle_errors
 from smpsim.cli.config_cmd import ConfigArg, SetOpt
+from smpsim.cli.progress import RunProgress, total_kmaps
 from smpsim.config import load_config
 
 @handle_errors
@@ -39,11 +40,8 @@ def run(
     out_dir = create_run_dir(out if out is not None else default_run_dir(cfg), cfg)
     con = console()
     try:
-        if con is not None:
-            with _progress_bar(con, cfg.machine.cpus * cfg.workload.kmaps_per_cpu) as progress:
-                result = run_config(cfg, out_dir, progress=progress)
-        else:
-            result = run_config(cfg, out_dir)
+        with RunProgress(con, total_kmaps(cfg)) as progress:
+            result = run_config(cfg, out_dir, progress=progress if con is not None else None)
     except Exception as e:
         known = classify(e)
         if known is not None and known[0] == EXIT_RUN_FAILED:
@@ -71,34 +69,3 @@ def print_summary(summary: dict[str, Any], run_dir: Path | None, con: Any = None
     for label, value in rows:
         table.add_row(label, value)
     con.print(table)
-
-
-class _progress_bar:
-    """A rich progress bar for TTYs.
-
-    The engine calls ``progress(state)`` with a dict of running counters (``kmaps`` is the one shown,
-    against the total cpus * kmaps_per_cpu), or ``progress(done, total)`` with numbers.
-    """
-
-    def __init__(self, con: Any, total: int | None = None) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-        self._progress = Progress("simulating: kmaps", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                  console=con, transient=True)
-        self._task = self._progress.add_task("run", total=total)
-
-    def __enter__(self) -> Callable[..., None]:
-        self._progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._progress.stop()
-
-    def __call__(self, done: Any = None, total: Any = None, *args: Any, **kwargs: Any) -> None:
-        if isinstance(done, dict):
-            done = done.get("kmaps")
-        if isinstance(done, (int, float)):
-            if isinstance(total, (int, float)):
-                self._progress.update(self._task, completed=done, total=total)
-            else:
-                self._progress.update(self._task, completed=done)
