@@ -250,7 +250,8 @@ def sweep_figure(rows: list[dict[str, Any]], params: list[str], by: list[str]):
     metrics = ("stall_per_flush", "stall_per_1000_kmaps")
     if numeric:
         xkey = numeric[0]
-        rest = [k for k in params if k != xkey]
+        # keys that go with x (a zip sweep pairs them) make no series of their own
+        rest = [k for k in params if k != xkey and len({(r[xkey], r[k]) for r in ok}) > len({r[xkey] for r in ok})]
         series: dict[str, list[dict[str, Any]]] = {}
         for r in ok:
             series.setdefault(describe({k: r[k] for k in rest}), []).append(r)
@@ -275,6 +276,7 @@ def sweep_figure(rows: list[dict[str, Any]], params: list[str], by: list[str]):
         for ax, key in zip(axes, metrics):
             for i, (label, rs) in enumerate(groups.items()):
                 at = {describe({k: r[k] for k in params if k not in by}): r[key] for r in rs}
+                label += "" if any(at.values()) else " (none)"
                 ax.bar(np.arange(len(cats)) + (i - (len(groups) - 1) / 2) * width,
                        [at.get(c) or 0 for c in cats], width=width, color=cmap(i % cmap.N), label=label or key)
             ax.set_xticks(np.arange(len(cats)), cats, rotation=20 if len(cats) > 4 else 0)
