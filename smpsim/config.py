@@ -170,7 +170,7 @@ def config_key_problem(key: str) -> str | None:
 def validate_report(table: Any, source: str) -> Report:
     """The ``[report]`` table, every problem named by its key (``[report] baseline.policy.name: ...``)."""
     if isinstance(table, dict) and isinstance(table.get("baseline"), dict):
-        table = {**table, "baseline": dict(_dotted(table["baseline"]))}  # {policy.name = ...} is nested
+        table = {**table, "baseline": dict(dotted(table["baseline"]))}  # {policy.name = ...} is nested
     try:
         report = Report.model_validate(table)
     except ValidationError as e:
@@ -186,10 +186,11 @@ def validate_report(table: Any, source: str) -> Report:
     return report
 
 
-def _dotted(table: dict[str, Any], prefix: str = ""):
+def dotted(table: dict[str, Any], prefix: str = ""):
+    """(dotted key, value) of every leaf of nested tables: {"a": {"b": 1}} -> ("a.b", 1)."""
     for k, v in table.items():
         if isinstance(v, dict):
-            yield from _dotted(v, f"{prefix}{k}.")
+            yield from dotted(v, f"{prefix}{k}.")
         else:
             yield f"{prefix}{k}", v
 

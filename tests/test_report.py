@@ -17,20 +17,11 @@ import pytest
 
 from cli_helpers import invoke, user_error
 from smpsim.experiments.sweep import load_experiment
+from test_sweep import SMALL as SWEPT  # 3 policies x 2 workloads, well under a second a point
 
 ROOT = Path(__file__).resolve().parents[1]
 
-SMALL = """
-[machine]
-cpus = 2
-last_pkmap = 32
-[workload]
-kind = "uniform"
-pages = 512
-kmaps_per_cpu = 60
-[sweep]
-"policy.name" = ["linux-2.4", "eager", "kmap-local"]
-"workload.kind" = ["uniform", "zipf"]
+SMALL = SWEPT + """
 [report]
 baseline = {"policy.name" = "eager"}
 by = ["workload.kind"]

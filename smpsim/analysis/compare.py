@@ -16,6 +16,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from smpsim.config import dotted
 from smpsim.metrics import METRICS, Group, describe, fmt, fmt_metric, group, saving_lines
 from smpsim.trace.errors import TraceError
 from smpsim.trace.rundir import CONFIG_NAME, PROVENANCE_NAME, SUMMARY_NAME, TRACE_DIR
@@ -68,17 +69,9 @@ def run_config(path: Path) -> dict[str, Any]:
     """A run's resolved config (config.toml) as dotted key -> value; {} when it has none."""
     try:
         with open(Path(path) / CONFIG_NAME, "rb") as f:
-            return dict(_flatten(tomllib.load(f)))
+            return dict(dotted(tomllib.load(f)))
     except (OSError, tomllib.TOMLDecodeError):
         return {}
-
-
-def _flatten(d: dict[str, Any], prefix: str = ""):
-    for k, v in d.items():
-        if isinstance(v, dict):
-            yield from _flatten(v, f"{prefix}{k}.")
-        else:
-            yield f"{prefix}{k}", v
 
 
 def differing(configs: list[dict[str, Any]]) -> list[str]:

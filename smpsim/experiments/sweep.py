@@ -28,7 +28,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from smpsim.config import (Config, ConfigError, Report, apply_override, default_config_path, describe_error,
-                           parse_value, read_toml, set_key, to_toml, validate_report)
+                           dotted, parse_value, read_toml, set_key, to_toml, validate_report)
 from smpsim.metrics import group
 from smpsim.trace.rundir import config_hash
 
@@ -148,7 +148,7 @@ def _parse_sweep(table: Any, sweep_sets: list[tuple[str, Any]], problems: list[s
         table = {}
     mode = table.get("mode", "product")
     entries: dict[str, Any] = {}
-    for key, value in _flatten({k: v for k, v in table.items() if k != "mode"}):
+    for key, value in dotted({k: v for k, v in table.items() if k != "mode"}):
         if key in entries:
             problems.append(f"[sweep] {key}: given twice")
         entries[key] = value
@@ -172,14 +172,6 @@ def _parse_sweep(table: Any, sweep_sets: list[tuple[str, Any]], problems: list[s
         lengths = ", ".join(f"{k} has {len(v)}" for k, v in values.items())
         problems.append(f"[sweep] mode = 'zip' pairs the lists, so they must be equally long ({lengths})")
     return mode, values
-
-
-def _flatten(table: dict[str, Any], prefix: str = ""):
-    for k, v in table.items():
-        if isinstance(v, dict):
-            yield from _flatten(v, f"{prefix}{k}.")
-        else:
-            yield f"{prefix}{k}", v
 
 
 def _expand(data: dict[str, Any], mode: str, values: dict[str, list], path: Path, problems: list[str]) -> list[Point]:
