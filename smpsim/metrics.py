@@ -12,6 +12,7 @@ Core install only: no numpy, pyarrow or DuckDB here (a CPU process imports the c
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -141,11 +142,12 @@ def fmt(v: Any, kind: str | None = None) -> str:
         return "-"
     if isinstance(v, bool):
         return str(v).lower()
-    if kind == "fraction" and isinstance(v, (int, float)):
+    if kind == "fraction" and isinstance(v, numbers.Real):
         return f"{100 * v:.1f}%"
-    if isinstance(v, int):
-        return f"{v:,}"
-    if isinstance(v, float):
+    if isinstance(v, numbers.Integral):  # numpy's integers too
+        return f"{int(v):,}"
+    if isinstance(v, numbers.Real):
+        v = float(v)
         if v == 0:
             return "0"
         if v.is_integer() and abs(v) < 1e15:

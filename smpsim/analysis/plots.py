@@ -64,7 +64,7 @@ def ipi_heatmap(a: dict[str, Any], path: Path) -> Path:
     ax.set_xlabel("receiving CPU")
     ax.set_ylabel("sending CPU (flush initiator)")
     ip = a["ipis"]
-    ax.set_title(f"IPIs by sender and receiver: {ip['sent']:,} in all, {ip['useless']:,} useless\n{_title(a)}",
+    ax.set_title(f"IPIs by sender and receiver: {_fmt(ip['sent'])} in all, {_fmt(ip['useless'])} useless\n{_title(a)}",
                  fontsize=10)
     step = max(1, n // 16)
     ax.set_xticks(range(0, n, step))
@@ -74,7 +74,7 @@ def ipi_heatmap(a: dict[str, Any], path: Path) -> Path:
         for i in range(n):
             for j in range(n):
                 if m[i, j]:
-                    ax.text(j, i, f"{m[i, j]:,}", ha="center", va="center", fontsize=8,
+                    ax.text(j, i, f"{_fmt(m[i, j])}", ha="center", va="center", fontsize=8,
                             color="white" if m[i, j] > top * 0.6 else "black")
     if not m.any():
         ax.text(0.5, 0.5, "no IPIs in this run", transform=ax.transAxes, ha="center", va="center")
@@ -94,9 +94,9 @@ def timeline(tr: Trace, a: dict[str, Any], path: Path, bins: int = 200) -> Path:
     bottom = np.zeros(bins)
     for scope, k in tl["flushes"].items():
         ax1.bar(x, k, width=w, align="edge", bottom=bottom, color=_SCOPE_COLOURS.get(scope, "grey"),
-                label=f"{scope} ({int(k.sum()):,})", linewidth=0)
+                label=f"{scope} ({_fmt(int(k.sum()))})", linewidth=0)
         bottom += k
-    ax1.set_ylabel(f"flushes / {w:,} cycles")
+    ax1.set_ylabel(f"flushes / {_fmt(w)} cycles")
     ax1.set_title(f"Flushes, IPIs and ring occupancy over time: {_title(a)}", fontsize=10)
     if tl["flushes"]:
         ax1.legend(title="flush scope", fontsize=8, **_OUTSIDE)
@@ -104,10 +104,10 @@ def timeline(tr: Trace, a: dict[str, Any], path: Path, bins: int = 200) -> Path:
         ax1.text(0.5, 0.5, "no flushes", transform=ax1.transAxes, ha="center", va="center")
     useful = tl["ipis"] - tl["useless_ipis"]
     ax2.bar(x, useful, width=w, align="edge", color="#9467bd", linewidth=0,
-            label=f"dropped translations ({int(useful.sum()):,})")
+            label=f"dropped translations ({_fmt(int(useful.sum()))})")
     ax2.bar(x, tl["useless_ipis"], width=w, align="edge", bottom=useful, color="#c7c7c7", linewidth=0,
-            label=f"useless: dropped none ({int(tl['useless_ipis'].sum()):,})")
-    ax2.set_ylabel(f"IPIs / {w:,} cycles")
+            label=f"useless: dropped none ({_fmt(int(tl['useless_ipis'].sum()))})")
+    ax2.set_ylabel(f"IPIs / {_fmt(w)} cycles")
     ax2.legend(fontsize=8, **_OUTSIDE)
     cap = a["ring"]["capacity"]
     kind = "pkmap slots" if a["ring"]["slots"] == "pkmap" else "kmap_local slots (all CPUs)"
@@ -120,7 +120,7 @@ def timeline(tr: Trace, a: dict[str, Any], path: Path, bins: int = 200) -> Path:
                          linewidth=0, label="in use (range per bin)")
         ax3.step(env["start"], env["last"], where="post", color="#1f77b4", linewidth=0.8)
     if cap:
-        ax3.axhline(cap, color="black", linestyle="--", linewidth=0.8, label=f"capacity ({cap:,})")
+        ax3.axhline(cap, color="black", linestyle="--", linewidth=0.8, label=f"capacity ({_fmt(cap)})")
     wraps = np.flatnonzero(tl["wraps"])
     if wraps.size and int(tl["wraps"].sum()) <= 60:  # more would hide the occupancy
         for b in wraps:
@@ -149,7 +149,7 @@ def _cdf(ax, data: list[tuple[str, Any]], colours: list[Any]) -> None:
         if not v.size:
             continue
         vals, counts = np.unique(v, return_counts=True)
-        note = f"all {v.size:,} = {int(vals[0]):,}" if vals.size == 1 else f"{v.size:,}, median {int(v[(v.size - 1) // 2]):,}"
+        note = f"all {_fmt(v.size)} = {_fmt(int(vals[0]))}" if vals.size == 1 else f"{_fmt(v.size)}, median {_fmt(int(v[(v.size - 1) // 2]))}"
         ax.step(np.r_[x0, vals, x1], np.r_[0, np.cumsum(counts) / v.size, 1.0], where="post", color=colour,
                 linewidth=1.5, label=f"{label} ({note})")
     if log:
@@ -179,10 +179,10 @@ def _distribution(ax, data: list[tuple[str, Any, Any]], what: str, unit: str = "
     bars = [(label, int(x), int((v == x).sum()), c) for (label, _, c), v in zip(data, values) for x in np.unique(v)]
     y = np.arange(len(bars))
     ax.barh(y, [n for _, _, n, _ in bars], color=[c for *_, c in bars], height=0.6)
-    ax.set_yticks(y, [f"{label}: {x:,} {unit}" for label, x, _, _ in bars])
+    ax.set_yticks(y, [f"{label}: {_fmt(x)} {unit}" for label, x, _, _ in bars])
     ax.invert_yaxis()
     for yi, (_, _, n, _) in zip(y, bars):
-        ax.text(n, yi, f" {n:,}", va="center", fontsize=8)
+        ax.text(n, yi, f" {_fmt(n)}", va="center", fontsize=8)
     ax.set_xlim(0, max(n for _, _, n, _ in bars) * 1.2)
     ax.set_xlabel(what)
 
@@ -264,7 +264,7 @@ def sweep_figure(rows: list[dict[str, Any]], params: list[str], by: list[str]):
             xs = [r[xkey] for r in ok]
             if min(xs) > 0 and max(xs) >= 8 * min(xs):
                 ax.set_xscale("log", base=2)
-                ax.set_xticks(sorted(set(xs)), [f"{x:,}" for x in sorted(set(xs))])
+                ax.set_xticks(sorted(set(xs)), [f"{_fmt(x)}" for x in sorted(set(xs))])
             ax.set_xlabel(xkey)
     else:
         groups: dict[str, list[dict[str, Any]]] = {}
@@ -327,7 +327,7 @@ def hit_rate_figure(tr: Trace, a: dict[str, Any], bins: int = 100):
         fig.colorbar(im, ax=ax, label="TLB hit rate")
         ax.set_ylabel("CPU")
         _cycles_axis(ax)
-    ax.set_title(f"Per-CPU TLB hit rate per {hr['width']:,} cycles: {_title(a)}", fontsize=10)
+    ax.set_title(f"Per-CPU TLB hit rate per {_fmt(hr['width'])} cycles: {_title(a)}", fontsize=10)
     ax.grid(alpha=0.3)
     return fig
 

@@ -24,7 +24,7 @@ RunArg = Annotated[Path, typer.Argument(help="run directory (RUN/summary.json, R
 
 def _truncation_warning(meta, events: int | None = None, t_end: int | None = None) -> None:
     if meta.truncated:
-        tail = "" if events is None else f"; analysing the {events:,} events recorded (up to t={t_end:,})"
+        tail = "" if events is None else f"; analysing the {_fmt(events)} events recorded (up to t={_fmt(t_end)})"
         warn(f"{meta.path}: truncated run ({meta.reason}){tail}")
 
 
@@ -254,6 +254,6 @@ def query(
     elif cols:
         con = console()
         if con is not None:
-            render([(f"{len(rows):,} rows", cols, [list(r) for r in rows])], con)
+            render([(f"{_fmt(len(rows))} rows", cols, [list(r) for r in rows])], con)
         else:
             _plain_table(cols, [list(r) for r in rows])
