@@ -153,10 +153,11 @@ class _Progress:
         if self.con is None:
             return
         if self.progress is None:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn,
+                                       TimeRemainingColumn)
 
-            self.progress = Progress("sweep: points", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                     console=self.con, transient=True)
+            self.progress = Progress("sweep: points", BarColumn(), MofNCompleteColumn(), "ETA", TimeRemainingColumn(),
+                                     TimeElapsedColumn(), console=self.con, transient=True)
             self.task = self.progress.add_task("points", total=self.total)
             self.progress.start()
         self.progress.advance(self.task)
