@@ -118,6 +118,7 @@ def test_compare_of_the_sweep_directory_says_the_same_in_the_sweeps_order(swept)
     r = invoke("compare", swept["out"], "--baseline", "policy.name=eager", "--by", "workload.kind")
     assert r.exit_code == 0, r.output
     assert savings(r.stdout) == savings(swept["stdout"])
+    assert savings(invoke("compare", swept["out"]).stdout) == savings(swept["stdout"])  # the sweep's [report]
     assert not re.search(r"\b[0-9a-f]{16}\b", r.stdout) and max(map(len, r.stdout.splitlines())) <= 100
     doc = json.loads(invoke("compare", swept["out"], "--baseline", "policy.name=eager", "--by", "workload.kind",
                             "--json").stdout)

@@ -142,7 +142,8 @@ def compare(
         help="run directories, or directories with runs below them (sweeps)", show_default=False)],
     baseline: Annotated[Optional[list[str]], typer.Option(
         "--baseline", metavar="KEY=VALUE", help="the baseline run: the one whose config has KEY=VALUE (repeat "
-        "for several keys; default: the first run)", show_default=False)] = None,
+        "for several keys; default: a sweep directory's [report] baseline, else the first run)",
+        show_default=False)] = None,
     by: Annotated[Optional[list[str]], typer.Option(
         "--by", metavar="KEY", help="one baseline per value of this config key (repeatable)",
         show_default=False)] = None,
@@ -168,6 +169,11 @@ def compare(
             fail(f"{key}: {why}; --baseline and --by take dotted config keys such as policy.name")
     if by and not spec:
         fail("--by needs --baseline KEY=VALUE: the run each group is compared with")
+    if not spec and len(runs) == 1:  # a sweep directory: its experiment's [report] table
+        from smpsim.experiments.results import report_of
+
+        rep = report_of(runs[0]) or {}
+        spec, by = dict(rep.get("baseline") or {}), list(rep.get("by") or [])
     paths: list[Path] = []
     for arg in runs:
         paths += [p for p in find_runs(arg) if p not in paths]
