@@ -318,3 +318,9 @@ def test_readme_recipes_return_the_rows_the_events_give(tmp_path):
     assert rows(lock) == [{"cpu": c, "kmaps": len(w), "p50": rank(w, 0.5), "p99": rank(w, 0.99), "max": max(w)}
                           for c, w in sorted(waits.items())]
     assert any(max(w) > rank(w, 0.5) for w in waits.values())  # the waits vary: the percentiles are tested
+
+
+@pytest.mark.parametrize("name", ["lazy-vs-eager", "broken-flush", "ring-size", "cpus", "refill"])
+def test_every_experiment_names_a_baseline_that_each_group_has_once(name):
+    exp = load_experiment(ROOT / "configs" / f"{name}.toml")
+    assert exp.report is not None and exp.report.baseline and exp.report_problems() == []
