@@ -162,6 +162,9 @@ def test_a_sweep_without_its_baseline_point_warns_and_prints_no_saving(tmp_path)
     assert r.exit_code == 0, r.output
     assert "warning: " in r.stderr and "no point has policy.name = 'eager'" in r.stderr
     assert "against " not in r.stdout
+    problem = user_error(invoke("config", "check", path, "--set", "report.baseline.policy.name=eagr"))
+    assert "[report] baseline: no point has policy.name = 'eagr' among the points with workload.kind = 'uniform'" \
+        in problem
 
 
 @pytest.mark.parametrize("value, base, phrase", [

@@ -36,4 +36,6 @@ def check(config: Annotated[Path, typer.Argument(help="TOML config (or experimen
     missing = sorted(str(s) for s in scripts if s is not None and not s.is_file())
     if missing:
         raise ConfigError(str(config), [f"workload.script: file not found ({s})" for s in missing])
+    if exp.report_problems():  # smpsim sweep only warns: a --set may have swept the baseline away
+        raise ConfigError(str(config), exp.report_problems())
     typer.echo("ok" if not exp.values else f"ok: a sweep of {len(exp.points)} points")
