@@ -1,5 +1,5 @@
 """What a user reads: the saving lines of `smpsim sweep` and `smpsim compare`, the ratio columns of the results
-table, the run summary, the figures (as matplotlib objects) and the rows of the README's SQL recipes.
+table, the run summary, the figures (as matplotlib objects).
 
 Expected figures are computed here from the recorded counters (summary.json) or the exported events, never
 copied from an earlier run.
@@ -8,7 +8,6 @@ copied from an earlier run.
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 
@@ -267,60 +266,6 @@ def test_analyze_figures_show_latencies_as_bars_when_they_take_few_values(tmp_pa
     assert [t.get_text() for t in stall_ax.get_yticklabels()] == [f"all: {stalls['max']:,} cycles"]
     ax = hr.axes[0]
     assert len(ax.get_lines()) == 3 and _outside(hr, ax)
-
-
-# ------------------------------------------------------------------------------------------- README recipes
-
-def _recipes() -> list[str]:
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Analysis"):]
-    recipes = [sql for sql in re.findall(r'smpsim query RUN "([^"]+)"', section) if sql != "SQL"]
-    assert len(recipes) == 3
-    return recipes
-
-
-def test_readme_recipes_return_the_rows_the_events_give(tmp_path):
-    out = tmp_path / "run"
-    assert invoke("run", "--out", out, "--set", "machine.cpus=4", "--set", "workload.kmaps_per_cpu=200",
-                  "--set", "machine.last_pkmap=16", "--set", "policy.name=eager",
-                  "--set", "workload.kind=shared").exit_code == 0
-    r = invoke("export", out, "--format", "jsonl")
-    events = [json.loads(x) for x in r.stdout.splitlines()]
-    who, slowest, lock = _recipes()
-
-    def rows(sql):
-        r = invoke("query", out, sql, "--format", "json")
-        assert r.exit_code == 0, r.output
-        return json.loads(r.stdout)
-
-    # who interrupts whom: IPIs and useless IPIs per (sender, receiver), the ten most
-    pairs: dict[tuple[int, int], list[int]] = {}
-    for e in events:
-        if e["ev"] == "ipi":
-            p = pairs.setdefault((e["src"], e["cpu"]), [0, 0])
-            p[0] += 1
-            p[1] += e["dropped"] == 0
-    got = rows(who)
-    assert len(got) == min(10, len(pairs)) and got
-    assert [g["ipis"] for g in got] == sorted((p[0] for p in pairs.values()), reverse=True)[:len(got)]
-    assert all(pairs[g["sender"], g["receiver"]] == [g["ipis"], g["useless"]] for g in got)
-
-    # the slowest shootdowns
-    flushes = sorted((e for e in events if e["ev"] == "flush"), key=lambda e: (-e["stall"], e["seq"]))[:10]
-    assert rows(slowest) == [{"seq": e["seq"], "t": e["t"], "cpu": e["cpu"], "scope": e["scope"],
-                              "slots": e["slots"], "ipis": len(e["targets"]), "stall": e["stall"]} for e in flushes]
-
-    # kmap_lock wait per CPU, nearest-rank percentiles
-    def rank(v, q):
-        v = sorted(v)
-        return v[math.ceil(q * len(v)) - 1]
-    waits: dict[int, list[int]] = {}
-    for e in events:
-        if e["ev"] == "kmap":
-            waits.setdefault(e["cpu"], []).append(e["lock_wait"])
-    assert rows(lock) == [{"cpu": c, "kmaps": len(w), "p50": rank(w, 0.5), "p99": rank(w, 0.99), "max": max(w)}
-                          for c, w in sorted(waits.items())]
-    assert any(max(w) > rank(w, 0.5) for w in waits.values())  # the waits vary: the percentiles are tested
 
 
 @pytest.mark.parametrize("name", ["lazy-vs-eager", "broken-flush", "ring-size", "cpus", "refill"])

@@ -127,13 +127,17 @@ def write(rows: list[dict[str, Any]], params: list[str], meta: dict[str, Any], b
     return csv_path, pq_path
 
 
+def read_meta(path: Path) -> dict[str, Any]:
+    """The metadata a results table was written with ({} when it has none)."""
+    try:
+        return json.loads((pq.read_schema(path).metadata or {})[META_KEY])
+    except (OSError, KeyError, ValueError, pa.ArrowException):
+        return {}
+
+
 def report_of(directory: Path) -> dict[str, Any] | None:
     """The [report] table (baseline, by) of the sweep whose results table is in directory, if any."""
-    try:
-        meta = json.loads((pq.read_schema(directory / "results.parquet").metadata or {})[META_KEY])
-    except (OSError, KeyError, ValueError, pa.ArrowException):
-        return None
-    return meta.get("report") or None
+    return read_meta(directory / "results.parquet").get("report") or None
 
 
 def collect(directory: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
