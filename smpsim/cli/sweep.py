@@ -51,11 +51,11 @@ def sweep(
 
     from smpsim.experiments.sweep import load_experiment
 
-    for problem in load_experiment(experiment, set_ or ()).report_problems():
-        warn(f"{experiment}: {problem}: those points get no saving line")
     part = _parse_shard(shard) if shard is not None else None
     if jobs is not None and jobs < 1:
         fail(f"--jobs {jobs}: must be at least 1")
+    for problem in load_experiment(experiment, set_ or ()).report_problems():
+        warn(f"{experiment}: {problem}: those points get no saving line")
     try:
         with _Progress(console()) as advance:
             done = api.run_sweep(experiment, set_, out=out, jobs=jobs, shard=part, on_point=advance)
