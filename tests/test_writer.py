@@ -157,3 +157,12 @@ def test_stats_and_close_twice(tmp_path):
     w, digest = write_all(tmp_path, make_events(25), part_events=10)
     assert w.close() == digest
     assert w.stats() == {"enabled": True, "events": 25, "parts": 3, "part_events": 10, "digest": digest}
+
+
+def test_docs_list_each_event_types_digest_fields_in_order():
+    import re
+    from smpsim.model.events import FIELDS
+    text = (Path(__file__).parent.parent / "docs" / "trace-format.md").read_text()
+    digest = text[text.index("## Digest"):text.index("## Truncated runs")]
+    rows = dict(re.findall(r"^\| `(\w+)` \| (`.*`) \|$", digest, re.M))
+    assert {ev: tuple(re.findall(r"`(\w+)`", f)) for ev, f in rows.items()} == FIELDS
