@@ -7,6 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from smpsim.trace.errors import TraceError
 from smpsim.trace.reader import iter_events, open_run
 from smpsim.trace.rundir import write_summary
 from smpsim.trace.schema import FIELD_NAMES, SCHEMA
@@ -45,8 +46,10 @@ def test_part_is_written_as_soon_as_it_is_full(tmp_path):
     w.write(events[:9])
     assert not list((tmp_path / "trace").glob("*.parquet"))
     w.write(events[9:12])
+    w.wait()  # parts are encoded on the writer's thread
     assert [p.name for p in (tmp_path / "trace").glob("*.parquet")] == ["part-00000.parquet"]
     w.write(events[12:25])
+    w.wait()
     assert len(list((tmp_path / "trace").glob("*.parquet"))) == 2
     w.close()
     assert len(list((tmp_path / "trace").glob("*.parquet"))) == 3
@@ -166,3 +169,12 @@ def test_docs_list_each_event_types_digest_fields_in_order():
     digest = text[text.index("## Digest"):text.index("## Truncated runs")]
     rows = dict(re.findall(r"^\| `(\w+)` \| (`.*`) \|$", digest, re.M))
     assert {ev: tuple(re.findall(r"`(\w+)`", f)) for ev, f in rows.items()} == FIELDS
+
+
+def test_a_part_that_cannot_be_written_is_an_error_naming_it(tmp_path):
+    w = TraceWriter(tmp_path, 10, True)
+    (tmp_path / "trace").rmdir()
+    (tmp_path / "trace").write_text("not a directory")
+    w.write([as_tuple(e) for e in make_events(15)])
+    with pytest.raises(TraceError, match="part-00000.parquet"):
+        w.close()

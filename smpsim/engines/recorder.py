@@ -21,7 +21,7 @@ class Recorder:
     """Events are merged, counted, hashed and written in chunks of about ``CHUNK`` events: every step works
     on columns, and a round of the engine that releases a handful of events costs almost nothing."""
 
-    CHUNK = 8192
+    CHUNK = 16384
 
     def __init__(self, cfg: Config, run_dir: Path | None, engine: str):
         self.cfg, self.run_dir, self.engine = cfg, run_dir, engine

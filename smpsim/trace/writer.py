@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,16 @@ def digest_events(records: Iterable[dict[str, Any]]) -> str:
             batch = []
     h.update(pack_events(batch))
     return h.hexdigest()
+
+
+def _write_file(table: pa.Table, final: Path, tmp: Path) -> None:
+    try:
+        # Dictionary encoding only where values repeat: elsewhere it costs time and saves nothing.
+        pq.write_table(table, tmp, compression=COMPRESSION, use_dictionary=["ev", "scope"],
+                       write_page_checksum=True)
+        os.replace(tmp, final)
+    except OSError as e:
+        raise TraceError(f"{final}: cannot write trace part: {e}") from None
 
 
 def _type_table(ev: str, positions: list[int], cols: list[tuple], seq0: int) -> pa.Table:
@@ -118,6 +129,8 @@ class TraceWriter:
         self._buf: list[pa.Table] = []
         self._buffered = 0
         self._digest: str | None = None
+        self._thread: ThreadPoolExecutor | None = None
+        self._inflight: Future | None = None
 
     def write(self, events: Sequence[Sequence[Any]] | Sequence[dict[str, Any]], groups: Groups | None = None) -> None:
         """Append the next events of the canonical stream: event tuples (``groups`` is their
@@ -153,29 +166,39 @@ class TraceWriter:
         return [from_record(r) for r in records]
 
     def _write_part(self, table: pa.Table) -> None:
+        """Encode and write a part on the writer thread (Arrow releases the GIL meanwhile, so the
+        simulation goes on); one part at a time, so at most one part is in flight."""
         assert self.trace_dir is not None
+        self.wait()
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="smpsim-trace")
         name = part_name(self.parts)
-        final = self.trace_dir / name
-        tmp = self.trace_dir / f".{name}.tmp"
-        try:
-            # Dictionary encoding only where values repeat: elsewhere it costs time and saves nothing.
-            pq.write_table(table, tmp, compression=COMPRESSION, use_dictionary=["ev", "scope"],
-                           write_page_checksum=True)
-            os.replace(tmp, final)
-        except OSError as e:
-            raise TraceError(f"{final}: cannot write trace part: {e}") from None
         self.parts += 1
+        self._inflight = self._thread.submit(_write_file, table, self.trace_dir / name,
+                                             self.trace_dir / f".{name}.tmp")
+
+    def wait(self) -> None:
+        """Wait until every full part is on disk; a failed write raises its TraceError (naming the file) here."""
+        if self._inflight is not None:
+            done, self._inflight = self._inflight, None
+            done.result()
 
     def flush(self) -> None:
-        """Write the buffered events as a (short) part now."""
+        """Write the buffered events as a (short) part now, and wait until every part is on disk."""
         if self._buffered:
             self._write_part(pa.concat_tables(self._buf))
         self._buf, self._buffered = [], 0
+        self.wait()
 
     def close(self) -> str:
         """Write what is buffered and return the hex digest; calling it again returns the same digest."""
         if self._digest is None:
-            self.flush()
+            try:
+                self.flush()
+            finally:
+                if self._thread is not None:
+                    self._thread.shutdown(wait=True)
+                    self._thread = None
             self._digest = self._hash.hexdigest()
         return self._digest
 
