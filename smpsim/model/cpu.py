@@ -195,13 +195,12 @@ class Cpu:
             ev.append((t, self.id, "tlb_miss", None, None, self.tlb.background, cycles, True))
             t += cycles
         slot = vpn if vpn < LOCAL_BASE else vpn - LOCAL_BASE - self.id * self.local_slots
-        frame = self.tlb.lookup(vpn)
+        # On a miss the page walk fills in `page`: a held slot's PTE cannot change while held.
+        frame = self.tlb.translate(vpn, page)
         if frame is None:
-            # Page walk: a held slot's PTE cannot change while held, so it maps `page`.
             caused = vpn in self.flushed
             if caused:
                 self.flushed.discard(vpn)
-            self.tlb.fill(vpn, page)
             ev.append((t, self.id, "tlb_miss", page, slot, 1, self.c_walk, caused))
             hits, misses = n - 1, 1
         else:
