@@ -128,8 +128,12 @@ class Counters:
                     for k, count in Counter(keys).items():
                         per[k][name] += count
                 else:
+                    acc = [0] * len(per)
                     for k, v in zip(keys, values):
-                        per[k][name] += v
+                        acc[k] += v
+                    for k, v in enumerate(acc):
+                        if v:
+                            per[k][name] += v
 
     @classmethod
     def from_sql(cls, rows: Callable[[str], list[tuple]], ncpu: int) -> "Counters":
