@@ -27,6 +27,7 @@ from smpsim.engines.inline import build_cpus, run
 from smpsim.model import messages as m
 from smpsim.model.coordinator import Coordinator
 from smpsim.model.cpu import LOCAL_BASE, RUNNING
+from smpsim.model.events import to_record
 from smpsim.model.ring import PkmapRing
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -179,10 +180,10 @@ def instrumented_run(cfg, max_violations: int = 20):
         violations += check_state(coord, cpus, policy, f"step {steps}")
         violations += ring.bad
         ring.bad = []
-        events += coord.events
+        events += map(to_record, coord.events)
         coord.events = []
         for cpu in cpus:
-            events += cpu.events
+            events += map(to_record, cpu.events)
             cpu.events = []
         if len(violations) >= max_violations or coord.finished():
             break

@@ -46,7 +46,10 @@ class Recorder:
 
     @property
     def counters(self) -> Counters:
-        """The counters as of the last chunk stored (for progress displays; a chunk behind at most)."""
+        """The counters of everything released so far (asking stores what is pending: for progress
+        displays, not for every round)."""
+        self._added = 0
+        self._store(self.merger.release())
         return self._counters
 
     def _store(self, batch: list[tuple]) -> None:
