@@ -18,8 +18,9 @@ from smpsim.trace.writer import TraceWriter
 
 
 class Recorder:
-    """Events are merged, counted, hashed and written in chunks of about ``CHUNK`` events: every step works
-    on columns, and a round of the engine that releases a handful of events costs almost nothing."""
+    """Events are merged, counted, hashed and written in chunks of about ``CHUNK`` events (no more than a
+    trace part, so parts reach the disk as promptly as before): every step works on columns, and a round of
+    the engine that releases a handful of events costs almost nothing."""
 
     CHUNK = 16384
 
@@ -31,6 +32,7 @@ class Recorder:
         self.writer = TraceWriter(run_dir, cfg.trace.part_events, cfg.trace.enabled)
         self._counters = Counters(cfg.machine.cpus)
         self._added = 0  # events added since the last merge
+        self._chunk = min(self.CHUNK, cfg.trace.part_events)
 
     def add(self, source: int, events: list[tuple]) -> None:
         if events:
@@ -40,7 +42,7 @@ class Recorder:
     def release(self, watermark: int) -> None:
         """Everything before ``watermark`` may go out; it does once enough has piled up."""
         self.merger.advance(watermark)
-        if self._added >= self.CHUNK:
+        if self._added >= self._chunk:
             self._added = 0
             self._store(self.merger.release())
 
