@@ -16,6 +16,7 @@ from itertools import compress, repeat
 from operator import eq, is_, not_
 from typing import Any
 
+from smpsim.metrics import hit_rate, per_1000
 from smpsim.model.events import FIELDS, FIRST_FIELD
 
 # Conditions on one field: (field, test). SQL and Python give the same answer for null fields.
@@ -87,8 +88,6 @@ def _mask(col: Sequence[Any], test: str) -> Iterable[Any]:
     if test == ZERO:
         return map(eq, col, repeat(0))
     return map(is_, col, repeat(None))
-
-from smpsim.metrics import hit_rate, per_1000
 
 
 class Counters:
