@@ -34,7 +34,7 @@ class Cpu:
         self.c_access, self.c_hit, self.c_walk = c.access, c.tlb_hit, c.page_walk
         self.c_invlpg, self.c_pte = c.invlpg, c.pte_write
         self.tlb = Tlb(cfg.tlb.entries, cfg.tlb.ways, cfg.tlb.background)
-        self.policy = make_policy(cfg.policy.name, cfg.machine.ring_size)
+        self.policy = make_policy(cfg)
         self.local_slots = cfg.machine.kmap_local_slots
         self.held: dict[int, list[int]] = {}      # page -> vpns this CPU holds it at (one per nested kmap)
         self.use: dict[int, list[int]] = {}       # page -> [slot, n, writes, hits, misses] since its kmap
@@ -170,6 +170,11 @@ class Cpu:
         dropped = self._flush_tlb(vpns)
         if running:  # the handler interrupted whatever ran at t_recv; that work finishes later
             self.clock += t_handled - t_recv
+        if scope == "tick":  # not an interrupt: LATR's lazy list, invalidated locally at this tick
+            self.events.append({"t": t_recv, "cpu": self.id, "ev": "flush", "scope": "tick", "slots": None,
+                                "targets": [], "pages": None if vpns is None else len(vpns),
+                                "stall": t_handled - t_recv})
+            return
         self.events.append({"t": t_recv, "cpu": self.id, "ev": "ipi", "src": src, "t_send": t_send,
                             "t_recv": t_recv, "t_ack": t_ack, "scope": scope, "dropped": dropped})
 

@@ -9,6 +9,7 @@ DONE = "done"          # (DONE, cpu, clock): program finished
 # coordinator -> CPU
 REPLY = "reply"        # (REPLY, cpu, t_done, slot, local_flushes: [(t, vpns or None = full flush)] of the caller)
 IPI = "ipi"            # (IPI, src, t_send, t_recv, t_handled, t_ack, scope, vpns or None = full flush)
+                       # scope "tick" (latr): no interrupt, the lazy list the CPU invalidates at its tick t_recv
 
 # indices into an IPI tuple
 IPI_T_RECV = 3
