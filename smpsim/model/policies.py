@@ -61,7 +61,7 @@ class FlushPolicy:
             vpns = None
         return Flush(scope, None if vpns is None else tuple(vpns), tuple(targets), slots, tick)
 
-    def others(self, cpu: int) -> range | list[int]:
+    def others(self, cpu: int) -> list[int]:
         return [j for j in range(self.ncpu) if j != cpu]
 
     # ---- hooks ------------------------------------------------------------------------------------
