@@ -113,7 +113,7 @@ def test_flush_induced_misses_follow_wrap_flushes(tmp_path):
 
 
 def test_modern_designs_against_linux_24(tmp_path):
-    rows = sweep(tmp_path, "modern", "machine.cpus=6", "workload.kmaps_per_cpu=200", "machine.last_pkmap=64")
+    rows = sweep(tmp_path, "modern", "machine.cpus=4", "workload.kmaps_per_cpu=150", "machine.last_pkmap=48")
     assert len(rows) == 28 and all(r["stale"] == 0 for r in rows)
     t = by(rows, "policy.name", "workload.kind", "workload.active_cpus")
     for kind, active in (("uniform", 8), ("zipf", 8), ("shared", 8), ("uniform", 2)):
@@ -122,9 +122,9 @@ def test_modern_designs_against_linux_24(tmp_path):
         assert t["eager", kind, active]["ipis"] > 10 * base["ipis"]
         assert t["kmap-local", kind, active]["ipis"] == 0 and t["latr", kind, active]["ipis"] == 0
         assert t["latr", kind, active]["wraps"] > 0
-    # tlb-gen: the same IPIs while every CPU kmaps; with 2 of 6 active, only the other active CPU's.
+    # tlb-gen: the same IPIs while every CPU kmaps; with 2 of 4 active, only the other active CPU's.
     assert t["tlb-gen", "uniform", 8]["ipis"] == t["linux-2.4", "uniform", 8]["ipis"]
     few, all_ = t["tlb-gen", "uniform", 2], t["linux-2.4", "uniform", 2]
-    assert few["wraps"] == all_["wraps"] and few["ipis"] * 5 == all_["ipis"]
+    assert few["wraps"] == all_["wraps"] and few["ipis"] * 3 == all_["ipis"]
     # latr: no IPIs, paid for in sleeps while torn slots wait for the tick.
     assert t["latr", "uniform", 8]["sleeps"] > 0
