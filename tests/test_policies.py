@@ -21,11 +21,12 @@ from test_fidelity import A, C, K, U, run_script, write_script  # noqa: E402
 NEW = ("vmap-lazy", "tlb-gen", "latr")
 
 
-def _cfg(policy, kind="uniform", cpus=4, ring=32, kmaps=120, nesting=1, trace=True, **policy_keys):
+def _cfg(policy, kind="uniform", cpus=4, ring=32, kmaps=120, nesting=1, trace=True, workload=None, **policy_keys):
     return validate({"seed": 5, "machine": {"cpus": cpus, "last_pkmap": ring},
                      "policy": {"name": policy, **policy_keys},
                      "workload": {"kind": kind, "kmaps_per_cpu": kmaps, "pages": 4 * ring, "nesting": nesting,
-                                  "think": 800, "hold": 100, "hot_pages": 8, "accesses_per_kmap": 2},
+                                  "think": 800, "hold": 100, "hot_pages": 8, "accesses_per_kmap": 2,
+                                  **(workload or {})},
                      "trace": {"enabled": trace}})
 
 
@@ -193,11 +194,11 @@ def test_replay_agrees_with_reference(tmp_path, policy, kind, cpus, ring, nest):
 def test_distributed_engine_equals_inline(tmp_path, policy):
     """Ticks at fixed virtual times, lazy lists, purges and targeted IPIs: the same digest both ways."""
     from smpsim.engines.distributed.launch import run_distributed
-    for kind, extra in (("shared", {}), ("uniform", {"active_cpus": 2})):
-        cfg = _cfg(policy, kind, cpus=4, ring=16, kmaps=40, nesting=2, trace=False, tick=20000)
-        cfg = validate({**cfg.model_dump(mode="json"),
-                        "workload": {**cfg.workload.model_dump(mode="json", exclude_none=True), **extra}})
+    from test_distributed import _script
+    for kind, extra, transport, ring in (("shared", {}, "ipc", 16), ("uniform", {"active_cpus": 2}, "tcp", 16),
+                                         ("script", {"script": _script(tmp_path, 4)}, "ipc", 5)):
+        cfg = _cfg(policy, kind, cpus=4, ring=ring, kmaps=40, nesting=2, trace=False, workload=extra, tick=20000)
         want = inline.run(cfg).summary
-        got = run_distributed(cfg, None, "ipc").summary
+        got = run_distributed(cfg, None, transport).summary
         assert got["digest"] == want["digest"], (policy, kind)
         assert got["counters"] == want["counters"] and want["counters"]["wraps"] > 0
