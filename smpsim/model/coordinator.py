@@ -166,7 +166,7 @@ class Coordinator:
                 torn, flush = self.policy.wrap(ring, cpu)
                 self.events.append({"t": t, "cpu": cpu, "ev": "wrap", "slots": len(torn)})
                 if flush is not None:
-                    t = self._flush(t, cpu, flush, r, torn)
+                    t = self._flush(t, cpu, flush, r)
 
             slot, probes = ring.map_new_virtual(page, on_wrap)
             t = max(t, t_scan + probes * self.cost.pkmap_scan)
@@ -244,13 +244,13 @@ class Coordinator:
         self.outbox.append((r.cpu, (m.REPLY, r.cpu, t, slot, r.local_flushes)))
 
     # ---- TLB shootdown --------------------------------------------------------------------------------
-    def _flush(self, t: int, initiator: int, flush: Flush, r: _Request, torn: list[int] | None = None) -> int:
+    def _flush(self, t: int, initiator: int, flush: Flush, r: _Request) -> int:
         """Run a flush starting at t under kmap_lock; returns when the initiator resumes."""
         c = self.cost
         vpns = flush.vpns
         work = c.full_flush if vpns is None else c.invlpg * len(vpns)
         targets = list(flush.targets)
-        if flush.tick is not None:  # LATR: every other CPU invalidates at its next tick, then torn is free
+        if flush.tick is not None:  # LATR: every other CPU invalidates at its next tick, then deferred is free
             t_tick = next_tick(t, flush.tick)
             for j in range(self.ncpu):
                 if j != initiator:
@@ -260,7 +260,7 @@ class Coordinator:
             if f is None:
                 f = self.frees[t_tick] = _Free(t_tick)
                 heapq.heappush(self.pending, f)
-            f.batches.append((initiator, list(torn or ())))
+            f.batches.append((initiator, list(flush.deferred)))
         t_end = t
         for k, j in enumerate(targets):
             t_send = t + k * c.ipi_broadcast_step

@@ -30,7 +30,8 @@ class Flush:
     vpns: tuple[int, ...] | None  # pages each flushed TLB invalidates; None = the whole TLB
     targets: tuple[int, ...]      # CPUs sent an IPI (synchronous, wait=1); the initiator always flushes itself
     slots: int                    # slots this teardown took to count 0
-    tick: int | None = None       # LATR: the other CPUs invalidate vpns at their next tick of this period
+    tick: int | None = None       # LATR: the other CPUs invalidate vpns at their next tick of this period,
+    deferred: tuple[int, ...] = ()  # ... and these slots (deferred on the ring) are free only after it
 
 
 def next_tick(t: int, tick: int) -> int:
@@ -55,11 +56,11 @@ class FlushPolicy:
         self.ipi_latency = cfg.cost.ipi_latency
 
     # ---- helpers ----------------------------------------------------------------------------------
-    def flush(self, scope: str, vpns, targets, slots: int, tick: int | None = None) -> Flush:
+    def flush(self, scope: str, vpns, targets, slots: int, tick: int | None = None, deferred=()) -> Flush:
         """A Flush of vpns, made a full flush when above tlb_single_page_flush_ceiling [R11]."""
         if vpns is not None and len(vpns) > self.flush_ceiling:
             vpns = None
-        return Flush(scope, None if vpns is None else tuple(vpns), tuple(targets), slots, tick)
+        return Flush(scope, None if vpns is None else tuple(vpns), tuple(targets), slots, tick, tuple(deferred))
 
     def others(self, cpu: int) -> list[int]:
         return [j for j in range(self.ncpu) if j != cpu]
@@ -219,9 +220,10 @@ class Latr(Linux26):
         torn = ring.flush_all_zero_pkmaps()
         if not torn:
             return torn, None
-        if self.ncpu > 1:
-            ring.defer(torn)
-        return torn, self.flush("lazy", torn, (), len(torn), self.tick if self.ncpu > 1 else None)
+        if self.ncpu == 1:  # nobody else can cache them
+            return torn, self.flush("lazy", torn, (), len(torn))
+        ring.defer(torn)
+        return torn, self.flush("lazy", torn, (), len(torn), self.tick, torn)
 
     def first_message(self, t):
         return next_tick(t, self.tick)
