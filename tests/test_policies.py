@@ -202,3 +202,17 @@ def test_distributed_engine_equals_inline(tmp_path, policy):
         got = run_distributed(cfg, None, transport).summary
         assert got["digest"] == want["digest"], (policy, kind)
         assert got["counters"] == want["counters"] and want["counters"]["wraps"] > 0
+
+
+@pytest.mark.parametrize("policy", NEW)
+def test_analyze_counts_the_slots_each_policy_keeps_out_of_use(tmp_path, policy):
+    """Ring occupancy in `smpsim analyze` follows where each policy frees slots (purges, ticks), so at
+    the end it equals the reference ring's slots that are not free (count >= 1, or awaiting a tick)."""
+    from smpsim.analysis.load import open_trace
+    from smpsim.analysis.metrics import occupancy
+    cfg = _cfg(policy, "zipf", cpus=3, ring=16, kmaps=80, nesting=2, tick=30000)
+    inline.run(cfg, tmp_path / "run")
+    st = ref.replay_run(tmp_path / "run", cfg)
+    busy = sum(1 for i, c in enumerate(st.ref.pkmap_count) if c >= 1 or i in st.ref.not_yet_free)
+    _, used = occupancy(open_trace(tmp_path / "run"))
+    assert int(used[-1]) == busy and used.max() <= 16
