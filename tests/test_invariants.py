@@ -105,7 +105,8 @@ def pending_invalidations(coord: Coordinator, cpus) -> list[list]:
         elif msg[0] == m.REPLY:
             pend[dest] += [v for _, v in msg[4]]
     for r in list(coord.pending) + list(coord.pkmap_map_wait):
-        pend[r.cpu] += [v for _, v in r.local_flushes]
+        if r.cpu >= 0:  # (cpu -1: latr's timed release of slots, not a request)
+            pend[r.cpu] += [v for _, v in r.local_flushes]
     return pend
 
 
