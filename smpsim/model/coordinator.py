@@ -74,7 +74,7 @@ class Coordinator:
         self.lb = [0] * self.ncpu                # RUNNING CPUs: no request before this time
         self.running = [(0, c) for c in range(self.ncpu)]  # heap of (lb, cpu), outdated entries skipped
         self.pkmap_map_wait: list[_Request] = []  # sleepers, in the order they went to sleep
-        self.events: list[dict] = []
+        self.events: list[tuple] = []  # trace events, tuples laid out as in events.py
         self.outbox: list[tuple[int, tuple]] = []  # (destination CPU, message)
         self.t_last = 0
 
@@ -189,7 +189,7 @@ class Coordinator:
                 nonlocal t
                 t = max(t, t_scan + probes * self.cost.pkmap_scan)
                 torn, flush = self.policy.wrap(ring, cpu)
-                self.events.append({"t": t, "cpu": cpu, "ev": "wrap", "slots": len(torn)})
+                self.events.append((t, cpu, "wrap", len(torn)))
                 if flush is not None:
                     t = self._flush(t, cpu, flush, r)
 
@@ -206,15 +206,14 @@ class Coordinator:
                 r.slept = True
                 self.pkmap_map_wait.append(r)
                 self.status[cpu] = ASLEEP
-                self.events.append({"t": t, "cpu": cpu, "ev": "wait", "page": page})
+                self.events.append((t, cpu, "wait", page))
                 return
             new = True
             t += self.cost.pte_write
         ring.pkmap_count[slot] += 1
         self.policy.kmapped(cpu, page)
         self._unlock(t)
-        self.events.append({"t": t, "cpu": cpu, "ev": "kmap", "page": page, "slot": slot, "new": new,
-                            "slept": r.slept, "cycles": t - r.t_first, "lock_wait": r.lock_wait})
+        self.events.append((t, cpu, "kmap", page, slot, new, r.slept, t - r.t_first, r.lock_wait))
         self._reply(r, t, slot)
 
     def _kunmap_high(self, r: _Request) -> None:
@@ -237,7 +236,7 @@ class Coordinator:
                 count = ring.pkmap_count[slot]
                 t = self._flush(t, cpu, flush, r)
         self._unlock(t)
-        self.events.append({"t": t, "cpu": cpu, "ev": "kunmap", "page": page, "slot": slot, "count": count})
+        self.events.append((t, cpu, "kunmap", page, slot, count))
         if count <= 1:
             self._wake(t, cpu)
         self._reply(r, t, slot)
@@ -248,7 +247,7 @@ class Coordinator:
             return
         woken = self.pkmap_map_wait
         self.pkmap_map_wait = []
-        self.events.append({"t": t, "cpu": cpu, "ev": "wake", "woken": [w.cpu for w in woken]})
+        self.events.append((t, cpu, "wake", [w.cpu for w in woken]))
         for w in woken:
             w.t = t + self.cost.wakeup_latency
             self.status[w.cpu] = REQUESTED
@@ -259,7 +258,7 @@ class Coordinator:
         t = max(f.t, self.lock_free_at)
         for initiator, slots in f.batches:
             self.ring.release(slots)
-            self.events.append({"t": t, "cpu": initiator, "ev": "free", "slots": len(slots)})
+            self.events.append((t, initiator, "free", len(slots)))
         del self.frees[f.t]
         self._wake(t, f.batches[0][0])
 
@@ -325,7 +324,6 @@ class Coordinator:
             t_end = max(t_end, t_ack)
         r.local_flushes.append((t_end, vpns))  # then the initiator flushes its own TLB
         t_end += work
-        self.events.append({"t": t, "cpu": initiator, "ev": "flush", "scope": flush.scope, "slots": flush.slots,
-                            "targets": targets, "pages": None if vpns is None else len(vpns),
-                            "stall": t_end - t})
+        self.events.append((t, initiator, "flush", flush.scope, flush.slots, targets,
+                            None if vpns is None else len(vpns), t_end - t))
         return t_end
