@@ -12,10 +12,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from smpsim.model.policies import POLICY_NAMES
+
 # LAST_PKMAP by architecture (reference section 2).
 ARCH_LAST_PKMAP = {"i386": 1024, "i386-pae": 512, "arm": 512, "mips": 1024}
 
-POLICIES = ("linux-2.4", "linux-2.6", "eager", "kmap-local", "no-ipi", "no-flush")
 WORKLOADS = ("uniform", "zipf", "stream", "shared", "pingpong", "script")
 
 
@@ -71,8 +72,11 @@ class Cost(_Strict):
 
 
 class Policy(_Strict):
-    name: Literal["linux-2.4", "linux-2.6", "eager", "kmap-local", "no-ipi", "no-flush"] = "linux-2.4"
+    name: Literal[POLICY_NAMES] = Field("linux-2.4", description="flush policy (smpsim.model.policies)")
     flush_ceiling: int = Field(33, ge=0, description="tlb_single_page_flush_ceiling: larger ranges flush all [R11]")
+    lazy_max: int | None = Field(None, ge=1, description="vmap-lazy: slots awaiting a flush that trigger a purge; "
+                                 "default lazy_max_pages() scaled to the ring (docs/policies.md)")
+    tick: int = Field(2_500_000, ge=1, description="latr: cycles between scheduler ticks (HZ=1000 at 2.5 GHz)")
 
 
 class Workload(_Strict):
@@ -84,6 +88,8 @@ class Workload(_Strict):
     hold: int = Field(200, ge=0, description="mean compute cycles between accesses while holding")
     think: int = Field(2000, ge=0, description="mean compute cycles between kmaps")
     nesting: int = Field(1, ge=1, le=64, description="pages held at once")
+    active_cpus: int | None = Field(None, ge=0, description="only CPUs 0..active_cpus-1 kmap; the others "
+                                    "are idle (default: all)")
     write_fraction: float = Field(0.3, ge=0.0, le=1.0)
     zipf_s: float = Field(1.1, gt=0.0, description="zipf exponent")
     hot_pages: int = Field(16, ge=1, description="shared: size of the hot set every CPU maps")

@@ -28,8 +28,22 @@ both would hide itself.
     kunmap_high(page):
         slot = page->virtual (BUG if none); --pkmap_count[slot] (BUG if 0); if 1: wake_up(pkmap_map_wait)
 
-The replayer feeds the ring events of a trace (kmap, kunmap, wait, wrap, flush, wake) through this model
-in seq order and reports the first disagreement.
+Later designs, as this model reads them (docs/policies.md has the sources):
+
+    vmap-lazy (mm/vmalloc.c's lazy purge): a wrap tears nothing down. kunmap_high that leaves lazy_max
+        slots at count 1 purges: every count-1 slot goes to 0, then ONE flush_tlb_kernel_range from the
+        lowest to the highest of them (all of them if that is more than the ceiling). A scan that finds no
+        slot purges (if anything is at count 1) and scans again before it sleeps. lazy_max defaults to
+        ceil(LAST_PKMAP * fls(ncpus) / 4): lazy_max_pages() over the 128 MB x86-32 vmalloc area.
+    tlb-gen: linux-2.6's flush, but the IPIs go only to CPUs that kmapped, or ended a hold of, a page
+        since they were last flushed, or hold one now.
+    latr: the wrap's torn slots are NOT free: the initiator invalidates them itself at once, every other
+        CPU at its first tick after the wrap (ticks at multiples of `tick`), and only then (a `free`
+        event, before any request made at or after that tick) may map_new_virtual take them; sleepers
+        are woken then.
+
+The replayer feeds the ring events of a trace (kmap, kunmap, wait, wrap, flush, wake, free) through this
+model in seq order and reports the first disagreement.
 """
 
 from __future__ import annotations
@@ -38,8 +52,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-RING_POLICIES = ("linux-2.4", "linux-2.6", "eager", "no-ipi", "no-flush")
-RING_EVENTS = frozenset({"kmap", "kunmap", "wait", "wrap", "flush", "wake"})
+RING_POLICIES = ("linux-2.4", "linux-2.6", "eager", "no-ipi", "no-flush", "vmap-lazy", "tlb-gen", "latr")
+RING_EVENTS = frozenset({"kmap", "kunmap", "wait", "wrap", "flush", "wake", "free"})
 
 
 class KernelBug(AssertionError):
@@ -53,13 +67,23 @@ class ReplayMismatch(AssertionError):
 class RefHighmem:
     """pkmap_count, pkmap_page_table, page->virtual and last_pkmap_nr, plus the policy's flush choice."""
 
-    def __init__(self, last_pkmap: int, policy: str = "linux-2.4", ncpus: int = 1, flush_ceiling: int = 33):
+    def __init__(self, last_pkmap: int, policy: str = "linux-2.4", ncpus: int = 1, flush_ceiling: int = 33,
+                 lazy_max: int | None = None, tick: int = 2_500_000):
         if policy not in RING_POLICIES:
             raise ValueError(f"policy {policy!r} does not use the pkmap ring")
         self.LAST_PKMAP = last_pkmap
         self.policy = policy
         self.ncpus = ncpus
         self.flush_ceiling = flush_ceiling
+        if lazy_max is None:
+            lazy_max = -(-last_pkmap * ncpus.bit_length() // 4)
+        self.lazy_max = min(max(lazy_max, 1), last_pkmap)
+        self.tick = tick
+        self.now = 0                           # time of the ring operation being replayed (latr)
+        self.not_yet_free: set[int] = set()    # latr: torn down, some CPU's tick still due
+        self.batches: list[tuple[int, int, list[int]]] = []  # latr: (tick that frees, initiator, slots)
+        self.fresh = [False] * ncpus           # tlb-gen: used a pkmap address since its last flush
+        self.holding: list[dict[int, int]] = [{} for _ in range(ncpus)]
         self.pkmap_count = [0 for _ in range(last_pkmap)]
         self.pkmap_page_table: list[int | None] = [None for _ in range(last_pkmap)]
         self.virtual: dict[int, int] = {}      # page -> slot ("page->virtual")
@@ -79,8 +103,8 @@ class RefHighmem:
                 "targets": self._others(cpu) if remote else []}
 
     # ---- mm/highmem.c --------------------------------------------------------------------------------
-    def flush_all_zero_pkmaps(self, cpu: int) -> int:
-        torn = 0
+    def _tear_down_unused(self) -> list[int]:
+        torn = []
         for i in range(self.LAST_PKMAP):
             if self.pkmap_count[i] != 1:
                 continue
@@ -92,21 +116,56 @@ class RefHighmem:
             if self.virtual.get(page) != i:
                 raise KernelBug(f"page {page} mapped at slot {i} but page->virtual says {self.virtual.get(page)}")
             del self.virtual[page]
-            torn += 1
+            torn.append(i)
+        return torn
+
+    def flush_all_zero_pkmaps(self, cpu: int) -> int:
+        if self.policy == "vmap-lazy":  # the cursor's wrap frees nothing: purges do
+            self.side_effects.append(("wrap", 0))
+            return 0
+        slots = self._tear_down_unused()
+        torn = len(slots)
         self.side_effects.append(("wrap", torn))
         # The TLB flush that makes "count 0" mean "clean everywhere".
         if self.policy == "linux-2.4":
             self.side_effects.append(("flush", self._flush_record(cpu, "all", torn, None, True)))
-        elif self.policy == "linux-2.6":
+        elif self.policy in ("linux-2.6", "tlb-gen"):
             if torn:
                 pages = self.LAST_PKMAP if self.LAST_PKMAP <= self.flush_ceiling else None
-                self.side_effects.append(("flush", self._flush_record(cpu, "range", torn, pages, True)))
+                rec = self._flush_record(cpu, "range", torn, pages, True)
+                if self.policy == "tlb-gen":
+                    rec["targets"] = [j for j in rec["targets"] if self.fresh[j] or self.holding[j]]
+                    for j in rec["targets"] + [cpu]:
+                        self.fresh[j] = False
+                self.side_effects.append(("flush", rec))
+        elif self.policy == "latr":
+            if torn:
+                pages = torn if torn <= self.flush_ceiling else None
+                self.side_effects.append(("flush", self._flush_record(cpu, "lazy", torn, pages, False)))
+                if self.ncpus > 1:
+                    self.not_yet_free.update(slots)
+                    self.batches.append(((self.now // self.tick + 1) * self.tick, cpu, slots))
         elif self.policy == "no-ipi":
             self.side_effects.append(("flush", self._flush_record(cpu, "local", torn, None, False)))
         # eager: nothing can be at count 1 here; no-flush: never flushes.
         return torn
 
-    def map_new_virtual(self, page: int, cpu: int) -> int | None:
+    def purge(self, cpu: int) -> int:
+        """vmap-lazy: tear every count-1 slot down, one flush over the span they cover."""
+        slots = self._tear_down_unused()
+        if slots:
+            span = max(slots) - min(slots) + 1
+            self.side_effects.append(("flush", self._flush_record(
+                cpu, "range", len(slots), span if span <= self.flush_ceiling else None, True)))
+        return len(slots)
+
+    def free_batch(self) -> tuple[int, int, int]:
+        """latr: the oldest batch of torn slots becomes usable (every CPU has ticked)."""
+        t_free, initiator, slots = self.batches.pop(0)
+        self.not_yet_free -= set(slots)
+        return t_free, initiator, len(slots)
+
+    def map_new_virtual(self, page: int, cpu: int, purged: bool = False) -> int | None:
         """A slot, or None when the caller must sleep (one full fruitless scan)."""
         count = self.LAST_PKMAP
         while True:
@@ -114,11 +173,13 @@ class RefHighmem:
             if self.last_pkmap_nr == 0:
                 self.flush_all_zero_pkmaps(cpu)
                 count = self.LAST_PKMAP
-            if self.pkmap_count[self.last_pkmap_nr] == 0:
+            if self.pkmap_count[self.last_pkmap_nr] == 0 and self.last_pkmap_nr not in self.not_yet_free:
                 break
             count -= 1
             if count:
                 continue
+            if self.policy == "vmap-lazy" and not purged and self.purge(cpu):
+                return self.map_new_virtual(page, cpu, purged=True)  # alloc_vmap_area: purge, retry once
             return None
         slot = self.last_pkmap_nr
         if self.pkmap_page_table[slot] is not None:
@@ -142,6 +203,8 @@ class RefHighmem:
         self.pkmap_count[slot] += 1
         if self.pkmap_count[slot] < 2:
             raise KernelBug(f"kmap_high: pkmap_count[{slot}] = {self.pkmap_count[slot]} < 2")
+        self.holding[cpu][page] = self.holding[cpu].get(page, 0) + 1
+        self.fresh[cpu] = True
         return slot, new
 
     def kunmap_high(self, page: int, cpu: int = 0) -> tuple[int, int, bool]:
@@ -155,6 +218,14 @@ class RefHighmem:
         if c == 0:
             raise KernelBug(f"kunmap_high: pkmap_count[{slot}] (page {page}) reached 0")
         wake = c == 1
+        if self.holding[cpu].get(page):  # this CPU's own hold ends (another CPU's kunmap ends none)
+            self.holding[cpu][page] -= 1
+            if not self.holding[cpu][page]:
+                del self.holding[cpu][page]
+            self.fresh[cpu] = True
+        if c == 1 and self.policy == "vmap-lazy" and self.pkmap_count.count(1) >= self.lazy_max:
+            self.purge(cpu)
+            c = self.pkmap_count[slot]
         if c == 1 and self.policy == "eager":
             # Eager policy: tear the slot down now and shoot the page down on every CPU.
             self.pkmap_count[slot] = 0
@@ -183,12 +254,17 @@ class ReplayStats:
     sleeps: int = 0
     slept_kmaps: int = 0
     wakes: int = 0
+    frees: int = 0
     slots: list[tuple[int, int, int]] = field(default_factory=list)  # (cpu, page, slot) per kmap
+    # latr: (cpu, tick, pages) of every tick invalidation the lazy flushes owe, and of those in the trace
+    ticks_owed: list[tuple[int, int, int | None]] = field(default_factory=list)
+    ticks_seen: list[tuple[int, int, int | None]] = field(default_factory=list)
     ref: RefHighmem | None = None
 
 
 def replay(events: Iterable[dict[str, Any]], last_pkmap: int, policy: str, ncpus: int,
-           flush_ceiling: int = 33, check_flushes: bool = True) -> ReplayStats:
+           flush_ceiling: int = 33, check_flushes: bool = True, lazy_max: int | None = None,
+           tick: int = 2_500_000) -> ReplayStats:
     """Check a trace's ring events, in seq order, against RefHighmem; raise ReplayMismatch on the first
     disagreement. Returns what was seen (so callers can insist that wraps or sleeps actually happened).
 
@@ -200,14 +276,20 @@ def replay(events: Iterable[dict[str, Any]], last_pkmap: int, policy: str, ncpus
     - every kunmap: same slot and count afterwards; a wake event right after it exactly when the count
       fell to 1 (or 0 by eager teardown) with sleepers waiting, naming all of them in sleep order
     - a sleeper retries only after it was woken
+    - latr: a `free` event per lazy flush, in order, by its initiator, at or after the first tick after
+      it, and before any kmap requested at or after that tick (none requested earlier comes after it);
+      sleepers are woken right after the frees of a tick; every other CPU has one `tick` flush of the
+      same pages at that tick (ticks_owed / ticks_seen)
     """
-    ref = RefHighmem(last_pkmap, policy, ncpus, flush_ceiling)
+    ref = RefHighmem(last_pkmap, policy, ncpus, flush_ceiling, lazy_max, tick)
     st = ReplayStats(ref=ref)
     effects: list[dict] = []            # wrap/flush events since the last ring operation
     waitq: list[int] = []               # CPUs asleep on pkmap_map_wait, in sleep order
     woken: set[int] = set()             # woken, retry not seen yet
     slept: set[int] = set()             # CPUs whose current kmap request has slept at least once
     expect_wake: list[int] | None = None
+    freed_at: int | None = None         # latr: time of the frees just seen (a wake may follow them)
+    last_free_tick = -1
     last_seq = -1
 
     def fail(ev: dict, why: str) -> None:
@@ -237,6 +319,9 @@ def replay(events: Iterable[dict[str, Any]], last_pkmap: int, policy: str, ncpus
                     fail(g, f"flush targets {g.get('targets')}, reference {w['targets']}")
                 if g.get("cpu") != ev.get("cpu"):
                     fail(g, f"flush initiated by CPU {g.get('cpu')} during CPU {ev.get('cpu')}'s operation")
+                if w["scope"] == "lazy" and ncpus > 1:
+                    t_tick = ref.batches[-1][0]
+                    st.ticks_owed += [(j, t_tick, w["pages"]) for j in range(ncpus) if j != g["cpu"]]
                 st.flushes += 1
         effects.clear()
 
@@ -249,6 +334,13 @@ def replay(events: Iterable[dict[str, Any]], last_pkmap: int, policy: str, ncpus
             fail(ev, f"events out of seq order ({seq} after {last_seq})")
         last_seq = seq
         cpu, page = ev.get("cpu"), ev.get("page")
+        if kind == "flush" and ev.get("scope") == "tick":  # a CPU's own lazy invalidation (latr)
+            st.ticks_seen.append((cpu, ev["t"], ev.get("pages")))
+            continue
+        if freed_at is not None and not (kind == "free" and ev["t"] == freed_at):
+            freed_at = None
+            if waitq:
+                expect_wake = list(waitq)
         if expect_wake is not None:
             if kind != "wake":
                 fail(ev, f"expected a wake of CPUs {expect_wake} right after the kunmap")
@@ -262,12 +354,33 @@ def replay(events: Iterable[dict[str, Any]], last_pkmap: int, policy: str, ncpus
         if kind in ("wrap", "flush"):
             effects.append(ev)
             continue
+        if kind == "free":
+            if effects:
+                fail(ev, f"free in the middle of a ring operation, after {[_short(e) for e in effects]}")
+            if not ref.batches:
+                fail(ev, "free with no lazily flushed slots awaiting it")
+            t_tick, initiator, n = ref.free_batch()
+            if (ev.get("cpu"), ev.get("slots")) != (initiator, n) or ev["t"] < t_tick:
+                fail(ev, f"free of {ev.get('slots')} slots by CPU {ev.get('cpu')} at t={ev['t']}; the reference "
+                         f"frees {n} slots of CPU {initiator}'s wrap at the tick t={t_tick} or later")
+            last_free_tick = t_tick
+            freed_at = ev["t"]
+            st.frees += 1
+            continue
         if kind == "wake":
             fail(ev, f"wake with no kunmap dropping a count to 1 and sleepers {waitq}")
         if kind in ("kmap", "wait"):
             if cpu in slept and cpu not in woken:
                 fail(ev, f"CPU {cpu} retries its kmap without having been woken (asleep: {waitq})")
             woken.discard(cpu)
+            if kind == "kmap" and not ev.get("slept") and ev.get("cycles") is not None:
+                t_req = ev["t"] - ev["cycles"]  # kmap_lock requests are taken in (time, CPU) order
+                if ref.batches and ref.batches[0][0] <= t_req:
+                    fail(ev, f"kmap requested at t={t_req} before the slots freed by the tick at "
+                             f"t={ref.batches[0][0]}")
+                if t_req < last_free_tick:
+                    fail(ev, f"kmap requested at t={t_req} after slots freed by the tick at t={last_free_tick}")
+            ref.now = next((e["t"] for e in effects if e["ev"] == "wrap"), ev["t"])
             res = ref.kmap_high(page, cpu)
             match_effects(ev)
             if kind == "wait":
@@ -306,8 +419,13 @@ def replay(events: Iterable[dict[str, Any]], last_pkmap: int, policy: str, ncpus
             expect_wake = list(waitq)
     if effects:
         raise ReplayMismatch(f"trailing {[_short(e) for e in effects]} after the last ring operation")
-    if expect_wake is not None:
-        raise ReplayMismatch(f"trace ends without the wake of CPUs {expect_wake}")
+    if expect_wake is not None or (freed_at is not None and waitq):
+        raise ReplayMismatch(f"trace ends without the wake of CPUs {expect_wake or waitq}")
+    owed = list(st.ticks_owed)
+    for x in st.ticks_seen:
+        if x not in owed:
+            raise ReplayMismatch(f"tick invalidation (cpu, t, pages) {x} that no lazy flush owes")
+        owed.remove(x)
     return st
 
 
@@ -332,4 +450,4 @@ def load_events(run_dir: str | Path) -> list[dict[str, Any]]:
 def replay_run(run_dir: str | Path, cfg, **kw) -> ReplayStats:
     """Replay the run directory of `cfg` (a smpsim Config)."""
     return replay(load_events(run_dir), cfg.machine.ring_size, cfg.policy.name, cfg.machine.cpus,
-                  cfg.policy.flush_ceiling, **kw)
+                  cfg.policy.flush_ceiling, lazy_max=cfg.policy.lazy_max, tick=cfg.policy.tick, **kw)

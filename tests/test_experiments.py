@@ -1,4 +1,4 @@
-"""The five experiments in configs/ make the point their comment says, on shrunk versions of the sweeps.
+"""The experiments in configs/ make the point their comment says, on shrunk versions of the sweeps.
 
 Each test runs `smpsim sweep configs/NAME.toml` with --set overrides that make it small (fewer CPUs or
 kmaps, fewer points) and checks the direction of each effect in its results table.
@@ -14,7 +14,7 @@ from smpsim.cli.main import app
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
-EXPERIMENTS = ("lazy-vs-eager", "broken-flush", "ring-size", "cpus", "refill")
+EXPERIMENTS = ("lazy-vs-eager", "broken-flush", "ring-size", "cpus", "refill", "modern")
 
 
 def sweep(tmp_path, name, *sets):
@@ -110,3 +110,21 @@ def test_flush_induced_misses_follow_wrap_flushes(tmp_path):
     assert t["linux-2.6", 32, 64]["flush_misses_per_cpu"] == t["linux-2.6", 32, 0]["flush_misses_per_cpu"]
     assert t["linux-2.6", 32, 64]["flush_misses_per_cpu"] < t["linux-2.4", 32, 64]["flush_misses_per_cpu"]
     assert t["linux-2.6", 32, 64]["stall_per_flush"] > t["linux-2.4", 32, 64]["stall_per_flush"]
+
+
+def test_modern_designs_against_linux_24(tmp_path):
+    rows = sweep(tmp_path, "modern", "machine.cpus=4", "workload.kmaps_per_cpu=150", "machine.last_pkmap=48")
+    assert len(rows) == 28 and all(r["stale"] == 0 for r in rows)
+    t = by(rows, "policy.name", "workload.kind", "workload.active_cpus")
+    for kind, active in (("uniform", 8), ("zipf", 8), ("shared", 8), ("uniform", 2)):
+        base = t["linux-2.4", kind, active]
+        assert base["wraps"] > 0 and base["ipis"] > 0
+        assert t["eager", kind, active]["ipis"] > 10 * base["ipis"]
+        assert t["kmap-local", kind, active]["ipis"] == 0 and t["latr", kind, active]["ipis"] == 0
+        assert t["latr", kind, active]["wraps"] > 0
+    # tlb-gen: the same IPIs while every CPU kmaps; with 2 of 4 active, only the other active CPU's.
+    assert t["tlb-gen", "uniform", 8]["ipis"] == t["linux-2.4", "uniform", 8]["ipis"]
+    few, all_ = t["tlb-gen", "uniform", 2], t["linux-2.4", "uniform", 2]
+    assert few["wraps"] == all_["wraps"] and few["ipis"] * 3 == all_["ipis"]
+    # latr: no IPIs, paid for in sleeps while torn slots wait for the tick.
+    assert t["latr", "uniform", 8]["sleeps"] > 0

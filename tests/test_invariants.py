@@ -104,6 +104,8 @@ def pending_invalidations(coord: Coordinator, cpus, downs) -> list[list]:
                 for result in msg.results:
                     pend[dest] += [v for _, v in result[3]]
     for r in list(coord.pending) + list(coord.pkmap_map_wait):
+        if r.cpu < 0:  # latr's timed release of slots, not a request
+            continue
         pend[r.cpu] += [v for _, v in r.local_flushes]
         for result in r.results:
             pend[r.cpu] += [v for _, v in result[3]]

@@ -20,6 +20,7 @@ from typing import Any
 import duckdb
 import pyarrow.parquet as pq
 
+from smpsim.model.policies import POLICIES
 from smpsim.trace.errors import TraceError
 from smpsim.trace.reader import RunDir, iter_tables, open_run, read_part
 from smpsim.trace.rundir import CONFIG_NAME
@@ -43,7 +44,8 @@ class RunMeta:
     @property
     def uses_ring(self) -> bool:
         """kmap-local never touches the pkmap ring: its kmaps take CPU-private kmap_local slots."""
-        return self.policy != "kmap-local"
+        policy = POLICIES.get(self.policy or "")
+        return policy.uses_ring if policy is not None else True
 
     @property
     def slot_capacity(self) -> int | None:

@@ -17,6 +17,8 @@ event, so a 10-million-event trace takes seconds. Definitions (docs/analysis.md 
 - Slots in use (ring occupancy): slots with ``pkmap_count >= 1``, i.e. not free: +1 for each ``kmap``
   with ``new = true``, -1 for each ``kunmap`` that left ``count == 0`` (eager tear-down), -``slots`` for
   each ``wrap`` (flush_all_zero_pkmaps); for kmap-local the same rule counts kmap_local slots in use.
+  vmap-lazy tears down at its purges instead (-``slots`` for each ``flush``), latr frees torn slots only
+  at the tick (-``slots`` for each ``free``, not at the wrap).
 """
 
 from __future__ import annotations
@@ -163,9 +165,10 @@ def stale(tr: Trace, counters: dict[str, Any], examples: int = STALE_EXAMPLES) -
 
 def occupancy(tr: Trace) -> tuple[np.ndarray, np.ndarray]:
     """(t, slots in use after each change), in seq order; see the module docstring for the rule."""
+    freed = {"vmap-lazy": "ev = 'flush' AND slots > 0", "latr": "ev = 'free'"}.get(
+        tr.meta.policy, "(ev = 'kunmap' AND count = 0) OR (ev = 'wrap' AND slots > 0)")
     d = tr.numpy("SELECT t, CASE ev WHEN 'kmap' THEN 1 WHEN 'kunmap' THEN -1 ELSE -slots END AS delta "
-                 "FROM events WHERE (ev = 'kmap' AND new) OR (ev = 'kunmap' AND count = 0) "
-                 "OR (ev = 'wrap' AND slots > 0) ORDER BY seq")
+                 f"FROM events WHERE (ev = 'kmap' AND new) OR {freed} ORDER BY seq")
     return np.asarray(d["t"], dtype=np.int64), np.cumsum(np.asarray(d["delta"], dtype=np.int64))
 
 

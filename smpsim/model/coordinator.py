@@ -19,7 +19,7 @@ from smpsim.config import Config
 from smpsim.model import messages as m
 from smpsim.model.cpu import service_ipis
 from smpsim.model.errors import DeadlockError, ModelError
-from smpsim.model.policies import Flush, make_policy
+from smpsim.model.policies import Flush, make_policy, next_tick
 from smpsim.model.ring import PkmapRing
 
 INF = m.INF
@@ -44,17 +44,28 @@ class _Request:
         return (self.t, self.cpu) < (other.t, other.cpu)
 
 
+class _Free:
+    """Slots deferred by lazy invalidation (LATR) that become free at time t, when the last CPU's tick has
+    invalidated them. Ordered before any request at t (cpu -1): a kmap at t may take them."""
+    __slots__ = ("t", "cpu", "batches")
+
+    def __init__(self, t: int):
+        self.t, self.cpu = t, -1
+        self.batches: list[tuple[int, list[int]]] = []  # (initiator of the wrap, slots), in wrap order
+
+    def __lt__(self, other):
+        return (self.t, self.cpu) < (other.t, other.cpu)
+
+
 class Coordinator:
     def __init__(self, cfg: Config):
         self.ncpu = cfg.machine.cpus
         self.cost = cfg.cost
-        self.flush_ceiling = cfg.policy.flush_ceiling
         self.ring = PkmapRing(cfg.machine.ring_size)
-        self.policy = make_policy(cfg.policy.name, cfg.machine.ring_size)
-        # Smallest delay from a ring operation to an IPI's arrival: how far CPUs may run ahead.
-        self.lookahead = self.cost.ipi_latency if self.policy.sends_ipis else None
+        self.policy = make_policy(cfg)
         self.lock_free_at = 0
-        self.pending: list[_Request] = []        # heap in canonical order
+        self.pending: list[_Request | _Free] = []  # heap in canonical order
+        self.frees: dict[int, _Free] = {}        # pending _Free by time
         # Per CPU, the IPIs it has been sent and has not taken yet as far as the coordinator knows: a mirror
         # of the CPU's inbox, to place the later calls of a compound request where the CPU will make them.
         self.inboxes: list[list] = [[] for _ in range(self.ncpu)]
@@ -108,6 +119,9 @@ class Coordinator:
             if earliest < (head.t, head.cpu):
                 break  # that CPU may still ask for the lock earlier
             heapq.heappop(pending)
+            if head.cpu < 0:
+                self._free(head)
+                continue
             if self.computing[head.cpu] is head:
                 self.computing[head.cpu] = None
             if head.op == "kmap":
@@ -130,24 +144,23 @@ class Coordinator:
 
     def safe_until(self) -> int:
         """CPUs may start operations strictly before this time: every IPI arriving earlier is known."""
-        if self.lookahead is None:
-            return INF
         g = self.bound()
         if g >= INF:
             return INF
         if self.policy.flushes_only_at_wrap:
             g += self._time_to_wrap()
-        return g + self.lookahead
+        first = self.policy.first_message(g)
+        return INF if first is None else first
 
     def _time_to_wrap(self) -> int:
         """A lower bound on the time from the next ring operation to the next wrap.
 
-        Between flushes no slot returns to 0, so with F free slots ahead of the cursor the wrap comes no
-        earlier than the (F+1)-th new mapping, and kmap_lock serializes those: each holds the lock for at
-        least lock_hold + pkmap_scan + pte_write."""
-        ring, c = self.ring, self.cost
-        free_ahead = ring.pkmap_count[ring.last_pkmap_nr + 1:].count(0)
-        return free_ahead * (c.lock_hold + c.pkmap_scan + c.pte_write) + c.lock_hold
+        Between flushes no slot returns to 0 (deferred slots that become free only add new mappings
+        before the wrap), so with F free slots ahead of the cursor the wrap comes no earlier than the
+        (F+1)-th new mapping, and kmap_lock serializes those: each holds the lock for at least
+        lock_hold + pkmap_scan + pte_write."""
+        c = self.cost
+        return self.ring.free_ahead() * (c.lock_hold + c.pkmap_scan + c.pte_write) + c.lock_hold
 
     def finished(self) -> bool:
         return all(s == DONE for s in self.status)
@@ -175,14 +188,19 @@ class Coordinator:
             def on_wrap(probes: int) -> None:
                 nonlocal t
                 t = max(t, t_scan + probes * self.cost.pkmap_scan)
-                torn = ring.flush_all_zero_pkmaps()
+                torn, flush = self.policy.wrap(ring, cpu)
                 self.events.append((t, cpu, "wrap", len(torn)))
-                flush = self.policy.wrap_flush(torn)
                 if flush is not None:
-                    t = self._flush(t, cpu, flush, len(torn), r)
+                    t = self._flush(t, cpu, flush, r)
 
             slot, probes = ring.map_new_virtual(page, on_wrap)
             t = max(t, t_scan + probes * self.cost.pkmap_scan)
+            if slot is None:
+                flush = self.policy.rescue(ring, cpu)
+                if flush is not None:  # the policy freed slots instead of sleeping: scan again
+                    t = t_scan = self._flush(t, cpu, flush, r)
+                    slot, probes = ring.map_new_virtual(page, on_wrap)
+                    t = max(t, t_scan + probes * self.cost.pkmap_scan)
             if slot is None:  # a fruitless full scan: sleep on pkmap_map_wait, kmap_lock released
                 self._unlock(t)
                 r.slept = True
@@ -193,6 +211,7 @@ class Coordinator:
             new = True
             t += self.cost.pte_write
         ring.pkmap_count[slot] += 1
+        self.policy.kmapped(cpu, page)
         self._unlock(t)
         self.events.append((t, cpu, "kmap", page, slot, new, r.slept, t - r.t_first, r.lock_wait))
         self._reply(r, t, slot)
@@ -205,27 +224,43 @@ class Coordinator:
             raise ModelError(cpu, "kunmap", r.pc, f"kunmap_high of page {page}, which has no pkmap address "
                              f"(the kernel BUG()s)", r.t)
         ring.pkmap_count[slot] -= 1
+        self.policy.kunmapped(cpu, page)
         count = ring.pkmap_count[slot]
         if count == 0:
             raise ModelError(cpu, "kunmap", r.pc, f"pkmap_count of slot {slot} (page {page}) reached 0 in "
                              f"kunmap_high: more kunmaps than kmaps (the kernel BUG()s: a count must never "
                              f"go down to zero without a TLB flush)", r.t)
-        if count == 1 and self.policy.eager_teardown:
-            ring.teardown(slot)
-            count = 0
-            t = self._flush(t, cpu, self.policy.unmap_flush(slot), 1, r)
+        if count == 1:
+            flush = self.policy.unmap_flush(ring, slot, cpu)
+            if flush is not None:  # the policy tore slots down (this one among them): make that safe
+                count = ring.pkmap_count[slot]
+                t = self._flush(t, cpu, flush, r)
         self._unlock(t)
         self.events.append((t, cpu, "kunmap", page, slot, count))
-        if count <= 1 and self.pkmap_map_wait:
-            # wake_up(&pkmap_map_wait) after unlock: every sleeper retries kmap_high from the scan.
-            woken = self.pkmap_map_wait
-            self.pkmap_map_wait = []
-            self.events.append((t, cpu, "wake", [w.cpu for w in woken]))
-            for w in woken:
-                w.t = t + self.cost.wakeup_latency
-                self.status[w.cpu] = REQUESTED
-                heapq.heappush(self.pending, w)
+        if count <= 1:
+            self._wake(t, cpu)
         self._reply(r, t, slot)
+
+    def _wake(self, t: int, cpu: int) -> None:
+        """wake_up(&pkmap_map_wait) after unlock: every sleeper retries kmap_high from the scan."""
+        if not self.pkmap_map_wait:
+            return
+        woken = self.pkmap_map_wait
+        self.pkmap_map_wait = []
+        self.events.append((t, cpu, "wake", [w.cpu for w in woken]))
+        for w in woken:
+            w.t = t + self.cost.wakeup_latency
+            self.status[w.cpu] = REQUESTED
+            heapq.heappush(self.pending, w)
+
+    def _free(self, f: _Free) -> None:
+        """Deferred slots become free once every CPU has invalidated them, then sleepers retry."""
+        t = max(f.t, self.lock_free_at)
+        for initiator, slots in f.batches:
+            self.ring.release(slots)
+            self.events.append((t, initiator, "free", len(slots)))
+        del self.frees[f.t]
+        self._wake(t, f.batches[0][0])
 
     def _reply(self, r: _Request, t: int, slot: int) -> None:
         cpu = r.cpu
@@ -254,30 +289,41 @@ class Coordinator:
             heapq.heapify(self.pending)  # nxt moved later
 
     # ---- TLB shootdown --------------------------------------------------------------------------------
-    def _flush(self, t: int, initiator: int, flush: Flush, torn: int, r: _Request) -> int:
+    def _send_ipi(self, j: int, ipi: m.Ipi) -> None:
+        """Send CPU j an IPI (or a latr lazy list, which takes its time the same way) and mirror its inbox."""
+        self.outbox.append((j, ipi))
+        nxt = self.computing[j]
+        if nxt is not None:
+            self._ipi_to_computing(nxt, ipi)
+        elif self.status[j] != DONE:
+            heapq.heappush(self.inboxes[j], (ipi.t_recv, ipi.src, ipi))
+
+    def _flush(self, t: int, initiator: int, flush: Flush, r: _Request) -> int:
         """Run a flush starting at t under kmap_lock; returns when the initiator resumes."""
         c = self.cost
         vpns = flush.vpns
-        if vpns is not None and len(vpns) > self.flush_ceiling:
-            vpns = None  # flush_tlb_kernel_range over more than the ceiling: flush everything [R11]
         work = c.full_flush if vpns is None else c.invlpg * len(vpns)
-        targets = [j for j in range(self.ncpu) if j != initiator] if flush.remote else []
+        targets = list(flush.targets)
+        if flush.tick is not None:  # LATR: every other CPU invalidates at its next tick, then deferred is free
+            t_tick = next_tick(t, flush.tick)
+            for j in range(self.ncpu):
+                if j != initiator:
+                    self._send_ipi(j, m.Ipi(initiator, t, t_tick, t_tick + work, t_tick + work, "tick", vpns))
+            f = self.frees.get(t_tick)
+            if f is None:
+                f = self.frees[t_tick] = _Free(t_tick)
+                heapq.heappush(self.pending, f)
+            f.batches.append((initiator, list(flush.deferred)))
         t_end = t
         for k, j in enumerate(targets):
             t_send = t + k * c.ipi_broadcast_step
             t_recv = t_send + c.ipi_latency
             t_handled = t_recv + c.ipi_handler + work
             t_ack = t_handled + c.ipi_ack
-            ipi = m.Ipi(initiator, t_send, t_recv, t_handled, t_ack, flush.scope, vpns)
-            self.outbox.append((j, ipi))
-            nxt = self.computing[j]
-            if nxt is not None:
-                self._ipi_to_computing(nxt, ipi)
-            elif self.status[j] != DONE:
-                heapq.heappush(self.inboxes[j], (t_recv, initiator, ipi))
+            self._send_ipi(j, m.Ipi(initiator, t_send, t_recv, t_handled, t_ack, flush.scope, vpns))
             t_end = max(t_end, t_ack)
         r.local_flushes.append((t_end, vpns))  # then the initiator flushes its own TLB
         t_end += work
-        self.events.append((t, initiator, "flush", flush.scope, torn, targets,
+        self.events.append((t, initiator, "flush", flush.scope, flush.slots, targets,
                             None if vpns is None else len(vpns), t_end - t))
         return t_end

@@ -57,7 +57,7 @@ class Cpu:
         self.c_access, self.c_hit, self.c_walk = c.access, c.tlb_hit, c.page_walk
         self.c_invlpg, self.c_pte = c.invlpg, c.pte_write
         self.tlb = Tlb(cfg.tlb.entries, cfg.tlb.ways, cfg.tlb.background)
-        self.policy = make_policy(cfg.policy.name, cfg.machine.ring_size)
+        self.policy = make_policy(cfg)
         self.local_slots = cfg.machine.kmap_local_slots
         self.held: dict[int, list[int]] = {}      # page -> vpns this CPU holds it at (one per nested kmap)
         self.use: dict[int, list[int]] = {}       # page -> [slot, n, writes, hits, misses] since its kmap
@@ -230,6 +230,10 @@ class Cpu:
     # ---- TLB ------------------------------------------------------------------------------------------
     def _handle_ipi(self, ipi: m.Ipi, running: bool) -> None:
         dropped = self._flush_tlb(ipi.vpns)
+        if ipi.scope == "tick":  # not an interrupt: LATR's lazy list, invalidated locally at this tick
+            self.events.append((ipi.t_recv, self.id, "flush", "tick", None, [],
+                                None if ipi.vpns is None else len(ipi.vpns), ipi.t_handled - ipi.t_recv))
+            return
         self.events.append((ipi.t_recv, self.id, "ipi", ipi.src, ipi.t_send, ipi.t_recv, ipi.t_ack, ipi.scope,
                             dropped))
 

@@ -24,6 +24,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "stale": ("page", "reached", "slot", "n"),
     "wait": ("page",),
     "wake": ("woken",),
+    "free": ("slots",),  # latr: slots a wrap tore down, free once every CPU's tick invalidated them
 }
 
 EVENT_TYPES: tuple[str, ...] = tuple(FIELDS)

@@ -45,6 +45,8 @@ class Reply(NamedTuple):
 
 
 class Ipi(NamedTuple):
+    """A TLB shootdown IPI; scope "tick" (latr) is no interrupt but the lazy list the CPU invalidates at its
+    tick t_recv."""
     src: int
     t_send: int
     t_recv: int

@@ -2,7 +2,8 @@
 
 Pure data plus the kernel's own algorithms; timing and flushing belong to the coordinator and the policy.
 pkmap_count[i]: 0 = free and clean on every CPU; 1 = unused but possibly still cached somewhere (must not
-be reused before a flush); n > 1 = n - 1 users.
+be reused before a flush); n > 1 = n - 1 users. A policy that invalidates lazily (LATR) defers torn-down
+slots: at count 0 with no PTE, but not reused until every CPU has invalidated them (`deferred`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Callable
 
 
 class PkmapRing:
-    __slots__ = ("last_pkmap", "pkmap_count", "pkmap_page_table", "page_address", "last_pkmap_nr")
+    __slots__ = ("last_pkmap", "pkmap_count", "pkmap_page_table", "page_address", "last_pkmap_nr", "deferred")
 
     def __init__(self, last_pkmap: int):
         self.last_pkmap = last_pkmap
@@ -19,6 +20,7 @@ class PkmapRing:
         self.pkmap_page_table: list[int | None] = [None] * last_pkmap  # slot -> page (the PTE)
         self.page_address: dict[int, int] = {}                         # page -> slot (page->virtual)
         self.last_pkmap_nr = 0
+        self.deferred: set[int] = set()  # torn down, awaiting invalidation on some CPU: not free yet
 
     def lookup(self, page: int) -> int | None:
         return self.page_address.get(page)
@@ -48,6 +50,7 @@ class PkmapRing:
         wraps to 0."""
         n = self.last_pkmap
         count = self.pkmap_count
+        deferred = self.deferred
         budget = n
         probes = 0
         while True:
@@ -56,7 +59,7 @@ class PkmapRing:
                 on_wrap(probes)
                 budget = n
             probes += 1
-            if count[self.last_pkmap_nr] == 0:
+            if count[self.last_pkmap_nr] == 0 and not (deferred and self.last_pkmap_nr in deferred):
                 break
             budget -= 1
             if budget:
@@ -76,11 +79,31 @@ class PkmapRing:
         del self.page_address[page]
         return page
 
+    def unused(self) -> int:
+        """Slots at count 1: unmapped by every user, their translations possibly still cached."""
+        return self.pkmap_count.count(1)
+
+    def defer(self, slots: list[int]) -> None:
+        self.deferred.update(slots)
+
+    def release(self, slots: list[int]) -> None:
+        """Deferred slots become free: every CPU has invalidated them."""
+        self.deferred.difference_update(slots)
+
+    def free_ahead(self) -> int:
+        """Free slots between the cursor and the wrap: the new mappings that must come before it."""
+        ahead = self.pkmap_count[self.last_pkmap_nr + 1:]
+        free = ahead.count(0)
+        if self.deferred:
+            free -= sum(1 for s in self.deferred if s > self.last_pkmap_nr)
+        return free
+
     def describe(self) -> str:
         c = self.pkmap_count
-        free = sum(1 for x in c if x == 0)
+        free = sum(1 for x in c if x == 0) - len(self.deferred)
         unused = sum(1 for x in c if x == 1)
-        held = len(c) - free - unused
+        held = len(c) - free - unused - len(self.deferred)
         users = sum(x - 1 for x in c if x > 1)
+        lazy = f"{len(self.deferred)} awaiting lazy invalidation, " if self.deferred else ""
         return (f"ring of {len(c)} slots: {free} free (count 0), {unused} awaiting flush (count 1), "
-                f"{held} in use by {users} kmaps; last_pkmap_nr={self.last_pkmap_nr}")
+                f"{lazy}{held} in use by {users} kmaps; last_pkmap_nr={self.last_pkmap_nr}")

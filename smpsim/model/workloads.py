@@ -18,7 +18,8 @@ Generated workloads share one shape. Each CPU does ``kmaps_per_cpu`` kmaps in gr
 
     compute(think)  kmap(p)  [compute(hold)  access(p, access_burst, write)] * accesses_per_kmap
 
-and the group's pages are then kunmapped in reverse (stack / LIFO) order, as kmap_local requires. think
+and the group's pages are then kunmapped in reverse (stack / LIFO) order, as kmap_local requires. With
+``active_cpus`` set, only CPUs below it run such a stream; the others are idle (an empty program). think
 and hold are integers uniform in [0, 2*mean]; write is ``rng.random() < write_fraction``. A page is never
 held twice at once by a generated stream (a drawn page already held is redrawn), and every stream ends
 with nothing held. When fewer distinct pages exist than ``nesting``, the group size is capped at that
@@ -69,6 +70,9 @@ def build_cpu(cfg: Config, cpu: int) -> tuple[list[Op], list[int] | None]:
     kind = cfg.workload.kind
     if kind == "script":
         return _script_cpu(cfg, cpu)
+    active = cfg.workload.active_cpus
+    if active is not None and cpu >= active:  # an idle CPU: it never kmaps, but it still gets IPIs
+        return [], None
     # Millions of small tuples would trigger many useless cyclic-GC passes (tuples of ints cannot form
     # a cycle); pausing the collector while building saves about a quarter of the build time.
     was_enabled = gc.isenabled()

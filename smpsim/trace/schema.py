@@ -25,8 +25,8 @@ FIELDS: tuple[tuple[str, pa.DataType], ...] = (
     ("cycles", I64),         # kmap: request to return; tlb_miss: cost of the miss
     ("lock_wait", I64),      # kmap: cycles spent waiting for kmap_lock
     ("count", I32),          # kunmap: pkmap_count of the slot afterwards
-    ("slots", I32),          # wrap/flush: slots torn down by flush_all_zero_pkmaps
-    ("scope", pa.string()),  # flush/ipi: all | range | page | local
+    ("slots", I32),          # wrap/flush: slots torn down by flush_all_zero_pkmaps; free: slots freed
+    ("scope", pa.string()),  # flush/ipi: all | range | page | local | lazy | tick
     ("targets", pa.list_(I32)),  # flush: CPUs sent an IPI
     ("pages", I32),          # flush: pages in the flushed range (null for scope all)
     ("stall", I64),          # flush: cycles the initiator stalled
