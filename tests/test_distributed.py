@@ -164,7 +164,13 @@ def test_killed_cpu_stops_the_run(tmp_path, smpsim_cmd, subprocess_env):
     run = open_run(out)
     events = list(iter_events(run))
     assert events and [e["seq"] for e in events] == list(range(len(events)))
-    assert json.loads((out / "summary.json").read_text())["status"] == "error"
+    # On record: the death in the coordinator's log (an error analyze counts), summary.json, provenance.json.
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "aborted" and "CPU 2" in summary["error"]
+    assert summary["faults"]["first"][0]["kind"] == "cpu lost" and summary["faults"]["first"][0]["cpu"] == 2
+    assert json.loads((out / "provenance.json").read_text())["status"] == "aborted"
+    lost = [json.loads(x) for x in (out / "logs" / "coordinator.log.jsonl").read_text().splitlines()]
+    assert [x["cpu"] for x in lost if x["event"] == "cpu lost" and x["level"] == "error"] == [2]
 
 
 def _free_port() -> int:
@@ -264,6 +270,9 @@ def test_bad_joiners_are_refused_and_the_run_is_undisturbed(tmp_path, smpsim_cmd
     log = (out / "logs" / "coordinator.log.jsonl").read_text()
     for reason in ("protocol version 99", "token", "out of range", "garbage", "already joined"):
         assert reason in log
+    # Each refusal is an error on record, in the log and in summary.json, though the run went on.
+    assert got["status"] == "ok" and got["faults"]["count"] == 5
+    assert {f["kind"] for f in got["faults"]["first"]} == {"refused"}
 
 
 def _default_overrides() -> dict:

@@ -9,13 +9,25 @@ from typing import Annotated, Optional
 
 import typer
 
-from smpsim.cli.common import EXIT_RUN_FAILED, EXIT_USAGE, classify, console, fail, handle_errors
+from smpsim.cli.common import EXIT_RUN_FAILED, EXIT_USAGE, classify, console, fail, handle_errors, interrupted
 from smpsim.cli.config_cmd import SetOpt
 from smpsim.config import load_config
+from smpsim.engines.distributed.protocol import JOIN_TIMEOUT_S
 
 OutOpt = Annotated[Optional[Path], typer.Option(
     "--out", "-o", help="run directory (default: runs/<UTC time>-<config hash>)", show_default=False)]
 TransportOpt = Annotated[str, typer.Option("--transport", help="ipc (default) or tcp on loopback")]
+
+
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise typer.BadParameter(f"{value:g}: must be more than 0 seconds")
+    return value
+
+
+JoinTimeoutOpt = Annotated[float, typer.Option(
+    "--join-timeout", metavar="SECONDS", callback=_positive,
+    help="how long the CPUs may take to join before the run is given up")]
 
 
 class _LiveStatus:
@@ -43,25 +55,28 @@ class _LiveStatus:
                              f"IPIs {state.get('ipis', 0):,}")
 
 
-def _run_distributed(cfg, out: Path | None, transport: str) -> None:
+def _run_distributed(cfg, out: Path | None, transport: str, join_timeout: float = JOIN_TIMEOUT_S) -> None:
     from smpsim.experiments.runner import run_config
     from smpsim.trace.rundir import create_run_dir, default_run_dir
 
     if transport not in ("ipc", "tcp"):
         fail(f"--transport {transport!r}: use ipc or tcp", EXIT_USAGE)
     out_dir = create_run_dir(out if out is not None else default_run_dir(cfg), cfg)
-    _report(cfg, out_dir, lambda status: run_config(cfg, out_dir, status, transport, engine="distributed"))
+    _report(cfg, out_dir, lambda status: run_config(cfg, out_dir, status, transport, engine="distributed",
+                                                    join_timeout=join_timeout))
 
 
 def _report(cfg, out_dir: Path, body) -> None:
     """Run body(progress) under a live status line; print the summary, or the failure and the run dir."""
     from smpsim.cli.run import print_summary
-    from smpsim.engines.distributed.coordinator_node import RunAborted
+    from smpsim.engines.stopping import RunAborted
 
     con = console()
     try:
         with _LiveStatus(con, cfg.machine.cpus) as status:
             result = body(status)
+    except KeyboardInterrupt as e:
+        interrupted(e, out_dir)
     except Exception as e:
         known = classify(e)
         if known is not None and known[0] == EXIT_RUN_FAILED:
@@ -80,13 +95,14 @@ def launch(
     set_: SetOpt = None,
     out: OutOpt = None,
     transport: TransportOpt = "ipc",
+    join_timeout: JoinTimeoutOpt = JOIN_TIMEOUT_S,
 ) -> None:
     """Run a config on one OS process per CPU plus a coordinator, on this host."""
     overrides = list(set_ or ())
     if cpus is not None:
         overrides.append(f"machine.cpus={cpus}")
     cfg = load_config(config, overrides)
-    _run_distributed(cfg, out, transport)
+    _run_distributed(cfg, out, transport, join_timeout)
 
 
 def run_distributed_config(cfg, out: Path | None, transport: str) -> None:
@@ -102,6 +118,7 @@ def coordinator(
     token: Annotated[Optional[str], typer.Option("--token", envvar="SMPSIM_TOKEN",
                                                  help="run token CPUs must present (required beyond loopback)")] = None,
     out: OutOpt = None,
+    join_timeout: JoinTimeoutOpt = JOIN_TIMEOUT_S,
 ) -> None:
     """Serve a run to CPU processes that join from this or other hosts (`smpsim cpu`)."""
     from smpsim.engines.distributed.launch import is_loopback, serve_coordinator
@@ -119,7 +136,7 @@ def coordinator(
 
     _report(cfg, out_dir, lambda status: recorded(
         cfg, out_dir, lambda: serve_coordinator(cfg, out_dir, listen, token or "", progress=status,
-                                                on_listening=listening),
+                                                on_listening=listening, join_timeout=join_timeout),
         "distributed", processes=cfg.machine.cpus + 1, hosts=None))
 
 
@@ -141,6 +158,9 @@ def cpu(
         "--cpu-id", help="CPU id (default: SMPSIM_CPU_ID, then JOB_COMPLETION_INDEX, else the lowest free id)")] = None,
     token: Annotated[Optional[str], typer.Option("--token", envvar="SMPSIM_TOKEN", help="the run token")] = None,
     log_dir: Annotated[Optional[Path], typer.Option("--log-dir", help="where to write this process's JSON log")] = None,
+    join_timeout: Annotated[float, typer.Option(
+        "--join-timeout", metavar="SECONDS", callback=_positive,
+        help="how long to wait for the coordinator's answer before giving up (exit 3)")] = JOIN_TIMEOUT_S,
 ) -> None:
     """Run one simulated CPU, joining a coordinator (possibly on another host)."""
     from smpsim.engines.distributed.cpu_node import cpu_main
@@ -149,6 +169,7 @@ def cpu(
         cpu_id = _cpu_id_from_env()
     if cpu_id is not None and cpu_id < 0:
         fail(f"--cpu-id {cpu_id}: must be >= 0", EXIT_USAGE)
-    code = cpu_main(coordinator_address, cpu_id, "", token or "", str(log_dir) if log_dir else None)
+    code = cpu_main(coordinator_address, cpu_id, "", token or "", str(log_dir) if log_dir else None,
+                    join_timeout=join_timeout)
     if code:
         raise typer.Exit(code)

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from smpsim.cli.common import EXIT_RUN_FAILED, classify, console, fail, handle_errors
+from smpsim.cli.common import EXIT_RUN_FAILED, classify, console, fail, handle_errors, interrupted
 from smpsim.cli.config_cmd import ConfigArg, SetOpt
 from smpsim.config import load_config
 
@@ -56,6 +56,8 @@ def run(
                 result = run_config(cfg, out_dir, progress=progress)
         else:
             result = run_config(cfg, out_dir)
+    except KeyboardInterrupt as e:
+        interrupted(e, out_dir)
     except Exception as e:
         known = classify(e)
         if known is not None and known[0] == EXIT_RUN_FAILED:

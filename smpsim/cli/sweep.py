@@ -11,6 +11,8 @@ import typer
 
 from smpsim.cli.common import EXIT_RUN_FAILED, console, fail, handle_errors
 from smpsim.cli.config_cmd import SetOpt
+from smpsim.engines.stopping import Interrupted
+from smpsim.experiments.provenance import FINISHED
 from smpsim.trace.errors import TraceError
 
 
@@ -72,7 +74,8 @@ def sweep(
     base = out / (f"results-shard-{part[0]}-of-{part[1]}" if part else "results")
     paths = results.write(rows, exp.keys, results.metadata(exp, part), base)
     which = f"shard {part[0]}/{part[1]}: {len(points)} of {len(exp.points)} points" if part else f"{len(points)} points"
-    _finish(rows, exp.keys, f"{which}: {len(report.ran)} run, {len(report.skipped)} already finished", paths)
+    _finish(rows, exp.keys, f"{which}: {len(report.ran)} run, {len(report.skipped)} already finished", paths,
+            report.interrupted)
 
 
 def _parse_shard(text: str) -> tuple[int, int]:
@@ -86,14 +89,21 @@ def _parse_shard(text: str) -> tuple[int, int]:
     return part
 
 
-def _finish(rows: list[dict[str, Any]], params: list[str], what: str, paths: tuple[Path, Path]) -> None:
-    """Print the table and where it was written; exit 1 when a point has no successful run."""
+def _finish(rows: list[dict[str, Any]], params: list[str], what: str, paths: tuple[Path, Path],
+            interrupted: int | None = None) -> None:
+    """Print the table and where it was written; exit 1 when a point has no successful run, 128 + the signal
+    when the sweep was stopped by one."""
     from smpsim.experiments.results import METRICS
 
     shown = [(k, k, str) for k in ("point", *params, "status")]
     shown += [(name, label, _fmt) for name, label, _ in METRICS if label]
     _print_table(rows, shown)
     typer.echo(f"{what}; results in {paths[0]} and {paths[1]}")
+    if interrupted is not None:
+        e = Interrupted(interrupted)
+        done = sum(r["status"] in FINISHED for r in rows)
+        fail(f"{e}: {done} of {len(rows)} points have finished runs; the points it stopped kept what they "
+             "ran (status \"interrupted\"); the same command runs the rest", e.exit_code)
     bad = [r for r in rows if r["status"] != "ok"]
     if bad:
         why = "; ".join(f"point {r['point']} ({r['status']}: {r['error'] or 'no run'})" for r in bad[:5])

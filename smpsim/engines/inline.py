@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from smpsim.config import Config
+from smpsim.engines import stopping
 from smpsim.engines.recorder import Recorder
 from smpsim.model import workloads
 from smpsim.model.coordinator import Coordinator
@@ -74,6 +75,7 @@ def run(cfg: Config, out_dir: Path | None = None,
             rec.release(watermark)
             if coord.finished():
                 break
+            stopping.check()  # a signal: stop here, where everything below the watermark is written
             safe = coord.safe_until()
             rounds += 1
             if progress is not None and rounds % 256 == 0:
@@ -83,6 +85,9 @@ def run(cfg: Config, out_dir: Path | None = None,
             rec.add(1 + cpu.id, cpu.events)
         rec.add(0, coord.events)
         rec.close(locate(e, cpus))
+        raise
+    except stopping.Interrupted as e:
+        rec.close(e)
         raise
     summary = rec.close()
     return RunResult(summary, out_dir, {"seconds": time.perf_counter() - t0})

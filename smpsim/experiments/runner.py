@@ -2,8 +2,10 @@
 
 A sweep point runs in a worker process of a pool (fork: workers start in milliseconds and inherit the
 loaded modules). A point whose run directory already holds a finished run of the same config is not run
-again, so an interrupted sweep resumes where it stopped. Workers ignore Ctrl-C between points, stop the
-point they run on Ctrl-C, and die with the sweep process, so none outlives it.
+again, so an interrupted sweep resumes where it stopped. On SIGINT or SIGTERM the sweep process cancels the
+points not started and asks its workers to stop theirs (SIGUSR1; a Ctrl-C on a terminal reaches them
+anyway): each writes what its point ran, as `smpsim run` would, and runs no further point. Workers ignore
+Ctrl-C between points and die with the sweep process, so none outlives it.
 """
 
 from __future__ import annotations
@@ -13,14 +15,15 @@ import os
 import shutil
 import signal
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from smpsim.config import Config, ConfigError
-from smpsim.experiments.provenance import recorded
+from smpsim.engines import stopping
+from smpsim.experiments.provenance import FINISHED, recorded
 from smpsim.experiments.sweep import Experiment, Point
 from smpsim.model.errors import ModelError
 from smpsim.trace.errors import TraceError
@@ -35,13 +38,15 @@ class SweepError(Exception):
 
 
 def run_config(cfg: Config, run_dir: Path | None, progress: Callable[[dict], None] | None = None,
-               transport: str | None = None, sweep: dict[str, Any] | None = None, engine: str | None = None):
-    """Run cfg with the engine it names (or ``engine``) into run_dir, then write run_dir/provenance.json."""
+               transport: str | None = None, sweep: dict[str, Any] | None = None, engine: str | None = None,
+               **distributed: Any):
+    """Run cfg with the engine it names (or ``engine``) into run_dir, then write run_dir/provenance.json.
+    ``distributed``: further options of the distributed engine (join_timeout)."""
     engine = engine or cfg.run.engine
     if engine == "distributed":
         from smpsim.engines.distributed.launch import run_distributed
         return recorded(cfg, run_dir, lambda: run_distributed(cfg, run_dir, transport or cfg.run.transport,
-                                                              progress=progress),
+                                                              progress=progress, **distributed),
                         engine, processes=cfg.machine.cpus + 1, sweep=sweep)
     from smpsim.engines.inline import run
     return recorded(cfg, run_dir, lambda: run(cfg, run_dir, progress=progress), engine, processes=1, sweep=sweep)
@@ -53,7 +58,8 @@ def is_finished(run_dir: Path, hash_: str) -> bool:
         prov = read_provenance(run_dir)
     except TraceError:
         return False
-    return prov is not None and prov.get("config_hash") == hash_ and (run_dir / SUMMARY_NAME).is_file()
+    return (prov is not None and prov.get("config_hash") == hash_ and prov.get("status") in FINISHED
+            and (run_dir / SUMMARY_NAME).is_file())
 
 
 @dataclass
@@ -61,6 +67,7 @@ class SweepReport:
     ran: list[int] = field(default_factory=list)      # points run now
     skipped: list[int] = field(default_factory=list)  # points found finished
     errors: dict[int, str] = field(default_factory=dict)  # point -> why it has no finished run
+    interrupted: int | None = None  # the signal that stopped the sweep
 
 
 def run_sweep(exp: Experiment, points: list[Point], out: Path, jobs: int,
@@ -79,31 +86,53 @@ def run_sweep(exp: Experiment, points: list[Point], out: Path, jobs: int,
         for _ in report.skipped:
             on_point()
         return report
-    pool = ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=multiprocessing.get_context("fork"),
-                               initializer=_init_worker, initargs=(os.getpid(),))
-    try:
-        futures = {pool.submit(_run_point, pt.cfg, out / pt.name,
-                               {"experiment": str(exp.path), "point": pt.index, "params": pt.params}): pt
-                   for pt in todo}
-        for _ in report.skipped:
-            on_point()
-        for fut in as_completed(futures):
-            pt = futures[fut]
-            error = fut.result()
-            report.ran.append(pt.index)
-            if error is not None:
-                report.errors[pt.index] = error
-            on_point()
-    except BrokenProcessPool:
-        raise SweepError("a sweep worker process died (out of memory?); run the same command again to run "
-                         "the points that did not finish") from None
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    with stopping.handling_signals():
+        pool = ProcessPoolExecutor(max_workers=min(jobs, len(todo)),
+                                   mp_context=multiprocessing.get_context("fork"),
+                                   initializer=_init_worker, initargs=(os.getpid(),))
+        try:
+            futures = {pool.submit(_run_point, pt.cfg, out / pt.name,
+                                   {"experiment": str(exp.path), "point": pt.index, "params": pt.params}): pt
+                       for pt in todo}
+            for _ in report.skipped:
+                on_point()
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    if fut.cancelled():
+                        continue
+                    pt = futures[fut]
+                    error = fut.result()
+                    report.ran.append(pt.index)
+                    if error is not None:
+                        report.errors[pt.index] = error
+                    on_point()
+                if report.interrupted is None and stopping.received() is not None:
+                    report.interrupted = stopping.received()
+                    _stop_workers(pool, pending)
+        except BrokenProcessPool:
+            raise SweepError("a sweep worker process died (out of memory?); run the same command again to "
+                             "run the points that did not finish") from None
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
     return report
+
+
+def _stop_workers(pool: ProcessPoolExecutor, pending: set) -> None:
+    """Cancel the points not started; the workers stop theirs, writing what they ran."""
+    for fut in pending:
+        fut.cancel()
+    for proc in list((pool._processes or {}).values()):  # noqa: SLF001 - the executor has no public list
+        try:
+            os.kill(proc.pid, stopping.SOFT_STOP)
+        except (ProcessLookupError, AttributeError):
+            pass
 
 
 def _init_worker(parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C between points: the sweep process handles it
+    stopping.accept_soft_stop()
     try:  # Linux: die with the sweep process even when it is SIGKILLed
         import ctypes
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -113,13 +142,9 @@ def _init_worker(parent: int) -> None:
         os._exit(1)
 
 
-_interrupted = False  # this worker saw Ctrl-C: it runs no further point (some may be queued to it already)
-
-
 def _run_point(cfg: Config, run_dir: Path, sweep: dict[str, Any]) -> str | None:
     """Run one point in a worker; None when its run directory now holds a finished run without error."""
-    global _interrupted
-    if _interrupted:
+    if stopping.received() is not None:  # this worker was stopped: it runs no further point
         return "interrupted"
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
@@ -127,7 +152,7 @@ def _run_point(cfg: Config, run_dir: Path, sweep: dict[str, Any]) -> str | None:
         run_config(cfg, run_dir, sweep=sweep)
         return None
     except KeyboardInterrupt:
-        _interrupted = True
+        stopping.request_stop()
         return "interrupted"
     except (ModelError, ConfigError, TraceError) as e:
         return str(e)

@@ -16,20 +16,19 @@ from pathlib import Path
 import zmq
 
 from smpsim.config import Config
+from smpsim.engines import stopping
 from smpsim.engines.distributed import protocol as p
 from smpsim.engines.recorder import Recorder
+from smpsim.engines.stopping import RunAborted
 from smpsim.model import messages as mm
 from smpsim.model import workloads
 from smpsim.model.coordinator import INF, RUNNING, Coordinator
 from smpsim.model.errors import ModelError
 
-class RunAborted(Exception):
-    """The distributed run cannot go on (a CPU died or broke the protocol); the message says which."""
-
 
 class CoordinatorNode:
     def __init__(self, cfg: Config, run_dir: Path | None, sock: zmq.Socket, run_id: str, token: str = "",
-                 log=None, check_children: Callable[[], str | None] | None = None,
+                 log=None, check_children: Callable[[], tuple[int, str] | None] | None = None,
                  progress: Callable[[dict], None] | None = None, join_timeout: float = p.JOIN_TIMEOUT_S,
                  t_start: float | None = None):
         self.cfg, self.sock, self.run_id, self.token = cfg, sock, run_id, token
@@ -70,17 +69,22 @@ class CoordinatorNode:
             self.sock.send_multipart([self.ident[cpu], frame])
         except zmq.Again:
             raise RunAborted(f"CPU {cpu} is not taking messages (send queue full for "
-                             f"{p.SEND_TIMEOUT_MS} ms)") from None
+                             f"{p.SEND_TIMEOUT_MS} ms)", cpu) from None
         except zmq.ZMQError as e:
             if e.errno == zmq.EHOSTUNREACH:
-                raise RunAborted(f"CPU {cpu} disconnected at virtual time t={self.horizon[cpu]}") from None
+                raise RunAborted(f"CPU {cpu} disconnected at virtual time t={self.horizon[cpu]}", cpu) from None
             raise
         self.last_sent[cpu] = time.monotonic()
         self.n_out += 1
 
-    def _refuse(self, ident: bytes, reason: str, **kw) -> None:
+    def _fault(self, kind: str, reason: str, cpu: int | None = None, **kw) -> None:
+        """A fault goes on record twice: an error line in the coordinator's log, an entry in summary.json."""
         if self.log:
-            self.log.warning("refused", reason=reason, **kw)
+            self.log.error(kind, reason=reason, **({"cpu": cpu} if cpu is not None else {}), **kw)
+        self.rec.fault(kind, reason, cpu)
+
+    def _refuse(self, ident: bytes, reason: str, **kw) -> None:
+        self._fault("refused", reason, **kw)
         try:
             self.sock.send_multipart([ident, p.pack([p.REFUSE, reason])], flags=zmq.NOBLOCK)
         except zmq.ZMQError:
@@ -94,7 +98,7 @@ class CoordinatorNode:
         except p.ProtocolError as e:
             if cpu is None:
                 return self._refuse(ident, f"garbage on the socket: {e}")
-            raise RunAborted(f"CPU {cpu} sent an invalid message: {e}") from None
+            raise RunAborted(f"CPU {cpu} sent an invalid message: {e}", cpu, "cpu fault") from None
         kind = msg[0]
         if cpu is None:
             if kind != p.HELLO:
@@ -105,7 +109,7 @@ class CoordinatorNode:
         try:
             self.links[cpu].check_in(msg[1], f"CPU {cpu}")
         except p.ProtocolError as e:
-            raise RunAborted(str(e)) from None
+            raise RunAborted(str(e), cpu, "cpu fault") from None
         self.last_heard[cpu] = time.monotonic()
         if kind == p.BATCH:
             _, _, msgs, events, horizon, seen = msg
@@ -116,7 +120,7 @@ class CoordinatorNode:
                         raise ValueError(f"message for CPU {x[1]}")
                     coord.receive(x)
             except (ValueError, TypeError, IndexError) as e:
-                raise RunAborted(f"CPU {cpu} sent an invalid batch: {e}") from None
+                raise RunAborted(f"CPU {cpu} sent an invalid batch: {e}", cpu, "cpu fault") from None
             self.rec.add(1 + cpu, events)
             self.horizon[cpu] = horizon
             q = self.ipi_unseen[cpu]
@@ -209,14 +213,14 @@ class CoordinatorNode:
         if self.check_children is not None:
             dead = self.check_children()
             if dead:
-                raise RunAborted(dead)
+                raise RunAborted(dead[1], dead[0])
         for c in range(self.n):
             if self.ident[c] is None:
                 continue
             if now - self.last_heard[c] > p.PEER_TIMEOUT_S:
                 raise RunAborted(f"CPU {c} ({self.hosts[c]}) stopped responding "
                                  f"({p.PEER_TIMEOUT_S:.0f} s without a message) at virtual time "
-                                 f"t={self.horizon[c]}")
+                                 f"t={self.horizon[c]}", c)
             if now - self.last_sent[c] > p.HEARTBEAT_S:
                 self._send(c, p.HB)
 
@@ -227,6 +231,7 @@ class CoordinatorNode:
         self.watermark = 0
         try:
             while True:
+                stopping.check()
                 if not self.sock.poll(0) or len(self.rec.merger) > 200_000:
                     # Idle (or much buffered): now is the time for the trace (merge, count, digest, write),
                     # off the round-trip path of the requests.
@@ -244,7 +249,8 @@ class CoordinatorNode:
                     if time.monotonic() - t0 > self.join_timeout:
                         missing = [c for c in range(self.n) if self.ident[c] is None]
                         raise RunAborted(f"only {self.n - len(missing)} of {self.n} CPUs joined within "
-                                         f"{self.join_timeout:.0f} s (missing: {missing[:16]})")
+                                         f"{self.join_timeout:g} s (missing: {missing[:16]}; --join-timeout "
+                                         "gives them longer)")
                     self._liveness()
                     continue
                 if self.dirty:
@@ -256,16 +262,25 @@ class CoordinatorNode:
                 if self.progress is not None and time.monotonic() - last_progress > 0.25:
                     last_progress = time.monotonic()
                     self.progress({"t": self.watermark, **self.rec.counters.c})
-        except (ModelError, RunAborted) as e:
-            self._end("error")
+        except (ModelError, RunAborted, stopping.Interrupted) as e:
+            status = stopping.status_of(e)
+            if isinstance(e, RunAborted):
+                self._fault(e.kind, str(e), e.cpu)
+            self._end(status)
             if isinstance(e, ModelError) and self.script is not None and e.cpu is not None:
                 lines = self.script[e.cpu][1]
                 if lines and e.position is not None and e.position < len(lines):
                     e.args = (f"{e.args[0]} (script line {lines[e.position]})",)
+            self.rec.release(self.watermark)
             self.summary = self.rec.close(e)
+            if self.log:
+                level = self.log.warning if status == "interrupted" else self.log.error
+                level("run ended", status=status, reason=str(e), t_reached=self.summary.get("t_reached"))
             raise
         self._end("ok")
         self.summary = self.rec.close()
+        if self.log:
+            self.log.info("run ended", status="ok", t_end=self.summary.get("t_end"))
         return self.summary
 
     def _bye(self, cpu: int, msg: list) -> None:

@@ -1,0 +1,302 @@
+"""Interrupts lose nothing, faults are on record, exit codes a scheduler can trust.
+
+Real signals to real subprocesses, sent once the run shows progress (a trace part, a log line): the
+interrupted trace must be a prefix of the uninterrupted run's, event for event.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from smpsim.config import load_config
+from smpsim.engines import inline
+from smpsim.trace.counters import Counters
+from smpsim.trace.reader import iter_events, open_run
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # truncated-run warnings are the point
+
+# Small parts, so progress shows early and often; long enough that a signal lands mid-run.
+SETS = ["--set", "machine.cpus=4", "--set", "workload.kmaps_per_cpu=1500", "--set", "trace.part_events=400"]
+CODE = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+def _overrides(sets: list[str]) -> list[str]:
+    return [v for k, v in zip(sets, sets[1:]) if k == "--set"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run's events (the inline engine; the distributed one gives the same trace)."""
+    out = tmp_path_factory.mktemp("ref") / "run"
+    inline.run(load_config(None, _overrides(SETS)), out)
+    return list(iter_events(open_run(out)))
+
+
+def _wait_for(pred, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def _parts(out: Path, n: int):
+    return lambda: len(list((out / "trace").glob("part-*.parquet"))) >= n
+
+
+def _log_has(path: Path, event: str) -> bool:
+    try:
+        return any(json.loads(x).get("event") == event for x in path.read_text().splitlines() if x.strip())
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def _stop(proc, sig, timeout=60):
+    proc.send_signal(sig)
+    try:
+        return proc.communicate(timeout=timeout)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _check_interrupted(out: Path, reference: list[dict], sig, code, stderr, smpsim_cmd, subprocess_env):
+    """The run directory holds a prefix of the uninterrupted run, on record as interrupted."""
+    assert code == CODE[sig], stderr
+    assert f"interrupted by {sig.name}" in stderr and str(out) in stderr and "Traceback" not in stderr
+    summary = json.loads((out / "summary.json").read_text())
+    prov = json.loads((out / "provenance.json").read_text())
+    assert summary["status"] == prov["status"] == "interrupted"
+    events = list(iter_events(open_run(out, warn=False)))
+    assert 0 < len(events) < len(reference), "the signal should land mid-run"
+    assert events == reference[:len(events)]  # the same events in the same order, seq included
+    # Everything below the virtual time reached is written, nothing at or beyond it.
+    reached = summary["t_reached"]
+    assert [e for e in reference if e["t"] < reached] == events
+    counters = Counters(4)
+    counters.feed(events)
+    assert summary["counters"] == counters.summary()["counters"] and summary["events"] == len(events)
+    r = subprocess.run([*smpsim_cmd, "analyze", str(out), "--json"], capture_output=True, text=True,
+                       env=subprocess_env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["counters"] == summary["counters"]
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("sig,parts", [(signal.SIGINT, 1), (signal.SIGTERM, 6)])
+def test_run_interrupted_keeps_a_prefix(tmp_path, reference, sig, parts, smpsim_cmd, subprocess_env):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([*smpsim_cmd, "run", "--out", str(out), *SETS], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=subprocess_env)
+    try:
+        _wait_for(_parts(out, parts), 120, f"{parts} trace parts")
+    finally:
+        _, stderr = _stop(proc, sig)
+    _check_interrupted(out, reference, sig, proc.returncode, stderr, smpsim_cmd, subprocess_env)
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("sig,parts", [(signal.SIGTERM, 0), (signal.SIGINT, 3)])
+def test_launch_interrupted_keeps_a_prefix_and_leaves_nothing(tmp_path, reference, sig, parts, smpsim_cmd,
+                                                               subprocess_env):
+    out, tmp = tmp_path / "run", tmp_path / "tmp"
+    tmp.mkdir()
+    proc = subprocess.Popen([*smpsim_cmd, "launch", "--out", str(out), *SETS], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=dict(subprocess_env, TMPDIR=str(tmp)))
+    try:
+        _wait_for(lambda: _log_has(out / "logs" / "coordinator.log.jsonl", "all joined"), 90, "all CPUs joined")
+        _wait_for(_parts(out, parts), 120, f"{parts} trace parts")
+        kids = psutil.Process(proc.pid).children(recursive=True)
+        assert len(kids) == 4 and list(tmp.iterdir())  # the CPU processes, the ipc socket directory
+    finally:
+        _, stderr = _stop(proc, sig)
+    if parts == 0:  # interrupted right after the start: nothing may have passed the watermark yet
+        assert proc.returncode == CODE[sig], stderr
+        events = list(iter_events(open_run(out, warn=False)))
+        assert events == reference[:len(events)]
+    else:
+        _check_interrupted(out, reference, sig, proc.returncode, stderr, smpsim_cmd, subprocess_env)
+    assert not list(tmp.iterdir()), "the ipc socket directory is left behind"
+    assert not any(k.is_running() and k.status() != psutil.STATUS_ZOMBIE for k in kids)
+    # The CPUs were stopped by the coordinator (END), not by the signal: each logged the run's end.
+    for c in range(4):
+        assert _log_has(out / "logs" / f"cpu-{c}.log.jsonl", "run ended")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.timeout(240)
+def test_coordinator_interrupted_stops_its_cpus(tmp_path, reference, smpsim_cmd, subprocess_env):
+    addr = f"tcp://127.0.0.1:{_free_port()}"
+    out = tmp_path / "run"
+    coord = subprocess.Popen([*smpsim_cmd, "coordinator", "--listen", addr, "--out", str(out), *SETS],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env)
+    cpus = [subprocess.Popen([*smpsim_cmd, "cpu", "--coordinator", addr, "--cpu-id", str(c)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=subprocess_env)
+            for c in range(4)]
+    try:
+        _wait_for(_parts(out, 2), 120, "2 trace parts")
+        _, stderr = _stop(coord, signal.SIGTERM)
+        cpu_errs = [c.communicate(timeout=30)[1] for c in cpus]
+    finally:
+        for x in [coord, *cpus]:
+            x.kill()
+            x.wait()
+    _check_interrupted(out, reference, signal.SIGTERM, coord.returncode, stderr, smpsim_cmd, subprocess_env)
+    # A CPU whose run did not end ok does not exit 0; it says why.
+    for c, err in zip(cpus, cpu_errs):
+        assert c.returncode == 1 and "status 'interrupted'" in err and "Traceback" not in err, err
+
+
+@pytest.mark.timeout(240)
+def test_sweep_interrupted_keeps_its_points(tmp_path, smpsim_cmd, subprocess_env):
+    exp = tmp_path / "exp.toml"
+    exp.write_text("[machine]\ncpus = 4\n[workload]\nkmaps_per_cpu = 1500\n[trace]\npart_events = 400\n"
+                   "[sweep]\nseed = [1, 2]\n")
+    out = tmp_path / "sweep"
+    proc = subprocess.Popen([*smpsim_cmd, "sweep", str(exp), "--out", str(out), "--jobs", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env)
+    try:
+        _wait_for(lambda: len(list(out.glob("*/trace/part-00001.parquet"))) == 2, 120, "both points running")
+        stdout, stderr = _stop(proc, signal.SIGTERM)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 143, stderr
+    assert "interrupted by SIGTERM" in stderr and "Traceback" not in stderr
+    runs = [d for d in out.iterdir() if d.is_dir()]
+    assert len(runs) == 2
+    for run in runs:
+        assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
+        assert json.loads((run / "provenance.json").read_text())["status"] == "interrupted"
+        assert list(iter_events(open_run(run, warn=False)))
+    # The results table is written, and says the points did not finish; a rerun would run them again.
+    rows = (out / "results.csv").read_text().splitlines()
+    assert len(rows) == 3 and all(",unfinished," in r for r in rows[1:])
+
+
+@pytest.mark.timeout(120)
+def test_second_signal_exits_at_once(tmp_path, smpsim_cmd, subprocess_env):
+    """The first SIGINT waits for the CPUs to say goodbye; a joined CPU that never answers makes that slow,
+    so a second SIGINT must cut it short, leaving no socket directory behind."""
+    import msgpack
+    import zmq
+
+    from smpsim.engines.distributed import protocol as p
+
+    path = tmp_path / "coord.ipc"
+    out = tmp_path / "run"
+    coord = subprocess.Popen([*smpsim_cmd, "coordinator", "--listen", f"ipc://{path}", "--out", str(out),
+                              "--set", "machine.cpus=2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=subprocess_env)
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    try:
+        _wait_for(path.exists, 60, "the coordinator's socket")
+        s.connect(f"ipc://{path}")
+        s.send(msgpack.packb([p.HELLO, p.VERSION, "", 0, os.getpid(), "test", ""]))
+        assert s.poll(30000) and msgpack.unpackb(s.recv(), raw=False)[0] == p.WELCOME
+        coord.send_signal(signal.SIGINT)
+        while True:  # the coordinator took the first signal when it tells its CPUs the run has ended
+            assert s.poll(30000), "no END after SIGINT"
+            if msgpack.unpackb(s.recv(), raw=False)[0] == p.END:
+                break
+        coord.send_signal(signal.SIGINT)
+        t0 = time.monotonic()
+        coord.communicate(timeout=30)
+        elapsed = time.monotonic() - t0
+    finally:
+        s.close(0)
+        ctx.term()
+        coord.kill()
+        coord.wait()
+    assert coord.returncode == 130
+    assert elapsed < 1.5  # the first signal alone waits 2 s for the silent CPU's goodbye
+    assert not path.exists()
+
+
+# ---- exit codes and join timeouts -------------------------------------------------------------------
+
+@pytest.mark.timeout(60)
+def test_cpu_without_coordinator_says_so_then_gives_up(smpsim_cmd, subprocess_env):
+    addr = f"tcp://127.0.0.1:{_free_port()}"  # nobody listens
+    proc = subprocess.Popen([*smpsim_cmd, "cpu", "--coordinator", addr, "--cpu-id", "1", "--join-timeout", "8"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=subprocess_env)
+    try:
+        t0 = time.monotonic()
+        first = proc.stderr.readline()
+        said = time.monotonic() - t0
+        rest = proc.stderr.read()
+        proc.wait(timeout=30)
+        total = time.monotonic() - t0
+    finally:
+        proc.kill()
+        proc.wait()
+    assert f"waiting for the coordinator at {addr}" in first and said < 6, (first, said)
+    assert proc.returncode == 3
+    assert f"error: CPU 1: no answer from the coordinator at {addr} within 8 s" in rest and 8 <= total < 20, rest
+    assert "Traceback" not in rest
+
+
+@pytest.mark.timeout(60)
+def test_coordinator_join_timeout(tmp_path, smpsim_cmd, subprocess_env):
+    out = tmp_path / "run"
+    r = subprocess.run([*smpsim_cmd, "coordinator", "--listen", f"tcp://127.0.0.1:{_free_port()}", "--out",
+                        str(out), "--set", "machine.cpus=2", "--join-timeout", "1.5"],
+                       capture_output=True, text=True, env=subprocess_env, timeout=50)
+    assert r.returncode == 1 and "only 0 of 2 CPUs joined within 1.5 s" in r.stderr, r.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "aborted" and summary["faults"]["first"][0]["kind"] == "run aborted"
+    assert json.loads((out / "provenance.json").read_text())["status"] == "aborted"
+    a = subprocess.run([*smpsim_cmd, "analyze", str(out), "--json"], capture_output=True, text=True,
+                       env=subprocess_env, timeout=60)
+    assert a.returncode == 0 and json.loads(a.stdout)["logs"]["errors"] >= 1, a.stderr
+
+
+def test_join_timeout_must_be_positive(smpsim_cmd, subprocess_env):
+    r = subprocess.run([*smpsim_cmd, "cpu", "--coordinator", "tcp://127.0.0.1:1", "--join-timeout", "0"],
+                       capture_output=True, text=True, env=subprocess_env, timeout=60)
+    assert r.returncode == 2 and "--join-timeout" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.timeout(120)
+def test_cpus_of_an_aborted_run_exit_nonzero(tmp_path, smpsim_cmd, subprocess_env):
+    addr = f"tcp://127.0.0.1:{_free_port()}"
+    out = tmp_path / "run"
+    coord = subprocess.Popen([*smpsim_cmd, "coordinator", "--listen", addr, "--out", str(out), "--set",
+                              "machine.cpus=3", "--set", "workload.kmaps_per_cpu=100000"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=subprocess_env)
+    cpus = [subprocess.Popen([*smpsim_cmd, "cpu", "--coordinator", addr, "--cpu-id", str(c)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=subprocess_env)
+            for c in range(3)]
+    try:
+        _wait_for(lambda: _log_has(out / "logs" / "coordinator.log.jsonl", "all joined"), 60, "all CPUs joined")
+        cpus[1].kill()
+        coord.wait(timeout=30)
+        for c in (cpus[0], cpus[2]):
+            c.wait(timeout=30)
+    finally:
+        for x in [coord, *cpus]:
+            x.kill()
+            x.wait()
+    assert coord.returncode == 1
+    assert cpus[0].returncode == 1 and cpus[2].returncode == 1  # not 0: a Job must not count them done
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "aborted" and "CPU 1" in summary["error"]
+    assert json.loads((out / "provenance.json").read_text())["status"] == "aborted"
