@@ -57,7 +57,7 @@ def run(cfg: Config, out_dir: Path | None = None,
         while True:
             for cpu in cpus:
                 if cpu.can_run(safe):
-                    for msg in cpu.run(safe):
+                    for msg in cpu.run(safe, max_ops=stopping.RUN_CHUNK):
                         coord.receive(msg)
             coord.step()
             for dest, msg in coord.outbox:

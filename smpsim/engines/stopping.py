@@ -21,6 +21,10 @@ EXIT_RUN_FAILED = 1   # the run failed: a kernel BUG or deadlock in the model, a
 EXIT_USAGE = 2        # a user mistake: config, arguments, a run directory
 EXIT_CPU_LOST = 3     # `smpsim cpu`: refused by, never reached, or lost its coordinator
 
+# Operations per Cpu.run call, in both engines: how long a run can go without looking at signals (and, in a
+# CPU process, heartbeats) when the CPUs may run far ahead (policies without IPIs run freely).
+RUN_CHUNK = 20_000
+
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 SOFT_STOP = signal.SIGUSR1  # a sweep asks its workers to stop: like the first SIGTERM, never "at once"
 

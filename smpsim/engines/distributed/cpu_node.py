@@ -25,8 +25,6 @@ from smpsim.model.cpu import DONE, RUNNING, Cpu
 from smpsim.model.errors import ModelError
 
 
-# Operations per Cpu.run call: keeps the process answering heartbeats when it may run far ahead.
-RUN_CHUNK = 20_000
 WAITING_NOTICE_S = 2.0  # a CPU still unanswered after this long says it is waiting for the coordinator
 
 
@@ -132,7 +130,7 @@ class CpuNode:
                 # clock since its last report: it reports again, or the coordinator would not know it waits)
                 self.poked = False
                 try:
-                    out = cpu.run(self.safe, max_ops=RUN_CHUNK)
+                    out = cpu.run(self.safe, max_ops=stopping.RUN_CHUNK)
                 except ModelError as e:
                     return self._fail(e)
             h = cpu.horizon()
