@@ -299,4 +299,24 @@ def test_cpus_of_an_aborted_run_exit_nonzero(tmp_path, smpsim_cmd, subprocess_en
     assert cpus[0].returncode == 1 and cpus[2].returncode == 1  # not 0: a Job must not count them done
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "aborted" and "CPU 1" in summary["error"]
+    assert [(f["kind"], f["cpu"]) for f in summary["faults"]["first"]] == [("cpu lost", 1)]
     assert json.loads((out / "provenance.json").read_text())["status"] == "aborted"
+    # The loss and the abort are errors in the coordinator's log, which analyze counts.
+    log = [json.loads(x) for x in (out / "logs" / "coordinator.log.jsonl").read_text().splitlines()]
+    assert [(x["event"], x.get("cpu")) for x in log if x["level"] == "error"] == [("cpu lost", 1), ("run ended", None)]
+    a = subprocess.run([*smpsim_cmd, "analyze", str(out), "--json"], capture_output=True, text=True,
+                       env=subprocess_env, timeout=60)
+    assert a.returncode == 0 and json.loads(a.stdout)["logs"]["errors"] == 2, a.stderr
+
+
+@pytest.mark.timeout(60)
+def test_cpu_stopped_by_sigterm_exits_143(smpsim_cmd, subprocess_env):
+    proc = subprocess.Popen([*smpsim_cmd, "cpu", "--coordinator", f"tcp://127.0.0.1:{_free_port()}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=subprocess_env)
+    try:
+        assert "waiting for the coordinator" in proc.stderr.readline()
+        _, err = _stop(proc, signal.SIGTERM, timeout=20)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 143 and "Traceback" not in err, err
