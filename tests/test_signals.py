@@ -21,11 +21,13 @@ from smpsim.config import load_config
 from smpsim.engines import inline
 from smpsim.trace.counters import Counters
 from smpsim.trace.reader import iter_events, open_run
+from cli_helpers import invoke, user_error
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # truncated-run warnings are the point
 
 # Small parts, so progress shows early and often; long enough that a signal lands mid-run.
-SETS = ["--set", "machine.cpus=4", "--set", "workload.kmaps_per_cpu=1500", "--set", "trace.part_events=400"]
+SETS = ["--set", "machine.cpus=2", "--set", "workload.kmaps_per_cpu=2500", "--set", "trace.part_events=300"]
+CPUS = 2
 CODE = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
@@ -84,13 +86,11 @@ def _check_interrupted(out: Path, reference: list[dict], sig, code, stderr, smps
     # Everything below the virtual time reached is written, nothing at or beyond it.
     reached = summary["t_reached"]
     assert [e for e in reference if e["t"] < reached] == events
-    counters = Counters(4)
+    counters = Counters(CPUS)
     counters.feed(events)
     assert summary["counters"] == counters.summary()["counters"] and summary["events"] == len(events)
-    r = subprocess.run([*smpsim_cmd, "analyze", str(out), "--json"], capture_output=True, text=True,
-                       env=subprocess_env, timeout=120)
-    assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["counters"] == summary["counters"]
+    r = invoke("analyze", out, "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["counters"] == summary["counters"]
 
 
 @pytest.mark.timeout(240)
@@ -118,7 +118,7 @@ def test_launch_interrupted_keeps_a_prefix_and_leaves_nothing(tmp_path, referenc
         _wait_for(lambda: _log_has(out / "logs" / "coordinator.log.jsonl", "all joined"), 90, "all CPUs joined")
         _wait_for(_parts(out, parts), 120, f"{parts} trace parts")
         kids = psutil.Process(proc.pid).children(recursive=True)
-        assert len(kids) == 4 and list(tmp.iterdir())  # the CPU processes, the ipc socket directory
+        assert len(kids) == CPUS and list(tmp.iterdir())  # the CPU processes, the ipc socket directory
     finally:
         _, stderr = _stop(proc, sig)
     if parts == 0:  # interrupted right after the start: nothing may have passed the watermark yet
@@ -130,7 +130,7 @@ def test_launch_interrupted_keeps_a_prefix_and_leaves_nothing(tmp_path, referenc
     assert not list(tmp.iterdir()), "the ipc socket directory is left behind"
     assert not any(k.is_running() and k.status() != psutil.STATUS_ZOMBIE for k in kids)
     # The CPUs were stopped by the coordinator (END), not by the signal: each logged the run's end.
-    for c in range(4):
+    for c in range(CPUS):
         assert _log_has(out / "logs" / f"cpu-{c}.log.jsonl", "run ended")
 
 
@@ -148,7 +148,7 @@ def test_coordinator_interrupted_stops_its_cpus(tmp_path, reference, smpsim_cmd,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env)
     cpus = [subprocess.Popen([*smpsim_cmd, "cpu", "--coordinator", addr, "--cpu-id", str(c)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=subprocess_env)
-            for c in range(4)]
+            for c in range(CPUS)]
     try:
         _wait_for(_parts(out, 2), 120, "2 trace parts")
         _, stderr = _stop(coord, signal.SIGTERM)
@@ -166,7 +166,7 @@ def test_coordinator_interrupted_stops_its_cpus(tmp_path, reference, smpsim_cmd,
 @pytest.mark.timeout(240)
 def test_sweep_interrupted_keeps_its_points(tmp_path, smpsim_cmd, subprocess_env):
     exp = tmp_path / "exp.toml"
-    exp.write_text("[machine]\ncpus = 4\n[workload]\nkmaps_per_cpu = 1500\n[trace]\npart_events = 400\n"
+    exp.write_text("[machine]\ncpus = 2\n[workload]\nkmaps_per_cpu = 2500\n[trace]\npart_events = 300\n"
                    "[sweep]\nseed = [1, 2]\n")
     out = tmp_path / "sweep"
     proc = subprocess.Popen([*smpsim_cmd, "sweep", str(exp), "--out", str(out), "--jobs", "2"],
@@ -236,21 +236,21 @@ def test_second_signal_exits_at_once(tmp_path, smpsim_cmd, subprocess_env):
 @pytest.mark.timeout(60)
 def test_cpu_without_coordinator_says_so_then_gives_up(smpsim_cmd, subprocess_env):
     addr = f"tcp://127.0.0.1:{_free_port()}"  # nobody listens
-    proc = subprocess.Popen([*smpsim_cmd, "cpu", "--coordinator", addr, "--cpu-id", "1", "--join-timeout", "8"],
+    proc = subprocess.Popen([*smpsim_cmd, "cpu", "--coordinator", addr, "--cpu-id", "1", "--join-timeout", "5"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=subprocess_env)
     try:
-        t0 = time.monotonic()
         first = proc.stderr.readline()
-        said = time.monotonic() - t0
+        t_said = time.monotonic()
         rest = proc.stderr.read()
         proc.wait(timeout=30)
-        total = time.monotonic() - t0
+        t_gave_up = time.monotonic()
     finally:
         proc.kill()
         proc.wait()
-    assert f"waiting for the coordinator at {addr}" in first and said < 6, (first, said)
+    # It says so after 2 s of silence, long before it gives up at 5 s.
+    assert f"waiting for the coordinator at {addr}" in first and t_gave_up - t_said > 2, first
     assert proc.returncode == 3
-    assert f"error: CPU 1: no answer from the coordinator at {addr} within 8 s" in rest and 8 <= total < 20, rest
+    assert f"error: CPU 1: no answer from the coordinator at {addr} within 5 s" in rest, rest
     assert "Traceback" not in rest
 
 
@@ -264,15 +264,12 @@ def test_coordinator_join_timeout(tmp_path, smpsim_cmd, subprocess_env):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "aborted" and summary["faults"]["first"][0]["kind"] == "run aborted"
     assert json.loads((out / "provenance.json").read_text())["status"] == "aborted"
-    a = subprocess.run([*smpsim_cmd, "analyze", str(out), "--json"], capture_output=True, text=True,
-                       env=subprocess_env, timeout=60)
-    assert a.returncode == 0 and json.loads(a.stdout)["logs"]["errors"] >= 1, a.stderr
+    a = invoke("analyze", out, "--json")
+    assert a.exit_code == 0 and json.loads(a.stdout)["logs"]["errors"] == 2  # the abort and the run's end
 
 
-def test_join_timeout_must_be_positive(smpsim_cmd, subprocess_env):
-    r = subprocess.run([*smpsim_cmd, "cpu", "--coordinator", "tcp://127.0.0.1:1", "--join-timeout", "0"],
-                       capture_output=True, text=True, env=subprocess_env, timeout=60)
-    assert r.returncode == 2 and "--join-timeout" in r.stderr and "Traceback" not in r.stderr
+def test_join_timeout_must_be_positive():
+    assert "--join-timeout" in user_error(invoke("cpu", "--coordinator", "tcp://127.0.0.1:1", "--join-timeout", "0"))
 
 
 @pytest.mark.timeout(120)
@@ -280,23 +277,22 @@ def test_cpus_of_an_aborted_run_exit_nonzero(tmp_path, smpsim_cmd, subprocess_en
     addr = f"tcp://127.0.0.1:{_free_port()}"
     out = tmp_path / "run"
     coord = subprocess.Popen([*smpsim_cmd, "coordinator", "--listen", addr, "--out", str(out), "--set",
-                              "machine.cpus=3", "--set", "workload.kmaps_per_cpu=100000"],
+                              "machine.cpus=2", "--set", "workload.kmaps_per_cpu=20000"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=subprocess_env)
     cpus = [subprocess.Popen([*smpsim_cmd, "cpu", "--coordinator", addr, "--cpu-id", str(c)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=subprocess_env)
-            for c in range(3)]
+            for c in range(2)]
     try:
         _wait_for(lambda: _log_has(out / "logs" / "coordinator.log.jsonl", "all joined"), 60, "all CPUs joined")
         cpus[1].kill()
         coord.wait(timeout=30)
-        for c in (cpus[0], cpus[2]):
-            c.wait(timeout=30)
+        cpus[0].wait(timeout=30)
     finally:
         for x in [coord, *cpus]:
             x.kill()
             x.wait()
     assert coord.returncode == 1
-    assert cpus[0].returncode == 1 and cpus[2].returncode == 1  # not 0: a Job must not count them done
+    assert cpus[0].returncode == 1  # not 0: a Job must not count it done
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "aborted" and "CPU 1" in summary["error"]
     assert [(f["kind"], f["cpu"]) for f in summary["faults"]["first"]] == [("cpu lost", 1)]
@@ -304,9 +300,6 @@ def test_cpus_of_an_aborted_run_exit_nonzero(tmp_path, smpsim_cmd, subprocess_en
     # The loss and the abort are errors in the coordinator's log, which analyze counts.
     log = [json.loads(x) for x in (out / "logs" / "coordinator.log.jsonl").read_text().splitlines()]
     assert [(x["event"], x.get("cpu")) for x in log if x["level"] == "error"] == [("cpu lost", 1), ("run ended", None)]
-    a = subprocess.run([*smpsim_cmd, "analyze", str(out), "--json"], capture_output=True, text=True,
-                       env=subprocess_env, timeout=60)
-    assert a.returncode == 0 and json.loads(a.stdout)["logs"]["errors"] == 2, a.stderr
 
 
 @pytest.mark.timeout(60)

@@ -19,15 +19,14 @@ OutOpt = Annotated[Optional[Path], typer.Option(
 TransportOpt = Annotated[str, typer.Option("--transport", help="ipc (default) or tcp on loopback")]
 
 
-def _positive(value: float) -> float:
-    if value <= 0:
-        raise typer.BadParameter(f"{value:g}: must be more than 0 seconds")
-    return value
-
-
 JoinTimeoutOpt = Annotated[float, typer.Option(
-    "--join-timeout", metavar="SECONDS", callback=_positive,
-    help="how long the CPUs may take to join before the run is given up")]
+    "--join-timeout", metavar="SECONDS", help="how long the CPUs may take to join before the run is given up")]
+
+
+def _check_join_timeout(seconds: float) -> None:
+    if not seconds > 0:
+        fail(f"--join-timeout {seconds:g}: give the seconds to wait, more than 0 (default {JOIN_TIMEOUT_S:g})",
+             EXIT_USAGE)
 
 
 class _LiveStatus:
@@ -98,6 +97,7 @@ def launch(
     join_timeout: JoinTimeoutOpt = JOIN_TIMEOUT_S,
 ) -> None:
     """Run a config on one OS process per CPU plus a coordinator, on this host."""
+    _check_join_timeout(join_timeout)
     overrides = list(set_ or ())
     if cpus is not None:
         overrides.append(f"machine.cpus={cpus}")
@@ -121,6 +121,7 @@ def coordinator(
     join_timeout: JoinTimeoutOpt = JOIN_TIMEOUT_S,
 ) -> None:
     """Serve a run to CPU processes that join from this or other hosts (`smpsim cpu`)."""
+    _check_join_timeout(join_timeout)
     from smpsim.engines.distributed.launch import is_loopback, serve_coordinator
     from smpsim.experiments.provenance import recorded
     from smpsim.trace.rundir import create_run_dir, default_run_dir
@@ -159,10 +160,11 @@ def cpu(
     token: Annotated[Optional[str], typer.Option("--token", envvar="SMPSIM_TOKEN", help="the run token")] = None,
     log_dir: Annotated[Optional[Path], typer.Option("--log-dir", help="where to write this process's JSON log")] = None,
     join_timeout: Annotated[float, typer.Option(
-        "--join-timeout", metavar="SECONDS", callback=_positive,
+        "--join-timeout", metavar="SECONDS",
         help="how long to wait for the coordinator's answer before giving up (exit 3)")] = JOIN_TIMEOUT_S,
 ) -> None:
     """Run one simulated CPU, joining a coordinator (possibly on another host)."""
+    _check_join_timeout(join_timeout)
     from smpsim.engines.distributed.cpu_node import cpu_main
 
     if cpu_id is None:

@@ -264,9 +264,11 @@ class CoordinatorNode:
                     self.progress({"t": self.watermark, **self.rec.counters.c})
         except (ModelError, RunAborted, stopping.Interrupted) as e:
             status = stopping.status_of(e)
+            lost = None
             if isinstance(e, RunAborted):
                 self._fault(e.kind, str(e), e.cpu)
-            self._end(status)
+                lost = e.cpu if e.kind == "cpu lost" else None
+            self._end(status, lost)
             if isinstance(e, ModelError) and self.script is not None and e.cpu is not None:
                 lines = self.script[e.cpu][1]
                 if lines and e.position is not None and e.position < len(lines):
@@ -294,15 +296,17 @@ class CoordinatorNode:
                 "messages_in": self.n_in, "messages_out": self.n_out,
                 "cpu_maxrss_kb": max(self.cpu_maxrss_kb.values(), default=None)}
 
-    def _end(self, status: str) -> None:
+    def _end(self, status: str, lost: int | None = None) -> None:
+        """Tell every CPU the run is over and wait a little for their goodbyes (none from a lost one)."""
         for c in range(self.n):
-            if self.ident[c] is not None:
+            if self.ident[c] is not None and c != lost:
                 try:
                     self._send(c, p.END, status)
                 except (RunAborted, zmq.ZMQError):
                     pass
         deadline = time.monotonic() + 2.0
-        while len(self.bye) < len(self.by_ident) and time.monotonic() < deadline:
+        expected = len(self.by_ident) - (lost is not None)
+        while len(self.bye) < expected and time.monotonic() < deadline:
             if self.sock.poll(50):
                 try:
                     ident, frame = self.sock.recv_multipart(flags=zmq.NOBLOCK)[:2]
