@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -21,6 +20,10 @@ from smpsim.engines import inline
 from smpsim.engines.distributed import protocol as p
 from smpsim.engines.distributed.launch import run_distributed
 from smpsim.trace.reader import iter_events, open_run
+
+from proc_helpers import free_port as _free_port
+from proc_helpers import log_has as _log_has
+from proc_helpers import wait_for as _wait_for
 
 POLICIES = ["linux-2.4", "linux-2.6", "eager", "kmap-local", "no-ipi", "no-flush"]
 
@@ -87,21 +90,8 @@ def test_trace_in_run_dir_matches_inline(tmp_path):
     assert a["digest"] == b["digest"] and ea == eb and len(ea) == a["events"]
 
 
-def _wait_for(pred, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def _log_has(path: Path, event: str) -> bool:
-    try:
-        return any(json.loads(line).get("event") == event for line in path.read_text().splitlines() if line)
-    except (OSError, json.JSONDecodeError):
-        return False
 
 
 def _alive(pids) -> list[int]:
@@ -173,10 +163,6 @@ def test_killed_cpu_stops_the_run(tmp_path, smpsim_cmd, subprocess_env):
     assert [x["cpu"] for x in lost if x["event"] == "cpu lost" and x["level"] == "error"] == [2]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.timeout(120)

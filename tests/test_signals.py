@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from smpsim.engines import inline
 from smpsim.trace.counters import Counters
 from smpsim.trace.reader import iter_events, open_run
 from cli_helpers import invoke, user_error
+from proc_helpers import free_port, log_has, wait_for
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # truncated-run warnings are the point
 
@@ -43,25 +43,12 @@ def reference(tmp_path_factory):
     return list(iter_events(open_run(out)))
 
 
-def _wait_for(pred, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def _parts(out: Path, n: int):
     return lambda: len(list((out / "trace").glob("part-*.parquet"))) >= n
 
 
-def _log_has(path: Path, event: str) -> bool:
-    try:
-        return any(json.loads(x).get("event") == event for x in path.read_text().splitlines() if x.strip())
-    except (OSError, json.JSONDecodeError):
-        return False
 
 
 def _stop(proc, sig, timeout=60):
@@ -100,7 +87,7 @@ def test_run_interrupted_keeps_a_prefix(tmp_path, reference, sig, parts, smpsim_
     proc = subprocess.Popen([*smpsim_cmd, "run", "--out", str(out), *SETS], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=subprocess_env)
     try:
-        _wait_for(_parts(out, parts), 120, f"{parts} trace parts")
+        wait_for(_parts(out, parts), 120, f"{parts} trace parts")
     finally:
         _, stderr = _stop(proc, sig)
     _check_interrupted(out, reference, sig, proc.returncode, stderr, smpsim_cmd, subprocess_env)
@@ -115,8 +102,8 @@ def test_launch_interrupted_keeps_a_prefix_and_leaves_nothing(tmp_path, referenc
     proc = subprocess.Popen([*smpsim_cmd, "launch", "--out", str(out), *SETS], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=dict(subprocess_env, TMPDIR=str(tmp)))
     try:
-        _wait_for(lambda: _log_has(out / "logs" / "coordinator.log.jsonl", "all joined"), 90, "all CPUs joined")
-        _wait_for(_parts(out, parts), 120, f"{parts} trace parts")
+        wait_for(lambda: log_has(out / "logs" / "coordinator.log.jsonl", "all joined"), 90, "all CPUs joined")
+        wait_for(_parts(out, parts), 120, f"{parts} trace parts")
         kids = psutil.Process(proc.pid).children(recursive=True)
         assert len(kids) == CPUS and list(tmp.iterdir())  # the CPU processes, the ipc socket directory
     finally:
@@ -131,18 +118,14 @@ def test_launch_interrupted_keeps_a_prefix_and_leaves_nothing(tmp_path, referenc
     assert not any(k.is_running() and k.status() != psutil.STATUS_ZOMBIE for k in kids)
     # The CPUs were stopped by the coordinator (END), not by the signal: each logged the run's end.
     for c in range(CPUS):
-        assert _log_has(out / "logs" / f"cpu-{c}.log.jsonl", "run ended")
+        assert log_has(out / "logs" / f"cpu-{c}.log.jsonl", "run ended")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.timeout(240)
 def test_coordinator_interrupted_stops_its_cpus(tmp_path, reference, smpsim_cmd, subprocess_env):
-    addr = f"tcp://127.0.0.1:{_free_port()}"
+    addr = f"tcp://127.0.0.1:{free_port()}"
     out = tmp_path / "run"
     coord = subprocess.Popen([*smpsim_cmd, "coordinator", "--listen", addr, "--out", str(out), *SETS],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env)
@@ -150,7 +133,7 @@ def test_coordinator_interrupted_stops_its_cpus(tmp_path, reference, smpsim_cmd,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=subprocess_env)
             for c in range(CPUS)]
     try:
-        _wait_for(_parts(out, 2), 120, "2 trace parts")
+        wait_for(_parts(out, 2), 120, "2 trace parts")
         _, stderr = _stop(coord, signal.SIGTERM)
         cpu_errs = [c.communicate(timeout=30)[1] for c in cpus]
     finally:
@@ -172,7 +155,7 @@ def test_sweep_interrupted_keeps_its_points(tmp_path, smpsim_cmd, subprocess_env
     proc = subprocess.Popen([*smpsim_cmd, "sweep", str(exp), "--out", str(out), "--jobs", "2"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env)
     try:
-        _wait_for(lambda: len(list(out.glob("*/trace/part-00001.parquet"))) == 2, 120, "both points running")
+        wait_for(lambda: len(list(out.glob("*/trace/part-00001.parquet"))) == 2, 120, "both points running")
         stdout, stderr = _stop(proc, signal.SIGTERM)
     finally:
         proc.kill()
@@ -208,7 +191,7 @@ def test_second_signal_exits_at_once(tmp_path, smpsim_cmd, subprocess_env):
     s = ctx.socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)
     try:
-        _wait_for(path.exists, 60, "the coordinator's socket")
+        wait_for(path.exists, 60, "the coordinator's socket")
         s.connect(f"ipc://{path}")
         s.send(msgpack.packb([p.HELLO, p.VERSION, "", 0, os.getpid(), "test", ""]))
         assert s.poll(30000) and msgpack.unpackb(s.recv(), raw=False)[0] == p.WELCOME
@@ -235,7 +218,7 @@ def test_second_signal_exits_at_once(tmp_path, smpsim_cmd, subprocess_env):
 
 @pytest.mark.timeout(60)
 def test_cpu_without_coordinator_says_so_then_gives_up(smpsim_cmd, subprocess_env):
-    addr = f"tcp://127.0.0.1:{_free_port()}"  # nobody listens
+    addr = f"tcp://127.0.0.1:{free_port()}"  # nobody listens
     proc = subprocess.Popen([*smpsim_cmd, "cpu", "--coordinator", addr, "--cpu-id", "1", "--join-timeout", "5"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=subprocess_env)
     try:
@@ -257,7 +240,7 @@ def test_cpu_without_coordinator_says_so_then_gives_up(smpsim_cmd, subprocess_en
 @pytest.mark.timeout(60)
 def test_coordinator_join_timeout(tmp_path, smpsim_cmd, subprocess_env):
     out = tmp_path / "run"
-    r = subprocess.run([*smpsim_cmd, "coordinator", "--listen", f"tcp://127.0.0.1:{_free_port()}", "--out",
+    r = subprocess.run([*smpsim_cmd, "coordinator", "--listen", f"tcp://127.0.0.1:{free_port()}", "--out",
                         str(out), "--set", "machine.cpus=2", "--join-timeout", "1.5"],
                        capture_output=True, text=True, env=subprocess_env, timeout=50)
     assert r.returncode == 1 and "only 0 of 2 CPUs joined within 1.5 s" in r.stderr, r.stderr
@@ -274,7 +257,7 @@ def test_join_timeout_must_be_positive():
 
 @pytest.mark.timeout(120)
 def test_cpus_of_an_aborted_run_exit_nonzero(tmp_path, smpsim_cmd, subprocess_env):
-    addr = f"tcp://127.0.0.1:{_free_port()}"
+    addr = f"tcp://127.0.0.1:{free_port()}"
     out = tmp_path / "run"
     coord = subprocess.Popen([*smpsim_cmd, "coordinator", "--listen", addr, "--out", str(out), "--set",
                               "machine.cpus=2", "--set", "workload.kmaps_per_cpu=20000"],
@@ -283,7 +266,7 @@ def test_cpus_of_an_aborted_run_exit_nonzero(tmp_path, smpsim_cmd, subprocess_en
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=subprocess_env)
             for c in range(2)]
     try:
-        _wait_for(lambda: _log_has(out / "logs" / "coordinator.log.jsonl", "all joined"), 60, "all CPUs joined")
+        wait_for(lambda: log_has(out / "logs" / "coordinator.log.jsonl", "all joined"), 60, "all CPUs joined")
         cpus[1].kill()
         coord.wait(timeout=30)
         cpus[0].wait(timeout=30)
@@ -304,7 +287,7 @@ def test_cpus_of_an_aborted_run_exit_nonzero(tmp_path, smpsim_cmd, subprocess_en
 
 @pytest.mark.timeout(60)
 def test_cpu_stopped_by_sigterm_exits_143(smpsim_cmd, subprocess_env):
-    proc = subprocess.Popen([*smpsim_cmd, "cpu", "--coordinator", f"tcp://127.0.0.1:{_free_port()}"],
+    proc = subprocess.Popen([*smpsim_cmd, "cpu", "--coordinator", f"tcp://127.0.0.1:{free_port()}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=subprocess_env)
     try:
         assert "waiting for the coordinator" in proc.stderr.readline()
