@@ -203,8 +203,9 @@ def cpu_main(address: str, cpu_id: int | None, run_id: str = "", token: str = ""
             node.join(join_timeout)
             log.info("joined", cpu=node.cpu_id, ops=len(node.cpu.ops))
             status = node.serve()
-        if status != "ok":  # the coordinator's log says why, as an error
-            log.warning("run ended", cpu=node.cpu_id, status=status, clock=node.cpu.clock)
+        if status != "ok":  # the coordinator's log says why
+            (log.info if status == "interrupted" else log.warning)(
+                "run ended", cpu=node.cpu_id, status=status, clock=node.cpu.clock)
             if not child_of_launch:
                 print(f"error: {node.who}: the coordinator ended the run with status {status!r}; its log "
                       "and summary.json say why", file=sys.stderr)
