@@ -132,7 +132,7 @@ def test_launch_runs_one_process_per_cpu(tmp_path, smpsim_cmd, subprocess_env):
 def test_killed_cpu_stops_the_run(tmp_path, smpsim_cmd, subprocess_env):
     out = tmp_path / "run"
     proc = subprocess.Popen([*smpsim_cmd, "launch", "--cpus", "4", "--out", str(out),
-                             "--set", "workload.kmaps_per_cpu=100000", "--set", "trace.part_events=2000"],
+                             "--set", "workload.kmaps_per_cpu=20000", "--set", "trace.part_events=2000"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env)
     try:
         _wait_for(lambda: _log_has(out / "logs" / "coordinator.log.jsonl", "all joined"), 60, "all CPUs joined")
@@ -170,7 +170,7 @@ def test_cpus_exit_when_the_coordinator_dies(tmp_path, smpsim_cmd, subprocess_en
     port = _free_port()
     out = tmp_path / "run"
     coord = subprocess.Popen([*smpsim_cmd, "coordinator", "--listen", f"tcp://127.0.0.1:{port}", "--out", str(out),
-                              "--set", "machine.cpus=2", "--set", "workload.kmaps_per_cpu=100000"],
+                              "--set", "machine.cpus=2", "--set", "workload.kmaps_per_cpu=20000"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=subprocess_env)
     cpus = [subprocess.Popen([*smpsim_cmd, "cpu", "--coordinator", f"tcp://127.0.0.1:{port}", "--cpu-id", str(c)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=subprocess_env)

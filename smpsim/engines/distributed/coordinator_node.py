@@ -72,6 +72,7 @@ class CoordinatorNode:
                              f"{p.SEND_TIMEOUT_MS} ms)", cpu) from None
         except zmq.ZMQError as e:
             if e.errno == zmq.EHOSTUNREACH:
+                self._child_died(wait=0.5)  # a CPU process of ours: say how it died
                 raise RunAborted(f"CPU {cpu} disconnected at virtual time t={self.horizon[cpu]}", cpu) from None
             raise
         self.last_sent[cpu] = time.monotonic()
@@ -210,10 +211,7 @@ class CoordinatorNode:
         if now - self.last_liveness < 0.05:  # waitpid and heartbeats: not on every loop turn
             return
         self.last_liveness = now
-        if self.check_children is not None:
-            dead = self.check_children()
-            if dead:
-                raise RunAborted(dead[1], dead[0])
+        self._child_died()
         for c in range(self.n):
             if self.ident[c] is None:
                 continue
@@ -223,6 +221,20 @@ class CoordinatorNode:
                                  f"t={self.horizon[c]}", c)
             if now - self.last_sent[c] > p.HEARTBEAT_S:
                 self._send(c, p.HB)
+
+    def _child_died(self, wait: float = 0.0) -> None:
+        """Raise RunAborted naming a CPU process of ours that has exited (waiting up to ``wait`` s for its exit
+        status: its socket can close a moment before)."""
+        if self.check_children is None:
+            return
+        deadline = time.monotonic() + wait
+        while True:
+            dead = self.check_children()
+            if dead:
+                raise RunAborted(dead[1], dead[0])
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.02)
 
     def run(self) -> dict:
         """Serve the run to its end; returns the summary. Raises ModelError or RunAborted (trace kept)."""
