@@ -18,6 +18,7 @@ import pytest
 
 from smpsim.config import load_config
 from smpsim.engines import inline
+from smpsim.experiments.sweep import load_experiment
 from smpsim.trace.counters import Counters
 from smpsim.trace.reader import iter_events, open_run
 from cli_helpers import invoke, user_error
@@ -162,12 +163,15 @@ def test_sweep_interrupted_keeps_its_points(tmp_path, smpsim_cmd, subprocess_env
         proc.wait()
     assert proc.returncode == 143, stderr
     assert "interrupted by SIGTERM" in stderr and "Traceback" not in stderr
-    runs = [d for d in out.iterdir() if d.is_dir()]
-    assert len(runs) == 2
-    for run in runs:
+    points = load_experiment(exp).points
+    assert sorted(d.name for d in out.iterdir() if d.is_dir()) == sorted(pt.name for pt in points)
+    for pt in points:
+        run = out / pt.name
         assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
         assert json.loads((run / "provenance.json").read_text())["status"] == "interrupted"
-        assert list(iter_events(open_run(run, warn=False)))
+        events = list(iter_events(open_run(run, warn=False)))
+        want = list(iter_events(open_run(inline.run(pt.cfg, tmp_path / f"ref-{pt.index}").run_dir)))
+        assert 0 < len(events) < len(want) and events == want[:len(events)]
     # The results table is written, and says the points did not finish; a rerun would run them again.
     rows = (out / "results.csv").read_text().splitlines()
     assert len(rows) == 3 and all(",unfinished," in r for r in rows[1:])
