@@ -94,6 +94,20 @@ def test_run_interrupted_keeps_a_prefix(tmp_path, reference, sig, parts, smpsim_
     _check_interrupted(out, reference, sig, proc.returncode, stderr, smpsim_cmd, subprocess_env)
 
 
+def test_a_process_runs_again_after_an_interrupted_run(tmp_path, reference):
+    """Python API: a signal stops the run it arrived in, not the next one in the same process."""
+    from smpsim.experiments.runner import run_config
+
+    cfg = load_config(None, _overrides(SETS))
+    with pytest.raises(KeyboardInterrupt):
+        run_config(cfg, tmp_path / "a", progress=lambda state: os.kill(os.getpid(), signal.SIGINT))
+    events = list(iter_events(open_run(tmp_path / "a", warn=False)))
+    assert 0 < len(events) < len(reference) and events == reference[:len(events)]
+    assert json.loads((tmp_path / "a" / "provenance.json").read_text())["status"] == "interrupted"
+    assert run_config(cfg, tmp_path / "b").summary["status"] == "ok"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # pytest's own, given back
+
+
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("sig,parts", [(signal.SIGTERM, 0), (signal.SIGINT, 3)])
 def test_launch_interrupted_keeps_a_prefix_and_leaves_nothing(tmp_path, reference, sig, parts, smpsim_cmd,

@@ -69,6 +69,7 @@ def exit_code_of(error: BaseException) -> int:
 
 
 _received: int | None = None
+_raised = False  # check() has acted on _received: the run it stopped is over once the handling ends
 _depth = 0
 _cleanups: list[Callable[[], None]] = []
 
@@ -80,7 +81,9 @@ def received() -> int | None:
 
 def check() -> None:
     """Raise Interrupted if a stop signal has arrived (called by the engines at consistent points)."""
+    global _raised
     if _received is not None:
+        _raised = True
         raise Interrupted(_received)
 
 
@@ -99,18 +102,12 @@ def _on_signal(signum: int, frame) -> None:
     os._exit(128 + signum)
 
 
-def request_stop(signum: int = signal.SIGTERM) -> None:
-    """As if ``signum`` had arrived (the first time): the run stops at its next consistent point."""
-    global _received
-    if _received is None:
-        _received = signum
-
-
 @contextmanager
 def handling_signals() -> Iterator[None]:
     """Within: SIGINT and SIGTERM stop the run gracefully (see the module's doc); nestable. Outside the main
-    thread it does nothing (only the main thread can take signals)."""
-    global _depth
+    thread it does nothing (only the main thread can take signals). A signal that stopped a run is forgotten
+    at the end, so the same process can run again; one that came too late to stop anything is kept."""
+    global _depth, _received, _raised
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -125,6 +122,8 @@ def handling_signals() -> Iterator[None]:
         if previous is not None:
             for s, h in previous.items():
                 signal.signal(s, h)
+            if _raised:
+                _received, _raised = None, False
 
 
 def accept_soft_stop() -> None:

@@ -142,9 +142,14 @@ def _init_worker(parent: int) -> None:
         os._exit(1)
 
 
+_interrupted = False  # this worker was stopped: it runs no further point (some may be queued to it already)
+
+
 def _run_point(cfg: Config, run_dir: Path, sweep: dict[str, Any]) -> str | None:
     """Run one point in a worker; None when its run directory now holds a finished run without error."""
-    if stopping.received() is not None:  # this worker was stopped: it runs no further point
+    global _interrupted
+    if _interrupted or stopping.received() is not None:
+        _interrupted = True
         return "interrupted"
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
@@ -152,7 +157,7 @@ def _run_point(cfg: Config, run_dir: Path, sweep: dict[str, Any]) -> str | None:
         run_config(cfg, run_dir, sweep=sweep)
         return None
     except KeyboardInterrupt:
-        stopping.request_stop()
+        _interrupted = True
         return "interrupted"
     except (ModelError, ConfigError, TraceError) as e:
         return str(e)
