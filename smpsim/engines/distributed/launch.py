@@ -43,8 +43,7 @@ def _describe_exit(code: int | None) -> str:
 
 def run_distributed(cfg: Config, run_dir: Path | None, transport: str = "ipc",
                     progress: Callable[[dict], None] | None = None,
-                    on_started: Callable[[list[int]], None] | None = None,
-                    join_timeout: float = p.JOIN_TIMEOUT_S):
+                    on_started: Callable[[list[int]], None] | None = None):
     """Run cfg with cfg.machine.cpus CPU processes; returns RunResult (see engines.inline)."""
     from smpsim.trace.rundir import create_run_dir
     if run_dir is not None:
@@ -85,7 +84,7 @@ def run_distributed(cfg: Config, run_dir: Path | None, transport: str = "ipc",
 
         log = process_logger(log_dir, "coordinator")
         node = CoordinatorNode(cfg, run_dir, sock, run_id, log=log, check_children=check_children,
-                               progress=progress, t_start=t0_mono, join_timeout=join_timeout)
+                               progress=progress, t_start=t0_mono)
         log.info("listening", address=address, cpus=cfg.machine.cpus, run_id=run_id)
         summary = node.run()
         summary_hosts = sorted({h.split(" pid ")[0] for h in node.hosts.values()})
