@@ -19,7 +19,6 @@ import pytest
 from smpsim.config import load_config
 from smpsim.engines import inline
 from smpsim.experiments.sweep import load_experiment
-from smpsim.trace.counters import Counters
 from smpsim.trace.reader import iter_events, open_run
 from cli_helpers import invoke, user_error
 from proc_helpers import free_port, log_has, wait_for
@@ -74,9 +73,8 @@ def _check_interrupted(out: Path, reference: list[dict], sig, code, stderr, smps
     # Everything below the virtual time reached is written, nothing at or beyond it.
     reached = summary["t_reached"]
     assert [e for e in reference if e["t"] < reached] == events
-    counters = Counters(CPUS)
-    counters.feed(events)
-    assert summary["counters"] == counters.summary()["counters"] and summary["events"] == len(events)
+    # The counters are those of the written events: analyze recomputes them from the trace.
+    assert summary["events"] == len(events)
     r = invoke("analyze", out, "--json")
     assert r.exit_code == 0 and json.loads(r.stdout)["counters"] == summary["counters"]
 
