@@ -250,6 +250,7 @@ class SweepResult:
     ran: list[int]
     skipped: list[int]
     total: int  # points in the experiment (more than rows when a shard ran)
+    interrupted: int | None = None  # the signal that stopped the sweep (its points kept what they ran)
 
     @property
     def table(self):
@@ -290,11 +291,16 @@ def run_sweep(experiment: str | Path, overrides: Overrides = None, *, out: str |
     rows = [results.row(pt, out / pt.name, report.errors.get(pt.index)) for pt in points]
     base = out / (f"results-shard-{shard[0]}-of-{shard[1]}" if shard else "results")
     paths = results.write(rows, exp.keys, results.metadata(exp, shard), base)
-    return SweepResult(rows, exp.keys, paths, report.ran, report.skipped, len(exp.points))
+    return SweepResult(rows, exp.keys, paths, report.ran, report.skipped, len(exp.points), report.interrupted)
 
 
 def sweep(experiment: str | Path, overrides: Overrides = None, *, out: str | Path | None = None,
           jobs: int | None = None):
     """Run an experiment (see ``run_sweep``) and return its results table (a pyarrow Table, one row per
     point: parameters, status, metrics, digest)."""
-    return run_sweep(experiment, overrides, out=out, jobs=jobs).table
+    done = run_sweep(experiment, overrides, out=out, jobs=jobs)
+    if done.interrupted is not None:  # the table is written; the caller asked to stop
+        from smpsim.engines.stopping import Interrupted
+
+        raise Interrupted(done.interrupted)
+    return done.table

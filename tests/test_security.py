@@ -551,7 +551,10 @@ def test_a_malformed_message_ends_the_coordinator_with_one_error(tmp_path, smpsi
         coord.wait()
     assert coord.returncode == 1
     assert err.count("error:") == 1 and "CPU 0" in err and "kmup" in err and "Traceback" not in err, err
-    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "error"
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "aborted"  # the run broke, not the simulated kernel
+    assert summary["faults"]["count"] >= 1 and any(f["cpu"] == 0 and f["kind"] == "cpu fault"
+                                                   for f in summary["faults"]["first"])
 
 
 def test_deploy_manifests_use_the_keys_keygen_makes(tmp_path):

@@ -1,7 +1,9 @@
 """What every command shares: output that stays quiet off a terminal, and user errors without tracebacks.
 
-Exit codes: 0 ok; 2 a user mistake (bad config or override, bad workload, not a run directory, usage);
-1 the run itself failed (a kernel BUG found by the model, a deadlock) or an internal error; 130 interrupted.
+Exit codes (defined in smpsim.engines.stopping, tabled in the README): 0 ok; 2 a user mistake (bad config
+or override, bad workload, not a run directory, usage); 1 the run itself failed (a kernel BUG found by the
+model, a deadlock, a lost CPU process) or an internal error; 3 `smpsim cpu` lost or never reached its
+coordinator; 130 / 143 stopped by SIGINT / SIGTERM (what ran is kept).
 Set SMPSIM_DEBUG=1 to get the Python traceback of an internal error instead of the one-line message.
 """
 
@@ -15,13 +17,11 @@ from typing import Any, Callable, NoReturn, TypeVar
 import typer
 
 from smpsim.config import ConfigError
+from smpsim.engines.stopping import EXIT_RUN_FAILED, EXIT_USAGE, RunAborted, exit_code_of
 from smpsim.extras import missing_message
 from smpsim.trace.errors import TraceError
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-EXIT_RUN_FAILED = 1
-EXIT_USAGE = 2
 
 
 def is_tty() -> bool:
@@ -45,6 +45,22 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     sys.stdout.flush()
     print(f"error: {message}", file=sys.stderr)
     raise typer.Exit(code)
+
+
+def interrupted(e: KeyboardInterrupt, run_dir: Any) -> NoReturn:
+    """A run stopped by a signal: say how far it got and where that is kept, exit 128 + the signal."""
+    from smpsim.trace.rundir import read_summary
+
+    if run_dir is None:
+        fail(str(e) or "interrupted", exit_code_of(e))
+    try:
+        summary = read_summary(run_dir) or {}
+    except TraceError:
+        summary = {}
+    reached = summary.get("t_reached")
+    where = f" at virtual time t={reached:,}" if isinstance(reached, int) else ""
+    fail(f"{e or 'interrupted'}{where}; the run up to there is in {run_dir} (status \"interrupted\"; "
+         "smpsim analyze reads it)", exit_code_of(e))
 
 
 def warn(message: str) -> None:
@@ -74,8 +90,7 @@ def classify(exc: BaseException) -> tuple[int, str] | None:
     model_error = _loaded_class("smpsim.model.errors", "ModelError")
     if model_error and isinstance(exc, model_error):
         return EXIT_RUN_FAILED, f"kernel BUG in the simulated model: {exc}"
-    aborted = _loaded_class("smpsim.engines.distributed.coordinator_node", "RunAborted")
-    if aborted and isinstance(exc, aborted):
+    if isinstance(exc, RunAborted):
         return EXIT_RUN_FAILED, f"the distributed run stopped: {exc}"
     return None
 
@@ -89,9 +104,10 @@ def handle_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort):
             raise
-        except KeyboardInterrupt:
-            print("error: interrupted", file=sys.stderr)
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as e:
+            sys.stdout.flush()
+            print(f"error: {e or 'interrupted'}", file=sys.stderr)
+            raise typer.Exit(exit_code_of(e)) from None
         except BrokenPipeError:
             # The reader of our stdout went away (e.g. `smpsim export RUN | head`): not an error.
             try:

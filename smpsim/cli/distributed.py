@@ -12,6 +12,17 @@ import typer
 from smpsim.cli.common import EXIT_USAGE, fail, handle_errors
 from smpsim.cli.config_cmd import SetOpt
 from smpsim.cli.run import OutOpt, PointOpt, TransportOpt, execute, report
+from smpsim.engines.distributed.protocol import JOIN_TIMEOUT_S
+
+JoinTimeoutOpt = Annotated[float, typer.Option(
+    "--join-timeout", metavar="SECONDS", help="how long the CPUs may take to join before the run is given up")]
+
+
+def _check_join_timeout(seconds: float) -> None:
+    if not seconds > 0:
+        fail(f"--join-timeout {seconds:g}: give the seconds to wait, more than 0 (default {JOIN_TIMEOUT_S:g})",
+             EXIT_USAGE)
+
 
 InsecureOpt = Annotated[bool, typer.Option(
     "--insecure", help="allow plain TCP beyond loopback: unencrypted, only the run token admits CPUs")]
@@ -55,8 +66,10 @@ def coordinator(
                                                "file of Z85 keys one per line")] = None,
     insecure: InsecureOpt = False,
     out: OutOpt = None,
+    join_timeout: JoinTimeoutOpt = JOIN_TIMEOUT_S,
 ) -> None:
     """Serve a run to CPU processes that join from this or other hosts (`smpsim cpu`)."""
+    _check_join_timeout(join_timeout)
     from smpsim import api
     from smpsim.engines.distributed import protocol as p
     from smpsim.engines.distributed import security
@@ -93,7 +106,8 @@ def coordinator(
     try:
         report(cfg, lambda status: recorded(
             cfg, out_dir, lambda: serve_coordinator(cfg, out_dir, listen, token, progress=status,
-                                                    on_listening=listening, curve=curve),
+                                                    on_listening=listening, curve=curve,
+                                                    join_timeout=join_timeout),
             "distributed", processes=cfg.machine.cpus + 1, hosts=None), out_dir)
     except p.AddressError as e:
         fail(str(e), EXIT_USAGE)
@@ -125,8 +139,12 @@ def cpu(
         help="the coordinator's public key, NAME.key (with --key: CurveZMQ)")] = None,
     insecure: InsecureOpt = False,
     log_dir: Annotated[Optional[Path], typer.Option("--log-dir", help="where to write this process's JSON log")] = None,
+    join_timeout: Annotated[float, typer.Option(
+        "--join-timeout", metavar="SECONDS",
+        help="how long to wait for the coordinator's answer before giving up (exit 3)")] = JOIN_TIMEOUT_S,
 ) -> None:
     """Run one simulated CPU, joining a coordinator (possibly on another host)."""
+    _check_join_timeout(join_timeout)
     from smpsim.engines.distributed import protocol as p
     from smpsim.engines.distributed import security
     from smpsim.engines.distributed.cpu_node import cpu_main
@@ -140,6 +158,7 @@ def cpu(
         token, curve = security.cpu_side(coordinator_address, token, token_file, key, coordinator_key, insecure)
     except (p.AddressError, security.SecurityError) as e:
         fail(str(e), EXIT_USAGE)
-    code = cpu_main(coordinator_address, cpu_id, "", token, str(log_dir) if log_dir else None, curve=curve)
+    code = cpu_main(coordinator_address, cpu_id, "", token, str(log_dir) if log_dir else None, curve=curve,
+                    join_timeout=join_timeout)
     if code:
         raise typer.Exit(code)

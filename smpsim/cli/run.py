@@ -10,7 +10,7 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from smpsim.cli.common import EXIT_RUN_FAILED, classify, console, fail, handle_errors
+from smpsim.cli.common import EXIT_RUN_FAILED, classify, console, fail, handle_errors, interrupted
 from smpsim.cli.config_cmd import ConfigArg, SetOpt
 from smpsim.cli.progress import RunProgress, total_kmaps
 from smpsim.config import Config
@@ -67,14 +67,21 @@ def report(cfg: Config, body: Callable[[Callable[[dict], None]], Any], run_dir: 
     try:
         with progress_display(con, cfg) as progress:
             result = body(progress)
+    except KeyboardInterrupt as e:
+        interrupted(e, _where(e, run_dir))
     except Exception as e:
         known = classify(e)
         if known is not None and known[0] == EXIT_RUN_FAILED:
-            where = getattr(getattr(e, "run", None), "path", None) or run_dir
+            where = _where(e, run_dir)
             fail(f"{known[1]}" + (f" (the trace up to the failure is in {where})" if where else ""),
                  EXIT_RUN_FAILED)
         raise
     print_summary(result.summary, getattr(result, "path", None) or result.run_dir, con, cfg)
+
+
+def _where(e: BaseException, run_dir: Path | None) -> Path | None:
+    """The run directory a failed run left: the one the exception's Run names, else run_dir."""
+    return getattr(getattr(e, "run", None), "path", None) or run_dir
 
 
 def print_summary(summary: dict[str, Any], run_dir: Path | None, con: Any = None, cfg: Any = None) -> None:

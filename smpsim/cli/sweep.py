@@ -10,6 +10,8 @@ import typer
 
 from smpsim.cli.common import EXIT_RUN_FAILED, console, fail, handle_errors, warn
 from smpsim.cli.config_cmd import SetOpt
+from smpsim.engines.stopping import Interrupted
+from smpsim.experiments.provenance import FINISHED
 
 
 @handle_errors
@@ -66,7 +68,8 @@ def sweep(
     from smpsim.experiments.results import read_meta
 
     _finish(done.rows, done.params, read_meta(done.paths[1]),
-            f"{which}: {len(done.ran)} run, {len(done.skipped)} already finished", done.paths, plot)
+            f"{which}: {len(done.ran)} run, {len(done.skipped)} already finished", done.paths, plot,
+            done.interrupted)
 
 
 def _parse_shard(text: str) -> tuple[int, int]:
@@ -81,9 +84,10 @@ def _parse_shard(text: str) -> tuple[int, int]:
 
 
 def _finish(rows: list[dict[str, Any]], params: list[str], meta: dict[str, Any], what: str,
-            paths: tuple[Path, Path], plot: Path | None = None) -> None:
+            paths: tuple[Path, Path], plot: Path | None = None, interrupted: int | None = None) -> None:
     """Print the metrics of the points (metrics as rows, one block per [report] group), each point's
-    saving over its baseline, and where the table was written; exit 1 when a point has no successful run."""
+    saving over its baseline, and where the table was written; exit 1 when a point has no successful run,
+    128 + the signal when the sweep was stopped by one."""
     from smpsim.analysis.compare import metrics_table, savings_block
     from smpsim.cli.analyze import table_width
     from smpsim.experiments.results import saving_lines
@@ -105,6 +109,11 @@ def _finish(rows: list[dict[str, Any]], params: list[str], meta: dict[str, Any],
         lines += savings_block(against + (f", by {', '.join(rep['by'])}" if rep["by"] else ""), savings, width)
     typer.echo("\n".join(lines))
     typer.echo(f"{what}; results in {paths[0]} and {paths[1]}")
+    if interrupted is not None:
+        e = Interrupted(interrupted)
+        done = sum(r["status"] in FINISHED for r in rows)
+        fail(f"{e}: {done} of {len(rows)} points have finished runs; the points it stopped kept what they "
+             "ran (status \"interrupted\"); the same command runs the rest", e.exit_code)
     if plot is not None and ok:
         from smpsim.analysis.plots import sweep_stall
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from smpsim.config import Config
+from smpsim.engines import stopping
 from smpsim.engines.core import Core, CpuPort, Down
 from smpsim.engines.recorder import Recorder
 from smpsim.model import workloads
@@ -42,7 +43,7 @@ def run(cfg: Config, out_dir: Path | None = None,
     engine = InlineEngine(cfg, Recorder(cfg, out_dir, "inline"))
     try:
         engine.drive(progress)
-    except ModelError as e:
+    except (ModelError, stopping.Interrupted) as e:
         engine.fail(e)
         raise
     summary = engine.core.close()
@@ -62,7 +63,7 @@ class InlineEngine:
         """One round: every CPU that can runs and reports, the core grants; what to deliver."""
         core, report = self.core, self.report
         for c, port in enumerate(self.ports):
-            up = port.work(None, report[c])
+            up = port.work(stopping.RUN_CHUNK, report[c])
             report[c] = False
             if up is not None:
                 core.receive(c, up)
@@ -81,12 +82,15 @@ class InlineEngine:
             core.release()
             if core.complete():
                 return
+            stopping.check()  # a signal: stop here, where everything below the watermark is written
             rounds += 1
             if progress is not None and rounds % 256 == 0:
                 progress(core.progress())
 
-    def fail(self, err: ModelError) -> dict:
-        for cpu in self.cpus:  # keep everything simulated up to the error
+    def fail(self, err: BaseException) -> dict:
+        """End the run on a model error (everything simulated is kept) or an interrupt (what is below the
+        watermark is)."""
+        for cpu in self.cpus:
             self.core.rec.add(1 + cpu.id, cpu.events)
             cpu.events = []
         return self.core.fail(err)

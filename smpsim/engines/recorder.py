@@ -10,11 +10,15 @@ from pathlib import Path
 
 from smpsim import __version__
 from smpsim.config import Config
+from smpsim.engines.stopping import status_of
 from smpsim.trace.columns import by_type
 from smpsim.trace.counters import Counters
 from smpsim.trace.merge import CanonicalMerger
 from smpsim.trace.rundir import config_hash, create_run_dir, write_summary
 from smpsim.trace.writer import TraceWriter
+
+
+MAX_FAULTS = 20
 
 
 class Recorder:
@@ -33,6 +37,8 @@ class Recorder:
         self._counters = Counters(cfg.machine.cpus)
         self._added = 0  # events added since the last merge
         self._chunk = min(self.CHUNK, cfg.trace.part_events)
+        self.faults: list[dict] = []  # what went wrong around the simulation (see fault())
+        self.fault_count = 0
 
     def add(self, source: int, events: list[tuple]) -> None:
         if events:
@@ -60,12 +66,23 @@ class Recorder:
             self._counters.feed(groups)
             self.writer.write(batch, groups)
 
-    def close(self, error: Exception | None = None) -> dict:
-        """Write out everything still buffered (also after an error) and the summary."""
-        self._store(self.merger.finish())
+    def fault(self, kind: str, reason: str, cpu: int | None = None) -> None:
+        """Record a fault for summary.json: a lost CPU, a refused peer, an aborted run (the first
+        MAX_FAULTS in full, all of them counted)."""
+        self.fault_count += 1
+        if len(self.faults) < MAX_FAULTS:
+            self.faults.append({"kind": kind, "cpu": cpu, "reason": reason})
+
+    def close(self, error: BaseException | None = None) -> dict:
+        """Write the trace and the summary. After an error everything simulated is written; after an
+        interrupt only the events below the last watermark, so the trace is a prefix of the uninterrupted
+        run's and the counters match it."""
+        status = status_of(error)
+        reached = self.merger.watermark
+        self._store(self.merger.release() if status == "interrupted" else self.merger.finish())
         digest = self.writer.close()
         summary = {
-            "status": "ok" if error is None else "error",
+            "status": status,
             "error": None if error is None else str(error),
             "digest": digest,
             "engine": self.engine,
@@ -79,6 +96,10 @@ class Recorder:
             **self._counters.summary(),
             "trace": self.writer.stats(),
         }
+        if error is not None:  # the virtual time up to which the trace is complete
+            summary["t_reached"] = reached if reached is not None else 0
+        if self.fault_count:
+            summary["faults"] = {"count": self.fault_count, "first": self.faults}
         if self.run_dir is not None:
             write_summary(self.run_dir, summary)
         return summary

@@ -2,9 +2,11 @@
 
 Wall-clock times and host details live here and only here: summary.json and the digest depend on the
 resolved config alone, so two runs of one config have the same summary and digest wherever and whenever
-they ran. provenance.json is written after summary.json; a run directory that has it holds a finished run
-(smpsim sweep skips such points). A run that stopped on a kernel BUG or a deadlock is finished too (the
-model is deterministic, running it again gives the same error); one that died or was interrupted is not.
+they ran. provenance.json is written after summary.json, for every run that started, whatever its end; its
+``status`` is summary.json's (ok, error, aborted, interrupted), or "failed" when the run broke before it
+could write a summary. A run with status ok is finished, and so is one that stopped on a kernel BUG or a
+deadlock (error: the model is deterministic, running it again gives the same error); smpsim sweep skips
+such points. One that lost a CPU process, was interrupted or failed is not finished.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 
 from smpsim import __version__
 from smpsim.config import Config
-from smpsim.model.errors import ModelError
+from smpsim.engines import stopping
 from smpsim.trace.rundir import config_hash, read_summary, write_provenance
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -85,13 +87,28 @@ def recorded(cfg: Config, run_dir: Path | None, body: Callable[[], Any], engine:
             "wall_seconds": round(time.monotonic() - t0, 3),
             "status": summary.get("status"),
             "digest": summary.get("digest"),
+            **({"error": summary["error"]} if summary.get("error") else {}),
             **({"sweep": sweep} if sweep is not None else {}),
         })
 
     try:
-        result = body()
-    except ModelError:  # deterministic: the run is finished, summary.json says where it stopped
-        write((read_summary(run_dir) if run_dir is not None else None) or {})
+        with stopping.handling_signals():
+            result = body()
+    except BaseException as e:  # on record whatever the end: summary.json says where it stopped
+        summary = (_summary_or_none(run_dir) if run_dir is not None else None) or {
+            "status": "interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
+            "error": str(e) or type(e).__name__}
+        write(summary)
         raise
     write(result.summary)
     return result
+
+
+FINISHED = ("ok", "error")  # statuses of a finished run (see the module's doc)
+
+
+def _summary_or_none(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        return read_summary(run_dir)
+    except Exception:  # noqa: BLE001 - a damaged summary must not hide the run's own error
+        return None

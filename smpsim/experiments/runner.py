@@ -2,8 +2,10 @@
 
 A sweep point runs in a worker process of a pool (fork: workers start in milliseconds and inherit the
 loaded modules). A point whose run directory already holds a finished run of the same config is not run
-again, so an interrupted sweep resumes where it stopped. Workers ignore Ctrl-C between points, stop the
-point they run on Ctrl-C, and die with the sweep process, so none outlives it.
+again, so an interrupted sweep resumes where it stopped. On SIGINT or SIGTERM the sweep process cancels the
+points not started and asks its workers to stop theirs (SIGUSR1; a Ctrl-C on a terminal reaches them
+anyway): each writes what its point ran, as `smpsim run` would, and runs no further point. Workers ignore
+Ctrl-C between points and die with the sweep process, so none outlives it.
 """
 
 from __future__ import annotations
@@ -13,14 +15,15 @@ import os
 import shutil
 import signal
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from smpsim.config import Config, ConfigError
-from smpsim.experiments.provenance import recorded
+from smpsim.engines import stopping
+from smpsim.experiments.provenance import FINISHED, recorded
 from smpsim.experiments.sweep import Experiment, Point
 from smpsim.model.errors import ModelError
 from smpsim.trace.errors import TraceError
@@ -53,7 +56,8 @@ def is_finished(run_dir: Path, hash_: str) -> bool:
         prov = read_provenance(run_dir)
     except TraceError:
         return False
-    return prov is not None and prov.get("config_hash") == hash_ and (run_dir / SUMMARY_NAME).is_file()
+    return (prov is not None and prov.get("config_hash") == hash_ and prov.get("status") in FINISHED
+            and (run_dir / SUMMARY_NAME).is_file())
 
 
 @dataclass
@@ -61,6 +65,7 @@ class SweepReport:
     ran: list[int] = field(default_factory=list)      # points run now
     skipped: list[int] = field(default_factory=list)  # points found finished
     errors: dict[int, str] = field(default_factory=dict)  # point -> why it has no finished run
+    interrupted: int | None = None  # the signal that stopped the sweep
 
 
 def run_sweep(exp: Experiment, points: list[Point], out: Path, jobs: int,
@@ -79,31 +84,53 @@ def run_sweep(exp: Experiment, points: list[Point], out: Path, jobs: int,
         for _ in report.skipped:
             on_point()
         return report
-    pool = ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=multiprocessing.get_context("fork"),
-                               initializer=_init_worker, initargs=(os.getpid(),))
-    try:
-        futures = {pool.submit(_run_point, pt.cfg, out / pt.name,
-                               {"experiment": str(exp.path), "point": pt.index, "params": pt.params}): pt
-                   for pt in todo}
-        for _ in report.skipped:
-            on_point()
-        for fut in as_completed(futures):
-            pt = futures[fut]
-            error = fut.result()
-            report.ran.append(pt.index)
-            if error is not None:
-                report.errors[pt.index] = error
-            on_point()
-    except BrokenProcessPool:
-        raise SweepError("a sweep worker process died (out of memory?); run the same command again to run "
-                         "the points that did not finish") from None
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    with stopping.handling_signals():
+        pool = ProcessPoolExecutor(max_workers=min(jobs, len(todo)),
+                                   mp_context=multiprocessing.get_context("fork"),
+                                   initializer=_init_worker, initargs=(os.getpid(),))
+        try:
+            futures = {pool.submit(_run_point, pt.cfg, out / pt.name,
+                                   {"experiment": str(exp.path), "point": pt.index, "params": pt.params}): pt
+                       for pt in todo}
+            for _ in report.skipped:
+                on_point()
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    if fut.cancelled():
+                        continue
+                    pt = futures[fut]
+                    error = fut.result()
+                    report.ran.append(pt.index)
+                    if error is not None:
+                        report.errors[pt.index] = error
+                    on_point()
+                if report.interrupted is None and stopping.received() is not None:
+                    report.interrupted = stopping.received()
+                    _stop_workers(pool, pending)
+        except BrokenProcessPool:
+            raise SweepError("a sweep worker process died (out of memory?); run the same command again to "
+                             "run the points that did not finish") from None
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
     return report
+
+
+def _stop_workers(pool: ProcessPoolExecutor, pending: set) -> None:
+    """Cancel the points not started; the workers stop theirs, writing what they ran."""
+    for fut in pending:
+        fut.cancel()
+    for proc in list((pool._processes or {}).values()):  # noqa: SLF001 - the executor has no public list
+        try:
+            os.kill(proc.pid, stopping.SOFT_STOP)
+        except (ProcessLookupError, AttributeError):
+            pass
 
 
 def _init_worker(parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C between points: the sweep process handles it
+    stopping.accept_soft_stop()
     try:  # Linux: die with the sweep process even when it is SIGKILLed
         import ctypes
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -113,13 +140,14 @@ def _init_worker(parent: int) -> None:
         os._exit(1)
 
 
-_interrupted = False  # this worker saw Ctrl-C: it runs no further point (some may be queued to it already)
+_interrupted = False  # this worker was stopped: it runs no further point (some may be queued to it already)
 
 
 def _run_point(cfg: Config, run_dir: Path, sweep: dict[str, Any]) -> str | None:
     """Run one point in a worker; None when its run directory now holds a finished run without error."""
     global _interrupted
-    if _interrupted:
+    if _interrupted or stopping.received() is not None:
+        _interrupted = True
         return "interrupted"
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:

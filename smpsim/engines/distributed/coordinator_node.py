@@ -15,18 +15,17 @@ from pathlib import Path
 import zmq
 
 from smpsim.config import Config
+from smpsim.engines import stopping
 from smpsim.engines.core import Core, Up
 from smpsim.engines.distributed import protocol as p
 from smpsim.engines.distributed.logs import RateLimitedLog
 from smpsim.engines.distributed.security import same_token
 from smpsim.engines.recorder import Recorder
+from smpsim.engines.stopping import RunAborted
 from smpsim.model import messages as mm
 from smpsim.model import workloads
 from smpsim.model.coordinator import Coordinator
 from smpsim.model.errors import ModelError
-
-class RunAborted(Exception):
-    """The distributed run cannot go on (a CPU died or broke the protocol); the message says which."""
 
 
 REFUSE_ANSWERS = 3  # refusals answered per unjoined connection; the rest are only counted
@@ -38,7 +37,7 @@ _BAD_CONTENT = (ValueError, TypeError, IndexError, KeyError, AttributeError, Ove
 
 class CoordinatorNode:
     def __init__(self, cfg: Config, run_dir: Path | None, sock: zmq.Socket, run_id: str, token: str = "",
-                 log=None, check_children: Callable[[], str | None] | None = None,
+                 log=None, check_children: Callable[[], tuple[int, str] | None] | None = None,
                  progress: Callable[[dict], None] | None = None, join_timeout: float = p.JOIN_TIMEOUT_S,
                  t_start: float | None = None, curve=None):
         self.cfg, self.sock, self.run_id, self.token = cfg, sock, run_id, token
@@ -80,18 +79,26 @@ class CoordinatorNode:
             self.sock.send_multipart([self.ident[cpu], frame])
         except zmq.Again:
             raise RunAborted(f"CPU {cpu} is not taking messages (send queue full for "
-                             f"{p.SEND_TIMEOUT_MS} ms)") from None
+                             f"{p.SEND_TIMEOUT_MS} ms)", cpu) from None
         except zmq.ZMQError as e:
             if e.errno == zmq.EHOSTUNREACH:
-                raise RunAborted(f"CPU {cpu} disconnected at virtual time t={self.horizon[cpu]}") from None
+                self._child_died(wait=0.5)  # a CPU process of ours: say how it died
+                raise RunAborted(f"CPU {cpu} disconnected at virtual time t={self.horizon[cpu]}", cpu) from None
             raise
         self.last_sent[cpu] = time.monotonic()
         self.n_out += 1
 
+    def _fault(self, kind: str, reason: str, cpu: int | None = None, **kw) -> None:
+        """A fault goes on record twice: an error line in the coordinator's log, an entry in summary.json."""
+        if self.log:
+            self.log.error(kind, reason=reason, **({"cpu": cpu} if cpu is not None else {}), **kw)
+        self.rec.fault(kind, reason, cpu)
+
     def _refuse(self, ident: bytes | None, reason: str, **kw) -> None:
-        """Log (rate-limited) and answer, the first few times per connection only: a flood from one
-        peer costs a decode and a count per message, nothing more."""
+        """On record (the log rate-limited, summary.json bounded) and answered, the first few times per
+        connection only: a flood from one peer costs a decode and a count per message, nothing more."""
         self.refused(reason, **kw)
+        self.rec.fault("refused", reason, kw.get("cpu"))
         if ident is None:
             return
         n = self.answered.get(ident, 0)
@@ -113,7 +120,8 @@ class CoordinatorNode:
         except p.ProtocolError as e:
             if cpu is None:
                 return self._refuse(ident, f"garbage on the socket: {e}")
-            raise RunAborted(f"CPU {cpu} ({self.hosts[cpu]}) sent an invalid message: {e}") from None
+            raise RunAborted(f"CPU {cpu} ({self.hosts[cpu]}) sent an invalid message: {e}", cpu,
+                             "cpu fault") from None
         if cpu is None:
             if msg[0] != p.HELLO:
                 return self._refuse(ident, f"{msg[0]} message before joining")
@@ -122,16 +130,17 @@ class CoordinatorNode:
             self._from_cpu(cpu, msg)
         except _BAD_CONTENT as e:
             raise RunAborted(f"CPU {cpu} ({self.hosts[cpu]}) sent an invalid {msg[0]} message: "
-                             f"{type(e).__name__}: {str(e)[:200]}") from None
+                             f"{type(e).__name__}: {str(e)[:200]}", cpu, "cpu fault") from None
 
     def _from_cpu(self, cpu: int, msg: list) -> None:
         kind = msg[0]
         if kind == p.HELLO:
-            raise RunAborted(f"CPU {cpu} ({self.hosts[cpu]}) sent a second HELLO on its connection")
+            raise RunAborted(f"CPU {cpu} ({self.hosts[cpu]}) sent a second HELLO on its connection", cpu,
+                             "cpu fault")
         try:
             self.links[cpu].check_in(msg[1], f"CPU {cpu}")
         except p.ProtocolError as e:
-            raise RunAborted(str(e)) from None
+            raise RunAborted(str(e), cpu, "cpu fault") from None
         self.last_heard[cpu] = time.monotonic()
         if kind == p.BATCH:
             _, _, msgs, events, horizon, seen = msg
@@ -206,21 +215,32 @@ class CoordinatorNode:
         self.last_liveness = now
         if self.curve is not None:
             for reason in self.curve.refusals():
-                self.refused(reason)
+                self._refuse(None, reason)
         self.refused.tick(now)
-        if self.check_children is not None:
-            dead = self.check_children()
-            if dead:
-                raise RunAborted(dead)
+        self._child_died()
         for c in range(self.n):
             if self.ident[c] is None:
                 continue
             if now - self.last_heard[c] > p.PEER_TIMEOUT_S and not stalled:
                 raise RunAborted(f"CPU {c} ({self.hosts[c]}) stopped responding "
                                  f"({p.PEER_TIMEOUT_S:.0f} s without a message) at virtual time "
-                                 f"t={self.horizon[c]}")
+                                 f"t={self.horizon[c]}", c)
             if now - self.last_sent[c] > p.HEARTBEAT_S:
                 self._send(c, p.HB)
+
+    def _child_died(self, wait: float = 0.0) -> None:
+        """Raise RunAborted naming a CPU process of ours that has exited (waiting up to ``wait`` s for its exit
+        status: its socket can close a moment before)."""
+        if self.check_children is None:
+            return
+        deadline = time.monotonic() + wait
+        while True:
+            dead = self.check_children()
+            if dead:
+                raise RunAborted(dead[1], dead[0])
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.02)
 
     def run(self) -> dict:
         """Serve the run to its end; returns the summary. Raises ModelError or RunAborted (trace kept)."""
@@ -229,6 +249,7 @@ class CoordinatorNode:
         try:
             sock = self.sock
             while True:
+                stopping.check()
                 got = 0
                 # Strangers' messages (all refused) get a budget per turn, so that a flood of them cannot
                 # keep the joined CPUs' requests waiting; the rest wait in their bounded queues.
@@ -245,7 +266,7 @@ class CoordinatorNode:
                     elif frames[0] in self.by_ident:
                         c = self.by_ident[frames[0]]
                         raise RunAborted(f"CPU {c} ({self.hosts[c]}) sent a message of {len(frames) - 1} "
-                                         "frames (one expected)")
+                                         "frames (one expected)", c, "cpu fault")
                     else:
                         self._refuse(None, f"message of {len(frames) - 1} frames before joining")
                 if not got or len(self.rec.merger) > 200_000:
@@ -262,7 +283,8 @@ class CoordinatorNode:
                     if time.monotonic() - t0 > self.join_timeout:
                         missing = [c for c in range(self.n) if self.ident[c] is None]
                         raise RunAborted(f"only {self.n - len(missing)} of {self.n} CPUs joined within "
-                                         f"{self.join_timeout:.0f} s (missing: {missing[:16]})")
+                                         f"{self.join_timeout:g} s (missing: {missing[:16]}; --join-timeout "
+                                         "gives them longer)")
                     self._liveness()
                     continue
                 if self.dirty:
@@ -274,14 +296,25 @@ class CoordinatorNode:
                 if self.progress is not None and time.monotonic() - last_progress > 0.25:
                     last_progress = time.monotonic()
                     self.progress(self.core.progress())
-        except (ModelError, RunAborted) as e:
+        except (ModelError, RunAborted, stopping.Interrupted) as e:
             self.refused.flush()
-            self._end("error")
+            status = stopping.status_of(e)
+            lost = None
+            if isinstance(e, RunAborted):
+                self._fault(e.kind, str(e), e.cpu)
+                lost = e.cpu if e.kind == "cpu lost" else None
+            self._end(status, lost)
+            self.core.release()  # up to the last watermark (an interrupted run keeps no more)
             self.summary = self.core.fail(e)
+            if self.log:
+                level = self.log.warning if status == "interrupted" else self.log.error
+                level("run ended", status=status, reason=str(e), t_reached=self.summary.get("t_reached"))
             raise
         self.refused.flush()
         self._end("ok")
         self.summary = self.core.close()
+        if self.log:
+            self.log.info("run ended", status="ok", t_end=self.summary.get("t_end"))
         return self.summary
 
     def _bye(self, cpu: int, msg: list) -> None:
@@ -295,15 +328,17 @@ class CoordinatorNode:
                 "messages_in": self.n_in, "messages_out": self.n_out,
                 "cpu_maxrss_kb": max(self.cpu_maxrss_kb.values(), default=None)}
 
-    def _end(self, status: str) -> None:
+    def _end(self, status: str, lost: int | None = None) -> None:
+        """Tell every CPU the run is over and wait a little for their goodbyes (none from a lost one)."""
         for c in range(self.n):
-            if self.ident[c] is not None:
+            if self.ident[c] is not None and c != lost:
                 try:
                     self._send(c, p.END, status)
                 except (RunAborted, zmq.ZMQError):
                     pass
         deadline = time.monotonic() + 2.0
-        while len(self.bye) < len(self.by_ident) and time.monotonic() < deadline:
+        expected = len(self.by_ident) - (lost is not None)
+        while len(self.bye) < expected and time.monotonic() < deadline:
             if self.sock.poll(50):
                 try:
                     ident, frame = self.sock.recv_multipart(flags=zmq.NOBLOCK)[:2]

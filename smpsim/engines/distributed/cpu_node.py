@@ -7,6 +7,7 @@ coordinator that went silent (PEER_TIMEOUT_S), or when the parent that launched 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import socket
@@ -17,6 +18,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from smpsim.config import Config, validate
+from smpsim.engines import stopping
 from smpsim.engines.distributed import protocol as p
 from smpsim.engines.distributed.logs import process_logger
 from smpsim.model import workloads
@@ -26,8 +28,7 @@ from smpsim.model.messages import from_wire, to_wire
 from smpsim.model.errors import ModelError
 
 
-# Operations per Cpu.run call: keeps the process answering heartbeats when it may run far ahead.
-RUN_CHUNK = 20_000
+WAITING_NOTICE_S = 2.0  # a CPU still unanswered after this long says it is waiting for the coordinator
 
 
 class CpuExit(Exception):
@@ -59,18 +60,22 @@ class CpuNode:
         self.cpu: Cpu | None = None
         self.port: CpuPort | None = None
 
+    @property
+    def who(self) -> str:
+        return f"CPU {self.cpu_id}" if self.cpu_id is not None else "CPU (id not yet assigned)"
+
     def _send(self, kind: str, *fields) -> None:
         try:
             self.sock.send(p.pack([kind, self.link.out(), *fields]))
         except zmq.Again:
-            raise CpuExit(f"CPU {self.cpu_id}: could not send to the coordinator for "
+            raise CpuExit(f"{self.who}: could not send to the coordinator for "
                           f"{p.SEND_TIMEOUT_MS} ms") from None
         self.last_sent = time.monotonic()
 
     def _recv(self, timeout_ms: int, joining: bool = False) -> list | None:
         if not self.sock.poll(timeout_ms):
             if not joining and time.monotonic() - self.last_heard > p.PEER_TIMEOUT_S:
-                raise CpuExit(f"CPU {self.cpu_id}: the coordinator has been silent for "
+                raise CpuExit(f"{self.who}: the coordinator has been silent for "
                               f"{p.PEER_TIMEOUT_S:.0f} s; exiting")
             return None
         return self._recv_now()
@@ -87,20 +92,28 @@ class CpuNode:
             self.link.check_in(msg[1], "the coordinator")
         return msg
 
-    def join(self) -> None:
+    def join(self, timeout: float = p.JOIN_TIMEOUT_S) -> None:
         ask = -1 if self.cpu_id is None else self.cpu_id
         hello = [p.HELLO, p.VERSION, self.run_id, ask, os.getpid(), socket.gethostname(), self.token]
         self.sock.send(p.pack(hello))
-        deadline = time.monotonic() + p.JOIN_TIMEOUT_S
+        t0 = time.monotonic()
+        noticed = False
         while True:
             self._check_handshake()
             msg = self._recv(200, joining=True)
             if msg is None:
-                if time.monotonic() > deadline:
-                    raise CpuExit(f"CPU {self.cpu_id}: no answer from the coordinator at {self.address}")
+                waited = time.monotonic() - t0
+                if waited > timeout:
+                    raise CpuExit(f"{self.who}: no answer from the coordinator at {self.address} within "
+                                  f"{timeout:g} s (--join-timeout); check that it is running, that the address "
+                                  "is right and that this host can reach it")
+                if waited > WAITING_NOTICE_S and not noticed and self.log:
+                    noticed = True
+                    self.log.warning(f"waiting for the coordinator at {self.address}",
+                                     gives_up_after_s=timeout)
                 continue
             if msg[0] == p.REFUSE:
-                raise CpuExit(f"CPU {self.cpu_id}: refused by the coordinator: {msg[1]}")
+                raise CpuExit(f"{self.who}: refused by the coordinator: {msg[1]}")
             if msg[0] == p.WELCOME:
                 _, _, self.cpu_id, config, ops, lines = msg
                 cfg = self.preloaded or validate(config, "config from the coordinator")
@@ -111,7 +124,7 @@ class CpuNode:
                 self.cpu = Cpu(cfg, self.cpu_id, ops, lines)
                 self._stop_monitor()
                 return
-            raise CpuExit(f"CPU {self.cpu_id}: unexpected {msg[0]} before WELCOME")
+            raise CpuExit(f"{self.who}: unexpected {msg[0]} before WELCOME")
 
     def _check_handshake(self) -> None:
         """A failed handshake is final (a key the coordinator does not allow, the wrong coordinator key,
@@ -136,13 +149,13 @@ class CpuNode:
             self.monitor.close(linger=0)
             self.monitor = None
 
-    def serve(self) -> None:
-        """Main loop until END."""
+    def serve(self) -> str:
+        """Main loop until END; returns the run's status the coordinator ended it with."""
         port = self.port = CpuPort(self.cpu)
         report = False
         while True:
             try:
-                up = port.work(RUN_CHUNK, report)
+                up = port.work(stopping.RUN_CHUNK, report)
             except ModelError as e:
                 return self._fail(e)
             report = False
@@ -154,7 +167,7 @@ class CpuNode:
             while msg is not None:
                 if msg[0] == p.END:
                     self._send(p.BYE, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-                    return
+                    return msg[2]
                 if msg[0] == p.BATCH:
                     _, _, msgs, safe = msg
                     try:
@@ -165,7 +178,7 @@ class CpuNode:
                         raise p.ProtocolError(f"invalid batch from the coordinator: {e}") from None
                 msg = self._recv_now()
 
-    def _fail(self, e: ModelError) -> None:
+    def _fail(self, e: ModelError) -> str:
         """Report a model error (with the events so far) and wait for the coordinator to end the run."""
         self._send(p.BATCH, [], self.cpu.events, self.cpu.horizon(), self.port.ipis_seen)
         self.cpu.events = []
@@ -174,7 +187,8 @@ class CpuNode:
         while time.monotonic() < deadline:
             msg = self._recv(100)
             if msg is not None and msg[0] == p.END:
-                return
+                return msg[2]
+        return "error"
 
     def close(self) -> None:
         self._stop_monitor()
@@ -182,31 +196,46 @@ class CpuNode:
 
 
 def cpu_main(address: str, cpu_id: int | None, run_id: str = "", token: str = "", log_dir: str | None = None,
-             child_of_launch: bool = False, cfg: Config | None = None, curve=None) -> int:
-    """Entry point of a CPU process; returns its exit code."""
+             child_of_launch: bool = False, cfg: Config | None = None, curve=None,
+             join_timeout: float = p.JOIN_TIMEOUT_S) -> int:
+    """Entry point of a CPU process; returns its exit code: 0 only when the run ended ok (see
+    smpsim.engines.stopping for the others)."""
     if child_of_launch:
         _die_with_parent()
+        stopping.ignore_stop_signals()
     name = f"cpu-{cpu_id}" if cpu_id is not None else f"cpu-pid{os.getpid()}"
     log = process_logger(log_dir, name, console=not child_of_launch)
     node = None
+    # A CPU of launch is stopped by the coordinator in its parent, which keeps the trace whole.
+    guard = contextlib.nullcontext() if child_of_launch else stopping.raising_on_signals()
     try:
-        node = CpuNode(address, cpu_id, run_id, token, log, cfg=cfg, curve=curve)
-        log.info("joining", coordinator=address, cpu=cpu_id, pid=os.getpid())
-        node.join()
-        log.info("joined", cpu=cpu_id, ops=len(node.cpu.ops))
-        node.serve()
-        log.info("finished", cpu=cpu_id, clock=node.cpu.clock)
-        return 0
+        with guard:
+            node = CpuNode(address, cpu_id, run_id, token, log, cfg=cfg, curve=curve)
+            log.info("joining", coordinator=address, cpu=cpu_id, pid=os.getpid(), join_timeout_s=join_timeout)
+            node.join(join_timeout)
+            log.info("joined", cpu=node.cpu_id, ops=len(node.cpu.ops))
+            status = node.serve()
+        if status != "ok":  # the coordinator's log says why
+            (log.info if status == "interrupted" else log.warning)(
+                "run ended", cpu=node.cpu_id, status=status, clock=node.cpu.clock)
+            if not child_of_launch:
+                print(f"error: {node.who}: the coordinator ended the run with status {status!r}; its log "
+                      "and summary.json say why", file=sys.stderr)
+            return stopping.EXIT_RUN_FAILED
+        log.info("finished", cpu=node.cpu_id, clock=node.cpu.clock)
+        return stopping.EXIT_OK
     except CpuExit as e:
         log.error("exit", reason=str(e))
         print(f"error: {e}", file=sys.stderr)
-        return 3
+        return stopping.EXIT_CPU_LOST
     except p.ProtocolError as e:
+        who = node.who if node is not None else f"CPU {cpu_id}"
         log.error("protocol error", reason=str(e))
-        print(f"error: CPU {cpu_id}: protocol error: {e}", file=sys.stderr)
-        return 3
-    except KeyboardInterrupt:
-        return 130
+        print(f"error: {who}: protocol error: {e}", file=sys.stderr)
+        return stopping.EXIT_CPU_LOST
+    except KeyboardInterrupt as e:
+        log.warning("interrupted", reason=str(e) or "SIGINT")
+        return stopping.exit_code_of(e)
     finally:
         if node is not None:
             node.close()

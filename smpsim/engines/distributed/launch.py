@@ -21,6 +21,7 @@ from pathlib import Path
 import zmq
 
 from smpsim.config import Config
+from smpsim.engines import stopping
 from smpsim.engines.distributed import cpu_node  # imported before forking: shared by every CPU process
 from smpsim.engines.distributed import protocol as p
 from smpsim.engines.distributed.security import new_token
@@ -63,6 +64,7 @@ def run_distributed(cfg: Config, run_dir: Path | None, transport: str = "ipc",
     mp = multiprocessing.get_context("fork")
     children = []
     node = None
+    forget = stopping.at_second_signal(lambda: sockdir and shutil.rmtree(sockdir, ignore_errors=True))
     try:
         for c in range(cfg.machine.cpus):
             proc = mp.Process(target=_cpu_child, args=(address, c, run_id, token, log_dir, cfg), name=f"smpsim-cpu-{c}")
@@ -74,11 +76,11 @@ def run_distributed(cfg: Config, run_dir: Path | None, transport: str = "ipc",
         from smpsim.engines.distributed.logs import process_logger
         from smpsim.engines.inline import RunResult
 
-        def check_children() -> str | None:
+        def check_children() -> tuple[int, str] | None:
             for c, ch in enumerate(children):
                 if ch.exitcode is not None and c not in node.bye and ch.exitcode != 0:
-                    return (f"CPU {c} process (pid {ch.pid}) died ({_describe_exit(ch.exitcode)}) at "
-                            f"virtual time t={node.horizon[c]}")
+                    return c, (f"CPU {c} process (pid {ch.pid}) died ({_describe_exit(ch.exitcode)}) at "
+                               f"virtual time t={node.horizon[c]}")
             return None
 
         log = process_logger(log_dir, "coordinator")
@@ -98,6 +100,7 @@ def run_distributed(cfg: Config, run_dir: Path | None, transport: str = "ipc",
         ctx.term()
         if sockdir:
             shutil.rmtree(sockdir, ignore_errors=True)
+        forget()
 
 
 def _reap(children, grace: float = 3.0) -> None:
@@ -114,7 +117,8 @@ def _reap(children, grace: float = 3.0) -> None:
 
 def serve_coordinator(cfg: Config, run_dir: Path | None, listen: str, token: str = "",
                       progress: Callable[[dict], None] | None = None,
-                      on_listening: Callable[[str], None] | None = None, curve=None):
+                      on_listening: Callable[[str], None] | None = None, curve=None,
+                      join_timeout: float = p.JOIN_TIMEOUT_S):
     """`smpsim coordinator`: serve CPUs that join from anywhere (other hosts, Kubernetes pods).
     curve: a security.CurveServer (encrypt, and admit only its allowed CPU keys), or None."""
     from smpsim.engines.distributed.coordinator_node import CoordinatorNode
@@ -134,6 +138,7 @@ def serve_coordinator(cfg: Config, run_dir: Path | None, listen: str, token: str
         raise
     if curve is not None:
         curve.watch(sock)
+    forget = stopping.at_second_signal(lambda: _unlink_ipc(address))
     try:
         log = process_logger(log_dir, "coordinator")
         log.info("listening", address=address, cpus=cfg.machine.cpus, curve=curve is not None,
@@ -141,7 +146,7 @@ def serve_coordinator(cfg: Config, run_dir: Path | None, listen: str, token: str
         if on_listening is not None:
             on_listening(address)
         node = CoordinatorNode(cfg, run_dir, sock, run_id="", token=token, log=log, progress=progress,
-                               curve=curve)
+                               curve=curve, join_timeout=join_timeout)
         summary = node.run()
         summary["processes"] = cfg.machine.cpus + 1
         summary["hosts"] = len({h.split(" pid ")[0] for h in node.hosts.values()} | {socket.gethostname()})
@@ -151,3 +156,13 @@ def serve_coordinator(cfg: Config, run_dir: Path | None, listen: str, token: str
             curve.stop()
         sock.close(linger=0)
         ctx.term()
+        forget()
+
+
+def _unlink_ipc(address: str) -> None:
+    """Remove an ipc socket's file (ZeroMQ does on close; this is for leaving at once)."""
+    if address.startswith("ipc://"):
+        try:
+            os.unlink(address[len("ipc://"):])
+        except OSError:
+            pass

@@ -41,7 +41,7 @@ def process_logger(log_dir: str | Path | None, name: str, console: bool = False)
 
 
 class RateLimitedLog:
-    """Warnings a hostile peer can cause at will (refused messages): the first ``first`` are logged one by
+    """Errors a hostile peer can cause at will (refused messages; analyze counts them): the first ``first`` are logged one by
     one, later ones only counted, and every ``interval`` seconds one summary line gives the counts by
     reason. So a flood cannot fill the disk or slow the run down with logging."""
 
@@ -57,7 +57,7 @@ class RateLimitedLog:
         self.total += 1
         if self.total <= self.first:
             if self.log is not None:
-                self.log.warning(self.event, reason=reason, **fields)
+                self.log.error(self.event, reason=reason, **fields)
             return
         key = reason.split(":", 1)[0][:80]
         if key not in self.suppressed and len(self.suppressed) >= self.MAX_REASONS:
@@ -74,7 +74,7 @@ class RateLimitedLog:
         self.last_summary = time.monotonic() if now is None else now
         if self.suppressed:
             if self.log is not None:
-                self.log.warning(f"{self.event} (summary)", count=sum(self.suppressed.values()),
+                self.log.error(f"{self.event} (summary)", count=sum(self.suppressed.values()),
                                  by_reason=dict(sorted(self.suppressed.items())), total=self.total,
                                  note=f"only the first {self.first} are logged one by one")
             self.suppressed = {}

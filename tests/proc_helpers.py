@@ -1,0 +1,33 @@
+"""Waiting on real processes in tests: for an event with a timeout, never sleep-and-hope."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+
+def wait_for(pred, timeout, what):
+    """pred()'s first true value, polled every 20 ms; AssertionError naming ``what`` after timeout s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def log_has(path: Path, event: str) -> bool:
+    """The JSON-lines log at path has a line with this event (a line being written does not count)."""
+    try:
+        return any(json.loads(line).get("event") == event for line in path.read_text().splitlines() if line)
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
