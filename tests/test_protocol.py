@@ -66,7 +66,7 @@ def test_refusals_are_logged_rate_limited():
     lines = []
 
     class Log:
-        def warning(self, event, **kw):
+        def error(self, event, **kw):  # refusals count as errors in analyze
             lines.append((event, kw))
 
     r = RateLimitedLog(Log(), first=3, interval=5.0)
