@@ -28,19 +28,15 @@ class RunResult:
 
 
 def build_cpus(cfg: Config) -> list[Cpu]:
-    cpus = []
-    for c in range(cfg.machine.cpus):
-        ops, lines = workloads.build_cpu(cfg, c)
-        cpus.append(Cpu(cfg, c, ops, lines))
-    return cpus
+    return [Cpu(cfg, c, workloads.program(cfg, c)) for c in range(cfg.machine.cpus)]
 
 
 def locate(err: ModelError, cpus: list[Cpu]) -> ModelError:
     """Add the script line to a model error raised at a scripted operation."""
     if err.cpu is not None and err.position is not None and 0 <= err.cpu < len(cpus):
-        lines = cpus[err.cpu].lines
-        if lines and err.position < len(lines):
-            err.args = (f"{err.args[0]} (script line {lines[err.position]})",)
+        line = cpus[err.cpu].program.line(err.position)
+        if line is not None:
+            err.args = (f"{err.args[0]} (script line {line})",)
     return err
 
 

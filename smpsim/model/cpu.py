@@ -15,6 +15,7 @@ from smpsim.model import messages as m
 from smpsim.model.errors import ModelError
 from smpsim.model.policies import make_policy
 from smpsim.model.tlb import Tlb
+from smpsim.model.workloads import Program
 
 # Virtual page number of the first kmap_local fixmap slot; pkmap slots are vpns 0 .. LAST_PKMAP - 1.
 LOCAL_BASE = 1 << 20
@@ -24,9 +25,9 @@ INF = 1 << 62
 
 
 class Cpu:
-    def __init__(self, cfg: Config, cpu_id: int, ops: list[tuple], lines: list[int] | None = None):
+    def __init__(self, cfg: Config, cpu_id: int, program: Program):
         self.id = cpu_id
-        self.ops, self.lines = ops, lines
+        self.program = program  # streamed: holds a bounded window of the operations around pc
         self.pc = 0
         self.clock = 0
         self.state = RUNNING
@@ -51,12 +52,13 @@ class Cpu:
         """Execute operations that start before `safe` (at most max_ops of them); returns messages for
         the coordinator."""
         out: list[tuple] = []
-        ops = self.ops
+        prog = self.program
+        ops, base = prog.ops, prog.base
         stop_pc = INF if max_ops is None else self.pc + max_ops
         while self.state == RUNNING:
             if self.inbox and self.inbox[0][0] <= self.clock:
                 self._take_due_ipis()
-            if self.pc >= len(ops):
+            if self.pc - base >= len(ops) and not prog.fill(self.pc):
                 self.state = DONE
                 for page in list(self.use):  # pages still held when the program ends
                     self._record_use(page)
@@ -67,7 +69,9 @@ class Cpu:
             if self.clock >= safe or self.pc >= stop_pc:
                 out.append((m.PROGRESS, self.id, self.request_bound()))
                 break
-            op = ops[self.pc]
+            if self.pc - base >= len(ops):
+                ops, base = prog.ops, prog.base  # the window moved (fill above)
+            op = ops[self.pc - base]
             code = op[0]
             self.started = self.clock
             if code == "access":
@@ -91,7 +95,7 @@ class Cpu:
 
     def can_run(self, safe: int) -> bool:
         """Whether run(safe) would get anywhere: an operation to start before safe, or the program's end."""
-        return self.state == RUNNING and (self.clock < safe or self.pc >= len(self.ops))
+        return self.state == RUNNING and (self.clock < safe or self.program.ended(self.pc))
 
     def request_bound(self, scan: int = 64) -> int:
         """No ring request from this CPU before this time: its clock plus the least its next operations can
@@ -99,9 +103,11 @@ class Cpu:
         t = self.clock
         if not self.policy.uses_ring:
             return INF
-        ops = self.ops
-        for pc in range(self.pc, min(len(ops), self.pc + scan)):
-            op = ops[pc]
+        prog = self.program
+        prog.fill(self.pc, scan + 1)
+        i = self.pc - prog.base
+        ahead = prog.ops[i:i + scan + 1]
+        for op in ahead[:scan]:
             code = op[0]
             if code == "compute":
                 t += op[1]
@@ -109,7 +115,7 @@ class Cpu:
                 t += op[2] * self.c_access
             else:
                 return t
-        return INF if self.pc + scan >= len(ops) else t
+        return INF if len(ahead) <= scan else t
 
     def horizon(self) -> int:
         """No event this CPU emits from now on has an earlier time."""

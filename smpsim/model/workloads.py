@@ -1,6 +1,6 @@
 """Seeded per-CPU operation streams.
 
-A workload is, for each CPU, a finite list of operations in program order (docs/architecture.md,
+A workload is, for each CPU, a finite sequence of operations in program order (docs/architecture.md,
 "Workload operations"):
 
     ("kmap", page)                 kmap(page), page an int >= 0
@@ -9,7 +9,9 @@ A workload is, for each CPU, a finite list of operations in program order (docs/
     ("compute", cycles)            local work, cycles an int >= 0
 
 Everything here is pure: a CPU's stream depends only on (cfg, cpu), so a CPU process can rebuild its
-own stream alone with ``build_cpu``. Randomness comes from ``random.Random(f"{seed}:{cpu}:{kind}")``
+own stream alone with ``program``. A Program generates the operations as the CPU consumes them and holds
+only a bounded window of them, so memory does not grow with ``kmaps_per_cpu``; ``build_cpu`` lists a
+whole stream (for tests and tools). Randomness comes from ``random.Random(f"{seed}:{cpu}:{kind}")``
 (string seeds are hashed with SHA-512, not with the salted ``hash()``), so streams are identical across
 processes and Python runs. The only I/O is reading the script file of the ``script`` workload.
 
@@ -42,7 +44,6 @@ CPUs absent from the script get an empty stream.
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import random
@@ -50,7 +51,7 @@ from bisect import bisect_right
 from functools import lru_cache
 from itertools import accumulate
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from smpsim.config import Config
 
@@ -63,6 +64,9 @@ _MAX_REDRAWS = 64
 _COMPUTE_TABLE_MAX = 1 << 16
 # Pingpong: pages cycled through per pair (slots get reused quickly).
 _PINGPONG_SPAN = 64
+# Operations per generated block (about 11 per kmap by default): a Program holds about one block.
+_BLOCK = 512
+_SCRIPT_BLOCK = 512
 
 
 class WorkloadError(Exception):
@@ -73,25 +77,90 @@ class WorkloadError(Exception):
 # Public API
 
 
-def build_cpu(cfg: Config, cpu: int) -> tuple[list[Op], list[int] | None]:
-    """The operations of ``cpu`` in program order and, for ``script``, each op's 1-based source line."""
+class Program:
+    """One CPU's operations in program order, generated as they are consumed.
+
+    ``ops[0]`` is the operation at position ``base``; positions before ``base`` are gone. ``fill(pc, n)``
+    slides the window to hold positions pc .. pc+n-1 (as far as the program goes), so the window never
+    holds more than n + one generated block + ``KEEP`` operations. ``lines`` runs parallel to ``ops`` for
+    scripts (each op's source line), else is None.
+    """
+
+    __slots__ = ("ops", "lines", "base", "_blocks", "_ended")
+
+    KEEP = 4  # positions kept behind the one asked for (a reply's error may name the op just before)
+
+    def __init__(self, blocks: Iterator[tuple[list[Op], list[int] | None]]):
+        self.ops: list[Op] = []
+        self.lines: list[int] | None = None
+        self.base = 0
+        self._blocks = blocks
+        self._ended = False
+
+    @classmethod
+    def of(cls, ops: list[Op], lines: list[int] | None = None) -> "Program":
+        """A program of a list already in memory (a script shipped by the coordinator)."""
+        return cls(iter([(ops, lines)]))
+
+    def fill(self, pc: int, n: int = 1) -> bool:
+        """Hold positions pc .. pc+n-1 (those that exist); whether position pc exists."""
+        end = self.base + len(self.ops)
+        if end < pc + n and not self._ended:
+            drop = pc - self.KEEP - self.base
+            if drop > 0:
+                self.ops = self.ops[drop:]
+                self.lines = self.lines[drop:] if self.lines is not None else None
+                self.base += drop
+            while end < pc + n:
+                block = next(self._blocks, None)
+                if block is None:
+                    self._ended = True
+                    break
+                ops, lines = block
+                self.ops += ops
+                if lines is not None:
+                    self.lines = (self.lines or []) + lines
+                end += len(ops)
+        return pc < end
+
+    def ended(self, pc: int) -> bool:
+        """Whether the program has no operation at position pc."""
+        return pc - self.base >= len(self.ops) and not self.fill(pc)
+
+    def line(self, pc: int) -> int | None:
+        """The script line of position pc, if it is still in the window."""
+        i = pc - self.base
+        return self.lines[i] if self.lines is not None and 0 <= i < len(self.lines) else None
+
+    def __iter__(self) -> Iterator[Op]:
+        pc = self.base
+        while self.fill(pc):
+            yield self.ops[pc - self.base]
+            pc += 1
+
+
+def program(cfg: Config, cpu: int) -> Program:
+    """The operations of ``cpu``, streamed (script files are read and checked here, in full)."""
     ncpus = cfg.machine.cpus
     if not (isinstance(cpu, int) and 0 <= cpu < ncpus):
         raise ValueError(f"cpu {cpu!r} out of range [0, {ncpus})")
     kind = cfg.workload.kind
     if kind == "script":
-        return _script_cpu(cfg, cpu)
-    # Millions of small tuples would trigger many useless cyclic-GC passes (tuples of ints cannot form
-    # a cycle); pausing the collector while building saves about a quarter of the build time.
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        if kind == "pingpong":
-            return _pingpong(cfg, cpu), None
-        return _generated(cfg, cpu, kind), None
-    finally:
-        if was_enabled:
-            gc.enable()
+        return Program(_script_blocks(_script_cpu(cfg, cpu)))
+    gen = _pingpong(cfg, cpu) if kind == "pingpong" else _generated(cfg, cpu, kind)
+    return Program((ops, None) for ops in gen)
+
+
+def build_cpu(cfg: Config, cpu: int) -> tuple[list[Op], list[int] | None]:
+    """The whole stream of ``cpu`` as a list and, for ``script``, each op's 1-based source line."""
+    prog = program(cfg, cpu)
+    ops: list[Op] = []
+    lines: list[int] | None = [] if cfg.workload.kind == "script" else None
+    for block, block_lines in prog._blocks:
+        ops += block
+        if lines is not None:
+            lines += block_lines
+    return ops, lines
 
 
 def build(cfg: Config) -> list[list[Op]]:
@@ -117,10 +186,15 @@ def load_script(path: str | os.PathLike[str]) -> ScriptOps:
 # Script workloads
 
 
-def _script_cpu(cfg: Config, cpu: int) -> tuple[list[Op], list[int]]:
+def _script_cpu(cfg: Config, cpu: int) -> tuple[tuple[Op, int], ...]:
+    """CPU ``cpu``'s (op, line) entries; every CPU of the script is checked against machine.cpus."""
     path = cfg.script_path()
     assert path is not None  # the Config validator requires workload.script for kind = "script"
-    script = load_script(path)
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise WorkloadError(f"{path}: cannot read the workload script: {e.strerror or e}") from None
+    script = _load_script_cached(str(path), st.st_mtime_ns, st.st_size)
     ncpus = cfg.machine.cpus
     bad = [(entries[0][1], c) for c, entries in script.items() if c >= ncpus and entries]
     if bad:
@@ -129,8 +203,13 @@ def _script_cpu(cfg: Config, cpu: int) -> tuple[list[Op], list[int]]:
             f"{path}:{line}: cpu {c} is out of range: the machine has {ncpus} CPU"
             f"{'s' if ncpus != 1 else ''} (cpu must be in [0, {ncpus})); "
             f"raise machine.cpus or fix the script")
-    entries = script.get(cpu, [])
-    return [op for op, _ in entries], [line for _, line in entries]
+    return script.get(cpu, ())
+
+
+def _script_blocks(entries: tuple[tuple[Op, int], ...]) -> Iterator[tuple[list[Op], list[int]]]:
+    for i in range(0, len(entries), _SCRIPT_BLOCK):
+        chunk = entries[i:i + _SCRIPT_BLOCK]
+        yield [op for op, _ in chunk], [line for _, line in chunk]
 
 
 _OPTIONAL = ("n", "write")
@@ -307,11 +386,12 @@ def _page_picker(cfg: Config, cpu: int, rand: Callable[[], float]) -> tuple[Call
     raise AssertionError(f"no page picker for workload kind {kind!r}")
 
 
-def _generated(cfg: Config, cpu: int, kind: str) -> list[Op]:
+def _generated(cfg: Config, cpu: int, kind: str) -> Iterator[list[Op]]:
+    """Blocks of the stream (the module doc gives its shape); the blocks' boundaries mean nothing."""
     w = cfg.workload
     total = w.kmaps_per_cpu
     if total == 0:
-        return []
+        return
     rng = random.Random(f"{cfg.seed}:{cpu}:{kind}")
     rand = rng.random
     pick, distinct = _page_picker(cfg, cpu, rand)
@@ -337,7 +417,12 @@ def _generated(cfg: Config, cpu: int, kind: str) -> list[Op]:
                 app(hold_t[int(rand() * hold_n)])
                 app(acc_w if rand() < wf else acc_r)
             app(("kunmap", p))
-        return ops
+            if len(ops) >= _BLOCK:
+                yield ops
+                ops = []
+                app = ops.append
+        yield ops
+        return
 
     i = 0
     while i < total:
@@ -361,10 +446,14 @@ def _generated(cfg: Config, cpu: int, kind: str) -> list[Op]:
             i += 1
         for p in reversed(group):
             app(("kunmap", p))
-    return ops
+        if len(ops) >= _BLOCK:
+            yield ops
+            ops = []
+            app = ops.append
+    yield ops
 
 
-def _pingpong(cfg: Config, cpu: int) -> list[Op]:
+def _pingpong(cfg: Config, cpu: int) -> Iterator[list[Op]]:
     """Pairs (0, 1), (2, 3), ...: the even CPU writes page base + r % span in round r, the odd CPU
     then reads it.
 
@@ -378,7 +467,7 @@ def _pingpong(cfg: Config, cpu: int) -> list[Op]:
     w = cfg.workload
     total = w.kmaps_per_cpu
     if total == 0:
-        return []
+        return
     ncpus = cfg.machine.cpus
     pair = cpu // 2
     reader = cpu % 2 == 1
@@ -415,4 +504,8 @@ def _pingpong(cfg: Config, cpu: int) -> list[Op]:
             r += 1
         for p in reversed(group):
             app(("kunmap", p))
-    return ops
+        if len(ops) >= _BLOCK:
+            yield ops
+            ops = []
+            app = ops.append
+    yield ops

@@ -100,10 +100,10 @@ class CpuNode:
                 _, _, self.cpu_id, config, ops, lines = msg
                 cfg = self.preloaded or validate(config, "config from the coordinator")
                 if ops is None:
-                    ops, lines = workloads.build_cpu(cfg, self.cpu_id)
+                    prog = workloads.program(cfg, self.cpu_id)
                 else:
-                    ops = [tuple(o) for o in ops]
-                self.cpu = Cpu(cfg, self.cpu_id, ops, lines)
+                    prog = workloads.Program.of([tuple(o) for o in ops], lines)
+                self.cpu = Cpu(cfg, self.cpu_id, prog)
                 return
             raise CpuExit(f"CPU {self.cpu_id}: unexpected {msg[0]} before WELCOME")
 
@@ -181,7 +181,7 @@ def cpu_main(address: str, cpu_id: int | None, run_id: str = "", token: str = ""
         node = CpuNode(address, cpu_id, run_id, token, log, cfg=cfg)
         log.info("joining", coordinator=address, cpu=cpu_id, pid=os.getpid())
         node.join()
-        log.info("joined", cpu=cpu_id, ops=len(node.cpu.ops))
+        log.info("joined", cpu=cpu_id)
         node.serve()
         log.info("finished", cpu=cpu_id, clock=node.cpu.clock)
         return 0
