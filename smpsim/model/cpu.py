@@ -99,10 +99,11 @@ class Cpu:
 
     def request_bound(self, scan: int = 64) -> int:
         """No ring request from this CPU before this time: its clock plus the least its next operations can
-        take before the next kmap/kunmap (IPI handlers and TLB misses only add to that)."""
+        take before the next kmap/kunmap (IPI handlers and TLB misses only add to that). A CPU that never
+        takes kmap_lock reports its clock: how far it got (Coordinator.safe_until keeps CPUs together)."""
         t = self.clock
         if not self.policy.uses_ring:
-            return INF
+            return t
         prog = self.program
         prog.fill(self.pc, scan + 1)
         i = self.pc - prog.base
