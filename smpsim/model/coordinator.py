@@ -20,7 +20,7 @@ from smpsim.model.ring import PkmapRing
 INF = 1 << 62
 # How far (cycles) a CPU that never takes kmap_lock may run ahead of the slowest: nothing else keeps such
 # CPUs together, and the events waiting to be merged in canonical order would grow with the run.
-RUN_AHEAD = 1 << 20
+RUN_AHEAD = 1 << 18
 RUNNING, REQUESTED, ASLEEP, DONE = "running", "requested", "asleep", "done"
 
 

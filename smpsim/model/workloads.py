@@ -332,10 +332,12 @@ class _ComputeOps:
         return ("compute", c)
 
 
+@lru_cache(maxsize=8)
 def _compute_table(mean: int) -> tuple[Any, int]:
     """(table, n): ``table[int(rand() * n)]`` is ("compute", c) with c uniform in [0, 2*mean].
 
-    The table holds shared immutable tuples, which saves building one tuple per compute op.
+    The table holds shared immutable tuples, which saves building one tuple per compute op; every CPU's
+    generator keeps it while it runs, so one table serves them all.
     """
     n = 2 * mean + 1 if mean > 0 else 1
     if n <= _COMPUTE_TABLE_MAX:
