@@ -28,6 +28,8 @@ class Machine(_Strict):
     arch: Literal["i386", "i386-pae", "arm", "mips"] = Field("i386", description="preset for last_pkmap")
     last_pkmap: int | None = Field(None, ge=2, le=65536, description="LAST_PKMAP; default from arch")
     kmap_local_slots: int = Field(16, ge=1, le=1024, description="KM_MAX_IDX: kmap_local slots per CPU")
+    preset: str | None = Field(None, description="cost preset: a built-in name (smpsim/presets) or a file "
+                                                 "from `smpsim calibrate`; explicit cost.* keys win")
 
     @property
     def ring_size(self) -> int:
@@ -112,6 +114,20 @@ class Config(_Strict):
     run: Run = Run()
     # Filled in by load_config: the directory relative paths (workload.script) are resolved against.
     base_dir: str | None = Field(None, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        """Fill the cost keys a config leaves out from machine.preset. A config whose costs are all explicit
+        (a resolved config, as shipped to CPU processes on other hosts) needs no preset file."""
+        if not isinstance(data, dict) or not isinstance(data.get("machine"), dict):
+            return data
+        name = data["machine"].get("preset")
+        cost = data.get("cost", {})
+        if not isinstance(name, str) or not name or not isinstance(cost, dict) or set(Cost.model_fields) <= set(cost):
+            return data
+        from smpsim import presets
+        return {**data, "cost": {**presets.costs(name, data.get("base_dir")), **cost}}
 
     @model_validator(mode="after")
     def _script_needs_file(self) -> "Config":
@@ -218,8 +234,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     data.pop("sweep", None)  # sweeps are expanded by smpsim.experiments, not by a single run
     for a in overrides:
         apply_override(data, a)
+    data["base_dir"] = str(p.resolve().parent)  # relative paths (workload.script, machine.preset) start here
     cfg = validate(data, str(p))
-    cfg.base_dir = str(p.resolve().parent)
     return cfg
 
 

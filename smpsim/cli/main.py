@@ -12,7 +12,7 @@ import typer
 
 from smpsim import __version__
 from smpsim.cli import analyze
-from smpsim.cli import bench, config_cmd, distributed, export, run, sweep
+from smpsim.cli import bench, calibrate, config_cmd, distributed, export, run, sweep
 
 app = typer.Typer(
     name="smpsim",
@@ -47,6 +47,7 @@ app.command("coordinator")(distributed.coordinator)
 app.command("cpu")(distributed.cpu)
 app.command("bench")(bench.bench)
 app.command("sweep")(sweep.sweep)
+app.command("calibrate")(calibrate.calibrate)
 app.add_typer(config_cmd.app, name="config")
 
 

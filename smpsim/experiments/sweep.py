@@ -163,6 +163,7 @@ def _expand(data: dict[str, Any], mode: str, values: dict[str, list], path: Path
         try:
             for key, value in zip(keys, combo):
                 set_key(d, key, value, "[sweep]")
+            d["base_dir"] = str(path.resolve().parent)  # relative paths (script, preset) start here
             cfg = Config.model_validate(d)
         except ConfigError as e:  # e.g. both machine and machine.cpus swept
             problems += [f"[sweep] {x}" for x in e.problems]

@@ -1,0 +1,132 @@
+"""Every figure of a run recomputed by independent references (tests/reference_timing.py): the TLB, the
+cycle accounting (kmap cycles, lock waits, stalls, the time an IPI adds) and kmap_local."""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from smpsim.config import validate
+from smpsim.engines.inline import run
+from smpsim.model import workloads
+from smpsim.model.tlb import Tlb
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import reference_highmem as ring_ref  # noqa: E402
+import reference_timing as ref  # noqa: E402
+
+
+# ---- the TLB on its own --------------------------------------------------------------------------------
+
+@settings(max_examples=200, deadline=None)
+@given(geometry=st.sampled_from([(1, 1), (4, 1), (4, 4), (8, 2), (64, 4), (16, 16)]),
+       ops=st.lists(st.tuples(st.sampled_from(["lookup", "fill", "invlpg", "flush"]),
+                              st.integers(0, 40), st.integers(0, 9)), max_size=300))
+def test_tlb_matches_the_reference_lru(geometry, ops):
+    entries, ways = geometry
+    model, r = Tlb(entries, ways), ref.RefTlb(entries, ways)
+    for op, vpn, frame in ops:
+        if op == "lookup":
+            assert model.lookup(vpn) == r.lookup(vpn)
+        elif op == "fill":
+            model.fill(vpn, frame)
+            r.fill(vpn, frame)
+        elif op == "invlpg":
+            assert model.invalidate_pages([vpn]) == ([vpn] if r.invlpg(vpn) else [])
+        else:
+            assert sorted(model.invalidate_all()) == sorted(r.flush_all())
+        assert model.cached() == sorted((v, f) for s in r.sets for v, f in s.items())
+
+
+def test_reference_tlb_evicts_the_least_recently_used():
+    t = ref.RefTlb(4, 2)              # 2 sets of 2 ways: vpns 0, 2, 4 share set 0
+    t.fill(0, 100)
+    t.fill(2, 102)
+    assert t.lookup(0) == 100         # 0 is now the most recently used
+    assert t.fill(4, 104) == 2        # so 2 goes
+    assert t.lookup(2) is None and t.lookup(0) == 100 and t.lookup(4) == 104
+    assert t.fill(1, 101) is None     # set 1 is untouched
+
+
+# ---- whole runs ----------------------------------------------------------------------------------------
+
+CASES = [  # (policy, workload, cpus, ring, nesting, background)
+    ("linux-2.4", "uniform", 4, 16, 1, 32),
+    ("linux-2.4", "zipf", 8, 32, 2, 8),
+    ("linux-2.4", "shared", 3, 64, 1, 0),
+    ("linux-2.4", "uniform", 4, 10, 3, 16),     # sleeps on pkmap_map_wait
+    ("linux-2.6", "uniform", 4, 16, 1, 32),     # range flush within the ceiling: INVLPG per page
+    ("linux-2.6", "zipf", 2, 64, 2, 32),        # range above the ceiling: full flush
+    ("linux-2.6", "stream", 3, 8, 2, 4),
+    ("eager", "pingpong", 4, 16, 1, 32),
+    ("eager", "shared", 6, 12, 2, 8),
+    ("no-ipi", "shared", 4, 16, 1, 32),         # stale uses
+    ("no-flush", "pingpong", 4, 16, 2, 8),
+    ("kmap-local", "uniform", 3, 16, 3, 32),
+    ("kmap-local", "zipf", 2, 16, 1, 0),
+]
+
+
+def _cfg(policy, workload, cpus, ring, nesting, background, seed=3, **cost):
+    return validate({"seed": seed, "machine": {"cpus": cpus, "last_pkmap": ring},
+                     "tlb": {"entries": 16, "ways": 4, "background": background},
+                     "policy": {"name": policy}, "cost": cost,
+                     "workload": {"kind": workload, "kmaps_per_cpu": 60, "pages": 3 * ring, "nesting": nesting,
+                                  "hot_pages": max(4, ring // 2), "accesses_per_kmap": 3, "think": 700}})
+
+
+def _check(cfg, tmp_path):
+    res = run(cfg, tmp_path / "run")
+    assert res.summary["status"] == "ok"
+    ops = [list(workloads.build_cpu(cfg, c)[0]) for c in range(cfg.machine.cpus)]
+    events = ring_ref.load_events(tmp_path / "run")
+    got = ref.check_run(cfg, ops, events)
+    counters = res.summary["counters"]
+    for k, v in got.items():
+        assert counters[k] == v, f"{k}: summary {counters[k]}, reference {v}"
+    return res, events
+
+
+@pytest.mark.parametrize("case", CASES, ids=["-".join(map(str, c)) for c in CASES])
+def test_every_figure_matches_the_references(case, tmp_path):
+    res, events = _check(_cfg(*case), tmp_path)
+    c = res.summary["counters"]
+    assert c["kmaps"] == case[2] * 60 and c["tlb_hits"] + c["tlb_misses"] > 0
+    if case[0] in ("no-ipi", "no-flush"):
+        assert c["stale"] > 0, "the broken policy was chosen to use stale translations here"
+
+
+def test_costs_other_than_the_defaults(tmp_path):
+    """Nonzero ack, TLB-hit cost and zero broadcast step exercise rules the defaults hide."""
+    _check(_cfg("linux-2.4", "shared", 4, 16, 2, 8, ipi_ack=70, tlb_hit=3, ipi_broadcast_step=0,
+                lock_handoff=900, wakeup_latency=333), tmp_path)
+
+
+def test_the_reference_is_not_vacuous(tmp_path):
+    """A trace whose timing is off by one cycle anywhere is rejected."""
+    cfg = _cfg("linux-2.4", "uniform", 3, 16, 1, 8)
+    run(cfg, tmp_path / "run")
+    ops = [list(workloads.build_cpu(cfg, c)[0]) for c in range(cfg.machine.cpus)]
+    events = ring_ref.load_events(tmp_path / "run")
+    rnd = random.Random(5)
+    for field, kinds in (("stall", ("flush",)), ("lock_wait", ("kmap",)), ("hits", ("access",)),
+                         ("t_ack", ("ipi",)), ("cycles", ("tlb_miss",))):
+        bad = [dict(e) for e in events]
+        i = rnd.choice([k for k, e in enumerate(bad) if e["ev"] in kinds])
+        bad[i][field] += 1
+        with pytest.raises(ref.Mismatch):
+            ref.check_run(cfg, ops, bad)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 10_000), policy=st.sampled_from(ref.SUPPORTED), cpus=st.integers(1, 5),
+       ring=st.integers(6, 24), nesting=st.integers(1, 3), workload=st.sampled_from(["uniform", "zipf", "shared", "pingpong"]))
+def test_random_configs_match_the_references(tmp_path_factory, seed, policy, cpus, ring, nesting, workload):
+    if cpus * (nesting - 1) >= ring:   # every CPU could hold the whole ring and sleep forever
+        nesting = 1
+    _check(_cfg(policy, workload, cpus, ring, nesting, 8, seed=seed), tmp_path_factory.mktemp("r"))
