@@ -31,12 +31,12 @@ def build_cpus(cfg: Config) -> list[Cpu]:
     return [Cpu(cfg, c, workloads.program(cfg, c)) for c in range(cfg.machine.cpus)]
 
 
-def locate(err: ModelError, cpus: list[Cpu]) -> ModelError:
-    """Add the script line to a model error raised at a scripted operation."""
-    if err.cpu is not None and err.position is not None and 0 <= err.cpu < len(cpus):
-        line = cpus[err.cpu].program.line(err.position)
-        if line is not None:
-            err.args = (f"{err.args[0]} (script line {line})",)
+def locate(err: ModelError, lines: list[list[int]] | None) -> ModelError:
+    """Add the script line to a model error raised at a scripted operation (lines: per CPU, or None)."""
+    if lines is not None and err.cpu is not None and err.position is not None and 0 <= err.cpu < len(lines):
+        mine = lines[err.cpu]
+        if 0 <= err.position < len(mine):
+            err.args = (f"{err.args[0]} (script line {mine[err.position]})",)
     return err
 
 
@@ -78,7 +78,7 @@ def run(cfg: Config, out_dir: Path | None = None,
         for cpu in cpus:  # keep everything simulated up to the error
             rec.add(1 + cpu.id, cpu.events)
         rec.add(0, coord.events)
-        rec.close(locate(e, cpus))
+        rec.close(locate(e, workloads.script_lines(cfg)))
         raise
     summary = rec.close()
     return RunResult(summary, out_dir, {"seconds": time.perf_counter() - t0})

@@ -81,26 +81,25 @@ class Program:
     """One CPU's operations in program order, generated as they are consumed.
 
     ``ops[0]`` is the operation at position ``base``; positions before ``base`` are gone. ``fill(pc, n)``
-    slides the window to hold positions pc .. pc+n-1 (as far as the program goes), so the window never
-    holds more than n + one generated block + ``KEEP`` operations. ``lines`` runs parallel to ``ops`` for
-    scripts (each op's source line), else is None.
+    slides the window to hold positions pc .. pc+n-1 (as far as the program goes), where pc is the
+    consumer's position: nothing from pc on is dropped. So the window never holds more than n + one
+    generated block + ``KEEP`` operations.
     """
 
-    __slots__ = ("ops", "lines", "base", "_blocks", "_ended")
+    __slots__ = ("ops", "base", "_blocks", "_ended")
 
-    KEEP = 4  # positions kept behind the one asked for (a reply's error may name the op just before)
+    KEEP = 4  # positions kept behind the consumer's
 
-    def __init__(self, blocks: Iterator[tuple[list[Op], list[int] | None]]):
+    def __init__(self, blocks: Iterator[list[Op]]):
         self.ops: list[Op] = []
-        self.lines: list[int] | None = None
         self.base = 0
         self._blocks = blocks
         self._ended = False
 
     @classmethod
-    def of(cls, ops: list[Op], lines: list[int] | None = None) -> "Program":
+    def of(cls, ops: list[Op]) -> "Program":
         """A program of a list already in memory (a script shipped by the coordinator)."""
-        return cls(iter([(ops, lines)]))
+        return cls(iter([ops]))
 
     def fill(self, pc: int, n: int = 1) -> bool:
         """Hold positions pc .. pc+n-1 (those that exist); whether position pc exists."""
@@ -109,28 +108,19 @@ class Program:
             drop = pc - self.KEEP - self.base
             if drop > 0:
                 self.ops = self.ops[drop:]
-                self.lines = self.lines[drop:] if self.lines is not None else None
                 self.base += drop
             while end < pc + n:
                 block = next(self._blocks, None)
                 if block is None:
                     self._ended = True
                     break
-                ops, lines = block
-                self.ops += ops
-                if lines is not None:
-                    self.lines = (self.lines or []) + lines
-                end += len(ops)
+                self.ops += block
+                end += len(block)
         return pc < end
 
     def ended(self, pc: int) -> bool:
         """Whether the program has no operation at position pc."""
         return pc - self.base >= len(self.ops) and not self.fill(pc)
-
-    def line(self, pc: int) -> int | None:
-        """The script line of position pc, if it is still in the window."""
-        i = pc - self.base
-        return self.lines[i] if self.lines is not None and 0 <= i < len(self.lines) else None
 
     def __iter__(self) -> Iterator[Op]:
         pc = self.base
@@ -140,27 +130,31 @@ class Program:
 
 
 def program(cfg: Config, cpu: int) -> Program:
-    """The operations of ``cpu``, streamed (script files are read and checked here, in full)."""
+    """The operations of ``cpu``, streamed (a script file is read and checked here, in full)."""
     ncpus = cfg.machine.cpus
     if not (isinstance(cpu, int) and 0 <= cpu < ncpus):
         raise ValueError(f"cpu {cpu!r} out of range [0, {ncpus})")
     kind = cfg.workload.kind
     if kind == "script":
         return Program(_script_blocks(_script_cpu(cfg, cpu)))
-    gen = _pingpong(cfg, cpu) if kind == "pingpong" else _generated(cfg, cpu, kind)
-    return Program((ops, None) for ops in gen)
+    return Program(_pingpong(cfg, cpu) if kind == "pingpong" else _generated(cfg, cpu, kind))
 
 
 def build_cpu(cfg: Config, cpu: int) -> tuple[list[Op], list[int] | None]:
     """The whole stream of ``cpu`` as a list and, for ``script``, each op's 1-based source line."""
-    prog = program(cfg, cpu)
     ops: list[Op] = []
-    lines: list[int] | None = [] if cfg.workload.kind == "script" else None
-    for block, block_lines in prog._blocks:
+    for block in program(cfg, cpu)._blocks:
         ops += block
-        if lines is not None:
-            lines += block_lines
+    lines = [line for _, line in _script_cpu(cfg, cpu)] if cfg.workload.kind == "script" else None
     return ops, lines
+
+
+def script_lines(cfg: Config) -> list[list[int]] | None:
+    """For a script, each CPU's 1-based source line of each of its operations (to name the line of an
+    error; the file is in memory anyway); None for generated workloads."""
+    if cfg.workload.kind != "script":
+        return None
+    return [[line for _, line in _script_cpu(cfg, c)] for c in range(cfg.machine.cpus)]
 
 
 def build(cfg: Config) -> list[list[Op]]:
@@ -206,10 +200,9 @@ def _script_cpu(cfg: Config, cpu: int) -> tuple[tuple[Op, int], ...]:
     return script.get(cpu, ())
 
 
-def _script_blocks(entries: tuple[tuple[Op, int], ...]) -> Iterator[tuple[list[Op], list[int]]]:
+def _script_blocks(entries: tuple[tuple[Op, int], ...]) -> Iterator[list[Op]]:
     for i in range(0, len(entries), _SCRIPT_BLOCK):
-        chunk = entries[i:i + _SCRIPT_BLOCK]
-        yield [op for op, _ in chunk], [line for _, line in chunk]
+        yield [op for op, _ in entries[i:i + _SCRIPT_BLOCK]]
 
 
 _OPTIONAL = ("n", "write")

@@ -102,7 +102,7 @@ class CpuNode:
                 if ops is None:
                     prog = workloads.program(cfg, self.cpu_id)
                 else:
-                    prog = workloads.Program.of([tuple(o) for o in ops], lines)
+                    prog = workloads.Program.of([tuple(o) for o in ops])
                 self.cpu = Cpu(cfg, self.cpu_id, prog)
                 return
             raise CpuExit(f"CPU {self.cpu_id}: unexpected {msg[0]} before WELCOME")
