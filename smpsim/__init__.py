@@ -1,3 +1,23 @@
-"""smpsim: a distributed simulator of an SMP's translation caches and the Linux pkmap ring."""
+"""smpsim: a distributed simulator of an SMP's translation caches and the Linux pkmap ring.
+
+``smpsim.run``, ``smpsim.open_run``, ``smpsim.sweep``, ``smpsim.load`` and ``smpsim.Run`` are the Python
+API (smpsim/api.py). They are imported on first use, so ``import smpsim`` stays light: a CPU process never
+loads the analysis libraries.
+"""
 
 __version__ = "0.1.0"
+
+_API = ("run", "open_run", "sweep", "load", "Run")
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        from smpsim import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'smpsim' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_API])

@@ -288,11 +288,40 @@ def test_query_with_bad_sql_is_a_clear_error(runs, sql, what):
 
 
 def test_readme_recipes_run(runs):
-    """The three SQL recipes of README.md's Analysis section run on a real trace."""
+    """The three SQL recipes of README.md's Analysis section return the rows the events say (computed here
+    from the JSON-lines export, one event at a time)."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = readme[readme.index("## Analysis"):]
     recipes = [sql for sql in re.findall(r'smpsim query RUN "([^"]+)"', section) if sql != "SQL"]
     assert len(recipes) == 3
+    events = exported(runs["linux-2.4"])
+    got = []
     for sql in recipes:
-        r = invoke("query", runs["linux-2.4"], sql)
-        assert r.exit_code == 0 and r.stdout.strip(), (sql, r.output)
+        r = invoke("query", runs["linux-2.4"], sql, "--format", "json")
+        assert r.exit_code == 0, (sql, r.output)
+        got.append(json.loads(r.stdout))
+    who, slowest, lock = got
+
+    ipis = Counter((e["src"], e["cpu"]) for e in events if e["ev"] == "ipi")
+    useless = Counter((e["src"], e["cpu"]) for e in events if e["ev"] == "ipi" and e["dropped"] == 0)
+    assert ipis and len(who) == min(10, len(ipis))
+    for row in who:
+        pair = (row["sender"], row["receiver"])
+        assert (row["ipis"], row["useless"]) == (ipis[pair], useless[pair])
+    assert [row["ipis"] for row in who] == sorted(ipis.values(), reverse=True)[:len(who)]
+
+    flushes = sorted((e for e in events if e["ev"] == "flush"), key=lambda e: (-e["stall"], e["seq"]))[:10]
+    assert flushes and slowest == [{"seq": e["seq"], "t": e["t"], "cpu": e["cpu"], "scope": e["scope"],
+                                    "slots": e["slots"], "ipis": len(e["targets"]), "stall": e["stall"]}
+                                   for e in flushes]
+
+    waits = defaultdict(list)
+    for e in events:
+        if e["ev"] == "kmap":
+            waits[e["cpu"]].append(e["lock_wait"])
+    assert [row["cpu"] for row in lock] == sorted(waits)
+    for row in lock:
+        w = sorted(waits[row["cpu"]])
+        assert (row["kmaps"], row["max"]) == (len(w), w[-1])
+        assert row["p50"] in w and row["p99"] in w and row["p50"] <= row["p99"] <= row["max"]
+        assert sum(x <= row["p50"] for x in w) >= len(w) / 2

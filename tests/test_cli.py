@@ -57,8 +57,27 @@ def test_config_check_missing_script(tmp_path):
 
 
 def test_config_check_requires_argument():
-    r = invoke("config", "check")
-    assert r.exit_code == 2
+    err = user_error(invoke("config", "check"))
+    assert err == "error: missing argument 'config' (`smpsim config check --help` shows the usage)\n"
+
+
+def test_config_check_reports_every_bad_script_line(tmp_path):
+    cfg = tmp_path / "s.toml"
+    cfg.write_text("[machine]\ncpus = 2\n[workload]\nkind = 'script'\nscript = 'ops.jsonl'\n")
+    ops = tmp_path / "ops.jsonl"
+    ops.write_text('{"cpu": 0, "op": "kmap", "page": 1}\n'
+                   '{"cpu": 0, "op": "kmapp", "page": 1}\n'
+                   '# a comment\n'
+                   'not json\n'
+                   '{"cpu": 1, "op": "access", "page": 2}\n'
+                   '{"cpu": 7, "op": "compute", "cycles": 3}\n'
+                   '{"cpu": 0, "op": "kunmap", "page": 1}\n')
+    err = user_error(invoke("config", "check", cfg))
+    assert f"{ops}:2: unknown op \"kmapp\"" in err
+    assert f"{ops}:4: not valid JSON" in err
+    assert f"{ops}:5: op \"access\" on page 2, which CPU 1 has not kmapped" in err
+    assert f"{ops}:6: cpu 7 is out of range" in err
+    assert f"{ops}:1:" not in err and f"{ops}:7:" not in err  # the good lines are not blamed
 
 
 # ---------------------------------------------------------------------------------------------- export
@@ -106,8 +125,8 @@ def test_export_errors(tmp_path):
     part.write_bytes(b"garbage")
     err = user_error(invoke("export", tmp_path / "run"))
     assert str(part) in err
-    r = invoke("export", tmp_path / "run", "--format", "csv")
-    assert r.exit_code == 2
+    err = user_error(invoke("export", tmp_path / "run", "--format", "csv"))
+    assert "'csv' is not one of 'jsonl', 'chrome'" in err and "`smpsim export --help`" in err
 
 
 # ---------------------------------------------------------------------------------------------- run
@@ -196,6 +215,40 @@ def test_run_workload_error_exits_2(tmp_path, fake_engine):
     assert "ops.jsonl:3" in err
 
 
+SWEEP = """[machine]\ncpus = 2\n[workload]\nkmaps_per_cpu = 10\n
+[sweep]\n"policy.name" = ["linux-2.4", "eager"]\n"machine.last_pkmap" = [16, 32, 64]\n"""
+
+
+@pytest.mark.parametrize("command", [["run"], ["launch", "--config"]])
+def test_run_and_launch_refuse_a_sweep_file(tmp_path, fake_engine, command):
+    exp = tmp_path / "exp.toml"
+    exp.write_text(SWEEP)
+    err = user_error(invoke(*command, exp, "--out", tmp_path / "r"))
+    assert err == (f"error: {exp} is an experiment: its [sweep] table makes 6 points (policy.name x "
+                   f"machine.last_pkmap). Run them all with `smpsim sweep {exp}`, or one with --point N (0 to 5, "
+                   "in the order `smpsim sweep` lists them)\n")
+    assert not fake_engine.calls and not (tmp_path / "r").exists()
+
+
+def test_run_point_of_a_sweep_file(tmp_path, fake_engine):
+    from smpsim.experiments.sweep import load_experiment
+
+    exp = tmp_path / "exp.toml"
+    exp.write_text(SWEEP)
+    r = invoke("run", exp, "--point", "4", "--out", tmp_path / "r")
+    assert r.exit_code == 0, r.output
+    cfg = fake_engine.calls[0][0]
+    assert load_experiment(exp).points[4].params == {"policy.name": "eager", "machine.last_pkmap": 32}
+    assert (cfg.policy.name, cfg.machine.last_pkmap) == ("eager", 32)
+    err = user_error(invoke("run", exp, "--point", "6", "--out", tmp_path / "r2"))
+    assert "--point 6: the sweep has points 0 to 5" in err
+    plain = tmp_path / "plain.toml"
+    plain.write_text("[machine]\ncpus = 2\n")
+    err = user_error(invoke("run", plain, "--point", "0", "--out", tmp_path / "r3"))
+    assert "--point 0: the file has no [sweep] table" in err
+    assert len(fake_engine.calls) == 1
+
+
 def test_run_internal_error_has_no_traceback(tmp_path, fake_engine):
     fake_engine.raise_ = RuntimeError("something broke")
     err = user_error(invoke("run", "--out", tmp_path / "r"), code=1)
@@ -211,36 +264,56 @@ def smpsim(args, env, cwd):
     return p
 
 
-@pytest.mark.parametrize("args", [
-    ["config", "show", "--set", "nonsense"],
-    ["config", "check", "/nonexistent.toml"],
-    ["export", "/"],
-    ["run", "--set", "machine.cpus=many"],
-    ["bogus-command"],
-    ["run", "--no-such-option"],
+@pytest.mark.parametrize("args, message", [
+    (["config", "show", "--set", "nonsense"], "'nonsense': expected key=value"),
+    (["config", "check", "/nonexistent.toml"], "/nonexistent.toml):\n  - file not found"),
+    (["export", "/"], "/: not a run directory"),
+    (["run", "--set", "machine.cpus=many"], "machine.cpus: Input should be a valid integer"),
+    (["bogus-command"], "no such command 'bogus-command' (`smpsim --help` shows the usage)"),
+    (["run", "--no-such-option"], "no such option: --no-such-option (`smpsim run --help` shows the usage)"),
+    (["config", "check"], "missing argument 'config' (`smpsim config check --help` shows the usage)"),
+    (["launch", "--cpus", "two"], "invalid value for '--cpus' / '-n'"),
+    (["run", "--point", "-"], "invalid value for '--point'"),
+    (["run", "--engine", "bogus"], "invalid value for '--engine': 'bogus' is not one of 'inline', 'distributed' ("),
+    (["sweep", "--shard", "4/4", "configs/ring-size.toml"], "--shard '4/4': expected I/N with 0 <= I < N"),
 ])
-def test_bad_input_exit_2_without_traceback(args, subprocess_env, tmp_path):
+def test_usage_mistakes_are_one_error_paragraph(args, message, subprocess_env, tmp_path):
+    """What the user sees: exit 2, stderr one `error: ...` paragraph saying what is wrong, nothing else."""
     p = smpsim(args, subprocess_env, tmp_path)
     assert p.returncode == 2, p.stderr
-    assert p.stderr.strip()
+    assert p.stderr.startswith("error: ") and message in p.stderr, p.stderr
+    assert "\n\n" not in p.stderr.strip() and "Usage:" not in p.stderr and "╭" not in p.stderr
+    assert p.stdout == ""
 
 
 def test_no_args_shows_help(subprocess_env, tmp_path):
     p = smpsim([], subprocess_env, tmp_path)
-    assert "Usage" in p.stdout + p.stderr
-    assert "run" in p.stdout + p.stderr
+    assert p.returncode == 2
+    assert "Usage: smpsim" in p.stdout
+    for command in ("run", "launch", "sweep", "analyze", "compare", "query", "export", "config"):
+        assert f" {command} " in p.stdout, command
+
+
+def summary_lines(stdout: str) -> dict[str, str]:
+    """The printed summary as label -> value (the last word of each line)."""
+    return {line.rsplit(None, 1)[0].strip(): line.rsplit(None, 1)[1] for line in stdout.splitlines() if line.strip()}
 
 
 def test_real_run_end_to_end(subprocess_env, tmp_path):
-    pytest.importorskip("smpsim.engines.inline")
     out = tmp_path / "run"
     p = smpsim(["run", "--out", out, "--set", "machine.cpus=2", "--set", "workload.kmaps_per_cpu=40",
-                "--set", "trace.part_events=500"], subprocess_env, tmp_path)
+                "--set", "trace.part_events=500", "--set", "machine.last_pkmap=16"], subprocess_env, tmp_path)
     assert p.returncode == 0, p.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "ok"
-    assert summary["digest"] in p.stdout
-    assert "kmaps" in p.stdout and "80" in p.stdout
+    shown = summary_lines(p.stdout)
+    assert shown["kmaps"] == "80"  # 2 CPUs x 40 kmaps
+    c = summary["counters"]
+    assert c["wraps"] > 0  # a 16-slot ring wraps: the figures below are not all zero
+    for label, key in [("new mappings", "new_mappings"), ("ring wraps", "wraps"), ("flushes", "flushes"),
+                       ("IPIs", "ipis"), ("stale uses", "stale"), ("sleeps", "sleeps")]:
+        assert shown[label] == f"{c[key]:,}", label
+    assert shown["digest"] == summary["digest"] and shown["run dir"] == str(out)
     e = smpsim(["export", out, "--format", "jsonl"], subprocess_env, tmp_path)
     assert e.returncode == 0, e.stderr
     events = [json.loads(line) for line in e.stdout.splitlines()]
@@ -249,12 +322,17 @@ def test_real_run_end_to_end(subprocess_env, tmp_path):
 
 
 def test_real_script_errors(subprocess_env, tmp_path):
-    pytest.importorskip("smpsim.engines.inline")
     cfg = tmp_path / "c.toml"
     cfg.write_text("[machine]\ncpus = 2\n[workload]\nkind = 'script'\nscript = 'ops.jsonl'\n")
     (tmp_path / "ops.jsonl").write_text('{"cpu": 0, "op": "kmapp", "page": 1}\n')
     p = smpsim(["run", cfg, "--out", tmp_path / "r1"], subprocess_env, tmp_path)
-    assert p.returncode == 2 and p.stderr.startswith("error: ") and "kmapp" in p.stderr
+    assert p.returncode == 2 and p.stderr.startswith("error: ") and f"{tmp_path / 'ops.jsonl'}:1: unknown op" in p.stderr
+    assert not (tmp_path / "r1").exists()  # failed before simulating: no run directory left behind
+    p = smpsim(["run", cfg], subprocess_env, tmp_path)
+    assert p.returncode == 2 and "unknown op" in p.stderr
+    p = smpsim(["launch", "--config", cfg], subprocess_env, tmp_path)
+    assert p.returncode == 2 and "unknown op" in p.stderr
+    assert not list(tmp_path.glob("runs/*"))
     (tmp_path / "ops.jsonl").write_text('{"cpu": 0, "op": "kunmap", "page": 1}\n')
     p = smpsim(["run", cfg, "--out", tmp_path / "r2"], subprocess_env, tmp_path)
     assert p.returncode == 1 and p.stderr.startswith("error: ")
@@ -262,7 +340,6 @@ def test_real_script_errors(subprocess_env, tmp_path):
 
 
 def test_real_run_without_trace(subprocess_env, tmp_path):
-    pytest.importorskip("smpsim.engines.inline")
     out = tmp_path / "run"
     args = ["run", "--set", "machine.cpus=2", "--set", "workload.kmaps_per_cpu=30"]
     p = smpsim([*args, "--out", out, "--set", "trace.enabled=false"], subprocess_env, tmp_path)

@@ -321,7 +321,7 @@ def test_kubernetes_indexed_job_runs_one_shard_per_index_then_collects(tmp_path)
     _, collect = _container(ROOT / "deploy" / "kubernetes" / "sweep-collect.yaml")
     n = job["spec"]["completions"]
     assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["parallelism"] == n
-    assert sweep["image"] == collect["image"] == "smpsim:latest"
+    assert sweep["image"] == collect["image"] == "smpsim:analysis"  # sweeps write a results table: the analysis extra
     assert any(e["name"] == "JOB_COMPLETION_INDEX" for e in sweep["env"])
     args = sweep["args"]
     assert args[args.index("--shard") + 1] == f"$(JOB_COMPLETION_INDEX)/{n}"

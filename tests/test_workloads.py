@@ -84,7 +84,8 @@ def test_deterministic_and_per_cpu(kind):
 @pytest.mark.parametrize("kind", ("uniform", "zipf", "shared"))
 def test_cpus_get_different_streams(kind):
     ops = build(make_cfg(kind, cpus=3))
-    assert kmapped(ops[0]) != kmapped(ops[1]) != kmapped(ops[2])
+    streams = [tuple(kmapped(o)) for o in ops]
+    assert len(set(streams)) == 3, "two CPUs got the same page sequence"
 
 
 def test_independent_of_hash_seed():

@@ -8,7 +8,6 @@ Set SMPSIM_DEBUG=1 to get the Python traceback of an internal error instead of t
 from __future__ import annotations
 
 import functools
-import importlib
 import os
 import sys
 from typing import Any, Callable, NoReturn, TypeVar
@@ -16,6 +15,7 @@ from typing import Any, Callable, NoReturn, TypeVar
 import typer
 
 from smpsim.config import ConfigError
+from smpsim.extras import missing_message
 from smpsim.trace.errors import TraceError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -51,12 +51,10 @@ def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
-def _optional_class(module: str, name: str) -> type | None:
-    """An exception class from a module that may not exist yet (the model is built separately)."""
-    try:
-        return getattr(importlib.import_module(module), name, None)
-    except ImportError:
-        return None
+def _loaded_class(module: str, name: str) -> type | None:
+    """An exception class of a module if it is loaded (if it is not, nothing raised one): classifying an
+    error imports nothing."""
+    return getattr(sys.modules.get(module), name, None)
 
 
 def classify(exc: BaseException) -> tuple[int, str] | None:
@@ -65,15 +63,20 @@ def classify(exc: BaseException) -> tuple[int, str] | None:
         return EXIT_USAGE, str(exc)
     if isinstance(exc, TraceError):
         return EXIT_USAGE, str(exc)
-    workload_error = _optional_class("smpsim.model.workloads", "WorkloadError")
+    if isinstance(exc, ImportError) and exc.name and missing_message(exc.name):
+        return EXIT_USAGE, missing_message(exc.name)
+    workload_error = _loaded_class("smpsim.model.workloads", "WorkloadError")
     if workload_error and isinstance(exc, workload_error):
         return EXIT_USAGE, f"invalid workload: {exc}"
-    deadlock = _optional_class("smpsim.model.errors", "DeadlockError")
+    deadlock = _loaded_class("smpsim.model.errors", "DeadlockError")
     if deadlock and isinstance(exc, deadlock):
         return EXIT_RUN_FAILED, f"the simulation stopped: {exc}"
-    model_error = _optional_class("smpsim.model.errors", "ModelError")
+    model_error = _loaded_class("smpsim.model.errors", "ModelError")
     if model_error and isinstance(exc, model_error):
         return EXIT_RUN_FAILED, f"kernel BUG in the simulated model: {exc}"
+    aborted = _loaded_class("smpsim.engines.distributed.coordinator_node", "RunAborted")
+    if aborted and isinstance(exc, aborted):
+        return EXIT_RUN_FAILED, f"the distributed run stopped: {exc}"
     return None
 
 

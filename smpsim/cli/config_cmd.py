@@ -30,10 +30,18 @@ def show(config: ConfigArg = None, set_: SetOpt = None) -> None:
 @handle_errors
 def check(config: Annotated[Path, typer.Argument(help="TOML config (or experiment) file to validate")],
           set_: SetOpt = None) -> None:
-    """Validate a config file, and every point of its sweep table: print ``ok``, or every problem (exit 2)."""
+    """Validate a config file, every point of its sweep table and every line of a workload script: print
+    ``ok``, or every problem (exit 2)."""
+    from smpsim.model.workloads import check_script
+
     exp = load_experiment(config, set_ or ())
-    scripts = {p.cfg.script_path() for p in exp.points if p.cfg.workload.kind == "script"}
-    missing = sorted(str(s) for s in scripts if s is not None and not s.is_file())
-    if missing:
-        raise ConfigError(str(config), [f"workload.script: file not found ({s})" for s in missing])
+    problems: list[str] = []
+    for path, cpus in dict.fromkeys((p.cfg.script_path(), p.cfg.machine.cpus) for p in exp.points
+                                    if p.cfg.workload.kind == "script"):
+        if not path.is_file():
+            problems.append(f"workload.script: file not found ({path})")
+        else:
+            problems += [f"workload.script: {x}" for x in check_script(path, cpus)]
+    if problems:
+        raise ConfigError(str(config), list(dict.fromkeys(problems)))
     typer.echo("ok" if not exp.values else f"ok: a sweep of {len(exp.points)} points")

@@ -9,69 +9,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from smpsim.cli.common import EXIT_RUN_FAILED, EXIT_USAGE, classify, console, fail, handle_errors
+from smpsim.cli.common import EXIT_USAGE, fail, handle_errors
 from smpsim.cli.config_cmd import SetOpt
-from smpsim.config import load_config
-
-OutOpt = Annotated[Optional[Path], typer.Option(
-    "--out", "-o", help="run directory (default: runs/<UTC time>-<config hash>)", show_default=False)]
-TransportOpt = Annotated[str, typer.Option("--transport", help="ipc (default) or tcp on loopback")]
-
-
-class _LiveStatus:
-    """One status line on a terminal (virtual time, kmaps, flushes, IPIs); nothing when piped."""
-
-    def __init__(self, con, cpus: int):
-        self.con, self.cpus = con, cpus
-        self.live = None
-
-    def __enter__(self):
-        if self.con is not None:
-            from rich.live import Live
-            self.live = Live("", console=self.con, transient=True, refresh_per_second=8)
-            self.live.start()
-        return self
-
-    def __exit__(self, *exc):
-        if self.live is not None:
-            self.live.stop()
-
-    def __call__(self, state: dict) -> None:
-        if self.live is not None:
-            self.live.update(f"[bold]{self.cpus} CPU processes[/]  virtual t={state.get('t', 0):,} cycles  "
-                             f"kmaps {state.get('kmaps', 0):,}  flushes {state.get('flushes', 0):,}  "
-                             f"IPIs {state.get('ipis', 0):,}")
-
-
-def _run_distributed(cfg, out: Path | None, transport: str) -> None:
-    from smpsim.experiments.runner import run_config
-    from smpsim.trace.rundir import create_run_dir, default_run_dir
-
-    if transport not in ("ipc", "tcp"):
-        fail(f"--transport {transport!r}: use ipc or tcp", EXIT_USAGE)
-    out_dir = create_run_dir(out if out is not None else default_run_dir(cfg), cfg)
-    _report(cfg, out_dir, lambda status: run_config(cfg, out_dir, status, transport, engine="distributed"))
-
-
-def _report(cfg, out_dir: Path, body) -> None:
-    """Run body(progress) under a live status line; print the summary, or the failure and the run dir."""
-    from smpsim.cli.run import print_summary
-    from smpsim.engines.distributed.coordinator_node import RunAborted
-
-    con = console()
-    try:
-        with _LiveStatus(con, cfg.machine.cpus) as status:
-            result = body(status)
-    except Exception as e:
-        known = classify(e)
-        if known is not None and known[0] == EXIT_RUN_FAILED:
-            fail(f"{known[1]} (the trace up to the failure is in {out_dir})", EXIT_RUN_FAILED)
-        if isinstance(e, RunAborted):
-            fail(f"the distributed run stopped: {e} (the trace up to that point is in {out_dir})",
-                 EXIT_RUN_FAILED)
-        raise
-    print_summary(result.summary, result.run_dir, con)
-
+from smpsim.cli.run import OutOpt, PointOpt, TransportOpt, execute, report
 
 @handle_errors
 def launch(
@@ -79,19 +19,17 @@ def launch(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="config (default: configs/default.toml)")] = None,
     set_: SetOpt = None,
     out: OutOpt = None,
-    transport: TransportOpt = "ipc",
+    transport: TransportOpt = None,
+    point: PointOpt = None,
 ) -> None:
     """Run a config on one OS process per CPU plus a coordinator, on this host."""
+    from smpsim import api
+
     overrides = list(set_ or ())
     if cpus is not None:
         overrides.append(f"machine.cpus={cpus}")
-    cfg = load_config(config, overrides)
-    _run_distributed(cfg, out, transport)
-
-
-def run_distributed_config(cfg, out: Path | None, transport: str) -> None:
-    """`smpsim run CONFIG --engine distributed` lands here."""
-    _run_distributed(cfg, out, transport)
+    execute(api.load(config, overrides, engine="distributed", transport=transport and transport.value,
+                     point=point), out)
 
 
 @handle_errors
@@ -104,6 +42,7 @@ def coordinator(
     out: OutOpt = None,
 ) -> None:
     """Serve a run to CPU processes that join from this or other hosts (`smpsim cpu`)."""
+    from smpsim import api
     from smpsim.engines.distributed.launch import is_loopback, serve_coordinator
     from smpsim.experiments.provenance import recorded
     from smpsim.trace.rundir import create_run_dir, default_run_dir
@@ -111,16 +50,16 @@ def coordinator(
     if not is_loopback(listen) and not token:
         fail(f"--listen {listen} is beyond loopback: give a run token (--token or SMPSIM_TOKEN) that every "
              "CPU must present", EXIT_USAGE)
-    cfg = load_config(config, set_ or ())
+    cfg = api.load(config, set_)
     out_dir = create_run_dir(out if out is not None else default_run_dir(cfg), cfg)
     def listening(address: str) -> None:
         print(f"coordinator listening on {address} for {cfg.machine.cpus} CPUs; run dir {out_dir}",
               file=sys.stderr, flush=True)
 
-    _report(cfg, out_dir, lambda status: recorded(
+    report(cfg, lambda status: recorded(
         cfg, out_dir, lambda: serve_coordinator(cfg, out_dir, listen, token or "", progress=status,
                                                 on_listening=listening),
-        "distributed", processes=cfg.machine.cpus + 1, hosts=None))
+        "distributed", processes=cfg.machine.cpus + 1, hosts=None), out_dir)
 
 
 def _cpu_id_from_env() -> int | None:

@@ -6,15 +6,57 @@ Each command group lives in its own module under smpsim/cli/ and is registered h
 
 from __future__ import annotations
 
-from typing import Annotated
+import sys
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
+
+try:  # typer >= 0.23 ships its own copy of Click
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - older typer on Click
+    from click import exceptions as click_exceptions
 
 from smpsim import __version__
 from smpsim.cli import analyze
 from smpsim.cli import bench, calibrate, config_cmd, distributed, export, run, sweep
+from smpsim.cli.common import EXIT_USAGE
+
+
+class _Group(TyperGroup):
+    """The top-level group: a usage mistake (unknown command or option, missing argument, bad value) is one
+    ``error: ...`` paragraph with exit code 2, not Click's usage box; bare ``smpsim`` prints the help."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click_exceptions.NoArgsIsHelpError as e:
+            typer.echo(e.ctx.get_help() if e.ctx else str(e))
+            sys.exit(EXIT_USAGE)
+        except click_exceptions.UsageError as e:
+            sys.stdout.flush()
+            print(f"error: {usage_message(e)}", file=sys.stderr)
+            sys.exit(EXIT_USAGE)
+        except click_exceptions.ClickException as e:
+            print(f"error: {e.format_message()}", file=sys.stderr)
+            sys.exit(e.exit_code)
+        except (click_exceptions.Abort, typer.Abort):
+            print("error: aborted", file=sys.stderr)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def usage_message(e: Any) -> str:
+    """Click's message, one line, and where the usage is explained."""
+    text = " ".join(e.format_message().split()).replace("Value error, ", "")  # typer's pydantic coercion
+    text = text[:1].lower() + text[1:]
+    where = e.ctx.command_path if e.ctx is not None else "smpsim"
+    return f"{text.rstrip('.')} (`{where} --help` shows the usage)"
+
 
 app = typer.Typer(
+    cls=_Group,
     name="smpsim",
     no_args_is_help=True,
     add_completion=False,

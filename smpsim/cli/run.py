@@ -1,7 +1,10 @@
-"""``smpsim run [CONFIG] [--out DIR] [--set key=value ...]``: one simulation in this process."""
+"""``smpsim run [CONFIG] [--out DIR] [--set key=value ...] [--point N]``: one simulation, and ``execute``,
+the one way ``run`` and ``launch`` run a config (smpsim.api) and report the result or the failure."""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
@@ -9,7 +12,7 @@ import typer
 
 from smpsim.cli.common import EXIT_RUN_FAILED, classify, console, fail, handle_errors
 from smpsim.cli.config_cmd import ConfigArg, SetOpt
-from smpsim.config import load_config
+from smpsim.config import Config
 
 # (summary["counters"] key, label) in the order the summary is printed.
 SUMMARY_ROWS = (
@@ -23,45 +26,66 @@ SUMMARY_ROWS = (
 )
 
 
+class Engine(str, Enum):
+    inline = "inline"
+    distributed = "distributed"
+
+
+class Transport(str, Enum):
+    ipc = "ipc"
+    tcp = "tcp"
+
+
+TransportOpt = Annotated[Optional[Transport], typer.Option(
+    "--transport", help="distributed engine: ipc or tcp on loopback (default: run.transport)", show_default=False)]
+PointOpt = Annotated[Optional[int], typer.Option(
+    "--point", metavar="N", help="run point N of a sweep file (0 is the first point `smpsim sweep` lists)",
+    show_default=False)]
+OutOpt = Annotated[Optional[Path], typer.Option(
+    "--out", "-o", help="run directory (default: runs/<UTC time>-<config hash>)", show_default=False)]
+
+
 @handle_errors
 def run(
     config: ConfigArg = None,
-    out: Annotated[Optional[Path], typer.Option(
-        "--out", "-o", help="run directory (default: runs/<UTC time>-<config hash>)", show_default=False)] = None,
+    out: OutOpt = None,
     set_: SetOpt = None,
-    engine: Annotated[Optional[str], typer.Option(
-        "--engine", help="inline (one process) or distributed (a process per CPU); default: run.engine")] = None,
-    transport: Annotated[Optional[str], typer.Option(
-        "--transport", help="distributed engine: ipc or tcp (default: run.transport)")] = None,
+    engine: Annotated[Optional[Engine], typer.Option(
+        "--engine", help="inline (one process) or distributed (a process per CPU); default: run.engine",
+        show_default=False)] = None,
+    transport: TransportOpt = None,
+    point: PointOpt = None,
 ) -> None:
     """Run one simulation and print its summary."""
-    from smpsim.trace.rundir import create_run_dir, default_run_dir
+    from smpsim import api
 
-    overrides = list(set_ or ())
-    if engine is not None:
-        overrides.append(f"run.engine={engine}")
-    if transport is not None:
-        overrides.append(f"run.transport={transport}")
-    cfg = load_config(config, overrides)
-    if cfg.run.engine == "distributed":
-        from smpsim.cli.distributed import run_distributed_config
-        return run_distributed_config(cfg, out, cfg.run.transport)
-    from smpsim.experiments.runner import run_config
+    execute(api.load(config, set_, engine=engine and engine.value, transport=transport and transport.value,
+                     point=point), out)
 
-    out_dir = create_run_dir(out if out is not None else default_run_dir(cfg), cfg)
+
+def execute(cfg: Config, out: Path | None) -> None:
+    """Run a resolved config (``smpsim run`` and ``smpsim launch``) into ``out`` or a new runs/ directory,
+    and print its summary."""
+    from smpsim import api
+
+    report(cfg, lambda progress: api.run_config(cfg, out, runs_root=None if out is not None else "runs", progress=progress))
+
+
+def report(cfg: Config, body: Callable[[Callable[[dict], None]], Any], run_dir: Path | None = None) -> None:
+    """Run ``body(progress)`` (returning a Run or a RunResult) under a progress display; print the summary,
+    or the failure and where the trace up to it is (``run_dir``, else the run the exception carries)."""
     con = console()
     try:
-        if con is not None:
-            with _progress_bar(con, cfg.machine.cpus * cfg.workload.kmaps_per_cpu) as progress:
-                result = run_config(cfg, out_dir, progress=progress)
-        else:
-            result = run_config(cfg, out_dir)
+        with progress_display(con, cfg) as progress:
+            result = body(progress)
     except Exception as e:
         known = classify(e)
         if known is not None and known[0] == EXIT_RUN_FAILED:
-            fail(f"{known[1]} (the trace up to the failure is in {out_dir})", EXIT_RUN_FAILED)
+            where = getattr(getattr(e, "run", None), "path", None) or run_dir
+            fail(f"{known[1]}" + (f" (the trace up to the failure is in {where})" if where else ""),
+                 EXIT_RUN_FAILED)
         raise
-    print_summary(result.summary, result.run_dir, con)
+    print_summary(result.summary, getattr(result, "path", None) or result.run_dir, con)
 
 
 def print_summary(summary: dict[str, Any], run_dir: Path | None, con: Any = None) -> None:
@@ -121,3 +145,35 @@ class _progress_bar:
                 self._progress.update(self._task, completed=done, total=total)
             else:
                 self._progress.update(self._task, completed=done)
+
+
+class _LiveStatus:
+    """One status line on a terminal (virtual time, kmaps, flushes, IPIs) for the distributed engine."""
+
+    def __init__(self, con: Any, cpus: int):
+        from rich.live import Live
+
+        self.cpus = cpus
+        self.live = Live("", console=con, transient=True, refresh_per_second=8)
+
+    def __enter__(self) -> "_LiveStatus":
+        self.live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.live.stop()
+
+    def __call__(self, state: dict) -> None:
+        self.live.update(f"[bold]{self.cpus} CPU processes[/]  virtual t={state.get('t', 0):,} cycles  "
+                         f"kmaps {state.get('kmaps', 0):,}  flushes {state.get('flushes', 0):,}  "
+                         f"IPIs {state.get('ipis', 0):,}")
+
+
+def progress_display(con: Any, cfg: Config):
+    """A context giving the progress callback of a run of cfg: a bar (inline) or a status line
+    (distributed) on a terminal, None off one."""
+    if con is None:
+        return nullcontext()
+    if cfg.run.engine == "distributed":
+        return _LiveStatus(con, cfg.machine.cpus)
+    return _progress_bar(con, cfg.machine.cpus * cfg.workload.kmaps_per_cpu)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -11,7 +10,6 @@ import typer
 
 from smpsim.cli.common import EXIT_RUN_FAILED, console, fail, handle_errors
 from smpsim.cli.config_cmd import SetOpt
-from smpsim.trace.errors import TraceError
 
 
 @handle_errors
@@ -45,34 +43,21 @@ def sweep(
     if experiment is None:
         fail("give an experiment to run (smpsim sweep configs/lazy-vs-eager.toml), or --collect DIR to merge "
              "the results of its shards")
-    from smpsim.experiments.runner import SweepError, run_sweep
-    from smpsim.experiments.sweep import load_experiment
+    from smpsim import api
+    from smpsim.experiments.runner import SweepError
 
-    exp = load_experiment(experiment, set_ or ())
     part = _parse_shard(shard) if shard is not None else None
-    if jobs is None:
-        jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    elif jobs < 1:
+    if jobs is not None and jobs < 1:
         fail(f"--jobs {jobs}: must be at least 1")
-    out = out if out is not None else Path("runs") / experiment.stem
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise TraceError(f"{out}: cannot create the sweep directory: {e.strerror}") from None
-    points = exp.shard(*part) if part else list(exp.points)
-
-    try:
-        with _Progress(console(), len(points)) as advance:
-            report = run_sweep(exp, points, out, jobs, advance)
+        with _Progress(console()) as advance:
+            done = api.run_sweep(experiment, set_, out=out, jobs=jobs, shard=part, on_point=advance)
     except SweepError as e:
         fail(str(e), EXIT_RUN_FAILED)
-    from smpsim.experiments import results  # pyarrow and numpy start threads: not before forking the workers
-
-    rows = [results.row(pt, out / pt.name, report.errors.get(pt.index)) for pt in points]
-    base = out / (f"results-shard-{part[0]}-of-{part[1]}" if part else "results")
-    paths = results.write(rows, exp.keys, results.metadata(exp, part), base)
-    which = f"shard {part[0]}/{part[1]}: {len(points)} of {len(exp.points)} points" if part else f"{len(points)} points"
-    _finish(rows, exp.keys, f"{which}: {len(report.ran)} run, {len(report.skipped)} already finished", paths)
+    which = (f"shard {part[0]}/{part[1]}: {len(done.rows)} of {done.total} points" if part
+             else f"{len(done.rows)} points")
+    _finish(done.rows, done.params, f"{which}: {len(done.ran)} run, {len(done.skipped)} already finished",
+            done.paths)
 
 
 def _parse_shard(text: str) -> tuple[int, int]:
@@ -125,11 +110,12 @@ def _fmt(v: Any) -> str:
 
 
 class _Progress:
-    """A progress bar over the points on a terminal, nothing otherwise; each call advances one point. It
-    starts at the first call: run_sweep calls only once its worker processes are forked."""
+    """A progress bar over the points on a terminal, nothing otherwise; each call advances one point (the
+    total comes with the first). It starts at the first call: run_sweep calls only once its worker processes
+    are forked."""
 
-    def __init__(self, con: Any, total: int) -> None:
-        self.con, self.total, self.progress = con, total, None
+    def __init__(self, con: Any) -> None:
+        self.con, self.progress = con, None
 
     def __enter__(self) -> "_Progress":
         return self
@@ -138,7 +124,7 @@ class _Progress:
         if self.progress is not None:
             self.progress.stop()
 
-    def __call__(self) -> None:
+    def __call__(self, total: int) -> None:
         if self.con is None:
             return
         if self.progress is None:
@@ -146,6 +132,6 @@ class _Progress:
 
             self.progress = Progress("sweep: points", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                                      console=self.con, transient=True)
-            self.task = self.progress.add_task("points", total=self.total)
+            self.task = self.progress.add_task("points", total=total)
             self.progress.start()
         self.progress.advance(self.task)

@@ -26,20 +26,8 @@ held twice at once by a generated stream (a drawn page already held is redrawn),
 with nothing held. When fewer distinct pages exist than ``nesting``, the group size is capped at that
 number.
 
-Script format (``workload.kind = "script"``): JSON lines, one operation per line, each an object::
-
-    {"cpu": 0, "op": "kmap", "page": 5}
-    {"cpu": 0, "op": "access", "page": 5, "n": 8, "write": false}
-    {"cpu": 0, "op": "kunmap", "page": 5}
-    {"cpu": 1, "op": "compute", "cycles": 1000}
-
-Every field shown is required except an access's ``n`` (default 1) and ``write`` (default false); no
-other field is allowed. Blank lines and lines whose first non-blank character is ``#`` are skipped. A
-CPU's program order is the file order of its lines. An access needs the page held by that CPU at that
-point. A kunmap of a page the CPU does not hold is passed to the model, as in the kernel, where the
-mapping is global: kunmap_high BUG()s if the page has no pkmap address or its count would reach 0.
-kmapping a page already held is legal (pkmap_count just goes up). A script may end with pages held.
-CPUs absent from the script get an empty stream.
+Script format (``workload.kind = "script"``): JSON lines, one operation per line, documented with
+examples in docs/workloads.md. ``check_script`` reports every bad line (``smpsim config check``).
 """
 
 from __future__ import annotations
@@ -189,14 +177,9 @@ def _script_cpu(cfg: Config, cpu: int) -> tuple[tuple[Op, int], ...]:
     except OSError as e:
         raise WorkloadError(f"{path}: cannot read the workload script: {e.strerror or e}") from None
     script = _load_script_cached(str(path), st.st_mtime_ns, st.st_size)
-    ncpus = cfg.machine.cpus
-    bad = [(entries[0][1], c) for c, entries in script.items() if c >= ncpus and entries]
+    bad = _out_of_range(path, script, cfg.machine.cpus)
     if bad:
-        line, c = min(bad)
-        raise WorkloadError(
-            f"{path}:{line}: cpu {c} is out of range: the machine has {ncpus} CPU"
-            f"{'s' if ncpus != 1 else ''} (cpu must be in [0, {ncpus})); "
-            f"raise machine.cpus or fix the script")
+        raise WorkloadError(bad[0])
     return script.get(cpu, ())
 
 
@@ -220,6 +203,36 @@ def _is_int(v: Any) -> bool:
 
 @lru_cache(maxsize=16)
 def _load_script_cached(path: str, _mtime_ns: int, _size: int) -> dict[int, tuple[tuple[Op, int], ...]]:
+    out = _parse_script(path, None)
+    return {cpu: tuple(ops) for cpu, ops in out.items()}
+
+
+def check_script(path: str | os.PathLike[str] | None, cpus: int, raise_: bool = False,
+                 limit: int = 20) -> list[str]:
+    """Every problem of a script (up to ``limit``), each naming the file and line; ``raise_``: raise them
+    as one WorkloadError instead of returning them. The CPU range is checked against ``cpus``."""
+    problems: list[str] = []
+    try:
+        out = _parse_script(str(path), problems)
+    except WorkloadError as e:  # the file itself cannot be read
+        problems, out = [str(e)], {}
+    problems += _out_of_range(path, out, cpus)
+    if len(problems) > limit:
+        problems = problems[:limit] + [f"... and {len(problems) - limit} more problems"]
+    if problems and raise_:
+        raise WorkloadError("; ".join(problems))
+    return problems
+
+
+def _out_of_range(path: Any, script: ScriptOps, cpus: int) -> list[str]:
+    """A problem for each CPU of the script the machine does not have, in file order."""
+    bad = sorted((entries[0][1], c) for c, entries in script.items() if c >= cpus and entries)
+    return [f"{path}:{line}: cpu {c} is out of range: the machine has {cpus} CPU{'s' if cpus != 1 else ''} "
+            f"(cpu must be in [0, {cpus})); raise machine.cpus or fix the script" for line, c in bad]
+
+
+def _parse_script(path: str, problems: list[str] | None) -> dict[int, list[tuple[Op, int]]]:
+    """Parse a script; a bad line raises WorkloadError, or, given ``problems``, is added to it and skipped."""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -230,86 +243,99 @@ def _load_script_cached(path: str, _mtime_ns: int, _size: int) -> dict[int, tupl
     # Per CPU: page -> hold count, and page -> line of its last kunmap (for messages).
     held: dict[int, dict[int, int]] = {}
     released: dict[int, dict[int, int]] = {}
-
     for lineno, raw in enumerate(data.splitlines(), start=1):
-        where = f"{path}:{lineno}"
         try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise WorkloadError(f"{where}: not valid UTF-8 text ({e.reason} at byte {e.start})") from None
-        s = text.strip()
-        if not s or s.startswith("#"):
+            parsed = _parse_line(path, lineno, raw, held, released)
+        except WorkloadError as e:
+            if problems is None:
+                raise
+            problems.append(str(e))
             continue
-        try:
-            obj = json.loads(s)
-        except json.JSONDecodeError as e:
-            raise WorkloadError(f"{where}: not valid JSON: {e.msg} (column {e.colno})") from None
-        except RecursionError:
-            raise WorkloadError(f"{where}: not valid JSON: nested too deeply") from None
-        if not isinstance(obj, dict):
-            raise WorkloadError(
-                f'{where}: expected a JSON object such as {{"cpu": 0, "op": "kmap", "page": 5}}, '
-                f"got {type(obj).__name__ if not isinstance(obj, list) else 'an array'}")
-        if "op" not in obj:
-            raise WorkloadError(f'{where}: missing field "op" (one of kmap, access, kunmap, compute)')
-        op = obj["op"]
-        if not isinstance(op, str) or op not in _FIELDS:
-            raise WorkloadError(f"{where}: unknown op {json.dumps(op)} (expected one of kmap, access, kunmap, compute)")
-        allowed = _FIELDS[op]
-        for k in allowed:
-            if k not in obj and k not in _OPTIONAL:
-                raise WorkloadError(
-                    f'{where}: op "{op}" is missing field "{k}" (it needs {", ".join(allowed)})')
-        for k in obj:
-            if k not in allowed:
-                raise WorkloadError(
-                    f'{where}: op "{op}" has unexpected field {json.dumps(k)} (allowed: {", ".join(allowed)})')
-        cpu = obj["cpu"]
-        if not _is_int(cpu) or cpu < 0:
-            raise WorkloadError(f'{where}: field "cpu" must be an integer >= 0, got {json.dumps(cpu)}')
+        if parsed is not None:
+            out.setdefault(parsed[0], []).append((parsed[1], lineno))
+    return out
 
-        if op == "compute":
-            cycles = obj["cycles"]
-            if not _is_int(cycles) or cycles < 0:
-                raise WorkloadError(
-                    f'{where}: field "cycles" of op "compute" must be an integer >= 0, got {json.dumps(cycles)}')
-            tup: Op = ("compute", cycles)
+
+def _parse_line(path: str, lineno: int, raw: bytes, held: dict[int, dict[int, int]],
+                released: dict[int, dict[int, int]]) -> tuple[int, Op] | None:
+    """(cpu, op) of one script line, None for a blank or comment line; tracks the pages each CPU holds."""
+    where = f"{path}:{lineno}"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise WorkloadError(f"{where}: not valid UTF-8 text ({e.reason} at byte {e.start})") from None
+    s = text.strip()
+    if not s or s.startswith("#"):
+        return None
+    try:
+        obj = json.loads(s)
+    except json.JSONDecodeError as e:
+        raise WorkloadError(f"{where}: not valid JSON: {e.msg} (column {e.colno})") from None
+    except RecursionError:
+        raise WorkloadError(f"{where}: not valid JSON: nested too deeply") from None
+    if not isinstance(obj, dict):
+        raise WorkloadError(
+            f'{where}: expected a JSON object such as {{"cpu": 0, "op": "kmap", "page": 5}}, '
+            f"got {type(obj).__name__ if not isinstance(obj, list) else 'an array'}")
+    if "op" not in obj:
+        raise WorkloadError(f'{where}: missing field "op" (one of kmap, access, kunmap, compute)')
+    op = obj["op"]
+    if not isinstance(op, str) or op not in _FIELDS:
+        raise WorkloadError(f"{where}: unknown op {json.dumps(op)} (expected one of kmap, access, kunmap, compute)")
+    allowed = _FIELDS[op]
+    for k in allowed:
+        if k not in obj and k not in _OPTIONAL:
+            raise WorkloadError(
+                f'{where}: op "{op}" is missing field "{k}" (it needs {", ".join(allowed)})')
+    for k in obj:
+        if k not in allowed:
+            raise WorkloadError(
+                f'{where}: op "{op}" has unexpected field {json.dumps(k)} (allowed: {", ".join(allowed)})')
+    cpu = obj["cpu"]
+    if not _is_int(cpu) or cpu < 0:
+        raise WorkloadError(f'{where}: field "cpu" must be an integer >= 0, got {json.dumps(cpu)}')
+
+    if op == "compute":
+        cycles = obj["cycles"]
+        if not _is_int(cycles) or cycles < 0:
+            raise WorkloadError(
+                f'{where}: field "cycles" of op "compute" must be an integer >= 0, got {json.dumps(cycles)}')
+        tup: Op = ("compute", cycles)
+    else:
+        page = obj["page"]
+        if not _is_int(page) or page < 0:
+            raise WorkloadError(
+                f'{where}: field "page" of op "{op}" must be an integer >= 0, got {json.dumps(page)}')
+        holds = held.setdefault(cpu, {})
+        if op == "kmap":
+            holds[page] = holds.get(page, 0) + 1
+            tup = ("kmap", page)
         else:
-            page = obj["page"]
-            if not _is_int(page) or page < 0:
-                raise WorkloadError(
-                    f'{where}: field "page" of op "{op}" must be an integer >= 0, got {json.dumps(page)}')
-            holds = held.setdefault(cpu, {})
-            if op == "kmap":
-                holds[page] = holds.get(page, 0) + 1
-                tup = ("kmap", page)
+            if op == "access":
+                n, write = obj.get("n", 1), obj.get("write", False)
+                if not _is_int(n) or n < 1:
+                    raise WorkloadError(
+                        f'{where}: field "n" of op "access" must be an integer >= 1, got {json.dumps(n)}')
+                if not isinstance(write, bool):
+                    raise WorkloadError(
+                        f'{where}: field "write" of op "access" must be true or false, got {json.dumps(write)}')
+                tup = ("access", page, n, write)
             else:
-                if op == "access":
-                    n, write = obj.get("n", 1), obj.get("write", False)
-                    if not _is_int(n) or n < 1:
-                        raise WorkloadError(
-                            f'{where}: field "n" of op "access" must be an integer >= 1, got {json.dumps(n)}')
-                    if not isinstance(write, bool):
-                        raise WorkloadError(
-                            f'{where}: field "write" of op "access" must be true or false, got {json.dumps(write)}')
-                    tup = ("access", page, n, write)
+                tup = ("kunmap", page)
+            if op == "access" and not holds.get(page):
+                # A kunmap of a page this CPU does not hold is left to the model: the mapping is
+                # global, and kunmap_high BUG()s only if the page is unmapped or its count hits 0.
+                last = released.get(cpu, {}).get(page)
+                why = (f"which CPU {cpu} kunmapped at line {last} and has not kmapped again"
+                       if last is not None else f"which CPU {cpu} has not kmapped")
+                raise WorkloadError(f'{where}: op "{op}" on page {page}, {why}')
+            if op == "kunmap" and holds.get(page):
+                if holds[page] == 1:
+                    del holds[page]
+                    released.setdefault(cpu, {})[page] = lineno
                 else:
-                    tup = ("kunmap", page)
-                if op == "access" and not holds.get(page):
-                    # A kunmap of a page this CPU does not hold is left to the model: the mapping is
-                    # global, and kunmap_high BUG()s only if the page is unmapped or its count hits 0.
-                    last = released.get(cpu, {}).get(page)
-                    why = (f"which CPU {cpu} kunmapped at line {last} and has not kmapped again"
-                           if last is not None else f"which CPU {cpu} has not kmapped")
-                    raise WorkloadError(f'{where}: op "{op}" on page {page}, {why}')
-                if op == "kunmap" and holds.get(page):
-                    if holds[page] == 1:
-                        del holds[page]
-                        released.setdefault(cpu, {})[page] = lineno
-                    else:
-                        holds[page] -= 1
-        out.setdefault(cpu, []).append((tup, lineno))
-    return {cpu: tuple(ops) for cpu, ops in out.items()}
+                    holds[page] -= 1
+    return cpu, tup
 
 
 # ---------------------------------------------------------------------------------------------------
