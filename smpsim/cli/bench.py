@@ -23,7 +23,7 @@ def bench(
     as_json: Annotated[bool, typer.Option("--json", help="print the figures as one JSON document")] = False,
 ) -> None:
     """Measure the ceiling (bare ZeroMQ ping-pong), both engines, start-up, the trace and memory."""
-    from smpsim.bench.runner import RSS_SHORT, BenchError, measure, render
+    from smpsim.bench.runner import BenchError, measure, render
 
     try:
         counts = tuple(int(x) for x in cpus.split(",") if x.strip())
@@ -32,11 +32,12 @@ def bench(
     if not counts or min(counts) < 1:
         fail(f"--cpus {cpus!r}: give CPU counts like 8,64")
     if quick:
-        reps, kmaps, events, rss_parts = 1, min(kmaps, 1500), min(events, 200_000), min(rss_parts, 1)
+        # (the RSS runs keep their lengths: a shorter short run would never fill a trace part)
+        reps, kmaps, events, rss_parts = 1, min(kmaps, 1500), min(events, 200_000), min(rss_parts, 2)
     say = (lambda m: print(f"bench: {m}", file=sys.stderr, flush=True)) if is_tty() or not as_json else None
     try:
         result = measure(reps=reps, kmaps_total=kmaps, cpus=counts, trace_events=events, progress=say,
-                         rss_parts=rss_parts, rss_short=1_000 if quick else RSS_SHORT)
+                         rss_parts=rss_parts)
     except BenchError as e:
         fail(str(e), EXIT_RUN_FAILED)
     print(json.dumps(result, indent=2) if as_json else render(result))
