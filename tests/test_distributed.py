@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import psutil
 import pytest
 import zmq
 
-from smpsim.config import validate
+from smpsim.config import load_config, validate
 from smpsim.engines import inline
 from smpsim.engines.distributed import protocol as p
 from smpsim.engines.distributed.launch import run_distributed
@@ -321,6 +323,23 @@ def two_hosts():
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
 
 
+def _coordinator_and_cpus(coord_cmd: list, cpu_cmds: list[list], env: dict, timeout: float = 150) -> tuple:
+    """Run `smpsim coordinator` and its `smpsim cpu` processes to the end: (exit code, stderr) of the
+    coordinator. None is left running."""
+    coord = subprocess.Popen(coord_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    cpus = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+            for cmd in cpu_cmds]
+    try:
+        _, stderr = coord.communicate(timeout=timeout)
+        for c in cpus:
+            c.wait(timeout=15)
+    finally:
+        for x in [coord, *cpus]:
+            x.kill()
+            x.wait()
+    return coord.returncode, stderr
+
+
 @pytest.mark.timeout(180)
 def test_two_hosts_same_digest(tmp_path, two_hosts, smpsim_cmd, subprocess_env):
     out = tmp_path / "run"
@@ -332,22 +351,12 @@ def test_two_hosts_same_digest(tmp_path, two_hosts, smpsim_cmd, subprocess_env):
     cfg_data["policy"] = {"name": "linux-2.4"}
     want = inline.run(validate(cfg_data)).summary
     env = dict(subprocess_env, SMPSIM_TOKEN="two-hosts")
-    coord = subprocess.Popen(["ip", "netns", "exec", NS[0], *smpsim_cmd, "coordinator", "--listen",
-                              f"tcp://{ADDR[0]}:5555", "--out", str(out), *sets],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    cpus = [subprocess.Popen(["ip", "netns", "exec", NS[1], *smpsim_cmd, "cpu", "--coordinator",
-                              f"tcp://{ADDR[0]}:5555", "--cpu-id", str(c)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-            for c in range(3)]
-    try:
-        stdout, stderr = coord.communicate(timeout=150)
-        for c in cpus:
-            c.wait(timeout=15)
-    finally:
-        for x in [coord, *cpus]:
-            x.kill()
-            x.wait()
-    assert coord.returncode == 0, stderr
+    code, stderr = _coordinator_and_cpus(
+        ["ip", "netns", "exec", NS[0], *smpsim_cmd, "coordinator", "--listen", f"tcp://{ADDR[0]}:5555", "--out",
+         str(out), *sets],
+        [["ip", "netns", "exec", NS[1], *smpsim_cmd, "cpu", "--coordinator", f"tcp://{ADDR[0]}:5555", "--cpu-id",
+          str(c)] for c in range(3)], env)
+    assert code == 0, stderr
     got = json.loads((out / "summary.json").read_text())
     assert got["digest"] == want["digest"]
     joined = [json.loads(line) for line in (out / "logs" / "coordinator.log.jsonl").read_text().splitlines()]
@@ -378,3 +387,86 @@ def test_a_lost_message_stops_the_run(tmp_path, smpsim_cmd, subprocess_env):
         coord.wait()
     assert coord.returncode == 1
     assert "CPU 0" in stderr and "expected seq 0, got 5" in stderr and "Traceback" not in stderr
+
+
+class DelayProxy:
+    """Between CPU processes (DEALERs, on `front`) and the coordinator (ROUTER, at `back`): every message
+    waits a random time, each link in its order, so messages of different CPUs overtake each other."""
+
+    def __init__(self, back: str, seed: int, max_delay: float = 0.004):
+        self.ctx = zmq.Context()
+        self.front = self.ctx.socket(zmq.ROUTER)
+        self.front.setsockopt(zmq.LINGER, 0)
+        port = self.front.bind_to_random_port("tcp://127.0.0.1")
+        self.address = f"tcp://127.0.0.1:{port}"
+        self.back, self.rnd, self.max_delay = back, random.Random(seed), max_delay
+        self.links: dict[bytes, zmq.Socket] = {}
+        self.held: list[tuple[float, int, bytes, bool, bytes]] = []  # (due, n, ident, upward, frame)
+        self.last_due: dict[tuple[bytes, bool], float] = {}
+        self.delayed = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _hold(self, ident: bytes, upward: bool, frame: bytes) -> None:
+        key = (ident, upward)
+        due = max(self.last_due.get(key, 0.0), time.monotonic() + self.rnd.random() * self.max_delay)
+        self.last_due[key] = due
+        self.held.append((due, len(self.held) + self.delayed, ident, upward, frame))
+        self.held.sort()
+
+    def _serve(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.front, zmq.POLLIN)
+        while not self.stop.is_set():
+            timeout = 5 if not self.held else max(0, int((self.held[0][0] - time.monotonic()) * 1000))
+            for sock, _ in poller.poll(timeout):
+                if sock is self.front:
+                    ident, frame = sock.recv_multipart()
+                    if ident not in self.links:
+                        s = self.ctx.socket(zmq.DEALER)
+                        s.setsockopt(zmq.LINGER, 0)
+                        s.connect(self.back)
+                        self.links[ident] = s
+                        poller.register(s, zmq.POLLIN)
+                    self._hold(ident, True, frame)
+                else:
+                    ident = next(i for i, s in self.links.items() if s is sock)
+                    self._hold(ident, False, sock.recv())
+            now = time.monotonic()
+            while self.held and self.held[0][0] <= now:
+                _, _, ident, upward, frame = self.held.pop(0)
+                self.delayed += 1
+                if upward:
+                    self.links[ident].send(frame)
+                else:
+                    self.front.send_multipart([ident, frame])
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        for s in [self.front, *self.links.values()]:
+            s.close(0)
+        self.ctx.term()
+
+
+@pytest.mark.timeout(120)
+def test_real_zeromq_with_random_delays_gives_the_inline_digest(tmp_path, smpsim_cmd, subprocess_env):
+    sets = {"machine.cpus": 3, "workload.kmaps_per_cpu": 40, "machine.last_pkmap": 16, "workload.kind": "shared",
+            "workload.pages": 48, "workload.hot_pages": 6, "policy.name": "eager", "seed": 5}
+    cfg = load_config(None, [f"{k}={json.dumps(v)}" for k, v in sets.items()])
+    want = inline.run(cfg).summary
+    back = f"tcp://127.0.0.1:{_free_port()}"
+    proxy = DelayProxy(back, seed=7)
+    out = tmp_path / "run"
+    args = [a for k, v in sets.items() for a in ("--set", f"{k}={json.dumps(v)}")]
+    try:
+        code, stderr = _coordinator_and_cpus([*smpsim_cmd, "coordinator", "--listen", back, "--out", str(out), *args],
+                                             [[*smpsim_cmd, "cpu", "--coordinator", proxy.address, "--cpu-id", str(c)]
+                                              for c in range(3)], subprocess_env)
+    finally:
+        proxy.close()
+    assert code == 0, stderr
+    got = json.loads((out / "summary.json").read_text())
+    assert got["digest"] == want["digest"] and got["counters"] == want["counters"]
+    assert got["counters"]["ipis"] > 0 and proxy.delayed > 100

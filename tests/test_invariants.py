@@ -1,7 +1,7 @@
 """The invariants of kernel-pkmap.md section 7, checked while the model runs.
 
-The engine loop of smpsim/engines/inline.py is copied here so the test can look at the Coordinator and the
-Cpu objects after every coordinator step:
+The test drives the inline engine (the engine core) one step at a time and looks at the Coordinator and
+the Cpu objects after every step, before and after delivering its messages:
 
 - pkmap_count[i] == 0  =>  no CPU's TLB holds slot i (vpn i);
 - a CPU's TLB holds slot i with pkmap_count[i] > 1  =>  its cached frame is the current PTE;
@@ -11,7 +11,7 @@ Cpu objects after every coordinator step:
 CPUs are simulated up to different virtual times, so a CPU that has not yet reached the arrival time of
 an IPI it has been sent still holds what that IPI will drop; the TLB checks count such pending
 invalidations (queued IPIs, and the initiator's own flush carried in its reply or its sleeping request)
-as done. The lock-window invariant (a flush's stall covers every target's ack, and no ring operation
+as done, and so do the results of a compound request not yet taken. The lock-window invariant (a flush's stall covers every target's ack, and no ring operation
 happens inside it) is checked on the recorded trace.
 """
 
@@ -23,10 +23,11 @@ from pathlib import Path
 import pytest
 
 from smpsim.config import validate
-from smpsim.engines.inline import build_cpus, run
+from smpsim.engines.inline import InlineEngine, run
+from smpsim.engines.recorder import Recorder
 from smpsim.model import messages as m
 from smpsim.model.coordinator import Coordinator
-from smpsim.model.cpu import LOCAL_BASE, RUNNING
+from smpsim.model.cpu import LOCAL_BASE
 from smpsim.model.ring import PkmapRing
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -86,26 +87,25 @@ class TrackedRing(PkmapRing):
         return self._in("map_new_virtual", super().map_new_virtual, page, on_wrap)
 
 
-def _ipi_of(entry):
-    """An inbox entry is the IPI message itself or a (t_recv, src, message) heap item."""
-    if entry and entry[0] == m.IPI:
-        return entry
-    return entry[-1]
-
-
-def pending_invalidations(coord: Coordinator, cpus) -> list[list]:
-    """Per CPU: the vpn sets (None = everything) it has been sent but has not applied yet."""
+def pending_invalidations(coord: Coordinator, cpus, downs) -> list[list]:
+    """Per CPU: the vpn sets (None = everything) it has been sent (or will be) but has not applied yet."""
     pend: list[list] = [[] for _ in cpus]
     for cpu in cpus:
-        for entry in cpu.inbox:
-            pend[cpu.id].append(_ipi_of(entry)[7])
-    for dest, msg in coord.outbox:
-        if msg[0] == m.IPI:
-            pend[dest].append(msg[7])
-        elif msg[0] == m.REPLY:
-            pend[dest] += [v for _, v in msg[4]]
+        for _, _, ipi in cpu.inbox:
+            pend[cpu.id].append(ipi.vpns)
+        for result in cpu.results:
+            pend[cpu.id] += [v for _, v in result[3]]
+    for dest, down in downs:
+        for msg in down.msgs:
+            if type(msg) is m.Ipi:
+                pend[dest].append(msg.vpns)
+            else:
+                for result in msg.results:
+                    pend[dest] += [v for _, v in result[3]]
     for r in list(coord.pending) + list(coord.pkmap_map_wait):
         pend[r.cpu] += [v for _, v in r.local_flushes]
+        for result in r.results:
+            pend[r.cpu] += [v for _, v in result[3]]
     return pend
 
 
@@ -113,7 +113,7 @@ def _covered(pend: list, vpn: int) -> bool:
     return any(v is None or vpn in v for v in pend)
 
 
-def check_state(coord: Coordinator, cpus, policy: str, where: str) -> list[str]:
+def check_state(coord: Coordinator, cpus, downs, where: str) -> list[str]:
     ring = coord.ring
     n = ring.last_pkmap
     count, pte = ring.pkmap_count, ring.pkmap_page_table
@@ -127,7 +127,7 @@ def check_state(coord: Coordinator, cpus, policy: str, where: str) -> list[str]:
     if len(ring.page_address) != sum(p is not None for p in pte):
         bad.append(f"{where}: page_address has {len(ring.page_address)} entries for "
                    f"{sum(p is not None for p in pte)} PTEs")
-    pend = pending_invalidations(coord, cpus)
+    pend = pending_invalidations(coord, cpus, downs)
     for cpu in cpus:
         for vpn, frame in cpu.tlb_entries():
             if vpn >= LOCAL_BASE:
@@ -145,48 +145,41 @@ def check_state(coord: Coordinator, cpus, policy: str, where: str) -> list[str]:
                            f"(count {count[vpn]})")
     # Every flush sent so far completed (all acks in) before kmap_lock was released.
     for cpu in cpus:
-        for entry in cpu.inbox:
-            ipi = _ipi_of(entry)
-            if ipi[5] > coord.lock_free_at:
-                bad.append(f"{where}: IPI to CPU {cpu.id} acked at {ipi[5]} after kmap_lock was released "
+        for _, _, ipi in cpu.inbox:
+            if ipi.t_ack > coord.lock_free_at:
+                bad.append(f"{where}: IPI to CPU {cpu.id} acked at {ipi.t_ack} after kmap_lock was released "
                            f"at {coord.lock_free_at}")
     return bad
 
 
 def instrumented_run(cfg, max_violations: int = 20):
-    """The inline engine's loop with state checks after every coordinator step. Returns (violations,
-    ring, events)."""
-    cpus = build_cpus(cfg)
+    """The inline engine, stepped, with state checks after every step. Returns (violations, ring, events)."""
     coord = Coordinator(cfg)
     ring = TrackedRing(cfg.machine.ring_size)
     coord.ring = ring
-    policy = cfg.policy.name
-    violations: list[str] = []
     events: list[dict] = []
+
+    class Keeping(Recorder):  # the run's events, for the checks below
+        def add(self, source, evs):
+            events.extend(evs)
+            super().add(source, evs)
+
+    engine = InlineEngine(cfg, Keeping(cfg, None, "inline"), coord)
+    cpus = engine.cpus
+    violations: list[str] = []
     steps = 0
-    safe = coord.safe_until()
+    engine.deliver(engine.core.start())
     while True:
-        for cpu in cpus:
-            if cpu.state == RUNNING:
-                for msg in cpu.run(safe):
-                    coord.receive(msg)
-        coord.step()
+        downs = engine.step()
         steps += 1
-        violations += check_state(coord, cpus, policy, f"step {steps} (before delivery)")
-        for dest, msg in coord.outbox:
-            cpus[dest].deliver(msg)
-        coord.outbox.clear()
-        violations += check_state(coord, cpus, policy, f"step {steps}")
+        violations += check_state(coord, cpus, downs, f"step {steps} (before delivery)")
+        engine.deliver(downs)
+        violations += check_state(coord, cpus, [], f"step {steps}")
         violations += ring.bad
         ring.bad = []
-        events += coord.events
-        coord.events = []
-        for cpu in cpus:
-            events += cpu.events
-            cpu.events = []
-        if len(violations) >= max_violations or coord.finished():
+        engine.core.release()
+        if len(violations) >= max_violations or engine.core.complete():
             break
-        safe = coord.safe_until()
     return violations, ring, events
 
 

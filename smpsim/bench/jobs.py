@@ -25,30 +25,52 @@ def _maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _cpu_s() -> tuple[float, float, float, float]:
+    """user and sys seconds of this process and of its waited-for children."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime, me.ru_stime, kids.ru_utime, kids.ru_stime
+
+
+def _us_per_kmap(before: tuple, after: tuple, kmaps: int) -> list[float]:
+    return [(b - a) * 1e6 / kmaps for a, b in zip(before, after)]
+
+
 def job_inline(cpus: int, kmaps_total: int, trace: bool = True) -> dict:
     from smpsim.engines.inline import run
     tmp = Path(tempfile.mkdtemp(prefix="smpsim-bench-"))
+    cfg = _config(cpus, kmaps_total, trace)
+    c0 = _cpu_s()
     try:
-        res = run(_config(cpus, kmaps_total, trace), tmp / "run")
+        res = run(cfg, tmp / "run")
     finally:
+        c1 = _cpu_s()
         shutil.rmtree(tmp, ignore_errors=True)
     kmaps = res.summary["counters"]["kmaps"]
+    user, sys_, _, _ = _us_per_kmap(c0, c1, kmaps)
     return {"kmaps": kmaps, "seconds": res.timing["seconds"], "kmaps_per_s": kmaps / res.timing["seconds"],
-            "events": res.summary["events"], "digest": res.summary["digest"], "maxrss_mb": _maxrss_mb()}
+            "cpu_us_per_kmap": user + sys_, "events": res.summary["events"], "digest": res.summary["digest"],
+            "maxrss_mb": _maxrss_mb()}
 
 
 def job_distributed(cpus: int, kmaps_total: int) -> dict:
     from smpsim.engines.distributed.launch import run_distributed
     tmp = Path(tempfile.mkdtemp(prefix="smpsim-bench-"))
+    cfg = _config(cpus, kmaps_total, True)
+    c0 = _cpu_s()
     try:
-        res = run_distributed(_config(cpus, kmaps_total, True), tmp / "run", "ipc")
+        res = run_distributed(cfg, tmp / "run", "ipc")
     finally:
+        c1 = _cpu_s()  # the CPU processes have been waited for: their time is in RUSAGE_CHILDREN
         shutil.rmtree(tmp, ignore_errors=True)
     t = res.timing
     kmaps = res.summary["counters"]["kmaps"]
     run_s = t["seconds"] - t["startup_s"]
+    user, sys_, cpus_user, cpus_sys = _us_per_kmap(c0, c1, kmaps)
     return {"kmaps": kmaps, "seconds": t["seconds"], "startup_s": t["startup_s"], "run_s": run_s,
             "kmaps_per_s": kmaps / run_s, "messages_per_kmap": (t["messages_in"] + t["messages_out"]) / kmaps,
+            "cpu_us_per_kmap": user + sys_ + cpus_user + cpus_sys,
+            "coordinator_user_us_per_kmap": user, "coordinator_sys_us_per_kmap": sys_,
+            "cpus_user_us_per_kmap": cpus_user, "cpus_sys_us_per_kmap": cpus_sys,
             "coordinator_maxrss_mb": t["coordinator_maxrss_kb"] / 1024,
             "cpu_maxrss_mb": (t["cpu_maxrss_kb"] or 0) / 1024, "digest": res.summary["digest"]}
 

@@ -52,6 +52,7 @@ def measure(reps: int = 3, kmaps_total: int = 12_000, cpus: tuple[int, ...] = (8
 
     digests: dict[int, set[str]] = {}
     for rep in range(reps):
+        rate: dict[int, float] = {}
         for n in cpus:
             say(f"rep {rep + 1}/{reps}: ping-pong ceiling, {n} clients")
             pp = run_job({"job": "pingpong", "clients": n, "round_trips": round_trips}, timeout)
@@ -64,11 +65,19 @@ def measure(reps: int = 3, kmaps_total: int = 12_000, cpus: tuple[int, ...] = (8
             add(f"coordinator_maxrss_mb@{n}", d["coordinator_maxrss_mb"])
             add(f"cpu_maxrss_mb@{n}", d["cpu_maxrss_mb"])
             add(f"ratio_distributed_to_ceiling@{n}", d["kmaps_per_s"] / pp["rate"])
+            for k in ("cpu_us_per_kmap", "coordinator_user_us_per_kmap", "coordinator_sys_us_per_kmap",
+                      "cpus_user_us_per_kmap", "cpus_sys_us_per_kmap"):
+                add(f"distributed_{k}@{n}", d[k])
+            rate[n] = d["kmaps_per_s"]
             say(f"rep {rep + 1}/{reps}: single-process engine, {n} CPUs")
             i = run_job({"job": "inline", "cpus": n, "kmaps_total": kmaps_total, "trace": True}, timeout)
             add(f"inline_kmaps_per_s@{n}", i["kmaps_per_s"])
             add(f"ratio_inline_to_distributed@{n}", i["kmaps_per_s"] / d["kmaps_per_s"])
+            add(f"inline_cpu_us_per_kmap@{n}", i["cpu_us_per_kmap"])
+            add(f"ratio_cpu_per_kmap_distributed_to_inline@{n}", d["cpu_us_per_kmap"] / i["cpu_us_per_kmap"])
             digests.setdefault(n, set()).update((d["digest"], i["digest"]))
+        if len(cpus) > 1:  # how throughput holds up from the fewest to the most CPUs measured
+            add(f"ratio_throughput_{max(cpus)}_to_{min(cpus)}", rate[max(cpus)] / rate[min(cpus)])
         say(f"rep {rep + 1}/{reps}: trace on vs off")
         on = run_job({"job": "inline", "cpus": cpus[0], "kmaps_total": kmaps_total, "trace": True}, timeout)
         off = run_job({"job": "inline", "cpus": cpus[0], "kmaps_total": kmaps_total, "trace": False}, timeout)
@@ -117,6 +126,10 @@ def measure(reps: int = 3, kmaps_total: int = 12_000, cpus: tuple[int, ...] = (8
 TARGETS = [
     ("ratio_distributed_to_ceiling@8", ">=", 0.5, "distributed engine at 8 CPUs >= 0.5x ceiling at N=8"),
     ("ratio_distributed_to_ceiling@64", ">=", 0.3, "distributed engine at 64 CPUs >= 0.3x ceiling at N=64"),
+    ("messages_per_kmap@8", "<=", 2.5, "distributed engine at 8 CPUs: <= 2.5 messages per kmap"),
+    ("ratio_cpu_per_kmap_distributed_to_inline@8", "<=", 2.5,
+     "CPU time per kmap (user+sys, all processes) at 8 CPUs <= 2.5x the single-process engine's"),
+    ("ratio_throughput_64_to_8", ">=", 0.8, "distributed throughput at 64 CPUs >= 0.8x that at 8"),
     ("inline_trace_on_kmaps_per_s", ">=", 100_000, "single-process engine >= 100,000 kmaps/s, trace on"),
     ("trace_cost_fraction", "<=", 0.25, "recording the trace costs <= 25%"),
     ("startup_s@64", "<=", 3.0, "64 CPUs joined within 3 s of launch"),

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from smpsim.config import Config
+from smpsim.engines.core import Core, CpuPort, Down
 from smpsim.engines.recorder import Recorder
 from smpsim.model import workloads
 from smpsim.model.coordinator import Coordinator
@@ -31,54 +32,57 @@ def build_cpus(cfg: Config) -> list[Cpu]:
     return [Cpu(cfg, c, workloads.program(cfg, c)) for c in range(cfg.machine.cpus)]
 
 
-def locate(err: ModelError, lines: list[list[int]] | None) -> ModelError:
-    """Add the script line to a model error raised at a scripted operation (lines: per CPU, or None)."""
-    if lines is not None and err.cpu is not None and err.position is not None and 0 <= err.cpu < len(lines):
-        mine = lines[err.cpu]
-        if 0 <= err.position < len(mine):
-            err.args = (f"{err.args[0]} (script line {mine[err.position]})",)
-    return err
-
-
 def run(cfg: Config, out_dir: Path | None = None,
         progress: Callable[[dict], None] | None = None) -> RunResult:
     t0 = time.perf_counter()
-    cpus = build_cpus(cfg)
-    coord = Coordinator(cfg)
-    rec = Recorder(cfg, out_dir, "inline")
-    rounds = 0
+    engine = InlineEngine(cfg, Recorder(cfg, out_dir, "inline"))
     try:
-        safe = coord.safe_until()
+        engine.drive(progress)
+    except ModelError as e:
+        engine.fail(e)
+        raise
+    summary = engine.core.close()
+    return RunResult(summary, out_dir, {"seconds": time.perf_counter() - t0})
+
+
+class InlineEngine:
+    """The inline transport around the core: every batch a function call, delivered at once."""
+
+    def __init__(self, cfg: Config, recorder, coord: Coordinator | None = None):
+        self.cpus = build_cpus(cfg)
+        self.core = Core(coord or Coordinator(cfg), recorder, workloads.script_lines(cfg))
+        self.ports = [CpuPort(c) for c in self.cpus]
+        self.report = [False] * len(self.ports)
+
+    def step(self) -> list[tuple[int, Down]]:
+        """One round: every CPU that can runs and reports, the core grants; what to deliver."""
+        core, report = self.core, self.report
+        for c, port in enumerate(self.ports):
+            up = port.work(None, report[c])
+            report[c] = False
+            if up is not None:
+                core.receive(c, up)
+        return core.step()
+
+    def deliver(self, downs: list[tuple[int, Down]]) -> None:
+        for c, down in downs:
+            self.report[c] = self.ports[c].deliver(down)
+
+    def drive(self, progress: Callable[[dict], None] | None = None) -> None:
+        core = self.core
+        self.deliver(core.start())
+        rounds = 0
         while True:
-            for cpu in cpus:
-                if cpu.can_run(safe):
-                    for msg in cpu.run(safe):
-                        coord.receive(msg)
-            coord.step()
-            for dest, msg in coord.outbox:
-                cpus[dest].deliver(msg)
-            coord.outbox.clear()
-            rec.add(0, coord.events)
-            coord.events = []
-            watermark = coord.bound()
-            for cpu in cpus:
-                rec.add(1 + cpu.id, cpu.events)
-                cpu.events = []
-                h = cpu.horizon()
-                if h < watermark:
-                    watermark = h
-            rec.release(watermark)
-            if coord.finished():
-                break
-            safe = coord.safe_until()
+            self.deliver(self.step())
+            core.release()
+            if core.complete():
+                return
             rounds += 1
             if progress is not None and rounds % 256 == 0:
-                progress({"t": watermark, **rec.counters.c})
-    except ModelError as e:
-        for cpu in cpus:  # keep everything simulated up to the error
-            rec.add(1 + cpu.id, cpu.events)
-        rec.add(0, coord.events)
-        rec.close(locate(e, workloads.script_lines(cfg)))
-        raise
-    summary = rec.close()
-    return RunResult(summary, out_dir, {"seconds": time.perf_counter() - t0})
+                progress(core.progress())
+
+    def fail(self, err: ModelError) -> dict:
+        for cpu in self.cpus:  # keep everything simulated up to the error
+            self.core.rec.add(1 + cpu.id, cpu.events)
+            cpu.events = []
+        return self.core.fail(err)

@@ -5,6 +5,10 @@ requests are granted in the canonical order (request time, CPU id), and a reques
 CPU can still send an earlier one: every decision is a function of message contents, never of arrival
 order. Global flushes run under the lock (2.4: smp_call_function with wait=1), so other CPUs that want the
 lock spin until the initiator has every ack.
+
+A compound request (messages.Request) holds ring calls that only compute separates; the coordinator makes
+each later call at the time the CPU will, from its mirror of the IPIs it sent that CPU and the IPI rule
+the CPU applies (cpu.service_ipis), and replies once for all of them.
 """
 
 from __future__ import annotations
@@ -13,11 +17,12 @@ import heapq
 
 from smpsim.config import Config
 from smpsim.model import messages as m
+from smpsim.model.cpu import service_ipis
 from smpsim.model.errors import DeadlockError, ModelError
 from smpsim.model.policies import Flush, make_policy
 from smpsim.model.ring import PkmapRing
 
-INF = 1 << 62
+INF = m.INF
 # How far (cycles) a CPU that never takes kmap_lock may run ahead of the slowest: nothing else keeps such
 # CPUs together, and the events waiting to be merged in canonical order would grow with the run.
 RUN_AHEAD = 1 << 18
@@ -25,15 +30,18 @@ RUNNING, REQUESTED, ASLEEP, DONE = "running", "requested", "asleep", "done"
 
 
 class _Request:
-    """One kmap_high / kunmap_high call, kept across sleeps on pkmap_map_wait."""
-    __slots__ = ("t", "cpu", "op", "page", "pc", "t_first", "lock_wait", "slept", "local_flushes")
+    """One kmap_high / kunmap_high call, kept across sleeps on pkmap_map_wait; `rest` are the calls of the
+    same compound request still to come, `results` what the ones before it returned."""
+    __slots__ = ("t", "cpu", "op", "page", "pc", "t_first", "lock_wait", "slept", "local_flushes", "rest",
+                 "results", "after")
 
-    def __init__(self, t, cpu, op, page, pc):
+    def __init__(self, t, cpu, op, page, pc, rest=(), results=None, after=INF):
         self.t, self.cpu, self.op, self.page, self.pc = t, cpu, op, page, pc
         self.t_first = t
         self.lock_wait = 0
         self.slept = False
         self.local_flushes: list[tuple[int, tuple | None]] = []  # (time, vpns) of the caller's own flushes
+        self.rest, self.results, self.after = rest, results if results is not None else [], after
 
     def __lt__(self, other):
         return (self.t, self.cpu) < (other.t, other.cpu)
@@ -50,8 +58,13 @@ class Coordinator:
         self.lookahead = self.cost.ipi_latency if self.policy.sends_ipis else None
         self.lock_free_at = 0
         self.pending: list[_Request] = []        # heap in canonical order
+        # Per CPU, the IPIs it has been sent and has not taken yet as far as the coordinator knows: a mirror
+        # of the CPU's inbox, to place the later calls of a compound request where the CPU will make them.
+        self.inboxes: list[list] = [[] for _ in range(self.ncpu)]
+        self.computing: list[_Request | None] = [None] * self.ncpu  # pending compound call, not yet made
         self.status = [RUNNING] * self.ncpu
         self.lb = [0] * self.ncpu                # RUNNING CPUs: no request before this time
+        self.running = [(0, c) for c in range(self.ncpu)]  # heap of (lb, cpu), outdated entries skipped
         self.pkmap_map_wait: list[_Request] = []  # sleepers, in the order they went to sleep
         self.events: list[dict] = []
         self.outbox: list[tuple[int, tuple]] = []  # (destination CPU, message)
@@ -59,25 +72,35 @@ class Coordinator:
 
     # ---- messages from CPUs ---------------------------------------------------------------------------
     def receive(self, msg: tuple) -> None:
-        kind, cpu = msg[0], msg[1]
-        if kind == m.REQUEST:
-            _, cpu, t, op, page, pc = msg
+        kind = type(msg)
+        cpu = msg.cpu
+        if kind is m.Request:
+            t = msg.t
+            _, op, page, pc = msg.ops[0]
             self.status[cpu] = REQUESTED
-            heapq.heappush(self.pending, _Request(t, cpu, op, page, pc))
-        elif kind == m.PROGRESS:
-            self.lb[cpu] = msg[2]
-        elif kind == m.DONE:
+            inbox = self.inboxes[cpu]
+            while inbox and inbox[0][0] <= t:  # taken before the call
+                heapq.heappop(inbox)
+            heapq.heappush(self.pending, _Request(t, cpu, op, page, pc, msg.ops[1:], None, msg.after))
+        elif kind is m.Progress:
+            self.lb[cpu] = msg.bound
+            heapq.heappush(self.running, (msg.bound, cpu))
+        elif kind is m.Done:
             self.status[cpu] = DONE
+            self.inboxes[cpu] = []
         else:
-            raise ModelError(cpu, str(kind), None, f"unexpected message {msg!r}")
+            raise ModelError(cpu, kind.__name__, None, f"unexpected message {msg!r}")
 
     # ---- scheduling -----------------------------------------------------------------------------------
     def _earliest_running(self) -> tuple[int, int]:
-        best = (INF, INF)
-        for c in range(self.ncpu):
-            if self.status[c] == RUNNING and (self.lb[c], c) < best:
-                best = (self.lb[c], c)
-        return best
+        """(lb, cpu) of the running CPU that can send the earliest request."""
+        heap, status, lb = self.running, self.status, self.lb
+        while heap:
+            lb_c, c = heap[0]
+            if status[c] == RUNNING and lb[c] == lb_c:
+                return heap[0]
+            heapq.heappop(heap)  # outdated: that CPU reported again, or is no longer running
+        return (INF, INF)
 
     def step(self) -> None:
         """Grant every request that no CPU can still precede; results go to self.outbox / self.events."""
@@ -88,6 +111,8 @@ class Coordinator:
             if earliest < (head.t, head.cpu):
                 break  # that CPU may still ask for the lock earlier
             heapq.heappop(pending)
+            if self.computing[head.cpu] is head:
+                self.computing[head.cpu] = None
             if head.op == "kmap":
                 self._kmap_high(head)
             else:
@@ -210,9 +235,30 @@ class Coordinator:
         self._reply(r, t, slot)
 
     def _reply(self, r: _Request, t: int, slot: int) -> None:
-        self.status[r.cpu] = RUNNING
-        self.lb[r.cpu] = t
-        self.outbox.append((r.cpu, (m.REPLY, r.cpu, t, slot, r.local_flushes)))
+        cpu = r.cpu
+        r.results.append((r.t_first, t, slot, tuple(r.local_flushes)))
+        inbox = self.inboxes[cpu]  # as the CPU will: IPIs due by t were serviced while it waited
+        end = service_ipis(t, inbox, False) if inbox and inbox[0][0] <= t else t
+        if r.rest:
+            gap, op, page, pc = r.rest[0]
+            nxt = _Request(service_ipis(end + gap, self.inboxes[cpu], True), cpu, op, page, pc, r.rest[1:],
+                           r.results, r.after)
+            self.computing[cpu] = nxt
+            heapq.heappush(self.pending, nxt)
+            return
+        self.status[cpu] = RUNNING
+        lb = self.lb[cpu] = end + r.after if r.after < INF else INF
+        heapq.heappush(self.running, (lb, cpu))
+        self.outbox.append((cpu, m.Reply(cpu, tuple(r.results))))
+
+    def _ipi_to_computing(self, nxt: _Request, ipi: m.Ipi) -> None:
+        """An IPI for a CPU between two calls of a compound request: it stretches that compute if it
+        arrives before the later call (service_ipis' running rule), which moves the call."""
+        inbox = self.inboxes[nxt.cpu]
+        heapq.heappush(inbox, (ipi.t_recv, ipi.src, ipi))
+        if ipi.t_recv <= nxt.t:
+            nxt.t = nxt.t_first = service_ipis(nxt.t, inbox, True)
+            heapq.heapify(self.pending)  # nxt moved later
 
     # ---- TLB shootdown --------------------------------------------------------------------------------
     def _flush(self, t: int, initiator: int, flush: Flush, torn: int, r: _Request) -> int:
@@ -229,7 +275,13 @@ class Coordinator:
             t_recv = t_send + c.ipi_latency
             t_handled = t_recv + c.ipi_handler + work
             t_ack = t_handled + c.ipi_ack
-            self.outbox.append((j, (m.IPI, initiator, t_send, t_recv, t_handled, t_ack, flush.scope, vpns)))
+            ipi = m.Ipi(initiator, t_send, t_recv, t_handled, t_ack, flush.scope, vpns)
+            self.outbox.append((j, ipi))
+            nxt = self.computing[j]
+            if nxt is not None:
+                self._ipi_to_computing(nxt, ipi)
+            elif self.status[j] != DONE:
+                heapq.heappush(self.inboxes[j], (t_recv, initiator, ipi))
             t_end = max(t_end, t_ack)
         r.local_flushes.append((t_end, vpns))  # then the initiator flushes its own TLB
         t_end += work

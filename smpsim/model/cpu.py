@@ -21,13 +21,36 @@ from smpsim.model.workloads import Program
 LOCAL_BASE = 1 << 20
 
 RUNNING, BLOCKED, DONE = "running", "blocked", "done"
-INF = 1 << 62
+INF = m.INF
+MAX_CHAIN = 16      # ring calls in one compound request
+CHAIN_SCAN = 256    # operations looked at for one
+
+
+def service_ipis(clock: int, inbox: list, running: bool, handle=None) -> int:
+    """The IPI rule, in one place for the Cpu and for the Coordinator's account of a compound request.
+
+    inbox is a heap of (t_recv, src, Ipi). Running (computing or accessing), the CPU takes every IPI due by
+    its clock in arrival order, and each handler stretches the clock by its length (t_handled - t_recv), so
+    IPIs arriving meanwhile are due too. Spinning on kmap_lock or asleep until `clock` (= t_done), it
+    serviced the IPIs due by then with IRQs on and resumes no earlier than the last handler's end. Returns
+    the new clock; handle(ipi, running) applies each IPI's effect."""
+    end = clock
+    while inbox and inbox[0][0] <= clock:
+        ipi = heapq.heappop(inbox)[2]
+        if handle is not None:
+            handle(ipi, running)
+        if running:
+            clock += ipi.t_handled - ipi.t_recv
+            end = clock
+        elif ipi.t_handled > end:
+            end = ipi.t_handled
+    return end
 
 
 class Cpu:
     def __init__(self, cfg: Config, cpu_id: int, program: Program):
         self.id = cpu_id
-        self.program = program  # streamed: holds a bounded window of the operations around pc
+        self.program = program  # streamed: holds a bounded window of the operations from pc on
         self.pc = 0
         self.clock = 0
         self.state = RUNNING
@@ -43,31 +66,33 @@ class Cpu:
         self.inbox: list[tuple] = []              # heap of (t_recv, src, IPI message)
         self.flushed: set[int] = set()            # vpns dropped by a flush and not refilled since
         self.refill_due = False                   # background working set lost to a full flush
-        self.blocked_op: tuple | None = None      # (op, page) awaiting the coordinator's reply
+        self.results: list[tuple] = []            # the rest of a compound reply, last item first
+        self.resumed = 0                          # when the CPU resumed after its last reply
         self.events: list[dict] = []
         self.started = -1                         # start time of the latest operation
 
     # ---- the program ---------------------------------------------------------------------------------
     def run(self, safe: int, max_ops: int | None = None) -> list[tuple]:
         """Execute operations that start before `safe` (at most max_ops of them); returns messages for
-        the coordinator."""
+        the coordinator. The items of a compound reply are taken whatever `safe` says: the coordinator
+        granted them knowing every IPI that arrives before them."""
         out: list[tuple] = []
         prog = self.program
         ops, base = prog.ops, prog.base
         stop_pc = INF if max_ops is None else self.pc + max_ops
         while self.state == RUNNING:
             if self.inbox and self.inbox[0][0] <= self.clock:
-                self._take_due_ipis()
+                self.clock = service_ipis(self.clock, self.inbox, True, self._handle_ipi)
             if self.pc - base >= len(ops) and not prog.fill(self.pc):
                 self.state = DONE
                 for page in list(self.use):  # pages still held when the program ends
                     self._record_use(page)
                 while self.inbox:
-                    self._handle_ipi(heapq.heappop(self.inbox)[2], running=False)
-                out.append((m.DONE, self.id, self.clock))
+                    self._handle_ipi(heapq.heappop(self.inbox)[2], False)
+                out.append(m.Done(self.id, self.clock))
                 break
-            if self.clock >= safe or self.pc >= stop_pc:
-                out.append((m.PROGRESS, self.id, self.request_bound()))
+            if not self.results and (self.clock >= safe or self.pc >= stop_pc):
+                out.append(m.Progress(self.id, self.request_bound()))
                 break
             if self.pc - base >= len(ops):
                 ops, base = prog.ops, prog.base  # the window moved (fill above)
@@ -85,30 +110,62 @@ class Cpu:
                     if code == "kunmap" and op[1] in self.held:
                         # Not held here is legal (the mapping is global); kunmap_high BUG()s if it is unmapped.
                         self._release(op[1], "kunmap")
+                    if self.results:  # the next item of a compound reply
+                        self._take_result(code, op[1])
+                        continue
                     self.state = BLOCKED
-                    self.blocked_op = (code, op[1])
-                    out.append((m.REQUEST, self.id, self.clock, code, op[1], self.pc))
+                    out.append(self._request())
+                    break
             else:
                 raise self._error(code, f"unknown operation {op!r}")
             self.pc += 1
         return out
 
-    def can_run(self, safe: int) -> bool:
-        """Whether run(safe) would get anywhere: an operation to start before safe, or the program's end."""
-        return self.state == RUNNING and (self.clock < safe or self.program.ended(self.pc))
+    def _request(self) -> m.Request:
+        """The ring call at pc, with the ring calls after it that only compute separates from it."""
+        pc = self.pc
+        ops, base = self._window(pc + CHAIN_SCAN + 65)  # the chain, and the lookahead after it
+        items = [(0, ops[pc - base][0], ops[pc - base][1], pc)]
+        gap, j, end = 0, pc + 1, min(base + len(ops), pc + CHAIN_SCAN)
+        while j < end:
+            op = ops[j - base]
+            code = op[0]
+            if code == "compute":
+                gap += op[1]
+            elif code == "kmap" or code == "kunmap":
+                items.append((gap, code, op[1], j))
+                gap = 0
+                if len(items) >= MAX_CHAIN:
+                    break
+            else:
+                break
+            j += 1
+        after = self._least_to_request(items[-1][3] + 1)
+        return m.Request(self.id, self.clock, tuple(items), after)
 
-    def request_bound(self, scan: int = 64) -> int:
+    def can_run(self, safe: int) -> bool:
+        """Whether run(safe) would get anywhere: an operation to start before safe, the next item of a
+        compound reply, or the program's end."""
+        return self.state == RUNNING and (self.clock < safe or bool(self.results) or self.program.ended(self.pc))
+
+    def request_bound(self) -> int:
         """No ring request from this CPU before this time: its clock plus the least its next operations can
         take before the next kmap/kunmap (IPI handlers and TLB misses only add to that). A CPU that never
         takes kmap_lock reports its clock: how far it got (Coordinator.safe_until keeps CPUs together)."""
-        t = self.clock
         if not self.policy.uses_ring:
-            return t
-        prog = self.program
-        prog.fill(self.pc, scan + 1)
-        i = self.pc - prog.base
-        ahead = prog.ops[i:i + scan + 1]
-        for op in ahead[:scan]:
+            return self.clock
+        gap = self._least_to_request(self.pc)
+        return INF if gap >= INF else self.clock + gap
+
+    def _least_to_request(self, pc: int, scan: int = 64) -> int:
+        """The least cycles from starting the operation at pc to the next kmap/kunmap request (INF: none)."""
+        if not self.policy.uses_ring:
+            return INF
+        t = 0
+        ops, base = self._window(pc + scan + 1)
+        end = base + len(ops)  # the program's end if short of pc + scan + 1
+        for i in range(pc, min(end, pc + scan)):
+            op = ops[i - base]
             code = op[0]
             if code == "compute":
                 t += op[1]
@@ -116,7 +173,14 @@ class Cpu:
                 t += op[2] * self.c_access
             else:
                 return t
-        return INF if len(ahead) <= scan else t
+        return INF if pc + scan >= end else t
+
+    def _window(self, upto: int) -> tuple[list, int]:
+        """(ops, base): the program's window, holding the operations from pc up to `upto` (those that exist);
+        ops[i - base] is the operation at position i."""
+        prog = self.program
+        prog.fill(self.pc, upto - self.pc)
+        return prog.ops, prog.base
 
     def horizon(self) -> int:
         """No event this CPU emits from now on has an earlier time."""
@@ -127,58 +191,64 @@ class Cpu:
 
     # ---- messages from the coordinator ---------------------------------------------------------------
     def deliver(self, msg: tuple) -> None:
-        kind = msg[0]
-        if kind == m.IPI:
-            if msg[m.IPI_T_RECV] <= self.started and self.state != DONE:
+        if type(msg) is m.Ipi:
+            if msg.t_recv <= self.started and self.state != DONE:
                 raise ModelError(self.id, "ipi", None,
-                                 f"causality violation: IPI for t={msg[m.IPI_T_RECV]} reached a CPU that "
+                                 f"causality violation: IPI for t={msg.t_recv} reached a CPU that "
                                  f"started an operation at t={self.started} (engine bug)")
             if self.state == DONE:
-                self._handle_ipi(msg, running=False)
+                self._handle_ipi(msg, False)
             else:
-                heapq.heappush(self.inbox, (msg[m.IPI_T_RECV], msg[1], msg))
-        elif kind == m.REPLY:
-            self._reply(msg)
+                heapq.heappush(self.inbox, (msg.t_recv, msg.src, msg))
+        elif type(msg) is m.Reply:
+            if self.state != BLOCKED:
+                raise ModelError(self.id, "reply", None, "reply while not waiting for one (engine bug)")
+            self.state = RUNNING
+            self.results = list(msg.results)
+            self.results.reverse()
+            ops, base = self._window(self.pc + 1)
+            op = ops[self.pc - base]
+            self._take_result(op[0], op[1])
         else:
-            raise ModelError(self.id, kind, None, f"unexpected message {msg!r}")
+            raise ModelError(self.id, type(msg).__name__, None, f"unexpected message {msg!r}")
 
-    def _reply(self, msg: tuple) -> None:
-        _, _, t_done, slot, local_flushes = msg
-        if self.state != BLOCKED:
-            raise ModelError(self.id, "reply", None, "reply while not waiting for one (engine bug)")
+    def _take_result(self, code: str, page: int) -> None:
+        """Apply the coordinator's result for the ring call at pc."""
+        t, t_done, slot, local_flushes = self.results.pop()
+        if t != self.clock:
+            raise self._error(code, f"the coordinator placed this call at t={t}, the CPU got there at "
+                                    f"t={self.clock} (engine bug)")
         # IPIs that arrived while this CPU spun on kmap_lock or slept were serviced meanwhile (IRQs stay
         # on); its own flushes (as initiator) happened at their times too: apply both in time order.
-        end = t_done
         inbox = self.inbox
-        own = list(local_flushes)
-        while (inbox and inbox[0][0] <= t_done) or own:
-            if own and not (inbox and inbox[0][0] <= t_done and inbox[0][0] < own[0][0]):
-                self._flush_tlb(own.pop(0)[1])
-                continue
-            ipi = heapq.heappop(inbox)[2]
-            self._handle_ipi(ipi, running=False)
-            if ipi[m.IPI_T_HANDLED] > end:
-                end = ipi[m.IPI_T_HANDLED]
-        op, page = self.blocked_op
-        if op == "kmap":
+        if inbox and inbox[0][0] <= t_done:
+            own = list(local_flushes)
+            own.reverse()
+
+            def handle(ipi: m.Ipi, running: bool) -> None:
+                while own and own[-1][0] <= ipi.t_recv:
+                    self._flush_tlb(own.pop()[1])
+                self._handle_ipi(ipi, running)
+
+            end = service_ipis(t_done, inbox, False, handle)
+            while own:
+                self._flush_tlb(own.pop()[1])
+        else:
+            end = t_done
+            for _, vpns in local_flushes:
+                self._flush_tlb(vpns)
+        if code == "kmap":
             self.held.setdefault(page, []).append(slot)
         self.clock = end
-        self.state = RUNNING
-        self.blocked_op = None
+        self.pc += 1
+        if not self.results:
+            self.resumed = end
 
     # ---- TLB ------------------------------------------------------------------------------------------
-    def _take_due_ipis(self) -> None:
-        inbox = self.inbox
-        while inbox and inbox[0][0] <= self.clock:
-            self._handle_ipi(heapq.heappop(inbox)[2], running=True)
-
-    def _handle_ipi(self, ipi: tuple, running: bool) -> None:
-        _, src, t_send, t_recv, t_handled, t_ack, scope, vpns = ipi
-        dropped = self._flush_tlb(vpns)
-        if running:  # the handler interrupted whatever ran at t_recv; that work finishes later
-            self.clock += t_handled - t_recv
-        self.events.append({"t": t_recv, "cpu": self.id, "ev": "ipi", "src": src, "t_send": t_send,
-                            "t_recv": t_recv, "t_ack": t_ack, "scope": scope, "dropped": dropped})
+    def _handle_ipi(self, ipi: m.Ipi, running: bool) -> None:
+        dropped = self._flush_tlb(ipi.vpns)
+        self.events.append({"t": ipi.t_recv, "cpu": self.id, "ev": "ipi", "src": ipi.src, "t_send": ipi.t_send,
+                            "t_recv": ipi.t_recv, "t_ack": ipi.t_ack, "scope": ipi.scope, "dropped": dropped})
 
     def _flush_tlb(self, vpns) -> int:
         if vpns is None:

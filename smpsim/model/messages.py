@@ -1,15 +1,70 @@
-"""Messages between Cpu and Coordinator objects: plain tuples, so any transport (a function call, msgpack
-over ZeroMQ) carries them unchanged. The first item names the kind."""
+"""Messages between Cpu and Coordinator objects: typed tuples (NamedTuple), so any transport carries them
+unchanged. On a wire a message is the array ``[kind, *fields]`` (`to_wire` / `from_wire`); nested items stay
+plain arrays."""
 
-# CPU -> coordinator
-REQUEST = "req"        # (REQUEST, cpu, t, op "kmap"|"kunmap", page, pc)
-PROGRESS = "progress"  # (PROGRESS, cpu, bound): running; no ring request before `bound`
-DONE = "done"          # (DONE, cpu, clock): program finished
+from __future__ import annotations
 
-# coordinator -> CPU
-REPLY = "reply"        # (REPLY, cpu, t_done, slot, local_flushes: [(t, vpns or None = full flush)] of the caller)
-IPI = "ipi"            # (IPI, src, t_send, t_recv, t_handled, t_ack, scope, vpns or None = full flush)
+from typing import NamedTuple
 
-# indices into an IPI tuple
-IPI_T_RECV = 3
-IPI_T_HANDLED = 4
+INF = 1 << 62
+
+
+# ---- CPU -> coordinator -------------------------------------------------------------------------------
+class Request(NamedTuple):
+    """kmap_high / kunmap_high calls that only compute separates: one round trip for all of them.
+
+    ops: ((gap, op, page, pc), ...): op "kmap" or "kunmap" at program position pc; gap is the compute
+    cycles between the previous item's return (for the first item: 0) and this call, before IPI handlers
+    stretch it. after: the least cycles from the last item's return to the CPU's next ring request (INF:
+    none), the lookahead that lets the coordinator grant other CPUs' requests meanwhile."""
+    cpu: int
+    t: int
+    ops: tuple
+    after: int
+
+
+class Progress(NamedTuple):
+    """Running; no ring request before `bound`."""
+    cpu: int
+    bound: int
+
+
+class Done(NamedTuple):
+    """The program finished at `clock`."""
+    cpu: int
+    clock: int
+
+
+# ---- coordinator -> CPU -------------------------------------------------------------------------------
+class Reply(NamedTuple):
+    """The results of a Request, one per item: (t, t_done, slot, local_flushes): t when the call was made
+    (as the coordinator worked it out for the items after the first), t_done when it returned,
+    local_flushes ((t, vpns or None = full flush), ...) the caller's own flushes as initiator."""
+    cpu: int
+    results: tuple
+
+
+class Ipi(NamedTuple):
+    src: int
+    t_send: int
+    t_recv: int
+    t_handled: int
+    t_ack: int
+    scope: str
+    vpns: tuple | None   # None: a full flush
+
+
+KINDS: tuple[type, ...] = (Request, Progress, Done, Reply, Ipi)
+_CODE = {k: i for i, k in enumerate(KINDS)}
+
+
+def to_wire(msg: tuple) -> list:
+    return [_CODE[type(msg)], *msg]
+
+
+def from_wire(arr: list) -> tuple:
+    """A message from its wire array; raises ValueError/TypeError for a malformed one."""
+    code = arr[0] if isinstance(arr, list) and arr else None
+    if not isinstance(code, int) or isinstance(code, bool) or not 0 <= code < len(KINDS):
+        raise ValueError(f"unknown message kind {code!r}")
+    return KINDS[code](*arr[1:])

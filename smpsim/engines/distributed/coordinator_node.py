@@ -9,18 +9,18 @@ arrival order, the placement of CPUs on hosts, or their PIDs.
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
 import zmq
 
 from smpsim.config import Config
+from smpsim.engines.core import Core, Up
 from smpsim.engines.distributed import protocol as p
 from smpsim.engines.recorder import Recorder
 from smpsim.model import messages as mm
 from smpsim.model import workloads
-from smpsim.model.coordinator import INF, RUNNING, Coordinator
+from smpsim.model.coordinator import Coordinator
 from smpsim.model.errors import ModelError
 
 class RunAborted(Exception):
@@ -38,18 +38,12 @@ class CoordinatorNode:
         self.check_children = check_children
         self.progress = progress
         self.join_timeout = join_timeout
-        self.coord = Coordinator(cfg)
-        self.rec = Recorder(cfg, run_dir, "distributed")
         self.ident: list[bytes | None] = [None] * self.n
         self.by_ident: dict[bytes, int] = {}
         self.hosts: dict[int, str] = {}
         self.links = [p.Link() for _ in range(self.n)]
         self.last_heard = [0.0] * self.n
         self.last_sent = [0.0] * self.n
-        self.horizon = [0] * self.n
-        self.ipi_unseen: list[deque] = [deque() for _ in range(self.n)]  # t_recv of IPIs not yet applied
-        self.ipis_seen = [0] * self.n
-        self.sent_safe = [-1] * self.n
         self.running = False
         self.dirty = False
         self.bye: set[int] = set()
@@ -62,6 +56,10 @@ class CoordinatorNode:
         self.script: list | None = None
         if cfg.workload.kind == "script":  # CPUs on other hosts may not have the file: ship the ops
             self.script = [workloads.build_cpu(cfg, c) for c in range(self.n)]
+        self.core = Core(Coordinator(cfg), Recorder(cfg, run_dir, "distributed"),
+                         [lines for _, lines in self.script] if self.script is not None else None)
+        self.rec = self.core.rec
+        self.horizon = self.core.horizon  # how far each CPU has got (for fault messages)
 
     # ---- sending ----------------------------------------------------------------------------------
     def _send(self, cpu: int, kind: str, *fields) -> None:
@@ -109,20 +107,14 @@ class CoordinatorNode:
         self.last_heard[cpu] = time.monotonic()
         if kind == p.BATCH:
             _, _, msgs, events, horizon, seen = msg
-            coord = self.coord
             try:
+                msgs = [mm.from_wire(x) for x in msgs]
                 for x in msgs:
-                    if x[1] != cpu:
-                        raise ValueError(f"message for CPU {x[1]}")
-                    coord.receive(x)
+                    if type(x) not in (mm.Request, mm.Progress, mm.Done) or x.cpu != cpu:
+                        raise ValueError(f"{type(x).__name__} message for CPU {x[1]}")
             except (ValueError, TypeError, IndexError) as e:
                 raise RunAborted(f"CPU {cpu} sent an invalid batch: {e}") from None
-            self.rec.add(1 + cpu, events)
-            self.horizon[cpu] = horizon
-            q = self.ipi_unseen[cpu]
-            for _ in range(seen - self.ipis_seen[cpu]):
-                q.popleft()
-            self.ipis_seen[cpu] = seen
+            self.core.receive(cpu, Up(msgs, events, horizon, seen))
             self.dirty = True
         elif kind == p.FAIL:
             _, _, c, op, pos, what, t = msg
@@ -159,52 +151,27 @@ class CoordinatorNode:
             self.log.info("joined", **who, joined=len(self.by_ident), of=self.n)
         if len(self.by_ident) == self.n:
             self.running = True  # the barrier: nobody runs before everybody is here
-            self.dirty = True
+            self._send_downs(self.core.start())
             self.t_all_joined = time.monotonic()
             if self.log:
                 self.log.info("all joined", cpus=self.n)
 
     # ---- the run ----------------------------------------------------------------------------------
     def _dispatch(self) -> None:
-        coord = self.coord
-        coord.step()
-        out: dict[int, list] = {}
-        for dest, msg in coord.outbox:
-            out.setdefault(dest, []).append(msg)
-            if msg[0] == mm.IPI:
-                self.ipi_unseen[dest].append(msg[mm.IPI_T_RECV])
-        coord.outbox.clear()
-        self.rec.add(0, coord.events)
-        coord.events = []
-        safe = coord.safe_until()
-        for c in range(self.n):
-            msgs = out.get(c)
-            # A CPU whose next request cannot come before the safe time it has (lb, from its last report)
-            # has stopped; it gets a larger one once that lets it reach its next request. The others get
-            # theirs with their next reply.
-            # (lb INF: no ring request left, but local work: any larger safe time helps)
-            lb = coord.lb[c]
-            stalled = (coord.status[c] == RUNNING and lb >= self.sent_safe[c] and safe > self.sent_safe[c]
-                       and (safe > lb or lb >= INF))
-            if msgs or stalled or self.sent_safe[c] < 0:
-                self._send(c, p.BATCH, msgs or [], safe)
-                self.sent_safe[c] = safe
-        wm = coord.bound()
-        for c in range(self.n):
-            h = self.horizon[c]
-            if self.ipi_unseen[c] and self.ipi_unseen[c][0] < h:
-                h = self.ipi_unseen[c][0]
-            if h < wm:
-                wm = h
-        self.watermark = wm
+        self._send_downs(self.core.step())
 
-    def _complete(self) -> bool:
-        return self.coord.finished() and not any(self.ipi_unseen)
+    def _send_downs(self, downs) -> None:
+        to_wire = mm.to_wire
+        for c, down in downs:
+            self._send(c, p.BATCH, [to_wire(x) for x in down.msgs], down.safe)
 
     def _liveness(self) -> None:
         now = time.monotonic()
         if now - self.last_liveness < 0.05:  # waitpid and heartbeats: not on every loop turn
             return
+        # This process itself was stalled (descheduled on a loaded host): read what waits before judging
+        # anyone silent.
+        stalled = now - self.last_liveness > 1.0
         self.last_liveness = now
         if self.check_children is not None:
             dead = self.check_children()
@@ -213,7 +180,7 @@ class CoordinatorNode:
         for c in range(self.n):
             if self.ident[c] is None:
                 continue
-            if now - self.last_heard[c] > p.PEER_TIMEOUT_S:
+            if now - self.last_heard[c] > p.PEER_TIMEOUT_S and not stalled:
                 raise RunAborted(f"CPU {c} ({self.hosts[c]}) stopped responding "
                                  f"({p.PEER_TIMEOUT_S:.0f} s without a message) at virtual time "
                                  f"t={self.horizon[c]}")
@@ -224,22 +191,25 @@ class CoordinatorNode:
         """Serve the run to its end; returns the summary. Raises ModelError or RunAborted (trace kept)."""
         t0 = time.monotonic()
         last_progress = t0
-        self.watermark = 0
         try:
+            sock = self.sock
             while True:
-                if not self.sock.poll(0) or len(self.rec.merger) > 200_000:
+                got = 0
+                while got < 10_000:
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    got += 1
+                    if len(frames) == 2:  # anything else is not ours: ignore it
+                        self.n_in += 1
+                        self._handle(frames[0], frames[1])
+                if not got or len(self.rec.merger) > 200_000:
                     # Idle (or much buffered): now is the time for the trace (merge, count, digest, write),
                     # off the round-trip path of the requests.
-                    self.rec.release(self.watermark)
-                if self.sock.poll(20):
-                    sock = self.sock
-                    for _ in range(10_000):
-                        if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                            break
-                        frames = sock.recv_multipart()
-                        if len(frames) == 2:  # anything else is not ours: ignore it
-                            self.n_in += 1
-                            self._handle(frames[0], frames[1])
+                    self.core.release()
+                    if not got:
+                        sock.poll(20)
                 if not self.running:
                     if time.monotonic() - t0 > self.join_timeout:
                         missing = [c for c in range(self.n) if self.ident[c] is None]
@@ -250,22 +220,18 @@ class CoordinatorNode:
                 if self.dirty:
                     self.dirty = False
                     self._dispatch()
-                    if self._complete():
+                    if self.core.complete():
                         break
                 self._liveness()
                 if self.progress is not None and time.monotonic() - last_progress > 0.25:
                     last_progress = time.monotonic()
-                    self.progress({"t": self.watermark, **self.rec.counters.c})
+                    self.progress(self.core.progress())
         except (ModelError, RunAborted) as e:
             self._end("error")
-            if isinstance(e, ModelError) and self.script is not None and e.cpu is not None:
-                lines = self.script[e.cpu][1]
-                if lines and e.position is not None and e.position < len(lines):
-                    e.args = (f"{e.args[0]} (script line {lines[e.position]})",)
-            self.summary = self.rec.close(e)
+            self.summary = self.core.fail(e)
             raise
         self._end("ok")
-        self.summary = self.rec.close()
+        self.summary = self.core.close()
         return self.summary
 
     def _bye(self, cpu: int, msg: list) -> None:

@@ -19,7 +19,9 @@ from smpsim.config import Config, validate
 from smpsim.engines.distributed import protocol as p
 from smpsim.engines.distributed.logs import process_logger
 from smpsim.model import workloads
-from smpsim.model.cpu import DONE, RUNNING, Cpu
+from smpsim.engines.core import CpuPort, Down
+from smpsim.model.cpu import Cpu
+from smpsim.model.messages import from_wire, to_wire
 from smpsim.model.errors import ModelError
 
 
@@ -58,10 +60,7 @@ class CpuNode:
         self.link = p.Link()
         self.last_sent = self.last_heard = time.monotonic()
         self.cpu: Cpu | None = None
-        self.safe = 0
-        self.poked = False
-        self.ipis_seen = 0
-        self.reported_horizon: int | None = None
+        self.port: CpuPort | None = None
 
     def _send(self, kind: str, *fields) -> None:
         try:
@@ -77,7 +76,15 @@ class CpuNode:
                 raise CpuExit(f"CPU {self.cpu_id}: the coordinator has been silent for "
                               f"{p.PEER_TIMEOUT_S:.0f} s; exiting")
             return None
-        msg = p.unpack(self.sock.recv())
+        return self._recv_now()
+
+    def _recv_now(self) -> list | None:
+        """The next message if one is there, without waiting (and without a poll system call)."""
+        try:
+            frame = self.sock.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return None
+        msg = p.unpack(frame)
         self.last_heard = time.monotonic()
         if msg[0] != p.REFUSE:
             self.link.check_in(msg[1], "the coordinator")
@@ -109,54 +116,36 @@ class CpuNode:
 
     def serve(self) -> None:
         """Main loop until END."""
-        cpu = self.cpu
+        port = self.port = CpuPort(self.cpu)
+        report = False
         while True:
-            out: list = []
-            if cpu.can_run(self.safe) or (self.poked and cpu.state == RUNNING):
-                # (poked: a new safe time that still leaves it at or past it, as an IPI handler moved its
-                # clock since its last report: it reports again, or the coordinator would not know it waits)
-                self.poked = False
-                try:
-                    out = cpu.run(self.safe, max_ops=RUN_CHUNK)
-                except ModelError as e:
-                    return self._fail(e)
-            h = cpu.horizon()
-            # A blocked CPU's events ride with its next request; a finished one must report what its IPIs
-            # did (the coordinator waits for every IPI to be seen before it ends the run).
-            if out or (cpu.state == DONE and (cpu.events or h != self.reported_horizon)):
-                self._send(p.BATCH, out, cpu.events, h, self.ipis_seen)
-                cpu.events = []
-                self.reported_horizon = h
+            try:
+                up = port.work(RUN_CHUNK, report)
+            except ModelError as e:
+                return self._fail(e)
+            report = False
+            if up is not None:
+                self._send(p.BATCH, [to_wire(x) for x in up.msgs], up.events, up.horizon, up.ipis_seen)
             elif time.monotonic() - self.last_sent > p.HEARTBEAT_S:
                 self._send(p.HB)
-            runnable = cpu.state == RUNNING and cpu.clock < self.safe
-            msg = self._recv(0 if runnable else 100)
+            msg = self._recv_now() if port.runnable() else self._recv(100)
             while msg is not None:
                 if msg[0] == p.END:
                     self._send(p.BYE, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
                     return
                 if msg[0] == p.BATCH:
                     _, _, msgs, safe = msg
-                    replied = None
                     try:
-                        for mm in msgs:
-                            if mm[0] == "ipi":
-                                self.ipis_seen += 1
-                            else:
-                                replied = mm[2]  # t_done
-                            cpu.deliver(mm)
+                        report = port.deliver(Down([from_wire(x) for x in msgs], safe)) or report
                     except ModelError as e:
                         return self._fail(e)
-                    if safe > self.safe:
-                        self.safe = safe
-                    # The coordinator believes this CPU resumes at t_done, or is where it last reported; an
-                    # IPI handler may have moved its clock further. If that leaves it waiting, it says so.
-                    self.poked = replied is None or cpu.clock > replied
-                msg = self._recv(0) if self.sock.poll(0) else None
+                    except (ValueError, TypeError, IndexError) as e:
+                        raise p.ProtocolError(f"invalid batch from the coordinator: {e}") from None
+                msg = self._recv_now()
 
     def _fail(self, e: ModelError) -> None:
         """Report a model error (with the events so far) and wait for the coordinator to end the run."""
-        self._send(p.BATCH, [], self.cpu.events, self.cpu.horizon(), self.ipis_seen)
+        self._send(p.BATCH, [], self.cpu.events, self.cpu.horizon(), self.port.ipis_seen)
         self.cpu.events = []
         self._send(p.FAIL, e.cpu, e.op, e.position, e.what, e.t)
         deadline = time.monotonic() + p.PEER_TIMEOUT_S

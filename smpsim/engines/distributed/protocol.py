@@ -5,7 +5,7 @@ or reordered message is an error rather than a silently different simulation.
 
 CPU -> coordinator
   [HELLO, version, run_id, cpu_id, pid, host, token]    cpu_id -1: take the lowest free id
-  [BATCH, seq, model_msgs, events, horizon, ipis_seen]   model messages from Cpu.run, trace events
+  [BATCH, seq, model_msgs, events, horizon, ipis_seen]   model messages (messages.to_wire arrays), events
   [HB, seq]                                             heartbeat
   [FAIL, seq, cpu, op, position, what, t]               a ModelError raised on the CPU
   [BYE, seq, maxrss_kb]                                 leaving; the process's peak RSS
@@ -13,7 +13,7 @@ coordinator -> CPU
   [WELCOME, seq, cpu_id, config, ops, lines]            CPU id (assigned if asked with -1), resolved
                                                         config; ops only for script workloads
   [REFUSE, reason]
-  [BATCH, seq, model_msgs, safe]                        replies and IPIs, and the new safe-time bound
+  [BATCH, seq, model_msgs, safe]                        replies and IPIs (arrays), and the safe-time bound
   [HB, seq]
   [END, seq, status]
 """

@@ -1,0 +1,220 @@
+"""The engine core: the drive loop every engine shares. Engines are transports around it.
+
+`Core` is the coordinator's side: it takes the CPUs' batches (model messages, trace events, how far each CPU
+has got), grants ring requests (Coordinator.step), says which CPU gets which messages and safe time, and
+releases the trace below the watermark. `CpuPort` is a CPU's side: it applies what it gets, runs the Cpu and
+says what to send back. Both sides decide only from message contents, so the run does not depend on when or
+in which order the transport delivers batches (tests/test_timing.py shuffles them).
+
+Safe times travel only to CPUs they unblock, or ride on the replies and IPIs a CPU gets anyway.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import NamedTuple
+
+from smpsim.model import messages as m
+from smpsim.model.coordinator import RUNNING, Coordinator
+from smpsim.model.cpu import DONE, Cpu
+from smpsim.model.cpu import RUNNING as CPU_RUNNING
+from smpsim.model.errors import ModelError
+
+INF = m.INF
+
+
+class Up(NamedTuple):
+    """CPU -> core: model messages, trace events, the CPU's horizon, and how many IPIs it has received."""
+    msgs: list
+    events: list
+    horizon: int
+    ipis_seen: int
+
+
+class Down(NamedTuple):
+    """core -> CPU: replies and IPIs, and the CPU's new safe time."""
+    msgs: list
+    safe: int
+
+
+def locate(err: ModelError, lines: list | None) -> ModelError:
+    """Add the script line to a model error raised at a scripted operation (lines: per CPU, or None)."""
+    if lines is not None and err.cpu is not None and err.position is not None and 0 <= err.cpu < len(lines):
+        mine = lines[err.cpu]
+        if mine and 0 <= err.position < len(mine):
+            err.args = (f"{err.args[0]} (script line {mine[err.position]})",)
+    return err
+
+
+class Core:
+    def __init__(self, coord: Coordinator, recorder, lines: list | None = None):
+        self.coord, self.rec, self.lines = coord, recorder, lines
+        n = self.n = coord.ncpu
+        self.horizon = [0] * n                          # as last reported
+        self.ipi_unseen = [deque() for _ in range(n)]   # t_recv of IPIs sent, not yet reported received
+        self.ipis_sent = [0] * n
+        self.sent_safe = [-1] * n
+        self.safe = -1
+        self.watermark = 0
+        self.touched: set[int] = set()                  # CPUs that reported since the last step
+        self.waiting: set[int] = set()                  # running CPUs that may wait for a larger safe time
+
+    def receive(self, cpu: int, up: Up) -> None:
+        """A CPU's batch. Raises ModelError for what the model rejects."""
+        coord = self.coord
+        for msg in up.msgs:
+            coord.receive(msg)
+        self.touched.add(cpu)
+        self.rec.add(1 + cpu, up.events)
+        self.horizon[cpu] = up.horizon
+        q = self.ipi_unseen[cpu]
+        for _ in range(up.ipis_seen - (self.ipis_sent[cpu] - len(q))):
+            q.popleft()
+
+    def step(self) -> list[tuple[int, Down]]:
+        """Grant what can be granted; returns what to send to whom."""
+        coord = self.coord
+        coord.step()
+        out: dict[int, list] = {}
+        for dest, msg in coord.outbox:
+            out.setdefault(dest, []).append(msg)
+            if type(msg) is m.Ipi:
+                self.ipi_unseen[dest].append(msg.t_recv)
+                self.ipis_sent[dest] += 1
+        coord.outbox.clear()
+        if coord.events:
+            self.rec.add(0, coord.events)
+            coord.events = []
+        safe = coord.safe_until()
+        sent = self.sent_safe
+        # A CPU whose next request cannot come before the safe time it has (lb, from its last report) may
+        # have stopped: it is `waiting`, and gets a larger safe time once that lets it reach its next
+        # request (or, with no ring request left, any larger one). Only a report or a reply changes lb.
+        lb, status, waiting = coord.lb, coord.status, self.waiting
+        for c in self.touched:
+            if status[c] == RUNNING and lb[c] >= sent[c]:
+                waiting.add(c)
+            else:
+                waiting.discard(c)
+        if safe > self.safe:
+            self.safe = safe
+            check = waiting
+        else:
+            check = self.touched & waiting
+        self.touched = set()
+        for c in check:
+            if c not in out and safe > sent[c] and (safe > lb[c] or lb[c] >= INF):
+                out[c] = []
+        todo = []
+        for c, msgs in out.items():
+            if msgs or safe > sent[c]:
+                sent[c] = max(sent[c], safe)
+                todo.append((c, Down(msgs, sent[c])))
+            if status[c] == RUNNING and lb[c] >= sent[c]:
+                waiting.add(c)
+            else:
+                waiting.discard(c)
+        return todo
+
+    def start(self) -> list[tuple[int, Down]]:
+        """The first safe time, to every CPU."""
+        safe = self.safe = self.coord.safe_until()
+        self.sent_safe = [safe] * self.n
+        return [(c, Down([], safe)) for c in range(self.n)]
+
+    def release(self) -> None:
+        """Hand the recorder every event below the watermark: no CPU or coordinator event can come earlier."""
+        wm = self.coord.bound()
+        hz, unseen = self.horizon, self.ipi_unseen
+        for c in range(self.n):
+            h = hz[c]
+            q = unseen[c]
+            if q and q[0] < h:
+                h = q[0]
+            if h < wm:
+                wm = h
+        self.watermark = wm
+        self.rec.release(wm)
+
+    def complete(self) -> bool:
+        return self.coord.finished() and not any(self.ipi_unseen)
+
+    def fail(self, err: Exception) -> dict:
+        """End the run on an error: locate it in the script, keep everything recorded; the summary."""
+        if isinstance(err, ModelError):
+            locate(err, self.lines)
+        self.rec.add(0, self.coord.events)
+        self.coord.events = []
+        return self.rec.close(err)
+
+    def close(self) -> dict:
+        return self.rec.close()
+
+    def progress(self) -> dict:
+        return {"t": self.watermark, **self.rec.counters.c}
+
+
+class CpuPort:
+    """A CPU's side of the core: applies Down batches to its Cpu, runs it, and says what to send up."""
+
+    def __init__(self, cpu: Cpu):
+        self.cpu = cpu
+        self.safe = -1
+        self.ipis_seen = 0
+        self.bound = 0         # the coordinator's idea of this CPU's next request time (its lb) ...
+        self.after = INF       # ... or, after a reply, the CPU's resume time plus this lookahead
+        self.replied = False
+        self.reported: int | None = None
+
+    def deliver(self, down: Down) -> bool:
+        """Apply a batch; returns whether the CPU must report (it waits, the coordinator does not know)."""
+        cpu = self.cpu
+        for msg in down.msgs:
+            if type(msg) is m.Ipi:
+                self.ipis_seen += 1
+                cpu.deliver(msg)
+            else:
+                cpu.deliver(msg)
+                self.replied = True
+        if down.safe > self.safe:
+            self.safe = down.safe
+        if cpu.state != CPU_RUNNING or cpu.can_run(self.safe):
+            return False
+        return self._believed() < self.safe
+
+    def _believed(self) -> int:
+        """The coordinator's idea of when this CPU's next request can come at the earliest (its lb)."""
+        if not self.replied:
+            return self.bound
+        return self.cpu.resumed + self.after if self.after < INF else INF
+
+    def work(self, max_ops: int | None = None, must_report: bool = False) -> Up | None:
+        """Run the Cpu as far as it may; the batch to send up, or None when there is nothing to say."""
+        cpu = self.cpu
+        out: list = []
+        if cpu.can_run(self.safe):
+            out = cpu.run(self.safe, max_ops)
+        elif must_report:
+            out = [m.Progress(cpu.id, cpu.request_bound())]
+        elif cpu.state != DONE:
+            return None  # blocked, or waiting for a larger safe time: nothing new to say
+        if out and type(out[-1]) is m.Progress:
+            if self._believed() >= self.safe:
+                out.pop()  # the coordinator already counts this CPU as waiting for a larger safe time
+            else:
+                self.bound = out[-1].bound
+                self.replied = False
+        elif out and type(out[-1]) is m.Request:
+            self.after = out[-1].after
+        h = cpu.horizon()
+        # A blocked CPU's events ride with its next request; a finished one must report what its IPIs did
+        # (the core waits for every IPI to be seen before it ends the run).
+        if out or (cpu.state == DONE and (cpu.events or h != self.reported)):
+            up = Up(out, cpu.events, h, self.ipis_seen)
+            cpu.events = []
+            self.reported = h
+            return up
+        return None
+
+    def runnable(self) -> bool:
+        return self.cpu.can_run(self.safe)
