@@ -144,6 +144,59 @@ class Config(_Strict):
         return p
 
 
+class Report(_Strict):
+    """An experiment's ``[report]`` table: which point every other one is compared with (not part of a
+    run's config: it changes no run and no config hash)."""
+
+    baseline: dict[str, Any] = Field(default_factory=dict,
+                                     description="dotted config key -> its value in the baseline point")
+    by: list[str] = Field(default_factory=list, description="dotted config keys: one baseline per value")
+
+
+def config_key_problem(key: str) -> str | None:
+    """Why ``key`` (dotted) is not a key of a run's config, or None when it is one."""
+    model: Any = Config
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        fields = getattr(model, "model_fields", None)
+        if fields is None:
+            return f"{'.'.join(parts[:i])} is not a table"
+        if part not in fields or part == "base_dir":
+            return "not a config key (smpsim config show lists them)"
+        model = fields[part].annotation
+    if getattr(model, "model_fields", None) is not None:
+        return "a table, not a key; name one of its keys"
+    return None
+
+
+def validate_report(table: Any, source: str) -> Report:
+    """The ``[report]`` table, every problem named by its key (``[report] baseline.policy.name: ...``)."""
+    if isinstance(table, dict) and isinstance(table.get("baseline"), dict):
+        table = {**table, "baseline": dict(dotted(table["baseline"]))}  # {policy.name = ...} is nested
+    try:
+        report = Report.model_validate(table)
+    except ValidationError as e:
+        raise ConfigError(source, [f"[report] {describe_error(x)}" for x in e.errors()]) from None
+    problems = [f"[report] baseline.{k}: {why}" for k in report.baseline if (why := config_key_problem(k))]
+    problems += [f"[report] by: {k!r}: {why}" for k in report.by if (why := config_key_problem(k))]
+    problems += [f"[report] by: {k!r} is also in baseline; a key either picks the baseline or groups"
+                 for k in report.by if k in report.baseline]
+    if report.by and not report.baseline:
+        problems.append("[report] by needs a baseline, e.g. baseline = {\"policy.name\" = \"eager\"}")
+    if problems:
+        raise ConfigError(source, problems)
+    return report
+
+
+def dotted(table: dict[str, Any], prefix: str = ""):
+    """(dotted key, value) of every leaf of nested tables: {"a": {"b": 1}} -> ("a.b", 1)."""
+    for k, v in table.items():
+        if isinstance(v, dict):
+            yield from dotted(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
 class ConfigError(Exception):
     """A user mistake in a config file or override; the message lists every problem."""
 
@@ -232,6 +285,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     p = Path(path) if path is not None else default_config_path()
     data = read_toml(p)
     data.pop("sweep", None)  # sweeps are expanded by smpsim.experiments, not by a single run
+    data.pop("report", None)  # how smpsim sweep compares the points: nothing a run uses
     for a in overrides:
         apply_override(data, a)
     data["base_dir"] = str(p.resolve().parent)  # relative paths (workload.script, machine.preset) start here

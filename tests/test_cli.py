@@ -311,7 +311,7 @@ def test_real_run_end_to_end(subprocess_env, tmp_path):
     c = summary["counters"]
     assert c["wraps"] > 0  # a 16-slot ring wraps: the figures below are not all zero
     for label, key in [("new mappings", "new_mappings"), ("ring wraps", "wraps"), ("flushes", "flushes"),
-                       ("IPIs", "ipis"), ("stale uses", "stale"), ("sleeps", "sleeps")]:
+                       ("IPIs sent", "ipis"), ("stale uses", "stale"), ("sleeps on pkmap_map_wait", "sleeps")]:
         assert shown[label] == f"{c[key]:,}", label
     assert shown["digest"] == summary["digest"] and shown["run dir"] == str(out)
     e = smpsim(["export", out, "--format", "jsonl"], subprocess_env, tmp_path)

@@ -187,9 +187,16 @@ def test_sweep_writes_a_run_per_point_results_and_provenance(tmp_path, monkeypat
         assert prov["started"] <= prov["ended"] and prov["wall_seconds"] >= 0
         assert prov["sweep"] == {"experiment": "exp.toml", "point": point.index, "params": point.params}
         assert not {"started", "ended", "wall_seconds"} & set(summary)
+    # metrics as rows, a column per point in sweep order labelled by its values, split to fit 100 columns
     printed = r.stdout.splitlines()
-    assert printed[0].split()[:4] == ["point", "policy.name", "workload.kind", "status"]
-    assert len(printed) == 1 + 6 + 1
+    assert printed[0].startswith("policy.name") and printed[1].startswith("workload.kind")
+
+    def row_of(label):
+        return [cell for x in printed if x.startswith(label + "  ") for cell in x[len(label):].split()]
+    assert row_of("policy.name") == [p.params["policy.name"] for p in exp.points]
+    assert row_of("workload.kind") == [p.params["workload.kind"] for p in exp.points]
+    assert row_of("flushes") == [f"{row['flushes']:,}" for row in rows]
+    assert max(map(len, printed)) <= 100 and not any(p.name in r.stdout for p in exp.points)
 
 
 def test_each_point_runs_on_the_engine_its_config_names(tmp_path):

@@ -1,46 +1,27 @@
-"""``smpsim compare``: headline metrics of several runs side by side, with ratios to the first.
+"""``smpsim compare`` and the table ``smpsim sweep`` prints: headline metrics of several runs, each run
+labelled by its parameters, with the saving of each run over its baseline in one line.
 
 An argument is a run directory or a directory with run directories somewhere below it (a sweep): every
-directory that holds a run (``trace/``, or ``summary.json`` with ``config.toml``) is taken, in path order,
-and the search does not descend into a run.
+directory that holds a run (``trace/``, or ``summary.json`` with ``config.toml``) is taken, and the search
+does not descend into a run. The runs of a sweep come in the sweep's point order (provenance.json names
+each run's point), other runs in path order.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
 
+from smpsim.config import dotted
+from smpsim.metrics import METRICS, Group, describe, fmt, fmt_metric, group, saving_lines
 from smpsim.trace.errors import TraceError
-from smpsim.trace.rundir import CONFIG_NAME, SUMMARY_NAME, TRACE_DIR
+from smpsim.trace.rundir import CONFIG_NAME, PROVENANCE_NAME, SUMMARY_NAME, TRACE_DIR
 
-# (key, label, path into the analysis dict) in the order compare prints them.
-HEADLINE: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("kmaps", "kmaps", ("counters", "kmaps")),
-    ("new_mappings", "new mappings", ("counters", "new_mappings")),
-    ("reuse_fraction", "reused mappings (fraction)", ("kmaps", "reuse_fraction")),
-    ("wraps", "ring wraps", ("counters", "wraps")),
-    ("flushes", "flushes", ("counters", "flushes")),
-    ("ipis", "IPIs sent", ("counters", "ipis")),
-    ("ipis_per_1000_kmaps", "IPIs per 1000 kmaps", ("counters", "ipis_per_1000_kmaps")),
-    ("useless_ipis", "useless IPIs", ("counters", "useless_ipis")),
-    ("stall_p50", "shootdown latency p50", ("shootdowns", "stall", "p50")),
-    ("stall_p99", "shootdown latency p99", ("shootdowns", "stall", "p99")),
-    ("stall_max", "shootdown latency max", ("shootdowns", "stall", "max")),
-    ("stall_cycles", "initiator stall cycles", ("counters", "stall_cycles")),
-    ("kmap_p50", "kmap latency p50", ("kmaps", "latency", "p50")),
-    ("kmap_p99", "kmap latency p99", ("kmaps", "latency", "p99")),
-    ("lock_wait_cycles", "kmap_lock wait cycles", ("counters", "lock_wait_cycles")),
-    ("sleeps", "sleeps on pkmap_map_wait", ("counters", "sleeps")),
-    ("asleep_cycles", "time asleep (cycles)", ("sleeps", "asleep", "total")),
-    ("tlb_hit_rate", "TLB hit rate", ("derived", "tlb_hit_rate")),
-    ("flush_misses", "flush-induced TLB misses", ("derived", "flush_misses")),
-    ("flush_miss_cycles", "flush-induced miss cycles", ("derived", "flush_miss_cycles")),
-    ("stale", "stale uses", ("counters", "stale")),
-    ("t_end", "virtual time (cycles)", ("t_end",)),
-)
+WIDTH = 100  # a printed table fits this many columns (its value columns are split into blocks)
 
 
 def is_run_dir(path: Path) -> bool:
@@ -48,7 +29,8 @@ def is_run_dir(path: Path) -> bool:
 
 
 def find_runs(path: str | Path) -> list[Path]:
-    """``path`` itself when it is a run, else every run below it (sorted); TraceError when there is none."""
+    """``path`` itself when it is a run, else every run below it in sweep point order (then path order);
+    TraceError when there is none."""
     p = Path(path)
     if not p.exists():
         raise TraceError(f"{p}: no such run or sweep directory")
@@ -71,83 +53,140 @@ def find_runs(path: str | Path) -> list[Path]:
         dirs[:] = keep
     if not found:
         raise TraceError(f"{p}: not a run directory, and no run directories below it")
-    return sorted(found)
+    return sorted(found, key=_sweep_order)
 
 
-def headline(a: dict[str, Any]) -> dict[str, Any]:
-    """The compared metrics of one analysis, by key."""
-    per = a["per_cpu"]
-    hits = sum(p["hits"] for p in per)
-    look = hits + sum(p["misses"] for p in per)
-    src = dict(a)
-    src["derived"] = {"tlb_hit_rate": round(hits / look, 6) if look else None,
-                      "flush_misses": sum(p["flush_misses"] for p in per),
-                      "flush_miss_cycles": sum(p["flush_miss_cycles"] for p in per)}
-    out = {}
-    for key, _label, path in HEADLINE:
-        v: Any = src
-        for step in path:
-            v = v.get(step) if isinstance(v, dict) else None
-        out[key] = v
-    return out
+def _sweep_order(path: Path) -> tuple:
+    """(experiment, point) from provenance.json for a sweep's point, so points keep the sweep's order."""
+    try:
+        sweep = json.loads((path / PROVENANCE_NAME).read_text())["sweep"]
+        return (0, str(sweep["experiment"]), int(sweep["point"]), str(path))
+    except (OSError, ValueError, KeyError, TypeError):
+        return (1, "", 0, str(path))
 
 
-def ratio(value: Any, base: Any) -> float | None:
-    """value / base; None when either is missing or the base is 0."""
-    if not isinstance(value, (int, float)) or not isinstance(base, (int, float)) or not base:
-        return None
-    return round(value / base, 4)
-
-
-def config_differences(paths: list[Path]) -> list[dict[str, Any]]:
-    """For each run, the resolved config keys (dotted) whose values are not the same in every run."""
-    flat = [_flatten(_config(p)) for p in paths]
-    keys = sorted(k for k in set().union(*flat) if len({json.dumps(f.get(k)) for f in flat}) > 1)
-    return [{k: f.get(k) for k in keys} for f in flat]
-
-
-def _config(path: Path) -> dict[str, Any]:
+def run_config(path: Path) -> dict[str, Any]:
+    """A run's resolved config (config.toml) as dotted key -> value; {} when it has none."""
     try:
         with open(Path(path) / CONFIG_NAME, "rb") as f:
-            return tomllib.load(f)
+            return dict(dotted(tomllib.load(f)))
     except (OSError, tomllib.TOMLDecodeError):
         return {}
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+def differing(configs: list[dict[str, Any]]) -> list[str]:
+    """The config keys whose values are not the same in every run, in config order."""
+    keys = list(dict.fromkeys(k for c in configs for k in c))
+    return [k for k in keys if len({json.dumps(c.get(k)) for c in configs}) > 1]
 
 
-def compare(analyses: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
-    """{runs: [{label, run, policy, workload, cpus, truncated, differs}], metrics: [{key, label, values:
-    [...], ratios: [... to the first run]}]}; ``differs`` holds the config keys whose values vary between
-    the runs compared."""
-    heads = [headline(a) for _, a in analyses]
-    differs = config_differences([Path(a["run"]["run"]) for _, a in analyses])
-    runs = [{"label": label, "run": a["run"]["run"], "policy": a["run"].get("policy"),
-             "workload": a["run"].get("workload"), "cpus": a["run"]["cpus"], "truncated": a["run"]["truncated"],
-             "differs": d}
-            for (label, a), d in zip(analyses, differs)]
+def compare(paths: list[Path], analyses: list[dict[str, Any]], baseline: dict[str, Any] | None = None,
+            by: list[str] = (), fallback: list[str] | None = None) -> dict[str, Any]:
+    """{runs: [{label, run, params, truncated, baseline}], groups, metrics: [{key, label, values, ratios}],
+    savings: [{run, baseline, group, text}]}. Without ``baseline`` the first run is every run's baseline.
+    A run's label is its values of the config keys that differ between the runs (``by`` keys apart);
+    ``fallback`` labels (e.g. directory names) are used when they do not tell the runs apart.
+    TraceError when a group has no baseline run or several."""
+    configs = [run_config(p) for p in paths]
+    vary = [k for k in differing(configs) if k not in by]
+    params = [{k: c.get(k) for k in vary} for c in configs]
+    labels = [describe(p) for p in params]
+    keyed = [(label, *(json.dumps(c.get(k)) for k in by)) for label, c in zip(labels, configs)]
+    if len(set(keyed)) < len(keyed):  # the same config twice: name them apart, by number if need be
+        named = fallback is not None and len(set(fallback)) == len(fallback) and not any(
+            re.fullmatch(r"[0-9a-f]{16}", f) for f in fallback)
+        labels = list(fallback) if named else [f"{label or 'run'} #{i + 1}" for i, label in enumerate(labels)]
+    values = [a["headline"] for a in analyses]
+    if baseline:
+        groups, problems = group([{k: c.get(k) for k in [*baseline, *by]} for c in configs], dict(baseline),
+                                 list(by))
+        if problems:
+            raise TraceError("; ".join(dict.fromkeys(problems)) + " (compare --baseline KEY=VALUE [--by KEY])")
+    else:
+        groups = [Group({}, list(range(len(paths))), 0)]
+    base_of = {i: g.base for g in groups for i in g.members}
+    group_of = {i: g.label for g in groups for i in g.members}
+    runs = [{"label": label, "run": str(p), "params": prm, "policy": c.get("policy.name"),
+             "workload": c.get("workload.kind"), "cpus": c.get("machine.cpus"), "truncated": a["run"]["truncated"],
+             "group": group_of[i], "baseline": base_of.get(i)}
+            for i, (label, p, prm, c, a) in enumerate(zip(labels, paths, params, configs, analyses))]
     metrics = []
-    for key, label, _ in HEADLINE:
-        values = [h[key] for h in heads]
-        metrics.append({"key": key, "label": label, "values": values,
-                        "ratios": [ratio(v, values[0]) for v in values]})
-    return {"baseline": runs[0]["label"] if runs else None, "runs": runs, "metrics": metrics}
+    for m in METRICS:
+        vs = [v[m.key] for v in values]
+        rs = [_ratio(v, vs[base_of[i]]) if base_of.get(i) is not None else None for i, v in enumerate(vs)]
+        metrics.append({"key": m.key, "label": m.label, "values": vs, "ratios": rs})
+    return {"runs": runs, "varying": vary, "by": list(by),
+            "groups": [{"values": g.values, "runs": g.members, "baseline": g.base} for g in groups],
+            "metrics": metrics, "savings": saving_lines(labels, values, groups)}
 
 
-def labels(paths: list[Path], args: list[Path]) -> list[str]:
-    """Short unambiguous names: a run's path relative to the argument it was found under (the argument's
-    own name for a single run); the full path when two names collide."""
-    out = []
-    for p, arg in zip(paths, args):
-        out.append(p.name if p == arg else str(Path(arg.name) / p.relative_to(arg)))
-    if len(set(out)) < len(out):
-        out = [str(p) for p in paths]
+def _ratio(value: Any, base: Any) -> float | None:
+    if not isinstance(value, (int, float)) or not isinstance(base, (int, float)) or not base:
+        return None
+    return round(value / base, 6)
+
+
+# ------------------------------------------------------------------------------------------- the table
+
+def metrics_table(header: list[tuple[str, list[Any]]], values: list[dict[str, Any]],
+                  blocks: list[tuple[str, list[int]]], width: int = WIDTH) -> list[str]:
+    """Metrics as rows, runs as columns, as plain lines no wider than ``width``.
+
+    header: (name, one value per run) rows naming the columns (a swept key and each run's value of it);
+    blocks: (title, runs) shown one after the other (e.g. one per group). Only the metrics that differ
+    between the runs get rows; the others are said once, in a line below. Columns that do not fit are
+    continued in a further block.
+    """
+    shown = [m for m in METRICS if len({json.dumps(v.get(m.key)) for v in values}) > 1]
+    same = [m for m in METRICS if m not in shown]
+    cell = [[fmt_metric(m.key, v.get(m.key)) for m in shown] for v in values]
+    heads = [[fmt(vals[i]) for _, vals in header] for i in range(len(values))]
+    first = max([len(m.label) for m in shown] + [len(name) for name, _ in header] + [6])
+    out: list[str] = []
+    for title, runs in blocks:
+        col = {i: max([len(x) for x in cell[i] + heads[i]] + [4]) for i in runs}
+        chunks, cur, used = [], [], first
+        for i in runs:
+            if cur and used + 2 + col[i] > width:
+                chunks.append(cur)
+                cur, used = [], first
+            cur.append(i)
+            used += 2 + col[i]
+        chunks.append(cur)
+        for k, chunk in enumerate(chunks):
+            if title:
+                out.append(title + (" (continued)" if k else ""))
+            for h, (name, _) in enumerate(header):
+                out.append((name.ljust(first) + "".join("  " + heads[i][h].rjust(col[i]) for i in chunk)).rstrip())
+            for j, m in enumerate(shown):
+                out.append(m.label.ljust(first) + "".join("  " + cell[i][j].rjust(col[i]) for i in chunk))
+            out.append("")
+    if same and values:
+        out += _wrapped("the same for every run: " + "; ".join(
+            f"{m.label} {fmt_metric(m.key, values[0].get(m.key))}" for m in same), width)
     return out
+
+
+def savings_block(against: str, texts: list[str], width: int = WIDTH) -> list[str]:
+    """The saving lines under a heading, each wrapped to ``width``."""
+    out = ["", f"against {against}:"]
+    for text in texts:
+        out += _wrapped("  " + text, width, "      ")
+    return out
+
+
+def _wrapped(text: str, width: int, indent: str = "  ") -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, width, subsequent_indent=indent, break_on_hyphens=False)
+
+
+def layout(doc: dict[str, Any]) -> tuple[list[tuple[str, list[Any]]], list[tuple[str, list[int]]]]:
+    """The header rows and blocks of ``compare``'s table: one block per --by group."""
+    runs = doc["runs"]
+    header = [(k, [r["params"][k] for r in runs]) for k in doc["varying"]] or [("run", [r["label"] for r in runs])]
+    if not doc["by"]:
+        return header, [("", list(range(len(runs))))]
+    blocks = [(", ".join(f"{k} = {fmt(v)}" for k, v in g["values"].items()), g["runs"]) for g in doc["groups"]]
+    return header, blocks
+

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from smpsim.analysis.load import Trace
+from smpsim.metrics import facts_from_analysis, headline as headline_metrics, per_1000, ratio
 from smpsim.trace.counters import Counters
 
 PERCENTILES = (50, 90, 99)
@@ -47,8 +48,8 @@ def distribution(values: Any) -> dict[str, Any]:
     return out
 
 
-def _ratio(a: int | float, b: int | float, digits: int = 6) -> float | None:
-    return round(a / b, digits) if b else None
+def _ratio(a: int | float, b: int | float) -> float | None:
+    return ratio(a, b, digits=6)
 
 
 # ------------------------------------------------------------------------------------------- headline
@@ -159,7 +160,7 @@ def ipis(tr: Trace, ncpu: int, kmap_count: int) -> dict[str, Any]:
     total = int(d["dropped"].size)
     n_useless = int((d["dropped"] == 0).sum())
     return {"sent": total, "useless": n_useless, "useless_fraction": _ratio(n_useless, total),
-            "per_1000_kmaps": round(1000 * total / kmap_count, 3) if kmap_count else 0.0,
+            "per_1000_kmaps": per_1000(total, kmap_count),
             "translations_dropped": int(d["dropped"].sum()),
             "delivery": distribution(d["delivery"]), "handling": distribution(d["handling"]),
             "round_trip": distribution(d["round_trip"]),
@@ -253,6 +254,7 @@ def analyze(tr: Trace, logs: dict[str, Any] | None = None) -> dict[str, Any]:
     out["sleeps"] = sleeps(tr, counters)
     out["stale"] = stale(tr, counters)
     out["ring"] = ring(tr, head["t_end"])
+    out["headline"] = headline_metrics(facts_from_analysis(out))
     if logs is not None:
         out["logs"] = logs
     return out

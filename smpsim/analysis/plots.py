@@ -3,7 +3,8 @@
 Figures (``write_figures``):
 - ``ipi_heatmap.png``  IPIs by sending CPU (rows) and receiving CPU (columns)
 - ``timeline.png``     flushes per time bin by scope, IPIs per bin (useless ones apart), and the slots in use
-- ``latency_cdf.png``  cumulative distribution of the shootdown latency (initiator stall) per flush scope
+- ``latency_cdf.png``  kmap latency CDF, and the initiator stall of the flushes (a CDF per scope, or a bar
+                       per distinct stall when there are few)
 - ``hit_rate.png``     each CPU's TLB hit rate per time bin
 
 ``write_html`` embeds them as base64 data: URIs next to the report's tables; the page loads nothing from
@@ -22,7 +23,7 @@ import numpy as np
 
 from smpsim.analysis import series
 from smpsim.analysis.load import Trace
-from smpsim.analysis.report import fmt_value as _fmt
+from smpsim.metrics import fmt as _fmt
 
 FIGURES = ("ipi_heatmap", "timeline", "latency_cdf", "hit_rate")
 DPI = 110
@@ -63,7 +64,7 @@ def ipi_heatmap(a: dict[str, Any], path: Path) -> Path:
     ax.set_xlabel("receiving CPU")
     ax.set_ylabel("sending CPU (flush initiator)")
     ip = a["ipis"]
-    ax.set_title(f"IPIs by sender and receiver: {ip['sent']:,} in all, {ip['useless']:,} useless\n{_title(a)}",
+    ax.set_title(f"IPIs by sender and receiver: {_fmt(ip['sent'])} in all, {_fmt(ip['useless'])} useless\n{_title(a)}",
                  fontsize=10)
     step = max(1, n // 16)
     ax.set_xticks(range(0, n, step))
@@ -73,7 +74,7 @@ def ipi_heatmap(a: dict[str, Any], path: Path) -> Path:
         for i in range(n):
             for j in range(n):
                 if m[i, j]:
-                    ax.text(j, i, f"{m[i, j]:,}", ha="center", va="center", fontsize=8,
+                    ax.text(j, i, f"{_fmt(m[i, j])}", ha="center", va="center", fontsize=8,
                             color="white" if m[i, j] > top * 0.6 else "black")
     if not m.any():
         ax.text(0.5, 0.5, "no IPIs in this run", transform=ax.transAxes, ha="center", va="center")
@@ -93,9 +94,9 @@ def timeline(tr: Trace, a: dict[str, Any], path: Path, bins: int = 200) -> Path:
     bottom = np.zeros(bins)
     for scope, k in tl["flushes"].items():
         ax1.bar(x, k, width=w, align="edge", bottom=bottom, color=_SCOPE_COLOURS.get(scope, "grey"),
-                label=f"{scope} ({int(k.sum()):,})", linewidth=0)
+                label=f"{scope} ({_fmt(int(k.sum()))})", linewidth=0)
         bottom += k
-    ax1.set_ylabel(f"flushes / {w:,} cycles")
+    ax1.set_ylabel(f"flushes / {_fmt(w)} cycles")
     ax1.set_title(f"Flushes, IPIs and ring occupancy over time: {_title(a)}", fontsize=10)
     if tl["flushes"]:
         ax1.legend(title="flush scope", fontsize=8, **_OUTSIDE)
@@ -103,10 +104,10 @@ def timeline(tr: Trace, a: dict[str, Any], path: Path, bins: int = 200) -> Path:
         ax1.text(0.5, 0.5, "no flushes", transform=ax1.transAxes, ha="center", va="center")
     useful = tl["ipis"] - tl["useless_ipis"]
     ax2.bar(x, useful, width=w, align="edge", color="#9467bd", linewidth=0,
-            label=f"dropped translations ({int(useful.sum()):,})")
+            label=f"dropped translations ({_fmt(int(useful.sum()))})")
     ax2.bar(x, tl["useless_ipis"], width=w, align="edge", bottom=useful, color="#c7c7c7", linewidth=0,
-            label=f"useless: dropped none ({int(tl['useless_ipis'].sum()):,})")
-    ax2.set_ylabel(f"IPIs / {w:,} cycles")
+            label=f"useless: dropped none ({_fmt(int(tl['useless_ipis'].sum()))})")
+    ax2.set_ylabel(f"IPIs / {_fmt(w)} cycles")
     ax2.legend(fontsize=8, **_OUTSIDE)
     cap = a["ring"]["capacity"]
     kind = "pkmap slots" if a["ring"]["slots"] == "pkmap" else "kmap_local slots (all CPUs)"
@@ -119,7 +120,7 @@ def timeline(tr: Trace, a: dict[str, Any], path: Path, bins: int = 200) -> Path:
                          linewidth=0, label="in use (range per bin)")
         ax3.step(env["start"], env["last"], where="post", color="#1f77b4", linewidth=0.8)
     if cap:
-        ax3.axhline(cap, color="black", linestyle="--", linewidth=0.8, label=f"capacity ({cap:,})")
+        ax3.axhline(cap, color="black", linestyle="--", linewidth=0.8, label=f"capacity ({_fmt(cap)})")
     wraps = np.flatnonzero(tl["wraps"])
     if wraps.size and int(tl["wraps"].sum()) <= 60:  # more would hide the occupancy
         for b in wraps:
@@ -134,43 +135,174 @@ def timeline(tr: Trace, a: dict[str, Any], path: Path, bins: int = 200) -> Path:
     return path
 
 
-def latency_cdf(tr: Trace, a: dict[str, Any], path: Path) -> Path:
-    d = tr.numpy("SELECT scope, stall FROM events WHERE ev = 'flush'")
-    fig = _figure(8, 5)
-    ax = fig.add_subplot()
-    scopes = sorted(set(d["scope"].tolist()))
-    stall = d["stall"]
-    x0 = 0 if not stall.size else int(stall.min()) * 0.9
-    x1 = 1 if not stall.size else max(1, int(stall.max())) * 1.1
-    for scope in scopes:
-        v = np.sort(stall[d["scope"] == scope])
+def _cdf(ax, data: list[tuple[str, Any]], colours: list[Any]) -> None:
+    """Empirical CDFs as steps, one per (label, values); log x when the values span more than 50x. A run
+    whose values are all equal is a single step: its label says so."""
+    allv = np.concatenate([np.asarray(v, dtype=np.int64) for _, v in data]) if data else np.array([])
+    lo = int(allv.min()) if allv.size else 0
+    hi = max(1, int(allv.max())) if allv.size else 1
+    positive = allv[allv > 0]
+    log = bool(positive.size) and positive.max() > 50 * positive.min()
+    x0, x1 = (max(1, lo) / 1.5, hi * 1.5) if log else (lo - 0.05 * (hi - lo) - 1, hi * 1.05 + 1)
+    for (label, v), colour in zip(data, colours):
+        v = np.sort(np.asarray(v, dtype=np.int64))
+        if not v.size:
+            continue
         vals, counts = np.unique(v, return_counts=True)
-        cdf = np.cumsum(counts) / v.size
-        # the empirical CDF as a step: 0 left of the smallest value, 1 from the largest on
-        ax.step(np.r_[x0, vals, x1], np.r_[0, cdf, 1.0], where="post", color=_SCOPE_COLOURS.get(scope, "grey"),
-                linewidth=1.5, label=f"{scope} ({v.size:,} flushes)")
-    st = a["shootdowns"]["stall"]
-    if st["count"]:
-        for p, style in (("p50", ":"), ("p90", "--"), ("p99", "-.")):
-            ax.axvline(st[p], color="black", linestyle=style, linewidth=0.8, label=f"{p} all = {st[p]:,}")
-        ax.legend(fontsize=8, loc="lower right")
-        positive = stall[stall > 0]
-        if positive.size and positive.max() > 50 * positive.min():
-            ax.set_xscale("log")  # e.g. local INVLPGs next to IPI broadcasts
-        else:
-            ax.set_xlim(0, x1)
-    else:
-        ax.text(0.5, 0.5, "no flushes in this run", transform=ax.transAxes, ha="center", va="center")
+        note = f"all {_fmt(v.size)} = {_fmt(int(vals[0]))}" if vals.size == 1 else f"{_fmt(v.size)}, median {_fmt(int(v[(v.size - 1) // 2]))}"
+        ax.step(np.r_[x0, vals, x1], np.r_[0, np.cumsum(counts) / v.size, 1.0], where="post", color=colour,
+                linewidth=1.5, label=f"{label} ({note})")
+    if log:
+        ax.set_xscale("log")
+    ax.set_xlim(x0, x1)
     ax.set_ylim(0, 1.02)
-    ax.set_ylabel("fraction of flushes with stall <= x")
-    ax.set_xlabel("shootdown latency: initiator stall (cycles)")
     ax.grid(alpha=0.3)
-    ax.set_title(f"Shootdown latency CDF: {_title(a)}", fontsize=10)
+
+
+FEW = 8  # at most this many distinct values: bars per value, not a CDF (a CDF of one value is one step)
+
+
+def _distribution(ax, data: list[tuple[str, Any, Any]], what: str, unit: str = "cycles") -> None:
+    """The distribution of each (label, values, colour): a CDF when the values take many distinct values,
+    else a bar per (label, value) with its count."""
+    values = [np.asarray(v, dtype=np.int64) for _, v, _ in data]
+    if not any(v.size for v in values):
+        ax.text(0.5, 0.5, f"no {what} in this run", transform=ax.transAxes, ha="center", va="center")
+        ax.set_axis_off()
+        return
+    if np.unique(np.concatenate(values)).size > FEW:
+        _cdf(ax, [(label, v) for (label, _, _), v in zip(data, values)], [c for _, _, c in data])
+        ax.legend(fontsize=8, loc="lower right")
+        ax.set_xlabel(f"{unit}")
+        ax.set_ylabel(f"fraction of {what} <= x")
+        return
+    bars = [(label, int(x), int((v == x).sum()), c) for (label, _, c), v in zip(data, values) for x in np.unique(v)]
+    y = np.arange(len(bars))
+    ax.barh(y, [n for _, _, n, _ in bars], color=[c for *_, c in bars], height=0.6)
+    ax.set_yticks(y, [f"{label}: {_fmt(x)} {unit}" for label, x, _, _ in bars])
+    ax.invert_yaxis()
+    for yi, (_, _, n, _) in zip(y, bars):
+        ax.text(n, yi, f" {_fmt(n)}", va="center", fontsize=8)
+    ax.set_xlim(0, max(n for _, _, n, _ in bars) * 1.2)
+    ax.set_xlabel(what)
+
+
+def latency_figure(tr: Trace, a: dict[str, Any]):
+    """kmap latency (left) and the initiator stall of the flushes by scope (right)."""
+    fig = _figure(12, 4.8)
+    ax1, ax2 = fig.subplots(1, 2)
+    _distribution(ax1, [("kmaps", kmap_cycles(tr), "#1f77b4")], "kmaps")
+    ax1.set_title("kmap latency: request to return (cycles)", fontsize=10)
+    d = tr.numpy("SELECT scope, stall FROM events WHERE ev = 'flush'")
+    scope, stall = d["scope"], np.asarray(d["stall"], dtype=np.int64)
+    _distribution(ax2, [(s, stall[scope == s], _SCOPE_COLOURS.get(s, "grey")) for s in sorted(set(scope.tolist()))],
+                  "flushes")
+    ax2.set_title("shootdown latency: initiator stall per flush, by scope (cycles)", fontsize=10)
+    fig.suptitle(f"Latency: {_title(a)}", fontsize=10)
+    return fig
+
+
+def kmap_cycles(tr: Trace) -> np.ndarray:
+    return np.asarray(tr.numpy("SELECT cycles FROM events WHERE ev = 'kmap'")["cycles"], dtype=np.int64)
+
+
+def latency_cdf(tr: Trace, a: dict[str, Any], path: Path) -> Path:
+    return _save(latency_figure(tr, a), path)
+
+
+def _save(fig, path: Path) -> Path:
     fig.savefig(path, metadata=_PNG_META)
     return path
 
 
+def compare_figure(labels: list[str], groups: list[str], cycles: list[Any]):
+    """kmap latency CDF, one line per compared run: a colour per label, a line style per group."""
+    fig = _figure(10, 5)
+    ax = fig.add_subplot()
+    names, kinds = list(dict.fromkeys(labels)), list(dict.fromkeys(groups))
+    cmap = _cmap(len(names))
+    styles = ("-", "--", ":", "-.")
+    full = [f"{label} ({g})" if g else label for label, g in zip(labels, groups)]
+    _cdf(ax, list(zip(full, cycles)), [cmap(names.index(label) % cmap.N) for label in labels])
+    for line, g in zip(ax.get_lines(), groups):
+        line.set_linestyle(styles[kinds.index(g) % len(styles)])
+    ax.legend(fontsize=8, title="run (kmaps)", **_OUTSIDE)
+    ax.set_xlabel("kmap latency: request to return (cycles)")
+    ax.set_ylabel("fraction of kmaps with latency <= x")
+    ax.set_title(f"kmap latency CDF of {len(labels)} runs", fontsize=10)
+    return fig
+
+
+def kmap_latency_cdf(labels: list[str], groups: list[str], cycles: list[Any], path: Path) -> Path:
+    return _save(compare_figure(labels, groups, cycles), path)
+
+
+def sweep_figure(rows: list[dict[str, Any]], params: list[str], by: list[str]):
+    """Initiator stall per flush and per 1000 kmaps against the swept key: a line per combination of the
+    other swept keys when a swept key is a number (x: its values), else bars per point grouped by ``by``."""
+    from smpsim.metrics import BY_KEY, describe
+
+    ok = [r for r in rows if r["status"] == "ok"]
+    numeric = [k for k in params if k not in by and all(isinstance(r[k], (int, float)) and not isinstance(r[k], bool)
+                                                        for r in ok)]
+    fig = _figure(12, 4.8)
+    axes = fig.subplots(1, 2)
+    metrics = ("stall_per_flush", "stall_per_1000_kmaps")
+    if numeric:
+        xkey = numeric[0]
+        # keys that go with x (a zip sweep pairs them) make no series of their own
+        rest = [k for k in params if k != xkey and len({(r[xkey], r[k]) for r in ok}) > len({r[xkey] for r in ok})]
+        series: dict[str, list[dict[str, Any]]] = {}
+        for r in ok:
+            series.setdefault(describe({k: r[k] for k in rest}), []).append(r)
+        cmap = _cmap(len(series))
+        for ax, key in zip(axes, metrics):
+            for i, (label, rs) in enumerate(series.items()):
+                rs = sorted(rs, key=lambda r: r[xkey])
+                ax.plot([r[xkey] for r in rs], [r[key] for r in rs], marker="o", color=cmap(i % cmap.N),
+                        label=label or key)
+            xs = [r[xkey] for r in ok]
+            if min(xs) > 0 and max(xs) >= 8 * min(xs):
+                ax.set_xscale("log", base=2)
+                ax.set_xticks(sorted(set(xs)), [f"{_fmt(x)}" for x in sorted(set(xs))])
+            ax.set_xlabel(xkey)
+    else:
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for r in ok:
+            groups.setdefault(describe({k: r[k] for k in by}), []).append(r)
+        cats = list(dict.fromkeys(describe({k: r[k] for k in params if k not in by}) for r in ok))
+        cmap = _cmap(len(groups))
+        width = 0.8 / max(1, len(groups))
+        for ax, key in zip(axes, metrics):
+            for i, (label, rs) in enumerate(groups.items()):
+                at = {describe({k: r[k] for k in params if k not in by}): r[key] for r in rs}
+                label += "" if any(at.values()) else " (none)"
+                ax.bar(np.arange(len(cats)) + (i - (len(groups) - 1) / 2) * width,
+                       [at.get(c) or 0 for c in cats], width=width, color=cmap(i % cmap.N), label=label or key)
+            ax.set_xticks(np.arange(len(cats)), cats, rotation=20 if len(cats) > 4 else 0)
+            ax.set_xlabel(", ".join(k for k in params if k not in by) or "point")
+    for ax, key in zip(axes, metrics):
+        vals = [r[key] for r in ok if r[key]]
+        if vals and max(vals) > 50 * min(vals):
+            ax.set_yscale("log")
+        ax.set_ylabel(f"{BY_KEY[key].label} (cycles)")
+        ax.set_title(BY_KEY[key].label, fontsize=10)
+        ax.grid(alpha=0.3)
+    if len(axes[1].get_legend_handles_labels()[0]) > 1:
+        axes[1].legend(fontsize=8, title=", ".join(by) or None, **_OUTSIDE)
+    fig.suptitle("Initiator stall across the sweep", fontsize=10)
+    return fig
+
+
+def sweep_stall(rows: list[dict[str, Any]], params: list[str], by: list[str], path: Path) -> Path:
+    return _save(sweep_figure(rows, params, by), path)
+
+
 def hit_rate(tr: Trace, a: dict[str, Any], path: Path, bins: int = 100) -> Path:
+    return _save(hit_rate_figure(tr, a, bins), path)
+
+
+def hit_rate_figure(tr: Trace, a: dict[str, Any], bins: int = 100):
     ncpu = a["run"]["cpus"]
     hr = series.hit_rate(tr, ncpu, a["t_end"], bins)
     fig = _figure(11, 5)
@@ -183,7 +315,7 @@ def hit_rate(tr: Trace, a: dict[str, Any], path: Path, bins: int = 100) -> Path:
             pc = a["per_cpu"][c]["hit_rate"]
             ax.plot(x, rate[c], color=cmap(c), linewidth=1, marker=".", markersize=3,
                     label=f"CPU {c}" + (f" ({pc:.2%})" if pc is not None else ""))
-        ax.legend(fontsize=7, ncol=2 if ncpu > 8 else 1, loc="lower right", title="overall hit rate")
+        ax.legend(fontsize=7, ncol=2 if ncpu > 8 else 1, title="overall hit rate", **_OUTSIDE)
         finite = rate[np.isfinite(rate)]
         lo = float(finite.min()) if finite.size else 0.0
         ax.set_ylim(max(0.0, lo - 0.05 * (1 - lo) - 0.01), 1.005)
@@ -195,10 +327,9 @@ def hit_rate(tr: Trace, a: dict[str, Any], path: Path, bins: int = 100) -> Path:
         fig.colorbar(im, ax=ax, label="TLB hit rate")
         ax.set_ylabel("CPU")
         _cycles_axis(ax)
-    ax.set_title(f"Per-CPU TLB hit rate per {hr['width']:,} cycles: {_title(a)}", fontsize=10)
+    ax.set_title(f"Per-CPU TLB hit rate per {_fmt(hr['width'])} cycles: {_title(a)}", fontsize=10)
     ax.grid(alpha=0.3)
-    fig.savefig(path, metadata=_PNG_META)
-    return path
+    return fig
 
 
 def _cmap(n: int):
@@ -254,7 +385,7 @@ def write_html(a: dict[str, Any], figures: dict[str, Path], path: Path,
                      "the figures cover the events recorded up to where the trace ends.</p>")
     captions = {"ipi_heatmap": "IPIs by sending and receiving CPU",
                 "timeline": "Flushes, IPIs and slots in use over virtual time",
-                "latency_cdf": "Shootdown latency (initiator stall) CDF",
+                "latency_cdf": "Shootdown latency (initiator stall) and kmap latency",
                 "hit_rate": "Per-CPU TLB hit rate over time"}
     for title, headers, rows in sections:
         parts.append(f"<h2>{html.escape(title)}</h2>")

@@ -9,24 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from smpsim.metrics import METRICS, fmt, fmt_metric
+
 MATRIX_MAX_CPUS = 32  # wider IPI matrices are left to --json / the heatmap
 
 
-def fmt_value(v: Any) -> str:
-    """How a report cell shows a value (terminal and HTML alike)."""
-    if v is None:
-        return "-"
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, int):
-        return f"{v:,}"
-    if isinstance(v, float):
-        return f"{v:,.1f}" if abs(v) >= 100 else f"{v:.4g}"
-    return str(v)
-
-
 def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
+    return fmt(x, "fraction")
 
 
 def sections(a: dict[str, Any]) -> list[tuple[str, list[str] | None, list[list[Any]]]]:
@@ -41,28 +30,29 @@ def sections(a: dict[str, Any]) -> list[tuple[str, list[str] | None, list[list[A
         ["policy / workload", f"{r.get('policy')} / {r.get('workload')}", ""],
         ["machine", f"{r['cpus']} CPUs, {ring_desc}", ""],
         ["status", r.get("status") or "unfinished", ("TRUNCATED: " + str(r.get("truncation"))) if r.get("truncated") else ""],
-        ["events", f"{a['events']:,}", ""],
-        ["virtual time", f"{a['t_end']:,} cycles", ""],
+        ["events", f"{fmt(a['events'])}", ""],
+        ["virtual time", f"{fmt(a['t_end'])} cycles", ""],
     ]
     out.append(("Run", None, run_rows))
+    out.append(("Headline metrics", None, [[m.label, fmt_metric(m.key, a["headline"][m.key]), ""] for m in METRICS]))
 
-    scope_note = ", ".join(f"{s} {n:,}" for s, n in a["flushes_by_scope"].items()) or "none"
+    scope_note = ", ".join(f"{s} {fmt(n)}" for s, n in a["flushes_by_scope"].items()) or "none"
     cap = ring["capacity"]
     out.append(("Counts", None, [
-        ["kmaps", k["total"], f"{k['slept']:,} slept on pkmap_map_wait"],
+        ["kmaps", k["total"], f"{fmt(k['slept'])} slept on pkmap_map_wait"],
         ["  new mappings", k["new"], _pct(k["new_fraction"])],
         ["  reused mappings", k["reused"], _pct(k["reuse_fraction"])],
-        ["ring wraps", c["wraps"], f"{sd['slots_torn_down']:,} slots torn down"],
+        ["ring wraps", c["wraps"], f"{fmt(sd['slots_torn_down'])} slots torn down"],
         ["flushes", c["flushes"], f"by scope: {scope_note}"],
-        ["IPIs sent", ip["sent"], f"{ip['per_1000_kmaps']:,} per 1000 kmaps"],
+        ["IPIs sent", ip["sent"], f"{fmt(ip['per_1000_kmaps'])} per 1000 kmaps"],
         ["  useless IPIs", ip["useless"], f"{_pct(ip['useless_fraction'])}: the receiver dropped no pkmap translation"],
         ["  pkmap translations dropped", ip["translations_dropped"], ""],
-        ["sleeps on pkmap_map_wait", sl["sleeps"], f"{sl['wakes']:,} wake-ups; {sl['episodes']:,} sleep episodes"],
+        ["sleeps on pkmap_map_wait", sl["sleeps"], f"{fmt(sl['wakes'])} wake-ups; {fmt(sl['episodes'])} sleep episodes"],
         ["  asleep when the trace ends", len(sl["asleep_at_end"]),
          ("CPUs " + ", ".join(map(str, sl["asleep_at_end"]))) if sl["asleep_at_end"] else ""],
         [f"{ring['slots']} slots in use, peak", ring["peak_in_use"],
-         f"of {_n(cap)}; mean {ring['mean_in_use']:,.1f}; {ring['in_use_at_end']:,} at the end"],
-        ["stale uses", a["stale"]["uses"], f"{a['stale']['events']:,} events"
+         f"of {_n(cap)}; mean {fmt(ring['mean_in_use'])}; {fmt(ring['in_use_at_end'])} at the end"],
+        ["stale uses", a["stale"]["uses"], f"{fmt(a['stale']['events'])} events"
          + ("" if a["stale"]["uses"] == 0 else ": the flush policy let CPUs reach freed frames")],
     ]))
 
@@ -106,7 +96,7 @@ def sections(a: dict[str, Any]) -> list[tuple[str, list[str] | None, list[list[A
         else:
             rows: list[list[Any]] = [
                 ["log files", len(logs["files"]), logs["dir"]],
-                ["lines", logs["lines"], ", ".join(f"{lv} {k:,}" for lv, k in logs["by_level"].items())],
+                ["lines", logs["lines"], ", ".join(f"{lv} {fmt(k)}" for lv, k in logs["by_level"].items())],
                 ["warnings", logs["warnings"], ""],
                 ["errors", logs["errors"], ""],
             ]
@@ -121,4 +111,4 @@ def sections(a: dict[str, Any]) -> list[tuple[str, list[str] | None, list[list[A
 
 
 def _n(v: int | None) -> str:
-    return "?" if v is None else f"{v:,}"
+    return "?" if v is None else fmt(v)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import re
 import sys
 from enum import Enum
@@ -18,14 +17,14 @@ from typing import Annotated, Any, Optional
 import typer
 
 from smpsim.cli.common import EXIT_USAGE, console, fail, handle_errors, warn
-from smpsim.analysis.report import fmt_value as _fmt
+from smpsim.metrics import fmt as _fmt
 
 RunArg = Annotated[Path, typer.Argument(help="run directory (RUN/summary.json, RUN/trace/)", show_default=False)]
 
 
 def _truncation_warning(meta, events: int | None = None, t_end: int | None = None) -> None:
     if meta.truncated:
-        tail = "" if events is None else f"; analysing the {events:,} events recorded (up to t={t_end:,})"
+        tail = "" if events is None else f"; analysing the {_fmt(events)} events recorded (up to t={_fmt(t_end)})"
         warn(f"{meta.path}: truncated run ({meta.reason}){tail}")
 
 
@@ -140,66 +139,87 @@ def analyze(
 @handle_errors
 def compare(
     runs: Annotated[list[Path], typer.Argument(
-        help="run directories, or directories with runs below them (sweeps); the first run is the baseline",
-        show_default=False)],
+        help="run directories, or directories with runs below them (sweeps)", show_default=False)],
+    baseline: Annotated[Optional[list[str]], typer.Option(
+        "--baseline", metavar="KEY=VALUE", help="the baseline run: the one whose config has KEY=VALUE (repeat "
+        "for several keys; default: a sweep directory's [report] baseline, else the first run)",
+        show_default=False)] = None,
+    by: Annotated[Optional[list[str]], typer.Option(
+        "--by", metavar="KEY", help="one baseline per value of this config key (repeatable)",
+        show_default=False)] = None,
     json_: Annotated[bool, typer.Option("--json", help="print the comparison as one JSON document")] = False,
+    plot: Annotated[Optional[Path], typer.Option(
+        "--plot", help="also write kmap_latency_cdf.png into this directory", show_default=False)] = None,
 ) -> None:
-    """Headline metrics of several runs side by side, with each run's ratio to the first."""
+    """Headline metrics of several runs side by side, and how much each saves over its baseline."""
     from smpsim.analysis.compare import compare as compare_runs
-    from smpsim.analysis.compare import find_runs, labels
+    from smpsim.analysis.compare import find_runs, layout, metrics_table, savings_block
     from smpsim.analysis.load import open_trace
     from smpsim.analysis.metrics import analyze as analyze_trace
+    from smpsim.config import config_key_problem, parse_value
 
+    spec: dict[str, Any] = {}
+    for item in baseline or ():
+        key, eq, text = item.partition("=")
+        if not eq or not key.strip():
+            fail(f"--baseline {item!r}: expected KEY=VALUE, e.g. --baseline policy.name=eager")
+        spec[key.strip()] = parse_value(text.strip())
+    for key in [*spec, *(by or ())]:
+        if (why := config_key_problem(key)) is not None:
+            fail(f"{key}: {why}; --baseline and --by take dotted config keys such as policy.name")
+    if by and not spec:
+        fail("--by needs --baseline KEY=VALUE: the run each group is compared with")
+    if not spec and len(runs) == 1:  # a sweep directory: its experiment's [report] table
+        from smpsim.experiments.results import report_of
+
+        rep = report_of(runs[0]) or {}
+        spec, by = dict(rep.get("baseline") or {}), list(rep.get("by") or [])
     paths: list[Path] = []
-    args: list[Path] = []
     for arg in runs:
-        found = find_runs(arg)
-        paths += found
-        args += [arg] * len(found)
+        paths += [p for p in find_runs(arg) if p not in paths]
     if len(paths) < 2:
         fail(f"compare needs at least two runs; found {len(paths)} ({', '.join(map(str, paths))})", EXIT_USAGE)
-    analyses = []
-    for path, label in zip(paths, labels(paths, args)):
+    analyses, cycles = [], []
+    for path in paths:
         with open_trace(path) as tr:
             a = analyze_trace(tr)
             _truncation_warning(tr.meta, a["events"], a["t_end"])
-        analyses.append((label, a))
-    doc = compare_runs(analyses)
+            if plot is not None:
+                cycles.append(tr.numpy("SELECT cycles FROM events WHERE ev = 'kmap'")["cycles"])
+        analyses.append(a)
+    doc = compare_runs(paths, analyses, spec, list(by or ()), fallback=[p.name for p in paths])
+    written = None
+    if plot is not None:
+        from smpsim.analysis.plots import kmap_latency_cdf
+
+        try:
+            plot.mkdir(parents=True, exist_ok=True)
+            written = kmap_latency_cdf([r["label"] for r in doc["runs"]], [r["group"] for r in doc["runs"]], cycles,
+                                       plot / "kmap_latency_cdf.png")
+        except OSError as e:
+            fail(f"{plot}: cannot write the figures: {e.strerror or e}")
     if json_:
         typer.echo(json.dumps(doc, indent=2))
-        return
-    con = console()
-    legend = [[f"[{i + 1}]", r["label"], r["policy"], r["workload"], r["cpus"], "yes" if r["truncated"] else "",
-               ", ".join(f"{k}={v}" for k, v in r["differs"].items())]
-              for i, r in enumerate(doc["runs"])]
-    legend_headers = ["", "run", "policy", "workload", "CPUs", "truncated", "config differences"]
-    headers = ["metric"]
-    for i in range(len(doc["runs"])):
-        headers += [f"[{i + 1}]"] + ([f"[{i + 1}]/[1]"] if i else [])
-    rows = []
-    for m in doc["metrics"]:
-        row: list[Any] = [m["label"]]
-        for i, (v, r) in enumerate(zip(m["values"], m["ratios"])):
-            row.append(v)
-            if i:
-                row.append(_times(r))
-        rows.append(row)
-    if con is not None:
-        render([("Runs (ratios are to [1])", legend_headers, legend),
-                ("Headline metrics", headers, rows)], con)
     else:
-        typer.echo("runs (ratios are to [1]):")
-        _plain_table(legend_headers, legend)
-        typer.echo("")
-        _plain_table(headers, rows)
+        header, blocks = layout(doc)
+        width = table_width()
+        lines = metrics_table(header, [{m["key"]: m["values"][i] for m in doc["metrics"]}
+                                       for i in range(len(doc["runs"]))], blocks, width)
+        against = ", ".join(f"{k}={v}" for k, v in spec.items()) or doc["runs"][0]["label"]
+        lines += savings_block(against + (f", by {', '.join(by or ())}" if by else ""),
+                               [s["text"] for s in doc["savings"]], width)
+        typer.echo("\n".join(lines))
+    if written is not None:
+        print(f"wrote {written}", file=sys.stderr if json_ else sys.stdout)
 
 
-def _times(r: float | None) -> str:
-    """A ratio as "12.3x" (3 significant digits, no exponent); "-" for none."""
-    if r is None:
-        return "-"
-    digits = max(0, 2 - int(math.floor(math.log10(abs(r))))) if r else 0
-    return f"{r:,.{digits}f}x"
+def table_width() -> int:
+    """The width a printed table must fit: the terminal's, 100 columns off a terminal."""
+    import shutil
+
+    from smpsim.cli.common import is_tty
+
+    return shutil.get_terminal_size((100, 24)).columns if is_tty() else 100
 
 
 # ---------------------------------------------------------------------------------------------- query
@@ -240,6 +260,6 @@ def query(
     elif cols:
         con = console()
         if con is not None:
-            render([(f"{len(rows):,} rows", cols, [list(r) for r in rows])], con)
+            render([(f"{_fmt(len(rows))} rows", cols, [list(r) for r in rows])], con)
         else:
             _plain_table(cols, [list(r) for r in rows])

@@ -42,6 +42,7 @@ def check(config: Annotated[Path, typer.Argument(help="TOML config (or experimen
             problems.append(f"workload.script: file not found ({path})")
         else:
             problems += [f"workload.script: {x}" for x in check_script(path, cpus)]
+    problems += exp.report_problems()  # smpsim sweep only warns: a --set may have swept the baseline away
     if problems:
         raise ConfigError(str(config), list(dict.fromkeys(problems)))
     typer.echo("ok" if not exp.values else f"ok: a sweep of {len(exp.points)} points")

@@ -12,19 +12,8 @@ import typer
 
 from smpsim.cli.common import EXIT_RUN_FAILED, classify, console, fail, handle_errors
 from smpsim.cli.config_cmd import ConfigArg, SetOpt
+from smpsim.cli.progress import RunProgress, total_kmaps
 from smpsim.config import Config
-
-# (summary["counters"] key, label) in the order the summary is printed.
-SUMMARY_ROWS = (
-    ("kmaps", "kmaps"),
-    ("new_mappings", "new mappings"),
-    ("wraps", "ring wraps"),
-    ("flushes", "flushes"),
-    ("ipis", "IPIs"),
-    ("stale", "stale uses"),
-    ("sleeps", "sleeps"),
-)
-
 
 class Engine(str, Enum):
     inline = "inline"
@@ -85,14 +74,15 @@ def report(cfg: Config, body: Callable[[Callable[[dict], None]], Any], run_dir: 
             fail(f"{known[1]}" + (f" (the trace up to the failure is in {where})" if where else ""),
                  EXIT_RUN_FAILED)
         raise
-    print_summary(result.summary, getattr(result, "path", None) or result.run_dir, con)
+    print_summary(result.summary, getattr(result, "path", None) or result.run_dir, con, cfg)
 
 
-def print_summary(summary: dict[str, Any], run_dir: Path | None, con: Any = None) -> None:
-    counters = summary.get("counters", {})
-    rows = [(label, _fmt(counters.get(key))) for key, label in SUMMARY_ROWS]
-    rows.append(("digest", str(summary.get("digest", "-"))))
-    rows.append(("run dir", str(run_dir) if run_dir is not None else "-"))
+def print_summary(summary: dict[str, Any], run_dir: Path | None, con: Any = None, cfg: Any = None) -> None:
+    """What ran, its headline figures and the next command (smpsim.metrics.run_summary_rows)."""
+    from smpsim.metrics import run_summary_rows
+
+    what = (cfg.policy.name, cfg.machine.cpus, cfg.workload.kind) if cfg is not None else ()
+    rows = run_summary_rows(summary, run_dir, *what)
     if con is None:
         width = max(len(label) for label, _ in rows)
         for label, value in rows:
@@ -102,78 +92,16 @@ def print_summary(summary: dict[str, Any], run_dir: Path | None, con: Any = None
 
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
-    table.add_column(justify="right")
+    table.add_column()
     for label, value in rows:
         table.add_row(label, value)
     con.print(table)
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
-
-
-class _progress_bar:
-    """A rich progress bar for TTYs.
-
-    The engine calls ``progress(state)`` with a dict of running counters (``kmaps`` is the one shown,
-    against the total cpus * kmaps_per_cpu), or ``progress(done, total)`` with numbers.
-    """
-
-    def __init__(self, con: Any, total: int | None = None) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-        self._progress = Progress("simulating: kmaps", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                  console=con, transient=True)
-        self._task = self._progress.add_task("run", total=total)
-
-    def __enter__(self) -> Callable[..., None]:
-        self._progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._progress.stop()
-
-    def __call__(self, done: Any = None, total: Any = None, *args: Any, **kwargs: Any) -> None:
-        if isinstance(done, dict):
-            done = done.get("kmaps")
-        if isinstance(done, (int, float)):
-            if isinstance(total, (int, float)):
-                self._progress.update(self._task, completed=done, total=total)
-            else:
-                self._progress.update(self._task, completed=done)
-
-
-class _LiveStatus:
-    """One status line on a terminal (virtual time, kmaps, flushes, IPIs) for the distributed engine."""
-
-    def __init__(self, con: Any, cpus: int):
-        from rich.live import Live
-
-        self.cpus = cpus
-        self.live = Live("", console=con, transient=True, refresh_per_second=8)
-
-    def __enter__(self) -> "_LiveStatus":
-        self.live.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.live.stop()
-
-    def __call__(self, state: dict) -> None:
-        self.live.update(f"[bold]{self.cpus} CPU processes[/]  virtual t={state.get('t', 0):,} cycles  "
-                         f"kmaps {state.get('kmaps', 0):,}  flushes {state.get('flushes', 0):,}  "
-                         f"IPIs {state.get('ipis', 0):,}")
-
-
 def progress_display(con: Any, cfg: Config):
-    """A context giving the progress callback of a run of cfg: a bar (inline) or a status line
-    (distributed) on a terminal, None off one."""
+    """A context giving the progress callback of a run of cfg (kmaps of the total, ETA, virtual time,
+    flushes, IPIs; the same for both engines) on a terminal, None off one."""
     if con is None:
         return nullcontext()
-    if cfg.run.engine == "distributed":
-        return _LiveStatus(con, cfg.machine.cpus)
-    return _progress_bar(con, cfg.machine.cpus * cfg.workload.kmaps_per_cpu)
+    what = f"{cfg.machine.cpus} CPU processes" if cfg.run.engine == "distributed" else "simulating"
+    return RunProgress(con, total_kmaps(cfg), what)

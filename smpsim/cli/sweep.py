@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from smpsim.cli.common import EXIT_RUN_FAILED, console, fail, handle_errors
+from smpsim.cli.common import EXIT_RUN_FAILED, console, fail, handle_errors, warn
 from smpsim.cli.config_cmd import SetOpt
 
 
@@ -28,6 +28,9 @@ def sweep(
         "array; the table goes to results-shard-I-of-N.*")] = None,
     collect: Annotated[Optional[Path], typer.Option(
         "--collect", metavar="DIR", help="merge the shard tables found under DIR into DIR/results.*")] = None,
+    plot: Annotated[Optional[Path], typer.Option(
+        "--plot", metavar="DIR", help="also write flush_stall.png (initiator stall against the swept key) "
+        "into DIR", show_default=False)] = None,
 ) -> None:
     """Run every point of an experiment (finished points are skipped) and print its results table."""
     if collect is not None:
@@ -38,7 +41,7 @@ def sweep(
                  "--shard or --set")
         rows, meta = results.collect(collect)
         paths = results.write(rows, meta["params"], meta, collect / "results")
-        _finish(rows, meta["params"], f"{len(rows)} points of {meta['experiment']} collected", paths)
+        _finish(rows, meta["params"], meta, f"{len(rows)} points of {meta['experiment']} collected", paths, plot)
         return
     if experiment is None:
         fail("give an experiment to run (smpsim sweep configs/lazy-vs-eager.toml), or --collect DIR to merge "
@@ -46,9 +49,13 @@ def sweep(
     from smpsim import api
     from smpsim.experiments.runner import SweepError
 
+    from smpsim.experiments.sweep import load_experiment
+
     part = _parse_shard(shard) if shard is not None else None
     if jobs is not None and jobs < 1:
         fail(f"--jobs {jobs}: must be at least 1")
+    for problem in load_experiment(experiment, set_ or ()).report_problems():
+        warn(f"{experiment}: {problem}: those points get no saving line")
     try:
         with _Progress(console()) as advance:
             done = api.run_sweep(experiment, set_, out=out, jobs=jobs, shard=part, on_point=advance)
@@ -56,8 +63,10 @@ def sweep(
         fail(str(e), EXIT_RUN_FAILED)
     which = (f"shard {part[0]}/{part[1]}: {len(done.rows)} of {done.total} points" if part
              else f"{len(done.rows)} points")
-    _finish(done.rows, done.params, f"{which}: {len(done.ran)} run, {len(done.skipped)} already finished",
-            done.paths)
+    from smpsim.experiments.results import read_meta
+
+    _finish(done.rows, done.params, read_meta(done.paths[1]),
+            f"{which}: {len(done.ran)} run, {len(done.skipped)} already finished", done.paths, plot)
 
 
 def _parse_shard(text: str) -> tuple[int, int]:
@@ -71,14 +80,39 @@ def _parse_shard(text: str) -> tuple[int, int]:
     return part
 
 
-def _finish(rows: list[dict[str, Any]], params: list[str], what: str, paths: tuple[Path, Path]) -> None:
-    """Print the table and where it was written; exit 1 when a point has no successful run."""
-    from smpsim.experiments.results import METRICS
+def _finish(rows: list[dict[str, Any]], params: list[str], meta: dict[str, Any], what: str,
+            paths: tuple[Path, Path], plot: Path | None = None) -> None:
+    """Print the metrics of the points (metrics as rows, one block per [report] group), each point's
+    saving over its baseline, and where the table was written; exit 1 when a point has no successful run."""
+    from smpsim.analysis.compare import metrics_table, savings_block
+    from smpsim.cli.analyze import table_width
+    from smpsim.experiments.results import saving_lines
+    from smpsim.metrics import fmt
 
-    shown = [(k, k, str) for k in ("point", *params, "status")]
-    shown += [(name, label, _fmt) for name, label, _ in METRICS if label]
-    _print_table(rows, shown)
+    ok = [r for r in rows if r["status"] == "ok"]
+    by = [k for k in (meta.get("report") or {}).get("by", []) if k in params]
+    header = [(k, [r[k] for r in ok]) for k in params if k not in by] or [("point", [r["point"] for r in ok])]
+    blocks: dict[tuple, list[int]] = {}
+    for i, r in enumerate(ok):
+        blocks.setdefault(tuple(r[k] for k in by), []).append(i)
+    titled = [(", ".join(f"{k} = {fmt(v)}" for k, v in zip(by, key)), members) for key, members in blocks.items()]
+    width = table_width()
+    lines = metrics_table(header, ok, titled, width) if ok else []
+    savings = saving_lines(rows, params, meta)
+    if savings:
+        rep = meta["report"]
+        against = ", ".join(f"{k}={v}" for k, v in rep["baseline"].items())
+        lines += savings_block(against + (f", by {', '.join(rep['by'])}" if rep["by"] else ""), savings, width)
+    typer.echo("\n".join(lines))
     typer.echo(f"{what}; results in {paths[0]} and {paths[1]}")
+    if plot is not None and ok:
+        from smpsim.analysis.plots import sweep_stall
+
+        try:
+            plot.mkdir(parents=True, exist_ok=True)
+            typer.echo(f"wrote {sweep_stall(rows, params, by, plot / 'flush_stall.png')}")
+        except OSError as e:
+            fail(f"{plot}: cannot write the figure: {e.strerror or e}")
     bad = [r for r in rows if r["status"] != "ok"]
     if bad:
         why = "; ".join(f"point {r['point']} ({r['status']}: {r['error'] or 'no run'})" for r in bad[:5])
@@ -86,27 +120,6 @@ def _finish(rows: list[dict[str, Any]], params: list[str], what: str, paths: tup
              f"{'; ...' if len(bad) > 5 else ''}. Points that failed or were interrupted run again when the "
              "same command is repeated; a point stopped by the model (error) is deterministic: see its "
              "run directory's summary.json", EXIT_RUN_FAILED)
-
-
-def _print_table(rows: list[dict[str, Any]], shown: list[tuple[str, str, Any]]) -> None:
-    """shown: (column, label, format) of the columns to print, right-aligned plain text (a terminal
-    soft-wraps it when it is wider than the window; the CSV has every column)."""
-    cells = [[label for _, label, _ in shown]] + [[fmt(r.get(k)) for k, _, fmt in shown] for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(shown))]
-    for c in cells:
-        typer.echo("  ".join(v.rjust(w) for v, w in zip(c, widths)))
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, bool) or isinstance(v, str):
-        return str(v)
-    if isinstance(v, int):
-        return f"{v:,}"
-    if isinstance(v, float):
-        return "0" if v == 0 else f"{v:,.0f}" if abs(v) >= 1000 else f"{v:,.1f}" if abs(v) >= 10 else f"{v:.3f}"
-    return str(v)
 
 
 class _Progress:
@@ -128,10 +141,11 @@ class _Progress:
         if self.con is None:
             return
         if self.progress is None:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn,
+                                       TimeRemainingColumn)
 
-            self.progress = Progress("sweep: points", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                     console=self.con, transient=True)
+            self.progress = Progress("sweep: points", BarColumn(), MofNCompleteColumn(), "ETA", TimeRemainingColumn(),
+                                     TimeElapsedColumn(), console=self.con, transient=True)
             self.task = self.progress.add_task("points", total=total)
             self.progress.start()
         self.progress.advance(self.task)

@@ -1,8 +1,9 @@
 """The results table of a sweep: one row per point, its swept parameters and headline metrics.
 
-The metrics come from the point's summary.json (the counters smpsim.trace.counters computes from the
-event stream), the ratios between them defined here, once, and the kmap latency p99 from the trace's
-``kmap`` events with the percentile definition of ``smpsim analyze`` (nearest rank). The table is
+The metrics are smpsim.metrics' headline table over the point's summary.json (the counters
+smpsim.trace.counters computes from the event stream) and the distributions of kmap latency and flush stall
+in its trace (nearest-rank percentiles, as ``smpsim analyze``). With a ``[report]`` baseline, each row also
+has ``baseline_point`` and the ratio columns ``KEY_ratio``: the metric over its baseline point's. The table is
 written as CSV and Parquet; the Parquet file's metadata says which sweep and which points it holds, so the
 tables of the shards of a sweep (``results-shard-I-of-N``) can be merged (``collect``).
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,8 @@ import pyarrow.parquet as pq
 
 from smpsim.experiments.runner import is_finished
 from smpsim.experiments.sweep import Experiment, Point
+from smpsim.metrics import (METRICS, RATIO_COLUMNS, Group, describe, facts_from_summary, group, headline, ratios)
+from smpsim.metrics import saving_lines as metric_saving_lines
 from smpsim.trace.errors import TraceError
 from smpsim.trace.rundir import read_summary
 
@@ -27,82 +29,91 @@ META_KEY = b"smpsim.sweep"
 SHARD_GLOB = "results-shard-*-of-*.parquet"
 
 
-def _ratio(a: float | None, b: float | None, scale: float = 1, digits: int = 1) -> float | None:
-    return round(scale * a / b, digits) if a is not None and b else None
-
-
-# (column, label in the printed table or None, value from (counters, summary)); the summary carries
-# "kmap_latency", the distribution of kmap cycles in the trace (None without a trace). Per 1k: per 1000
-# kmaps; refill: TLB misses caused by a flush (flush_caused), and their cycles, per CPU.
-METRICS: tuple[tuple[str, str | None, Callable[[dict, dict], Any]], ...] = (
-    ("kmaps", None, lambda c, s: c["kmaps"]),
-    ("wraps", "wraps", lambda c, s: c["wraps"]),
-    ("flushes", "flushes", lambda c, s: c["flushes"]),
-    ("ipis", None, lambda c, s: c["ipis"]),
-    ("ipis_per_1000_kmaps", "IPIs/1k", lambda c, s: c["ipis_per_1000_kmaps"]),
-    ("flushes_per_1000_kmaps", None, lambda c, s: _ratio(c["flushes"], c["kmaps"], 1000, 3)),
-    ("stall_cycles", None, lambda c, s: c["stall_cycles"]),
-    ("stall_per_1000_kmaps", "stall/1k", lambda c, s: _ratio(c["stall_cycles"], c["kmaps"], 1000)),
-    ("stall_per_flush", "stall/flush", lambda c, s: _ratio(c["stall_cycles"], c["flushes"])),
-    ("kmap_mean_cycles", "kmap avg", lambda c, s: _ratio(c["kmap_cycles"], c["kmaps"])),
-    ("kmap_p99_cycles", "kmap p99", lambda c, s: (s["kmap_latency"] or {}).get("p99")),
-    ("lock_wait_mean_cycles", None, lambda c, s: _ratio(c["lock_wait_cycles"], c["kmaps"])),
-    ("tlb_hit_rate", "TLB hit", lambda c, s: _ratio(c["tlb_hits"], c["tlb_hits"] + c["tlb_misses"], 1, 6)),
-    ("flush_misses_per_cpu", "refill/CPU", lambda c, s: _per_cpu(s, "flush_misses")),
-    ("flush_miss_cycles_per_cpu", "refill cyc/CPU", lambda c, s: _per_cpu(s, "flush_miss_cycles")),
-    ("sleeps", "sleeps", lambda c, s: c["sleeps"]),
-    ("stale", "stale", lambda c, s: c["stale"]),
-)
-
-
-def _per_cpu(summary: dict, key: str) -> float | None:
-    """The mean over CPUs of a per-CPU counter (summary["per_cpu"])."""
-    per_cpu = summary.get("per_cpu") or []
-    return _ratio(sum(p[key] for p in per_cpu), len(per_cpu))
-
-
 def columns(params: list[str]) -> list[str]:
-    return ["point", *params, "status", *(name for name, _, _ in METRICS), "digest", "run", "error"]
+    return ["point", *params, "status", *(m.key for m in METRICS), "baseline_point", *RATIO_COLUMNS,
+            "digest", "run", "error"]
 
 
 def row(point: Point, run_dir: Path, failure: str | None = None) -> dict[str, Any]:
     """The point's row. status: "ok", "error" (the model stopped the run: a kernel BUG or a deadlock) or
     "unfinished" (no finished run: it failed, as ``failure`` says, or was interrupted); metrics only for
-    "ok"; error: why the run stopped."""
+    "ok"; error: why the run stopped. The ratio columns are filled in by ``with_ratios``."""
     summary = read_summary(run_dir) if is_finished(run_dir, point.hash) else None
     status = summary.get("status", "error") if summary else "unfinished"
     r: dict[str, Any] = {"point": point.index, **point.params, "status": status}
-    if status == "ok":
-        summary = {**summary, "kmap_latency": kmap_latency(run_dir)}
-    for name, _, value in METRICS:
-        r[name] = value(summary["counters"], summary) if status == "ok" else None
+    values = headline(facts_from_summary(summary, *distributions(run_dir))) if status == "ok" else {}
+    r.update({m.key: values.get(m.key) for m in METRICS})
     r["digest"] = summary.get("digest") if summary else None
     r["run"] = run_dir.name
     r["error"] = summary.get("error") if summary else failure
     return r
 
 
-def kmap_latency(run_dir: Path) -> dict[str, Any] | None:
-    """Count, mean and percentiles of the kmap events' cycles (None when the run recorded no trace)."""
+def distributions(run_dir: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The distributions of the kmap events' cycles and the flush events' stall (None, None when the run
+    recorded no trace)."""
     import pyarrow.compute as pc
 
     from smpsim.analysis.metrics import distribution
     from smpsim.trace.reader import read_table
 
-    table = read_table(run_dir, ["ev", "cycles"])
+    table = read_table(run_dir, ["ev", "cycles", "stall"])
     if table.num_rows == 0:
-        return None
-    return distribution(table.filter(pc.equal(table["ev"], "kmap"))["cycles"].to_numpy())
+        return None, None
+    return (distribution(table.filter(pc.equal(table["ev"], "kmap"))["cycles"].to_numpy()),
+            distribution(table.filter(pc.equal(table["ev"], "flush"))["stall"].to_numpy()))
+
+
+def baselines(exp: Experiment) -> dict[int, int]:
+    """Point -> its baseline point, from the experiment's [report] table (empty without one)."""
+    rep = exp.report
+    if rep is None or not rep.baseline:
+        return {}
+    groups, _ = group(exp.params([*rep.baseline, *rep.by]), rep.baseline, rep.by, "point")
+    idx = [p.index for p in exp.points]
+    return {idx[i]: idx[g.base] for g in groups if g.base is not None for i in g.members}
+
+
+def with_ratios(rows: list[dict[str, Any]], base_of: dict[int, int]) -> list[dict[str, Any]]:
+    """The rows with baseline_point and the ratio columns: each metric over its baseline point's (empty
+    when that point is not among the rows or has no result)."""
+    by_point = {r["point"]: r for r in rows}
+    out = []
+    for r in rows:
+        b = base_of.get(r["point"])
+        base = by_point.get(b) if b is not None else None
+        ok = base is not None and base["status"] == "ok" and r["status"] == "ok"
+        out.append({**r, "baseline_point": b, **(ratios(r, base) if ok else dict.fromkeys(RATIO_COLUMNS))})
+    return out
+
+
+def saving_lines(rows: list[dict[str, Any]], params: list[str], meta: dict[str, Any]) -> list[str]:
+    """The one-line saving of each point over its baseline, group by group, in point order."""
+    base_of = {int(k): v for k, v in (meta.get("baselines") or {}).items()}
+    by = [k for k in (meta.get("report") or {}).get("by", []) if k in params]
+    ok = [r for r in rows if r["status"] == "ok" and r["point"] in base_of]
+    groups: dict[int, Group] = {}
+    index = {r["point"]: i for i, r in enumerate(ok)}
+    for i, r in enumerate(ok):
+        b = base_of[r["point"]]
+        g = groups.setdefault(b, Group({k: r[k] for k in by}, [], index.get(b)))
+        g.members.append(i)
+    labels = [describe({k: r[k] for k in params if k not in by}) for r in ok]
+    return [line["text"] for line in metric_saving_lines(labels, ok, list(groups.values()))]
 
 
 def metadata(exp: Experiment, shard: tuple[int, int] | None = None) -> dict[str, Any]:
+    rep = exp.report
     return {"experiment": str(exp.path), "sweep_id": exp.sweep_id, "points": len(exp.points),
-            "params": exp.keys, "shard": list(shard) if shard else None}
+            "params": exp.keys, "shard": list(shard) if shard else None,
+            "report": rep.model_dump() if rep is not None else None,
+            "baselines": {str(k): v for k, v in baselines(exp).items()}}
 
 
 def write(rows: list[dict[str, Any]], params: list[str], meta: dict[str, Any], base: Path) -> tuple[Path, Path]:
     """base.csv and base.parquet; returns their paths."""
     cols = columns(params)
+    rows = with_ratios(rows, {int(k): v for k, v in (meta.get("baselines") or {}).items()})
     csv_path, pq_path = base.with_suffix(".csv"), base.with_suffix(".parquet")
     try:
         with open(csv_path, "w", newline="", encoding="utf-8") as f:
@@ -114,6 +125,19 @@ def write(rows: list[dict[str, Any]], params: list[str], meta: dict[str, Any], b
     except OSError as e:
         raise TraceError(f"{e.filename or base}: cannot write the results: {e.strerror or e}") from None
     return csv_path, pq_path
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """The metadata a results table was written with ({} when it has none)."""
+    try:
+        return json.loads((pq.read_schema(path).metadata or {})[META_KEY])
+    except (OSError, KeyError, ValueError, pa.ArrowException):
+        return {}
+
+
+def report_of(directory: Path) -> dict[str, Any] | None:
+    """The [report] table (baseline, by) of the sweep whose results table is in directory, if any."""
+    return read_meta(directory / "results.parquet").get("report") or None
 
 
 def collect(directory: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:

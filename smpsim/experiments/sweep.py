@@ -27,12 +27,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from smpsim.config import (Config, ConfigError, apply_override, default_config_path, describe_error, parse_value,
-                           read_toml, set_key, to_toml)
+from smpsim.config import (Config, ConfigError, Report, apply_override, default_config_path, describe_error,
+                           dotted, parse_value, read_toml, set_key, to_toml, validate_report)
+from smpsim.metrics import group
 from smpsim.trace.rundir import config_hash
 
 MODES = ("product", "zip")
 SWEEP_PREFIX = "sweep."
+REPORT_PREFIX = "report."
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,20 @@ class Experiment:
     mode: str
     values: dict[str, list]  # swept key -> values, in the order of the sweep table
     points: tuple[Point, ...]
+    report: Report | None = None  # the [report] table: each point's baseline
+
+    def report_problems(self) -> list[str]:
+        """Groups of points without a baseline point, or with several (e.g. --set pinned the baseline's key
+        to another value): those points get no saving line."""
+        rep = self.report
+        if rep is None or not rep.baseline:
+            return []
+        _, trouble = group(self.params([*rep.baseline, *rep.by]), rep.baseline, rep.by, "point")
+        return [f"[report] {t}" for t in dict.fromkeys(trouble)]
+
+    def params(self, keys: list[str]) -> list[dict[str, Any]]:
+        """Each point's resolved value of each key."""
+        return [{k: _resolved(p.cfg, k) for k in keys} for p in self.points]
 
     @property
     def keys(self) -> list[str]:
@@ -79,6 +95,9 @@ class Experiment:
         lines = [f"\n# {len(self.points)} points; the swept keys above show the first point's values",
                  "[sweep]", f'mode = "{self.mode}"']
         lines += [f"{json.dumps(k)} = {json.dumps(v)}" for k, v in self.values.items()]
+        if self.report is not None:
+            base = ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in self.report.baseline.items())
+            lines += ["", "[report]", f"baseline = {{{base}}}", f"by = {json.dumps(self.report.by)}"]
         return text + "\n".join(lines) + "\n"
 
 
@@ -88,6 +107,7 @@ def load_experiment(path: str | Path | None = None, overrides: list[str] | tuple
     p = Path(path) if path is not None else default_config_path()
     data = read_toml(p)
     table = data.pop("sweep", {})
+    report_table = data.pop("report", None)
     problems: list[str] = []
     pinned, sweep_sets = set(), []
     for a in overrides:
@@ -95,6 +115,9 @@ def load_experiment(path: str | Path | None = None, overrides: list[str] | tuple
         key = key.strip()
         if eq and key.startswith(SWEEP_PREFIX):
             sweep_sets.append((key[len(SWEEP_PREFIX):], parse_value(text.strip())))
+        elif eq and key.startswith(REPORT_PREFIX):
+            report_table = dict(report_table or {})
+            set_key(report_table, key[len(REPORT_PREFIX):], parse_value(text.strip()))
         else:
             apply_override(data, a)
             pinned.add(key)
@@ -108,9 +131,15 @@ def load_experiment(path: str | Path | None = None, overrides: list[str] | tuple
             problems += [f"[sweep] {x}" for x in e.problems]
             del values[key]
     points = _expand(data, mode, values, p, problems)
+    report = None
+    if report_table is not None:
+        try:
+            report = validate_report(report_table, str(p))
+        except ConfigError as e:
+            problems += e.problems
     if problems:
         raise ConfigError(str(p), list(dict.fromkeys(problems)))
-    return Experiment(p, mode, values, tuple(points))
+    return Experiment(p, mode, values, tuple(points), report)
 
 
 def _parse_sweep(table: Any, sweep_sets: list[tuple[str, Any]], problems: list[str]) -> tuple[str, dict[str, list]]:
@@ -119,7 +148,7 @@ def _parse_sweep(table: Any, sweep_sets: list[tuple[str, Any]], problems: list[s
         table = {}
     mode = table.get("mode", "product")
     entries: dict[str, Any] = {}
-    for key, value in _flatten({k: v for k, v in table.items() if k != "mode"}):
+    for key, value in dotted({k: v for k, v in table.items() if k != "mode"}):
         if key in entries:
             problems.append(f"[sweep] {key}: given twice")
         entries[key] = value
@@ -143,14 +172,6 @@ def _parse_sweep(table: Any, sweep_sets: list[tuple[str, Any]], problems: list[s
         lengths = ", ".join(f"{k} has {len(v)}" for k, v in values.items())
         problems.append(f"[sweep] mode = 'zip' pairs the lists, so they must be equally long ({lengths})")
     return mode, values
-
-
-def _flatten(table: dict[str, Any], prefix: str = ""):
-    for k, v in table.items():
-        if isinstance(v, dict):
-            yield from _flatten(v, f"{prefix}{k}.")
-        else:
-            yield f"{prefix}{k}", v
 
 
 def _expand(data: dict[str, Any], mode: str, values: dict[str, list], path: Path, problems: list[str]) -> list[Point]:

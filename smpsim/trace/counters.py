@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+from smpsim.metrics import hit_rate, per_1000
+
 
 class Counters:
     def __init__(self, ncpu: int):
@@ -70,12 +72,11 @@ class Counters:
         hits = sum(p["hits"] for p in self.per_cpu)
         misses = sum(p["misses"] for p in self.per_cpu)
         counters["tlb_hits"], counters["tlb_misses"] = hits, misses
-        counters["ipis_per_1000_kmaps"] = round(1000 * counters["ipis"] / counters["kmaps"], 3) if counters["kmaps"] else 0.0
+        counters["ipis_per_1000_kmaps"] = per_1000(counters["ipis"], counters["kmaps"])
         per_cpu = []
         for i, p in enumerate(self.per_cpu):
-            look = p["hits"] + p["misses"]
             per_cpu.append({"cpu": i, "kmaps": p["kmaps"], "accesses": p["accesses"], "hits": p["hits"],
-                            "misses": p["misses"], "hit_rate": round(p["hits"] / look, 6) if look else None,
+                            "misses": p["misses"], "hit_rate": hit_rate(p["hits"], p["misses"]),
                             "flush_misses": p["flush_misses"], "flush_miss_cycles": p["flush_miss_cycles"],
                             "ipis_received": p["ipis_received"], "ipis_sent": p["ipis_sent"],
                             "stale": p["stale"]})
