@@ -10,12 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import msgpack
 import pytest
 
 from smpsim.config import validate
 from smpsim.engines.inline import run
 from smpsim.trace.reader import iter_events, open_run
+from tracegen import event_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,15 +33,15 @@ def _cfg(seed=11, **over):
 
 
 def recompute_digest(run_dir: Path) -> tuple[str, int]:
-    """SHA-256 over msgpack.packb(sorted((k, v) for k, v in ev.items() if v is not None)), events in seq
-    order, written out here from docs/architecture.md rather than taken from smpsim."""
+    """SHA-256 over each event's tuple as a msgpack array, events in seq order, written out here from
+    docs/trace-format.md (tracegen.event_bytes) rather than taken from smpsim."""
     h = hashlib.sha256()
     n = 0
     last = -1
     for ev in iter_events(open_run(run_dir)):
         assert ev["seq"] == last + 1
         last = ev["seq"]
-        h.update(msgpack.packb(sorted((k, v) for k, v in ev.items() if v is not None)))
+        h.update(event_bytes(ev))
         n += 1
     return h.hexdigest(), n
 

@@ -28,6 +28,7 @@ from smpsim.engines.recorder import Recorder
 from smpsim.model import messages as m
 from smpsim.model.coordinator import Coordinator
 from smpsim.model.cpu import LOCAL_BASE
+from smpsim.model.events import to_record
 from smpsim.model.ring import PkmapRing
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -161,7 +162,7 @@ def instrumented_run(cfg, max_violations: int = 20):
 
     class Keeping(Recorder):  # the run's events, for the checks below
         def add(self, source, evs):
-            events.extend(evs)
+            events.extend(map(to_record, evs))
             super().add(source, evs)
 
     engine = InlineEngine(cfg, Keeping(cfg, None, "inline"), coord)

@@ -7,25 +7,25 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from smpsim.trace.errors import TraceError
 from smpsim.trace.reader import iter_events, open_run
 from smpsim.trace.rundir import write_summary
 from smpsim.trace.schema import FIELD_NAMES, SCHEMA
-from smpsim.trace.writer import TraceWriter, digest_events, event_bytes
-from tracegen import make_events
-
+from smpsim.trace.writer import TraceWriter, digest_events, pack_events
+from tracegen import as_tuple, event_bytes, make_events
 
 def reference_digest(events):
-    """docs/architecture.md, written out independently of smpsim.trace.writer."""
     h = hashlib.sha256()
     for e in events:
-        h.update(msgpack.packb(sorted((k, v) for k, v in e.items() if v is not None)))
+        h.update(event_bytes(e))
     return h.hexdigest()
 
 
 def write_all(run_dir, events, part_events, enabled=True, batch=97):
+    """Write the stream as the recorder does: event tuples, batch by batch."""
     w = TraceWriter(run_dir, part_events, enabled)
     for i in range(0, len(events), batch):
-        w.write([dict(e) for e in events[i:i + batch]])
+        w.write([as_tuple(e) for e in events[i:i + batch]])
     return w, w.close()
 
 
@@ -46,8 +46,10 @@ def test_part_is_written_as_soon_as_it_is_full(tmp_path):
     w.write(events[:9])
     assert not list((tmp_path / "trace").glob("*.parquet"))
     w.write(events[9:12])
+    w.wait()  # parts are encoded on the writer's thread
     assert [p.name for p in (tmp_path / "trace").glob("*.parquet")] == ["part-00000.parquet"]
     w.write(events[12:25])
+    w.wait()
     assert len(list((tmp_path / "trace").glob("*.parquet"))) == 2
     w.close()
     assert len(list((tmp_path / "trace").glob("*.parquet"))) == 3
@@ -72,7 +74,9 @@ def test_digest_equals_independent_recomputation(tmp_path):
     events = make_events(777)
     _, digest = write_all(tmp_path, events, part_events=100)
     assert digest == reference_digest(events) == digest_events(events)
-    assert event_bytes(events[3]) == msgpack.packb(sorted((k, v) for k, v in events[3].items() if v is not None))
+    for k in (0, 1, 15, 16, 17, 0xFFFF, 0x10000):  # a batch packs to its events' own encodings at any length
+        batch = [as_tuple(e) for e in (events * 100)[:k]]
+        assert pack_events(batch) == b"".join(msgpack.packb(e) for e in batch)
     # ... and from what was stored: the trace alone is enough to check a run's digest
     write_summary(tmp_path, {"status": "ok", "digest": digest})
     assert reference_digest(iter_events(open_run(tmp_path))) == digest
@@ -97,10 +101,34 @@ def test_empty_stream_digest():
     assert w.stats()["events"] == 0
 
 
-def test_none_values_and_missing_fields_are_the_same_event(tmp_path):
-    a = [{"seq": 0, "t": 1, "cpu": 0, "ev": "wrap", "slots": 2, "page": None}]
-    b = [{"seq": 0, "t": 1, "cpu": 0, "ev": "wrap", "slots": 2}]
-    assert write_all(None, a, 10)[1] == write_all(None, b, 10)[1]
+def test_records_give_the_digest_of_their_tuples(tmp_path):
+    """Records as a trace stores them (seq, nulls omitted or present) digest like the model's tuples."""
+    events = make_events(300)
+    w = TraceWriter(tmp_path, 64, True)
+    w.write([dict(e) for e in events])
+    stripped = [{k: v for k, v in e.items() if v is not None and k != "seq"} for e in events]
+    assert w.close() == write_all(None, events, 64)[1] == digest_events(stripped)
+    assert list(iter_events(open_run_ok(tmp_path, w))) == [{k: v for k, v in e.items() if v is not None}
+                                                           for e in events]
+
+
+def test_every_field_counts(tmp_path):
+    """Changing any one field of one event changes the digest."""
+    events = make_events(40)
+    base = write_all(None, events, 64)[1]
+    for i, e in enumerate(events[:10]):
+        for k, v in e.items():
+            if k in ("seq", "ev") or v is None:
+                continue
+            changed = [dict(x) for x in events]
+            changed[i][k] = (not v) if isinstance(v, bool) else v + [99] if isinstance(v, list) else \
+                v + "x" if isinstance(v, str) else v + 1
+            assert write_all(None, changed, 64)[1] != base, (i, k)
+
+
+def open_run_ok(path, w):
+    write_summary(path, {"status": "ok", "digest": w.digest, "trace": w.stats()})
+    return open_run(path)
 
 
 def test_schema_types(tmp_path):
@@ -121,6 +149,8 @@ def test_unknown_field_and_out_of_order_batches_are_rejected(tmp_path):
     w = TraceWriter(tmp_path, 1, True)
     with pytest.raises(ValueError, match="bogus"):
         w.write([{"seq": 0, "t": 0, "cpu": 0, "ev": "wrap", "bogus": 1}])
+    with pytest.raises(ValueError, match="bogus"):
+        TraceWriter(tmp_path / "y", 1, True).write([(0, 0, "bogus", 1)])
     w = TraceWriter(tmp_path / "x", 10, True)
     with pytest.raises(ValueError, match="seq"):
         w.write([{"seq": 5, "t": 0, "cpu": 0, "ev": "wrap"}])
@@ -130,3 +160,21 @@ def test_stats_and_close_twice(tmp_path):
     w, digest = write_all(tmp_path, make_events(25), part_events=10)
     assert w.close() == digest
     assert w.stats() == {"enabled": True, "events": 25, "parts": 3, "part_events": 10, "digest": digest}
+
+
+def test_docs_list_each_event_types_digest_fields_in_order():
+    import re
+    from smpsim.model.events import FIELDS
+    text = (Path(__file__).parent.parent / "docs" / "trace-format.md").read_text()
+    digest = text[text.index("## Digest"):text.index("## Truncated runs")]
+    rows = dict(re.findall(r"^\| `(\w+)` \| (`.*`) \|$", digest, re.M))
+    assert {ev: tuple(re.findall(r"`(\w+)`", f)) for ev, f in rows.items()} == FIELDS
+
+
+def test_a_part_that_cannot_be_written_is_an_error_naming_it(tmp_path):
+    w = TraceWriter(tmp_path, 10, True)
+    (tmp_path / "trace").rmdir()
+    (tmp_path / "trace").write_text("not a directory")
+    w.write([as_tuple(e) for e in make_events(15)])
+    with pytest.raises(TraceError, match="part-00000.parquet"):
+        w.close()

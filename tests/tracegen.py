@@ -4,6 +4,27 @@ from __future__ import annotations
 
 import random
 
+import msgpack
+
+# docs/trace-format.md, "Digest": each event type's fields in tuple order, written out here independently
+# of smpsim.model.events.
+LAYOUT = {
+    "kmap": "page slot new slept cycles lock_wait", "kunmap": "page slot count", "wrap": "slots",
+    "flush": "scope slots targets pages stall", "ipi": "src t_send t_recv t_ack scope dropped",
+    "access": "page slot n writes hits misses", "tlb_miss": "page slot n cycles flush_caused",
+    "stale": "page reached slot n", "wait": "page", "wake": "woken",
+}
+
+
+def as_tuple(e: dict) -> tuple:
+    """An event record (seq and nulls optional) as the model's event tuple."""
+    return (e["t"], e["cpu"], e["ev"], *(e.get(f) for f in LAYOUT[e["ev"]].split()))
+
+
+def event_bytes(e: dict) -> bytes:
+    """One event's share of the digest: its tuple as one msgpack array."""
+    return msgpack.packb(list(as_tuple(e)))
+
 
 def make_events(count: int, seed: int = 1, cpus: int = 4) -> list[dict]:
     """``count`` events of every type, t non-decreasing, seq assigned, some fields None."""

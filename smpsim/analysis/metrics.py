@@ -4,9 +4,9 @@ Every figure is an aggregate over columns (SQL, or numpy over one fetched column
 event, so a 10-million-event trace takes seconds. Definitions (docs/analysis.md has the full list):
 
 - The headline counters (``counters``, ``flushes_by_scope``, ``per_cpu``, ``events``, ``t_end``) are the
-  sums that smpsim.trace.counters.Counters keeps while a run is recorded; ``headline`` computes the same
-  sums in SQL and hands them to ``Counters.summary`` for everything derived from them (IPIs per 1000 kmaps,
-  hit rates, totals), so both share one definition and summary.json can be checked against the trace.
+  sums of smpsim.trace.counters.SUMS, the one table from which both the running counters of a recorded run
+  and the SQL of ``headline`` are made; ``Counters.summary`` derives the rest (IPIs per 1000 kmaps, hit
+  rates, totals), so summary.json can be checked against the trace.
 - Percentiles are nearest-rank: pN is the smallest value with at least N% of the values <= it
   (sorted[ceil(N * n / 100) - 1]); ``max`` is p100.
 - A useless IPI is one whose receiver dropped no pkmap translation (``dropped == 0``).
@@ -21,7 +21,6 @@ event, so a 10-million-event trace takes seconds. Definitions (docs/analysis.md 
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -54,43 +53,6 @@ def _ratio(a: int | float, b: int | float) -> float | None:
 
 # ------------------------------------------------------------------------------------------- headline
 
-_HEADLINE_SQL = """
-SELECT
-  count(*)                                                   AS events,
-  coalesce(max(t), 0)                                        AS t_end,
-  count(*) FILTER (WHERE ev = 'kmap')                        AS kmaps,
-  count(*) FILTER (WHERE ev = 'kmap' AND new)                AS new_mappings,
-  count(*) FILTER (WHERE ev = 'kmap' AND NOT coalesce(new, false)) AS reuses,
-  coalesce(sum(cycles) FILTER (WHERE ev = 'kmap'), 0)        AS kmap_cycles,
-  coalesce(sum(lock_wait) FILTER (WHERE ev = 'kmap'), 0)     AS lock_wait_cycles,
-  count(*) FILTER (WHERE ev = 'kunmap')                      AS kunmaps,
-  count(*) FILTER (WHERE ev = 'wrap')                        AS wraps,
-  count(*) FILTER (WHERE ev = 'flush')                       AS flushes,
-  coalesce(sum(stall) FILTER (WHERE ev = 'flush'), 0)        AS stall_cycles,
-  count(*) FILTER (WHERE ev = 'ipi')                         AS ipis,
-  count(*) FILTER (WHERE ev = 'ipi' AND dropped = 0)         AS useless_ipis,
-  coalesce(sum(n) FILTER (WHERE ev = 'stale'), 0)            AS stale,
-  count(*) FILTER (WHERE ev = 'stale')                       AS stale_events,
-  count(*) FILTER (WHERE ev = 'wait')                        AS sleeps,
-  count(*) FILTER (WHERE ev = 'wake')                        AS wakes
-FROM events
-"""
-
-_PER_CPU_SQL = """
-SELECT cpu,
-  count(*) FILTER (WHERE ev = 'kmap')                                        AS kmaps,
-  coalesce(sum(n) FILTER (WHERE ev = 'access'), 0)                           AS accesses,
-  coalesce(sum(hits) FILTER (WHERE ev = 'access'), 0)                        AS hits,
-  coalesce(sum(misses) FILTER (WHERE ev = 'access'), 0)
-    + coalesce(sum(n) FILTER (WHERE ev = 'tlb_miss' AND page IS NULL), 0)    AS misses,
-  coalesce(sum(n) FILTER (WHERE ev = 'tlb_miss' AND flush_caused), 0)        AS flush_misses,
-  coalesce(sum(cycles) FILTER (WHERE ev = 'tlb_miss' AND flush_caused), 0)   AS flush_miss_cycles,
-  count(*) FILTER (WHERE ev = 'ipi')                                         AS ipis_received,
-  coalesce(sum(n) FILTER (WHERE ev = 'stale'), 0)                            AS stale
-FROM events GROUP BY cpu
-"""
-
-
 def cpu_count(tr: Trace) -> int:
     """The run's CPUs: from its config, or (a run without one) the highest CPU id in the trace + 1."""
     seen = tr.one("SELECT greatest(coalesce(max(cpu), -1), coalesce(max(src), -1)) + 1 FROM events")[0]
@@ -98,22 +60,9 @@ def cpu_count(tr: Trace) -> int:
 
 
 def headline(tr: Trace, ncpu: int) -> dict[str, Any]:
-    """The summary.json counters recomputed from the trace: the same dict as ``Counters.summary()``."""
-    c = Counters(ncpu)
-    row = tr.sql(_HEADLINE_SQL)
-    names = [d[0] for d in row.description]
-    values = dict(zip(names, (int(v) for v in row.fetchone())))
-    c.events, c.t_end = values.pop("events"), max(0, values.pop("t_end"))
-    c.c = Counter(values)
-    c.scopes = Counter({scope: int(k) for scope, k in tr.rows(
-        "SELECT scope, count(*) FROM events WHERE ev = 'flush' GROUP BY scope")})
-    cur = tr.sql(_PER_CPU_SQL)
-    names = [d[0] for d in cur.description][1:]
-    for cpu, *vals in cur.fetchall():
-        c.per_cpu[cpu].update({k: int(v) for k, v in zip(names, vals)})
-    for src, k in tr.rows("SELECT src, count(*) FROM events WHERE ev = 'ipi' GROUP BY src"):
-        c.per_cpu[src]["ipis_sent"] += int(k)
-    return c.summary()
+    """The summary.json counters recomputed from the trace: the same dict as ``Counters.summary()``, from
+    SQL generated out of the same counter table (smpsim.trace.counters.SUMS)."""
+    return Counters.from_sql(tr.rows, ncpu).summary()
 
 
 # ------------------------------------------------------------------------------------------- sections

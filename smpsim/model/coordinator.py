@@ -66,7 +66,7 @@ class Coordinator:
         self.lb = [0] * self.ncpu                # RUNNING CPUs: no request before this time
         self.running = [(0, c) for c in range(self.ncpu)]  # heap of (lb, cpu), outdated entries skipped
         self.pkmap_map_wait: list[_Request] = []  # sleepers, in the order they went to sleep
-        self.events: list[dict] = []
+        self.events: list[tuple] = []  # trace events, tuples laid out as in events.py
         self.outbox: list[tuple[int, tuple]] = []  # (destination CPU, message)
         self.t_last = 0
 
@@ -182,7 +182,7 @@ class Coordinator:
                 nonlocal t
                 t = max(t, t_scan + probes * self.cost.pkmap_scan)
                 torn = ring.flush_all_zero_pkmaps()
-                self.events.append({"t": t, "cpu": cpu, "ev": "wrap", "slots": len(torn)})
+                self.events.append((t, cpu, "wrap", len(torn)))
                 flush = self.policy.wrap_flush(torn)
                 if flush is not None:
                     t = self._flush(t, cpu, flush, len(torn), r)
@@ -194,14 +194,13 @@ class Coordinator:
                 r.slept = True
                 self.pkmap_map_wait.append(r)
                 self.status[cpu] = ASLEEP
-                self.events.append({"t": t, "cpu": cpu, "ev": "wait", "page": page})
+                self.events.append((t, cpu, "wait", page))
                 return
             new = True
             t += self.cost.pte_write
         ring.pkmap_count[slot] += 1
         self._unlock(t)
-        self.events.append({"t": t, "cpu": cpu, "ev": "kmap", "page": page, "slot": slot, "new": new,
-                            "slept": r.slept, "cycles": t - r.t_first, "lock_wait": r.lock_wait})
+        self.events.append((t, cpu, "kmap", page, slot, new, r.slept, t - r.t_first, r.lock_wait))
         self._reply(r, t, slot)
 
     def _kunmap_high(self, r: _Request) -> None:
@@ -222,12 +221,12 @@ class Coordinator:
             count = 0
             t = self._flush(t, cpu, self.policy.unmap_flush(slot), 1, r)
         self._unlock(t)
-        self.events.append({"t": t, "cpu": cpu, "ev": "kunmap", "page": page, "slot": slot, "count": count})
+        self.events.append((t, cpu, "kunmap", page, slot, count))
         if count <= 1 and self.pkmap_map_wait:
             # wake_up(&pkmap_map_wait) after unlock: every sleeper retries kmap_high from the scan.
             woken = self.pkmap_map_wait
             self.pkmap_map_wait = []
-            self.events.append({"t": t, "cpu": cpu, "ev": "wake", "woken": [w.cpu for w in woken]})
+            self.events.append((t, cpu, "wake", [w.cpu for w in woken]))
             for w in woken:
                 w.t = t + self.cost.wakeup_latency
                 self.status[w.cpu] = REQUESTED
@@ -285,7 +284,6 @@ class Coordinator:
             t_end = max(t_end, t_ack)
         r.local_flushes.append((t_end, vpns))  # then the initiator flushes its own TLB
         t_end += work
-        self.events.append({"t": t, "cpu": initiator, "ev": "flush", "scope": flush.scope, "slots": torn,
-                            "targets": targets, "pages": None if vpns is None else len(vpns),
-                            "stall": t_end - t})
+        self.events.append((t, initiator, "flush", flush.scope, torn, targets,
+                            None if vpns is None else len(vpns), t_end - t))
         return t_end

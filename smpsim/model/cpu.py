@@ -68,7 +68,7 @@ class Cpu:
         self.refill_due = False                   # background working set lost to a full flush
         self.results: list[tuple] = []            # the rest of a compound reply, last item first
         self.resumed = 0                          # when the CPU resumed after its last reply
-        self.events: list[dict] = []
+        self.events: list[tuple] = []             # trace events, tuples laid out as in events.py
         self.started = -1                         # start time of the latest operation
 
     # ---- the program ---------------------------------------------------------------------------------
@@ -247,8 +247,8 @@ class Cpu:
     # ---- TLB ------------------------------------------------------------------------------------------
     def _handle_ipi(self, ipi: m.Ipi, running: bool) -> None:
         dropped = self._flush_tlb(ipi.vpns)
-        self.events.append({"t": ipi.t_recv, "cpu": self.id, "ev": "ipi", "src": ipi.src, "t_send": ipi.t_send,
-                            "t_recv": ipi.t_recv, "t_ack": ipi.t_ack, "scope": ipi.scope, "dropped": dropped})
+        self.events.append((ipi.t_recv, self.id, "ipi", ipi.src, ipi.t_send, ipi.t_recv, ipi.t_ack, ipi.scope,
+                            dropped))
 
     def _flush_tlb(self, vpns) -> int:
         if vpns is None:
@@ -270,24 +270,20 @@ class Cpu:
         if self.refill_due:  # the background working set walks back in after a full flush
             self.refill_due = False
             cycles = self.tlb.background * self.c_walk
-            ev.append({"t": t, "cpu": self.id, "ev": "tlb_miss", "n": self.tlb.background,
-                       "cycles": cycles, "flush_caused": True})
+            ev.append((t, self.id, "tlb_miss", None, None, self.tlb.background, cycles, True))
             t += cycles
         slot = vpn if vpn < LOCAL_BASE else vpn - LOCAL_BASE - self.id * self.local_slots
-        frame = self.tlb.lookup(vpn)
+        # On a miss the page walk fills in `page`: a held slot's PTE cannot change while held.
+        frame = self.tlb.translate(vpn, page)
         if frame is None:
-            # Page walk: a held slot's PTE cannot change while held, so it maps `page`.
             caused = vpn in self.flushed
             if caused:
                 self.flushed.discard(vpn)
-            self.tlb.fill(vpn, page)
-            ev.append({"t": t, "cpu": self.id, "ev": "tlb_miss", "page": page, "slot": slot, "n": 1,
-                       "cycles": self.c_walk, "flush_caused": caused})
+            ev.append((t, self.id, "tlb_miss", page, slot, 1, self.c_walk, caused))
             hits, misses = n - 1, 1
         else:
             if frame != page:
-                ev.append({"t": t, "cpu": self.id, "ev": "stale", "page": page, "reached": frame,
-                           "slot": slot, "n": n})
+                ev.append((t, self.id, "stale", page, frame, slot, n))
             hits, misses = n, 0
         u = self.use.get(page)
         if u is None:
@@ -304,8 +300,7 @@ class Cpu:
         recorded when the hold ends: per hold, not per access, keeps the trace small."""
         u = self.use.pop(page, None)
         if u is not None:
-            self.events.append({"t": self.clock, "cpu": self.id, "ev": "access", "page": page, "slot": u[0],
-                                "n": u[1], "writes": u[2], "hits": u[3], "misses": u[4]})
+            self.events.append((self.clock, self.id, "access", page, u[0], u[1], u[2], u[3], u[4]))
 
     # ---- kmap_local: CPU-private slots, no lock, no IPIs -------------------------------------------------
     def _kmap_local(self, page: int) -> None:
@@ -316,8 +311,7 @@ class Cpu:
         self.local_stack.append(page)
         self.held.setdefault(page, []).append(vpn)
         self.clock += self.c_pte  # write the PTE; no flush: the slot was invalidated at its last unmap
-        self.events.append({"t": self.clock, "cpu": self.id, "ev": "kmap", "page": page, "slot": idx,
-                            "new": True, "slept": False, "cycles": self.c_pte, "lock_wait": 0})
+        self.events.append((self.clock, self.id, "kmap", page, idx, True, False, self.c_pte, 0))
 
     def _kunmap_local(self, page: int) -> None:
         if not self.local_stack or self.local_stack[-1] != page:
@@ -330,10 +324,8 @@ class Cpu:
         gone = self.tlb.invalidate_pages((vpn,))  # pte_clear + local INVLPG (arch_kmap_local_post_unmap)
         self.flushed.update(gone)
         self.clock += self.c_pte + self.c_invlpg
-        self.events.append({"t": t, "cpu": self.id, "ev": "flush", "scope": "local", "slots": 1,
-                            "targets": [], "pages": 1, "stall": self.c_invlpg})
-        self.events.append({"t": self.clock, "cpu": self.id, "ev": "kunmap", "page": page, "slot": idx,
-                            "count": 0})
+        self.events.append((t, self.id, "flush", "local", 1, [], 1, self.c_invlpg))
+        self.events.append((self.clock, self.id, "kunmap", page, idx, 0))
 
     def _release(self, page: int, op: str) -> int:
         self._record_use(page)

@@ -19,21 +19,18 @@ class Tlb:
         # One dict per set; insertion order is recency order (first = least recently used).
         self.sets: list[dict[int, int]] = [{} for _ in range(self.nsets)]
 
-    def lookup(self, vpn: int) -> int | None:
-        """The cached frame for vpn (refreshing its LRU position), or None on a miss."""
+    def translate(self, vpn: int, walked: int) -> int | None:
+        """An access through vpn: the cached frame on a hit (refreshing its LRU position), else None after
+        the page walk filled in ``walked`` (evicting the set's least recently used entry if full)."""
         s = self.sets[vpn % self.nsets]
         frame = s.pop(vpn, None)
-        if frame is not None:
+        if frame is None:
+            if len(s) >= self.ways:
+                del s[next(iter(s))]
+            s[vpn] = walked
+        else:
             s[vpn] = frame
         return frame
-
-    def fill(self, vpn: int, frame: int) -> None:
-        """Insert after a page walk, evicting the set's least recently used entry if full."""
-        s = self.sets[vpn % self.nsets]
-        s.pop(vpn, None)
-        if len(s) >= self.ways:
-            del s[next(iter(s))]
-        s[vpn] = frame
 
     def invalidate_pages(self, vpns) -> list[int]:
         """INVLPG each vpn; returns the vpns that were cached."""

@@ -2,7 +2,9 @@
 
 Submodules (import them directly; this package itself stays cheap to import):
 
-- ``merge``   CanonicalMerger: per-source event batches -> one stream in (t, source, n) order with ``seq``
+- ``merge``   CanonicalMerger: per-source batches of event tuples -> one stream in (t, source, n) order
+- ``columns`` a batch of events as columns per event type
+- ``counters`` the counter table SUMS: running counters and the SQL of the same sums
 - ``writer``  TraceWriter: digest + bounded, atomically written Parquet parts
 - ``rundir``  run directory creation, config.toml, summary.json, default run names
 - ``reader``  open_run / iter_events / read_table, truncation detection

@@ -1,10 +1,93 @@
-"""Headline counters, computed from the canonical event stream: one definition for every engine."""
+"""The run's counters, each defined once in ``SUMS``.
+
+``SUMS`` is the one definition of every counter: which events it counts (or which field of them it sums),
+under which condition, and whether it is a run total, per CPU, or per flush scope. From it come both
+``Counters``, which keeps the sums while a run is recorded (summary.json), and ``sql_queries``, the DuckDB
+SQL with which ``smpsim analyze`` recomputes the same sums from a recorded trace. Everything derived from the
+sums (TLB totals, hit rates, IPIs per 1000 kmaps) is computed by ``Counters.summary`` alone.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from itertools import compress, repeat
+from operator import eq, is_, not_
+from typing import Any
 
 from smpsim.metrics import hit_rate, per_1000
+from smpsim.model.events import FIELDS, FIRST_FIELD
+
+# Conditions on one field: (field, test). SQL and Python give the same answer for null fields.
+TRUE, FALSE, ZERO, NULL = "true", "false", "zero", "null"
+_SQL_TEST = {TRUE: "{f}", FALSE: "NOT coalesce({f}, false)", ZERO: "{f} = 0", NULL: "{f} IS NULL"}
+
+RUN, CPU, SRC, SCOPE = None, "cpu", "src", "scope"  # what a counter is kept per
+
+
+@dataclass(frozen=True)
+class Sum:
+    name: str                            # key in summary.json (counters, per_cpu[i] or flushes_by_scope)
+    ev: str                              # the event type counted
+    field: str | None = None             # None: count the events; else sum this field
+    where: tuple[str, str] | None = None  # (field, TRUE | FALSE | ZERO | NULL)
+    by: str | None = RUN                 # RUN total, per CPU (the event's cpu, or its src), per SCOPE
+
+
+SUMS: tuple[Sum, ...] = (
+    Sum("kmaps", "kmap"),
+    Sum("new_mappings", "kmap", where=("new", TRUE)),
+    Sum("reuses", "kmap", where=("new", FALSE)),
+    Sum("kmap_cycles", "kmap", "cycles"),
+    Sum("lock_wait_cycles", "kmap", "lock_wait"),
+    Sum("kunmaps", "kunmap"),
+    Sum("wraps", "wrap"),
+    Sum("flushes", "flush"),
+    Sum("stall_cycles", "flush", "stall"),
+    Sum("ipis", "ipi"),
+    Sum("useless_ipis", "ipi", where=("dropped", ZERO)),
+    Sum("stale", "stale", "n"),
+    Sum("stale_events", "stale"),
+    Sum("sleeps", "wait"),
+    Sum("wakes", "wake"),
+    Sum("flushes", "flush", by=SCOPE),
+    Sum("kmaps", "kmap", by=CPU),
+    Sum("accesses", "access", "n", by=CPU),
+    Sum("hits", "access", "hits", by=CPU),
+    Sum("misses", "access", "misses", by=CPU),
+    # a background refill after a full flush: its misses are in no access event
+    Sum("misses", "tlb_miss", "n", where=("page", NULL), by=CPU),
+    Sum("flush_misses", "tlb_miss", "n", where=("flush_caused", TRUE), by=CPU),
+    Sum("flush_miss_cycles", "tlb_miss", "cycles", where=("flush_caused", TRUE), by=CPU),
+    Sum("ipis_received", "ipi", by=CPU),
+    Sum("ipis_sent", "ipi", by=SRC),
+    Sum("stale", "stale", "n", by=CPU),
+)
+
+COUNTER_KEYS = tuple(dict.fromkeys(s.name for s in SUMS if s.by is RUN))
+PER_CPU_KEYS = tuple(dict.fromkeys(s.name for s in SUMS if s.by in (CPU, SRC)))
+
+for _s in SUMS:  # a typo in the table fails at import, not as a silently zero counter
+    _names = ("cpu",) + FIELDS[_s.ev]
+    assert all(f is None or f in _names for f in (_s.field, _s.where and _s.where[0], _s.by)), _s
+    assert _s.by != SCOPE or _s.field is None, _s
+
+# Positions of the fields in an event tuple of each type.
+_POS = {ev: {"t": 0, "cpu": 1, **{f: FIRST_FIELD + i for i, f in enumerate(names)}} for ev, names in FIELDS.items()}
+_BY_EV: dict[str, list[Sum]] = {}
+for _s in SUMS:
+    _BY_EV.setdefault(_s.ev, []).append(_s)
+
+
+def _mask(col: Sequence[Any], test: str) -> Iterable[Any]:
+    if test == TRUE:
+        return col
+    if test == FALSE:
+        return map(not_, col)
+    if test == ZERO:
+        return map(eq, col, repeat(0))
+    return map(is_, col, repeat(None))
 
 
 class Counters:
@@ -16,59 +99,67 @@ class Counters:
         self.events = 0
         self.t_end = 0
 
-    def feed(self, events: list[dict]) -> list[dict]:
-        """Count a batch (in seq order) and return it unchanged."""
-        c, per = self.c, self.per_cpu
-        for e in events:
-            ev = e["ev"]
-            p = per[e["cpu"]]
-            if e["t"] > self.t_end:
-                self.t_end = e["t"]
-            if ev == "access":
-                p["hits"] += e["hits"]
-                p["misses"] += e["misses"]
-                p["accesses"] += e["n"]
-            elif ev == "kmap":
-                c["kmaps"] += 1
-                p["kmaps"] += 1
-                c["new_mappings" if e["new"] else "reuses"] += 1
-                c["kmap_cycles"] += e["cycles"]
-                c["lock_wait_cycles"] += e["lock_wait"]
-            elif ev == "kunmap":
-                c["kunmaps"] += 1
-            elif ev == "tlb_miss":
-                if e["flush_caused"]:
-                    p["flush_misses"] += e["n"]
-                    p["flush_miss_cycles"] += e["cycles"]
-                if e.get("page") is None:  # background refill: not counted by any access event
-                    p["misses"] += e["n"]
-            elif ev == "ipi":
-                c["ipis"] += 1
-                p["ipis_received"] += 1
-                per[e["src"]]["ipis_sent"] += 1
-                if e["dropped"] == 0:
-                    c["useless_ipis"] += 1
-            elif ev == "flush":
-                c["flushes"] += 1
-                self.scopes[e["scope"]] += 1
-                c["stall_cycles"] += e["stall"]
-            elif ev == "wrap":
-                c["wraps"] += 1
-            elif ev == "stale":
-                c["stale"] += e["n"]
-                c["stale_events"] += 1
-                p["stale"] += e["n"]
-            elif ev == "wait":
-                c["sleeps"] += 1
-            elif ev == "wake":
-                c["wakes"] += 1
-        self.events += len(events)
-        return events
+    def feed(self, groups: dict[str, tuple[list[int], list[tuple]]]) -> None:
+        """Add a batch given as columns per event type (``smpsim.trace.columns.by_type``)."""
+        for ev, (_, cols) in groups.items():
+            pos = _POS[ev]
+            n = len(cols[0])
+            self.events += n
+            t_max = max(cols[0])
+            if t_max > self.t_end:
+                self.t_end = t_max
+            for s in _BY_EV.get(ev, ()):
+                values = cols[pos[s.field]] if s.field else None
+                mask = list(_mask(cols[pos[s.where[0]]], s.where[1])) if s.where else None
+                if s.by is RUN:
+                    if values is None:
+                        self.c[s.name] += n if mask is None else sum(map(bool, mask))
+                    else:
+                        self.c[s.name] += sum(values if mask is None else compress(values, mask))
+                    continue
+                keys = cols[pos[s.by]]
+                if mask is not None:
+                    keys = list(compress(keys, mask))
+                    values = None if values is None else list(compress(values, mask))
+                if s.by == SCOPE:
+                    self.scopes.update(keys)
+                    continue
+                per, name = self.per_cpu, s.name
+                if values is None:
+                    for k, count in Counter(keys).items():
+                        per[k][name] += count
+                else:
+                    acc = [0] * len(per)
+                    for k, v in zip(keys, values):
+                        acc[k] += v
+                    for k, v in enumerate(acc):
+                        if v:
+                            per[k][name] += v
+
+    @classmethod
+    def from_sql(cls, rows: Callable[[str], list[tuple]], ncpu: int) -> "Counters":
+        """The same sums recomputed from a recorded trace: ``rows(sql)`` runs a query over a table
+        ``events`` with the trace's columns and returns its rows."""
+        c = cls(ncpu)
+        for by, (sql, names) in sql_queries().items():
+            for row in rows(sql):
+                if by is RUN:
+                    values = dict(zip(names, (int(v or 0) for v in row)))
+                    c.events, c.t_end = values.pop("events"), max(0, values.pop("t_end"))
+                    c.c.update(values)
+                    continue
+                key, vals = row[0], row[1:]
+                for name, v in zip(names, vals):
+                    if not v:
+                        continue
+                    if by == SCOPE:
+                        c.scopes[key] += int(v)
+                    else:
+                        c.per_cpu[key][name] += int(v)
+        return c
 
     def summary(self) -> dict:
-        keys = ("kmaps", "new_mappings", "reuses", "kunmaps", "wraps", "flushes", "ipis", "useless_ipis",
-                "stale", "stale_events", "sleeps", "wakes", "kmap_cycles", "lock_wait_cycles", "stall_cycles")
-        counters = {k: int(self.c[k]) for k in keys}
+        counters = {k: int(self.c[k]) for k in COUNTER_KEYS}
         hits = sum(p["hits"] for p in self.per_cpu)
         misses = sum(p["misses"] for p in self.per_cpu)
         counters["tlb_hits"], counters["tlb_misses"] = hits, misses
@@ -82,3 +173,31 @@ class Counters:
                             "stale": p["stale"]})
         return {"counters": counters, "flushes_by_scope": dict(sorted(self.scopes.items())),
                 "per_cpu": per_cpu, "events": self.events, "t_end": self.t_end}
+
+
+def _sql_term(s: Sum) -> str:
+    cond = f"ev = '{s.ev}'"
+    if s.where:
+        cond += " AND " + _SQL_TEST[s.where[1]].format(f=s.where[0])
+    if s.field is None:
+        return f"count(*) FILTER (WHERE {cond})"
+    return f"coalesce(sum({s.field}) FILTER (WHERE {cond}), 0)"
+
+
+def sql_queries() -> dict[str | None, tuple[str, list[str]]]:
+    """For each ``by`` (RUN, CPU, SRC, SCOPE): one query over ``events`` and the names of its columns after
+    the group key (for RUN: ``events``, ``t_end`` and the run counters). Sums of the same name are added."""
+    out: dict[str | None, tuple[str, list[str]]] = {}
+    for by in (RUN, CPU, SRC, SCOPE):
+        names = list(dict.fromkeys(s.name for s in SUMS if s.by == by))
+        cols = [" + ".join(_sql_term(s) for s in SUMS if s.by == by and s.name == name) + f" AS {name}"
+                for name in names]
+        if by is RUN:
+            cols = ["count(*) AS events", "coalesce(max(t), 0) AS t_end"] + cols
+            names = ["events", "t_end"] + names
+            sql = "SELECT " + ",\n  ".join(cols) + "\nFROM events"
+        else:
+            sql = (f"SELECT {by},\n  " + ",\n  ".join(cols)
+                   + f"\nFROM events WHERE {by} IS NOT NULL GROUP BY {by}")
+        out[by] = (sql, names)
+    return out

@@ -49,10 +49,6 @@ class RunDir:
         return self.path / TRACE_DIR
 
     @property
-    def config_path(self) -> Path:
-        return self.path / CONFIG_NAME
-
-    @property
     def has_trace(self) -> bool:
         """False when the run recorded no trace (trace.enabled = false)."""
         if self.parts or self.trace_dir.is_dir():

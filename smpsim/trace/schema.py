@@ -1,12 +1,15 @@
 """The trace event fields (docs/architecture.md, "Trace events") and their fixed Arrow types.
 
-Every event is a flat dict; a field an event type does not have is absent (null in Parquet). The order of
+In a trace every event is a flat record (the model's tuples, smpsim.model.events, become rows); a field an
+event type does not have is absent (null in Parquet). The order of
 FIELDS is the column order of every Parquet part and the key order of exported JSON lines.
 """
 
 from __future__ import annotations
 
 import pyarrow as pa
+
+from smpsim.model.events import EVENT_TYPES  # noqa: F401  (re-exported: the event types)
 
 I32, I64 = pa.int32(), pa.int64()
 
@@ -44,7 +47,4 @@ FIELDS: tuple[tuple[str, pa.DataType], ...] = (
 FIELD_NAMES: tuple[str, ...] = tuple(name for name, _ in FIELDS)
 FIELD_SET = frozenset(FIELD_NAMES)
 SCHEMA = pa.schema([pa.field(name, typ, nullable=True) for name, typ in FIELDS])
-STRUCT = pa.struct(list(SCHEMA))
 REQUIRED = ("seq", "t", "ev")
-
-EVENT_TYPES = ("kmap", "kunmap", "wrap", "flush", "ipi", "access", "tlb_miss", "stale", "wait", "wake")
