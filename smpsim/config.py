@@ -82,7 +82,9 @@ class Policy(_Strict):
 class Workload(_Strict):
     kind: Literal["uniform", "zipf", "stream", "shared", "pingpong", "script"] = "uniform"
     pages: int = Field(4096, ge=1, description="highmem pages the workload draws from")
-    kmaps_per_cpu: int = Field(1000, ge=0)
+    # Programs are streamed, so any length runs in the same memory; the bound only keeps values every
+    # process and file format can carry (10**15 kmaps would take centuries).
+    kmaps_per_cpu: int = Field(1000, ge=0, le=10**15, description="kmap/kunmap pairs per CPU")
     accesses_per_kmap: int = Field(4, ge=1, description="access operations while a page is held")
     access_burst: int = Field(8, ge=1, description="accesses per access operation")
     hold: int = Field(200, ge=0, description="mean compute cycles between accesses while holding")

@@ -16,6 +16,7 @@ from smpsim.config import validate
 from smpsim.engines import inline
 from smpsim.engines.core import Core, CpuPort
 from smpsim.engines.recorder import Recorder
+from smpsim.model import workloads
 from smpsim.model.coordinator import Coordinator
 
 
@@ -30,7 +31,7 @@ def shuffled_run(cfg, seed: int, max_turns: int = 2_000_000) -> dict:
     """The run over a transport that delivers each link's batches in order but at random times."""
     rnd = random.Random(seed)
     cpus = inline.build_cpus(cfg)
-    core = Core(Coordinator(cfg), Recorder(cfg, None, "shuffled"), [c.lines for c in cpus])
+    core = Core(Coordinator(cfg), Recorder(cfg, None, "shuffled"), workloads.script_lines(cfg))
     ports = [CpuPort(c) for c in cpus]
     n = len(ports)
     up: list[deque] = [deque() for _ in range(n)]

@@ -75,6 +75,76 @@ def job_distributed(cpus: int, kmaps_total: int) -> dict:
             "cpu_maxrss_mb": (t["cpu_maxrss_kb"] or 0) / 1024, "digest": res.summary["digest"]}
 
 
+def _peak_rss_kb(pid: int) -> int:
+    """The peak RSS (VmHWM) of a live process so far, 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def job_rss(engine: str, cpus: int, kmaps_per_cpu: int, stop_parts: int | None = None,
+            timeout: float = 1200.0) -> dict:
+    """Peak RSS of the command a user runs: `smpsim run` (inline) or `smpsim launch` (distributed: the
+    coordinator and the largest CPU process), with trace recording on. With `stop_parts`, the run is
+    interrupted (SIGINT to its process group, as Ctrl-C does) once it has written that many trace parts:
+    the memory of a long run so far, measured by how far it got rather than by wall time.
+    Peaks are the kernel's high-water marks (VmHWM), read every 50 ms while the processes live."""
+    import os
+    import signal
+    import subprocess
+
+    import psutil
+    tmp = Path(tempfile.mkdtemp(prefix="smpsim-bench-"))
+    sets = ["--set", f"workload.kmaps_per_cpu={kmaps_per_cpu}", "--out", str(tmp / "run")]
+    cmd = ([sys.executable, "-m", "smpsim", "run", "--set", f"machine.cpus={cpus}"] if engine == "inline"
+           else [sys.executable, "-m", "smpsim", "launch", "--cpus", str(cpus)]) + sets
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    root = psutil.Process(proc.pid)
+    peak_root = peak_child = 0
+    t0 = time.monotonic()
+    interrupted = False
+    try:
+        while proc.poll() is None:
+            elapsed = time.monotonic() - t0
+            if stop_parts and not interrupted and _parts(tmp / "run") >= stop_parts:
+                os.killpg(proc.pid, signal.SIGINT)
+                interrupted = True
+            if elapsed > timeout:
+                raise RuntimeError(f"{' '.join(cmd[2:])} took longer than {timeout:.0f} s")
+            peak_root = max(peak_root, _peak_rss_kb(proc.pid))
+            try:
+                kids = root.children(recursive=True)
+            except psutil.Error:
+                kids = []
+            for k in kids:
+                peak_child = max(peak_child, _peak_rss_kb(k.pid))
+            time.sleep(0.05)
+        err = proc.stderr.read().decode(errors="replace").strip()
+        parts = _parts(tmp / "run")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+    if proc.returncode not in ((0, 130) if interrupted else (0,)):
+        raise RuntimeError(f"{' '.join(cmd[2:])} exited with {proc.returncode}: {err[-300:]}")
+    return {"maxrss_mb": peak_root / 1024, "child_maxrss_mb": peak_child / 1024,
+            "seconds": time.monotonic() - t0, "interrupted": interrupted, "parts": parts}
+
+
+def _parts(run: Path) -> int:
+    from smpsim.trace.writer import PART_PREFIX
+    try:
+        return sum(1 for p in (run / "trace").iterdir() if p.name.startswith(PART_PREFIX))
+    except OSError:
+        return 0
+
+
 def job_pingpong(clients: int, round_trips: int) -> dict:
     from smpsim.bench.ceiling import pingpong
     return pingpong(clients, max(1, round_trips // clients))
@@ -100,7 +170,7 @@ def job_analyze(run: str) -> dict:
 
 
 JOBS = {"inline": job_inline, "distributed": job_distributed, "pingpong": job_pingpong,
-        "synth": job_synth, "analyze": job_analyze}
+        "synth": job_synth, "analyze": job_analyze, "rss": job_rss}
 
 
 def main(argv: list[str]) -> int:

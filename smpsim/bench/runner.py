@@ -34,9 +34,15 @@ def _stat(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
+# Memory at two run lengths (kmaps per CPU, 8 CPUs): the short run complete, the long one until it has
+# written rss_parts trace parts (of 200,000 events; the short run writes about 2).
+RSS_CPUS, RSS_SHORT, RSS_LONG = 8, 10_000, 1_000_000
+
+
 def measure(reps: int = 3, kmaps_total: int = 12_000, cpus: tuple[int, ...] = (8, 64),
             trace_events: int = 10_000_000, round_trips: int = 16_000,
-            progress: Callable[[str], None] | None = None, timeout: float = 1800.0) -> dict:
+            progress: Callable[[str], None] | None = None, timeout: float = 1800.0,
+            rss_short: int = RSS_SHORT, rss_long: int = RSS_LONG, rss_parts: int = 4) -> dict:
     say = progress or (lambda _m: None)
     samples: dict[str, list[float]] = {}
 
@@ -80,6 +86,22 @@ def measure(reps: int = 3, kmaps_total: int = 12_000, cpus: tuple[int, ...] = (8
         add("trace_cost_fraction", 1 - on["kmaps_per_s"] / off["kmaps_per_s"])
         # the same in CPU time (all threads), which a busy machine disturbs less than wall time
         add("trace_cost_cpu_fraction", 1 - off["cpu_us_per_kmap"] / on["cpu_us_per_kmap"])
+        if rss_parts and rep == 0:  # memory hardly varies between repetitions: measured once
+            for engine in ("inline", "distributed"):
+                peaks = {}
+                for length, k, parts in (("short", rss_short, None), ("long", rss_long, rss_parts)):
+                    say(f"rep {rep + 1}/{reps}: peak RSS, {engine} engine, {RSS_CPUS} CPUs x {k:,} kmaps"
+                        + (f", interrupted after {parts} trace parts" if parts else ""))
+                    r = run_job({"job": "rss", "engine": engine, "cpus": RSS_CPUS, "kmaps_per_cpu": k,
+                                 "stop_parts": parts}, timeout)
+                    peaks[length] = r["maxrss_mb"]
+                    if engine == "inline":
+                        add(f"rss_inline_mb@{length}", r["maxrss_mb"])
+                    else:
+                        add(f"rss_coordinator_mb@{length}", r["maxrss_mb"])
+                        add(f"rss_cpu_mb@{length}", r["child_maxrss_mb"])
+                if engine == "inline":
+                    add("rss_inline_long_to_short", peaks["long"] / peaks["short"])
     if trace_events:
         tmp = Path(tempfile.mkdtemp(prefix="smpsim-bench-trace-"))
         try:
@@ -93,10 +115,13 @@ def measure(reps: int = 3, kmaps_total: int = 12_000, cpus: tuple[int, ...] = (8
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     figures = {k: _stat(v) for k, v in samples.items()}
-    return {"figures": figures, "targets": check_targets(figures, trace_events),
+    lengths = {"events": f"{trace_events:,}", "short": f"{rss_short:,}", "long": f"{rss_long:,}",
+               "parts": rss_parts, "cpus": RSS_CPUS}
+    return {"figures": figures, "targets": check_targets(figures, lengths),
             "digests_equal": {str(n): len(d) == 1 for n, d in digests.items()},
             "setup": {"reps": reps, "kmaps_total": kmaps_total, "cpus": list(cpus),
-                      "trace_events": trace_events}}
+                      "trace_events": trace_events, "rss_cpus": RSS_CPUS, "rss_short_kmaps_per_cpu": rss_short,
+                      "rss_long_kmaps_per_cpu": rss_long, "rss_long_parts": rss_parts}}
 
 
 # (figure, comparison, bound, what the issue asks)
@@ -113,10 +138,19 @@ TARGETS = [
     ("cpu_maxrss_mb@64", "<", 60.0, "a CPU process's RSS < 60 MB"),
     ("analyze_s", "<", 20.0, "analyze --json on {events} events < 20 s (the target is for 10M)"),
     ("analyze_maxrss_mb", "<", 2048.0, "analyze peak RSS < 2 GB"),
+    ("rss_inline_long_to_short", "<=", 1.25,
+     "smpsim run, {cpus} CPUs: peak RSS with {long} kmaps/CPU (until {parts} trace parts) <= 1.25x that with {short}"),
+    ("rss_inline_mb@long", "<", 300.0, "smpsim run, {cpus} CPUs x {long} kmaps (until {parts} trace parts): peak RSS < 300 MB"),
+    ("rss_coordinator_mb@short", "<", 250.0, "launch, {cpus} CPUs x {short} kmaps: coordinator peak RSS < 250 MB"),
+    ("rss_coordinator_mb@long", "<", 250.0,
+     "launch, {cpus} CPUs x {long} kmaps (until {parts} trace parts): coordinator peak RSS < 250 MB"),
+    ("rss_cpu_mb@short", "<", 60.0, "launch, {cpus} CPUs x {short} kmaps: a CPU process's peak RSS < 60 MB"),
+    ("rss_cpu_mb@long", "<", 60.0,
+     "launch, {cpus} CPUs x {long} kmaps (until {parts} trace parts): a CPU process's peak RSS < 60 MB"),
 ]
 
 
-def check_targets(figures: dict, trace_events: int) -> list[dict]:
+def check_targets(figures: dict, lengths: dict) -> list[dict]:
     out = []
     for key, op, bound, what in TARGETS:
         f = figures.get(key)
@@ -125,7 +159,7 @@ def check_targets(figures: dict, trace_events: int) -> list[dict]:
         v = f["median"]
         met = v >= bound if op == ">=" else v <= bound if op == "<=" else v < bound
         out.append({"figure": key, "median": v, "target": f"{op} {bound:g}", "met": met,
-                    "what": what.format(events=f"{trace_events:,}")})
+                    "what": what.format(**lengths)})
     return out
 
 

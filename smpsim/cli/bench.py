@@ -17,6 +17,8 @@ def bench(
     kmaps: Annotated[int, typer.Option("--kmaps", min=1, help="kmaps per run, spread over its CPUs")] = 12_000,
     cpus: Annotated[str, typer.Option("--cpus", help="CPU counts to measure, comma-separated")] = "8,64",
     events: Annotated[int, typer.Option("--events", min=0, help="events in the synthetic trace for analyze (0: skip)")] = 10_000_000,
+    rss_parts: Annotated[int, typer.Option(
+        "--rss-parts", min=0, help="the long run of the RSS figures stops after this many trace parts (0: skip)")] = 4,
     quick: Annotated[bool, typer.Option("--quick", help="one repetition, small runs: a smoke test, not figures")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the figures as one JSON document")] = False,
 ) -> None:
@@ -30,10 +32,12 @@ def bench(
     if not counts or min(counts) < 1:
         fail(f"--cpus {cpus!r}: give CPU counts like 8,64")
     if quick:
-        reps, kmaps, events = 1, min(kmaps, 1500), min(events, 200_000)
+        # (the RSS runs keep their lengths: a shorter short run would never fill a trace part)
+        reps, kmaps, events, rss_parts = 1, min(kmaps, 1500), min(events, 200_000), min(rss_parts, 2)
     say = (lambda m: print(f"bench: {m}", file=sys.stderr, flush=True)) if is_tty() or not as_json else None
     try:
-        result = measure(reps=reps, kmaps_total=kmaps, cpus=counts, trace_events=events, progress=say)
+        result = measure(reps=reps, kmaps_total=kmaps, cpus=counts, trace_events=events, progress=say,
+                         rss_parts=rss_parts)
     except BenchError as e:
         fail(str(e), EXIT_RUN_FAILED)
     print(json.dumps(result, indent=2) if as_json else render(result))

@@ -30,11 +30,7 @@ class RunResult:
 
 
 def build_cpus(cfg: Config) -> list[Cpu]:
-    cpus = []
-    for c in range(cfg.machine.cpus):
-        ops, lines = workloads.build_cpu(cfg, c)
-        cpus.append(Cpu(cfg, c, ops, lines))
-    return cpus
+    return [Cpu(cfg, c, workloads.program(cfg, c)) for c in range(cfg.machine.cpus)]
 
 
 def run(cfg: Config, out_dir: Path | None = None,
@@ -55,7 +51,7 @@ class InlineEngine:
 
     def __init__(self, cfg: Config, recorder, coord: Coordinator | None = None):
         self.cpus = build_cpus(cfg)
-        self.core = Core(coord or Coordinator(cfg), recorder, [c.lines for c in self.cpus])
+        self.core = Core(coord or Coordinator(cfg), recorder, workloads.script_lines(cfg))
         self.ports = [CpuPort(c) for c in self.cpus]
         self.report = [False] * len(self.ports)
 

@@ -23,6 +23,9 @@ from smpsim.model.policies import Flush, make_policy, next_tick
 from smpsim.model.ring import PkmapRing
 
 INF = m.INF
+# How far (cycles) a CPU that never takes kmap_lock may run ahead of the slowest: nothing else keeps such
+# CPUs together, and the events waiting to be merged in canonical order would grow with the run.
+RUN_AHEAD = 1 << 18
 RUNNING, REQUESTED, ASLEEP, DONE = "running", "requested", "asleep", "done"
 
 
@@ -144,6 +147,9 @@ class Coordinator:
 
     def safe_until(self) -> int:
         """CPUs may start operations strictly before this time: every IPI arriving earlier is known."""
+        if not self.policy.uses_ring:  # lb: how far each got (Cpu.request_bound)
+            g = self._earliest_running()[0]
+            return INF if g >= INF else g + RUN_AHEAD
         g = self.bound()
         if g >= INF:
             return INF

@@ -15,6 +15,7 @@ from smpsim.model import messages as m
 from smpsim.model.errors import ModelError
 from smpsim.model.policies import make_policy
 from smpsim.model.tlb import Tlb
+from smpsim.model.workloads import Program
 
 # Virtual page number of the first kmap_local fixmap slot; pkmap slots are vpns 0 .. LAST_PKMAP - 1.
 LOCAL_BASE = 1 << 20
@@ -47,9 +48,9 @@ def service_ipis(clock: int, inbox: list, running: bool, handle=None) -> int:
 
 
 class Cpu:
-    def __init__(self, cfg: Config, cpu_id: int, ops: list[tuple], lines: list[int] | None = None):
+    def __init__(self, cfg: Config, cpu_id: int, program: Program):
         self.id = cpu_id
-        self.ops, self.lines = ops, lines
+        self.program = program  # streamed: holds a bounded window of the operations from pc on
         self.pc = 0
         self.clock = 0
         self.state = RUNNING
@@ -76,12 +77,13 @@ class Cpu:
         the coordinator. The items of a compound reply are taken whatever `safe` says: the coordinator
         granted them knowing every IPI that arrives before them."""
         out: list[tuple] = []
-        ops = self.ops
+        prog = self.program
+        ops, base = prog.ops, prog.base
         stop_pc = INF if max_ops is None else self.pc + max_ops
         while self.state == RUNNING:
             if self.inbox and self.inbox[0][0] <= self.clock:
                 self.clock = service_ipis(self.clock, self.inbox, True, self._handle_ipi)
-            if self.pc >= len(ops):
+            if self.pc - base >= len(ops) and not prog.fill(self.pc):
                 self.state = DONE
                 for page in list(self.use):  # pages still held when the program ends
                     self._record_use(page)
@@ -92,7 +94,9 @@ class Cpu:
             if not self.results and (self.clock >= safe or self.pc >= stop_pc):
                 out.append(m.Progress(self.id, self.request_bound()))
                 break
-            op = ops[self.pc]
+            if self.pc - base >= len(ops):
+                ops, base = prog.ops, prog.base  # the window moved (fill above)
+            op = ops[self.pc - base]
             code = op[0]
             self.started = self.clock
             if code == "access":
@@ -119,11 +123,12 @@ class Cpu:
 
     def _request(self) -> m.Request:
         """The ring call at pc, with the ring calls after it that only compute separates from it."""
-        ops, pc = self.ops, self.pc
-        items = [(0, ops[pc][0], ops[pc][1], pc)]
-        gap, j, end = 0, pc + 1, min(len(ops), pc + CHAIN_SCAN)
+        pc = self.pc
+        ops, base = self._window(pc + CHAIN_SCAN + 65)  # the chain, and the lookahead after it
+        items = [(0, ops[pc - base][0], ops[pc - base][1], pc)]
+        gap, j, end = 0, pc + 1, min(base + len(ops), pc + CHAIN_SCAN)
         while j < end:
-            op = ops[j]
+            op = ops[j - base]
             code = op[0]
             if code == "compute":
                 gap += op[1]
@@ -141,11 +146,14 @@ class Cpu:
     def can_run(self, safe: int) -> bool:
         """Whether run(safe) would get anywhere: an operation to start before safe, the next item of a
         compound reply, or the program's end."""
-        return self.state == RUNNING and (self.clock < safe or bool(self.results) or self.pc >= len(self.ops))
+        return self.state == RUNNING and (self.clock < safe or bool(self.results) or self.program.ended(self.pc))
 
     def request_bound(self) -> int:
         """No ring request from this CPU before this time: its clock plus the least its next operations can
-        take before the next kmap/kunmap (IPI handlers and TLB misses only add to that)."""
+        take before the next kmap/kunmap (IPI handlers and TLB misses only add to that). A CPU that never
+        takes kmap_lock reports its clock: how far it got (Coordinator.safe_until keeps CPUs together)."""
+        if not self.policy.uses_ring:
+            return self.clock
         gap = self._least_to_request(self.pc)
         return INF if gap >= INF else self.clock + gap
 
@@ -154,9 +162,10 @@ class Cpu:
         if not self.policy.uses_ring:
             return INF
         t = 0
-        ops = self.ops
-        for i in range(pc, min(len(ops), pc + scan)):
-            op = ops[i]
+        ops, base = self._window(pc + scan + 1)
+        end = base + len(ops)  # the program's end if short of pc + scan + 1
+        for i in range(pc, min(end, pc + scan)):
+            op = ops[i - base]
             code = op[0]
             if code == "compute":
                 t += op[1]
@@ -164,7 +173,14 @@ class Cpu:
                 t += op[2] * self.c_access
             else:
                 return t
-        return INF if pc + scan >= len(ops) else t
+        return INF if pc + scan >= end else t
+
+    def _window(self, upto: int) -> tuple[list, int]:
+        """(ops, base): the program's window, holding the operations from pc up to `upto` (those that exist);
+        ops[i - base] is the operation at position i."""
+        prog = self.program
+        prog.fill(self.pc, upto - self.pc)
+        return prog.ops, prog.base
 
     def horizon(self) -> int:
         """No event this CPU emits from now on has an earlier time."""
@@ -190,7 +206,8 @@ class Cpu:
             self.state = RUNNING
             self.results = list(msg.results)
             self.results.reverse()
-            op = self.ops[self.pc]
+            ops, base = self._window(self.pc + 1)
+            op = ops[self.pc - base]
             self._take_result(op[0], op[1])
         else:
             raise ModelError(self.id, type(msg).__name__, None, f"unexpected message {msg!r}")

@@ -1,6 +1,6 @@
 """Seeded per-CPU operation streams.
 
-A workload is, for each CPU, a finite list of operations in program order (docs/architecture.md,
+A workload is, for each CPU, a finite sequence of operations in program order (docs/architecture.md,
 "Workload operations"):
 
     ("kmap", page)                 kmap(page), page an int >= 0
@@ -9,7 +9,9 @@ A workload is, for each CPU, a finite list of operations in program order (docs/
     ("compute", cycles)            local work, cycles an int >= 0
 
 Everything here is pure: a CPU's stream depends only on (cfg, cpu), so a CPU process can rebuild its
-own stream alone with ``build_cpu``. Randomness comes from ``random.Random(f"{seed}:{cpu}:{kind}")``
+own stream alone with ``program``. A Program generates the operations as the CPU consumes them and holds
+only a bounded window of them, so memory does not grow with ``kmaps_per_cpu``; ``build_cpu`` lists a
+whole stream (for tests and tools). Randomness comes from ``random.Random(f"{seed}:{cpu}:{kind}")``
 (string seeds are hashed with SHA-512, not with the salted ``hash()``), so streams are identical across
 processes and Python runs. The only I/O is reading the script file of the ``script`` workload.
 
@@ -31,7 +33,6 @@ examples in docs/workloads.md. ``check_script`` reports every bad line (``smpsim
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import random
@@ -39,7 +40,7 @@ from bisect import bisect_right
 from functools import lru_cache
 from itertools import accumulate
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from smpsim.config import Config
 
@@ -52,6 +53,9 @@ _MAX_REDRAWS = 64
 _COMPUTE_TABLE_MAX = 1 << 16
 # Pingpong: pages cycled through per pair (slots get reused quickly).
 _PINGPONG_SPAN = 64
+# Operations per generated block (about 11 per kmap by default): a Program holds about one block.
+_BLOCK = 512
+_SCRIPT_BLOCK = 512
 
 
 class WorkloadError(Exception):
@@ -62,28 +66,87 @@ class WorkloadError(Exception):
 # Public API
 
 
-def build_cpu(cfg: Config, cpu: int) -> tuple[list[Op], list[int] | None]:
-    """The operations of ``cpu`` in program order and, for ``script``, each op's 1-based source line."""
+class Program:
+    """One CPU's operations in program order, generated as they are consumed.
+
+    ``ops[0]`` is the operation at position ``base``; positions before ``base`` are gone. ``fill(pc, n)``
+    slides the window to hold positions pc .. pc+n-1 (as far as the program goes), where pc is the
+    consumer's position: nothing from pc on is dropped. So the window never holds more than n + one
+    generated block + ``KEEP`` operations.
+    """
+
+    __slots__ = ("ops", "base", "_blocks", "_ended")
+
+    KEEP = 4  # positions kept behind the consumer's
+
+    def __init__(self, blocks: Iterator[list[Op]]):
+        self.ops: list[Op] = []
+        self.base = 0
+        self._blocks = blocks
+        self._ended = False
+
+    @classmethod
+    def of(cls, ops: list[Op]) -> "Program":
+        """A program of a list already in memory (a script shipped by the coordinator)."""
+        return cls(iter([ops]))
+
+    def fill(self, pc: int, n: int = 1) -> bool:
+        """Hold positions pc .. pc+n-1 (those that exist); whether position pc exists."""
+        end = self.base + len(self.ops)
+        if end < pc + n and not self._ended:
+            drop = pc - self.KEEP - self.base
+            if drop > 0:
+                self.ops = self.ops[drop:]
+                self.base += drop
+            while end < pc + n:
+                block = next(self._blocks, None)
+                if block is None:
+                    self._ended = True
+                    break
+                self.ops += block
+                end += len(block)
+        return pc < end
+
+    def ended(self, pc: int) -> bool:
+        """Whether the program has no operation at position pc."""
+        return pc - self.base >= len(self.ops) and not self.fill(pc)
+
+    def __iter__(self) -> Iterator[Op]:
+        pc = self.base
+        while self.fill(pc):
+            yield self.ops[pc - self.base]
+            pc += 1
+
+
+def program(cfg: Config, cpu: int) -> Program:
+    """The operations of ``cpu``, streamed (a script file is read and checked here, in full)."""
     ncpus = cfg.machine.cpus
     if not (isinstance(cpu, int) and 0 <= cpu < ncpus):
         raise ValueError(f"cpu {cpu!r} out of range [0, {ncpus})")
     kind = cfg.workload.kind
     if kind == "script":
-        return _script_cpu(cfg, cpu)
+        return Program(_script_blocks(_script_cpu(cfg, cpu)))
     active = cfg.workload.active_cpus
     if active is not None and cpu >= active:  # an idle CPU: it never kmaps, but it still gets IPIs
-        return [], None
-    # Millions of small tuples would trigger many useless cyclic-GC passes (tuples of ints cannot form
-    # a cycle); pausing the collector while building saves about a quarter of the build time.
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        if kind == "pingpong":
-            return _pingpong(cfg, cpu), None
-        return _generated(cfg, cpu, kind), None
-    finally:
-        if was_enabled:
-            gc.enable()
+        return Program(iter(()))
+    return Program(_pingpong(cfg, cpu) if kind == "pingpong" else _generated(cfg, cpu, kind))
+
+
+def build_cpu(cfg: Config, cpu: int) -> tuple[list[Op], list[int] | None]:
+    """The whole stream of ``cpu`` as a list and, for ``script``, each op's 1-based source line."""
+    ops: list[Op] = []
+    for block in program(cfg, cpu)._blocks:
+        ops += block
+    lines = [line for _, line in _script_cpu(cfg, cpu)] if cfg.workload.kind == "script" else None
+    return ops, lines
+
+
+def script_lines(cfg: Config) -> list[list[int]] | None:
+    """For a script, each CPU's 1-based source line of each of its operations (to name the line of an
+    error; the file is in memory anyway); None for generated workloads."""
+    if cfg.workload.kind != "script":
+        return None
+    return [[line for _, line in _script_cpu(cfg, c)] for c in range(cfg.machine.cpus)]
 
 
 def build(cfg: Config) -> list[list[Op]]:
@@ -109,15 +172,24 @@ def load_script(path: str | os.PathLike[str]) -> ScriptOps:
 # Script workloads
 
 
-def _script_cpu(cfg: Config, cpu: int) -> tuple[list[Op], list[int]]:
+def _script_cpu(cfg: Config, cpu: int) -> tuple[tuple[Op, int], ...]:
+    """CPU ``cpu``'s (op, line) entries; every CPU of the script is checked against machine.cpus."""
     path = cfg.script_path()
     assert path is not None  # the Config validator requires workload.script for kind = "script"
-    script = load_script(path)
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise WorkloadError(f"{path}: cannot read the workload script: {e.strerror or e}") from None
+    script = _load_script_cached(str(path), st.st_mtime_ns, st.st_size)
     bad = _out_of_range(path, script, cfg.machine.cpus)
     if bad:
         raise WorkloadError(bad[0])
-    entries = script.get(cpu, [])
-    return [op for op, _ in entries], [line for _, line in entries]
+    return script.get(cpu, ())
+
+
+def _script_blocks(entries: tuple[tuple[Op, int], ...]) -> Iterator[list[Op]]:
+    for i in range(0, len(entries), _SCRIPT_BLOCK):
+        yield [op for op, _ in entries[i:i + _SCRIPT_BLOCK]]
 
 
 _OPTIONAL = ("n", "write")
@@ -283,10 +355,12 @@ class _ComputeOps:
         return ("compute", c)
 
 
+@lru_cache(maxsize=8)
 def _compute_table(mean: int) -> tuple[Any, int]:
     """(table, n): ``table[int(rand() * n)]`` is ("compute", c) with c uniform in [0, 2*mean].
 
-    The table holds shared immutable tuples, which saves building one tuple per compute op.
+    The table holds shared immutable tuples, which saves building one tuple per compute op; every CPU's
+    generator keeps it while it runs, so one table serves them all.
     """
     n = 2 * mean + 1 if mean > 0 else 1
     if n <= _COMPUTE_TABLE_MAX:
@@ -337,11 +411,12 @@ def _page_picker(cfg: Config, cpu: int, rand: Callable[[], float]) -> tuple[Call
     raise AssertionError(f"no page picker for workload kind {kind!r}")
 
 
-def _generated(cfg: Config, cpu: int, kind: str) -> list[Op]:
+def _generated(cfg: Config, cpu: int, kind: str) -> Iterator[list[Op]]:
+    """Blocks of the stream (the module doc gives its shape); the blocks' boundaries mean nothing."""
     w = cfg.workload
     total = w.kmaps_per_cpu
     if total == 0:
-        return []
+        return
     rng = random.Random(f"{cfg.seed}:{cpu}:{kind}")
     rand = rng.random
     pick, distinct = _page_picker(cfg, cpu, rand)
@@ -367,7 +442,12 @@ def _generated(cfg: Config, cpu: int, kind: str) -> list[Op]:
                 app(hold_t[int(rand() * hold_n)])
                 app(acc_w if rand() < wf else acc_r)
             app(("kunmap", p))
-        return ops
+            if len(ops) >= _BLOCK:
+                yield ops
+                ops = []
+                app = ops.append
+        yield ops
+        return
 
     i = 0
     while i < total:
@@ -391,10 +471,14 @@ def _generated(cfg: Config, cpu: int, kind: str) -> list[Op]:
             i += 1
         for p in reversed(group):
             app(("kunmap", p))
-    return ops
+        if len(ops) >= _BLOCK:
+            yield ops
+            ops = []
+            app = ops.append
+    yield ops
 
 
-def _pingpong(cfg: Config, cpu: int) -> list[Op]:
+def _pingpong(cfg: Config, cpu: int) -> Iterator[list[Op]]:
     """Pairs (0, 1), (2, 3), ...: the even CPU writes page base + r % span in round r, the odd CPU
     then reads it.
 
@@ -408,7 +492,7 @@ def _pingpong(cfg: Config, cpu: int) -> list[Op]:
     w = cfg.workload
     total = w.kmaps_per_cpu
     if total == 0:
-        return []
+        return
     ncpus = cfg.machine.cpus
     pair = cpu // 2
     reader = cpu % 2 == 1
@@ -445,4 +529,8 @@ def _pingpong(cfg: Config, cpu: int) -> list[Op]:
             r += 1
         for p in reversed(group):
             app(("kunmap", p))
-    return ops
+        if len(ops) >= _BLOCK:
+            yield ops
+            ops = []
+            app = ops.append
+    yield ops

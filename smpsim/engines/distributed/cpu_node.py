@@ -118,10 +118,10 @@ class CpuNode:
                 _, _, self.cpu_id, config, ops, lines = msg
                 cfg = self.preloaded or validate(config, "config from the coordinator")
                 if ops is None:
-                    ops, lines = workloads.build_cpu(cfg, self.cpu_id)
+                    prog = workloads.program(cfg, self.cpu_id)
                 else:
-                    ops = [tuple(o) for o in ops]
-                self.cpu = Cpu(cfg, self.cpu_id, ops, lines)
+                    prog = workloads.Program.of([tuple(o) for o in ops])
+                self.cpu = Cpu(cfg, self.cpu_id, prog)
                 self._stop_monitor()
                 return
             raise CpuExit(f"{self.who}: unexpected {msg[0]} before WELCOME")
@@ -213,7 +213,7 @@ def cpu_main(address: str, cpu_id: int | None, run_id: str = "", token: str = ""
             node = CpuNode(address, cpu_id, run_id, token, log, cfg=cfg, curve=curve)
             log.info("joining", coordinator=address, cpu=cpu_id, pid=os.getpid(), join_timeout_s=join_timeout)
             node.join(join_timeout)
-            log.info("joined", cpu=node.cpu_id, ops=len(node.cpu.ops))
+            log.info("joined", cpu=node.cpu_id)
             status = node.serve()
         if status != "ok":  # the coordinator's log says why
             (log.info if status == "interrupted" else log.warning)(
