@@ -92,6 +92,8 @@ METRICS: tuple[Metric, ...] = (
            ratio_column=True),
     Metric("lock_wait_mean_cycles", "mean kmap_lock wait", "number",
            lambda f: ratio(f["counters"]["lock_wait_cycles"], f["counters"]["kmaps"], digits=1)),
+    Metric("lock_utilisation", "kmap_lock utilisation", "fraction",
+           lambda f: (f.get("kmap_lock") or {}).get("utilisation")),
     Metric("tlb_hit_rate", "TLB hit rate", "fraction",
            lambda f: hit_rate(f["counters"]["tlb_hits"], f["counters"]["tlb_misses"])),
     Metric("flush_misses_per_cpu", "flush-induced TLB misses per CPU", "number",
@@ -108,7 +110,7 @@ BY_KEY = {m.key: m for m in METRICS}
 
 # What ``smpsim run`` and ``launch`` print after a run (no trace needed).
 RUN_SUMMARY = ("kmaps", "new_mappings", "wraps", "flushes", "ipis", "ipis_per_1000_kmaps", "stall_per_flush",
-               "sleeps", "stale")
+               "lock_utilisation", "sleeps", "stale")
 
 
 def headline(facts: Facts, keys: tuple[str, ...] | None = None) -> dict[str, Any]:
@@ -126,7 +128,7 @@ def headline(facts: Facts, keys: tuple[str, ...] | None = None) -> dict[str, Any
 def facts_from_summary(summary: dict[str, Any], kmap_latency: dict | None = None,
                        stall: dict | None = None) -> Facts:
     return {"counters": summary["counters"], "per_cpu": summary.get("per_cpu") or [],
-            "kmap_latency": kmap_latency, "stall": stall}
+            "kmap_latency": kmap_latency, "stall": stall, "kmap_lock": summary.get("kmap_lock")}
 
 
 def facts_from_analysis(a: dict[str, Any]) -> Facts:

@@ -121,8 +121,11 @@ def ipis(tr: Trace, ncpu: int, kmap_count: int) -> dict[str, Any]:
 
 
 def kmap_lock(tr: Trace) -> dict[str, Any]:
-    """Cycles each kmap waited for kmap_lock (the uncontended acquire included)."""
-    return {"wait": distribution(tr.numpy("SELECT lock_wait FROM events WHERE ev = 'kmap'")["lock_wait"])}
+    """Cycles each kmap waited for kmap_lock (the uncontended acquire included), and the lock's utilisation:
+    the time it was held (hand-offs included) over the elapsed time, from summary.json (None before 0.2)."""
+    held = ((tr.meta.summary or {}).get("kmap_lock") or {})
+    return {"wait": distribution(tr.numpy("SELECT lock_wait FROM events WHERE ev = 'kmap'")["lock_wait"]),
+            "held_cycles": held.get("held_cycles"), "utilisation": held.get("utilisation")}
 
 
 _SLEEP_SQL = """

@@ -145,9 +145,11 @@ class Core:
             locate(err, self.lines)
         self.rec.add(0, self.coord.events)
         self.coord.events = []
+        self.rec.lock_held_cycles = self.coord.lock_held_cycles
         return self.rec.close(err)
 
     def close(self) -> dict:
+        self.rec.lock_held_cycles = self.coord.lock_held_cycles
         return self.rec.close()
 
     def progress(self) -> dict:

@@ -67,6 +67,8 @@ class Coordinator:
         self.ring = PkmapRing(cfg.machine.ring_size)
         self.policy = make_policy(cfg)
         self.lock_free_at = 0
+        self.lock_owned_from = 0
+        self.lock_held_cycles = 0                # kmap_lock held (hand-offs included), for its utilisation
         self.pending: list[_Request | _Free] = []  # heap in canonical order
         self.frees: dict[int, _Free] = {}        # pending _Free by time
         # Per CPU, the IPIs it has been sent and has not taken yet as far as the coordinator knows: a mirror
@@ -174,11 +176,15 @@ class Coordinator:
     # ---- kmap_lock ------------------------------------------------------------------------------------
     def _lock(self, r: _Request) -> int:
         c = self.cost
+        # The lock is this caller's from its request or the previous release (a ticket lock: the hand-off
+        # already counts as held), until its release: the held time behind kmap_lock utilisation.
+        self.lock_owned_from = max(r.t, self.lock_free_at)
         t_acq = r.t + c.lock_acquire if r.t >= self.lock_free_at else self.lock_free_at + c.lock_handoff
         r.lock_wait += t_acq - r.t
         return t_acq + c.lock_hold
 
     def _unlock(self, t: int) -> None:
+        self.lock_held_cycles += t - self.lock_owned_from
         self.lock_free_at = t
         self.t_last = t
 
