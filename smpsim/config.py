@@ -88,7 +88,7 @@ class Workload(_Strict):
     accesses_per_kmap: int = Field(4, ge=1, description="access operations while a page is held")
     access_burst: int = Field(8, ge=1, description="accesses per access operation")
     hold: int = Field(200, ge=0, description="mean compute cycles between accesses while holding")
-    think: int = Field(50000, ge=0, description="mean compute cycles between kmaps (the default config's; see there why)")
+    think: int = Field(2000, ge=0, description="mean compute cycles between kmaps")
     nesting: int = Field(1, ge=1, le=64, description="pages held at once")
     active_cpus: int | None = Field(None, ge=0, description="only CPUs 0..active_cpus-1 kmap; the others "
                                     "are idle (default: all)")
