@@ -145,12 +145,10 @@ class Core:
             locate(err, self.lines)
         self.rec.add(0, self.coord.events)
         self.coord.events = []
-        self.rec.lock_held_cycles = self.coord.lock_held_cycles
-        return self.rec.close(err)
+        return self.rec.close(err, self.coord.lock_held_cycles)
 
     def close(self) -> dict:
-        self.rec.lock_held_cycles = self.coord.lock_held_cycles
-        return self.rec.close()
+        return self.rec.close(lock_held_cycles=self.coord.lock_held_cycles)
 
     def progress(self) -> dict:
         return {"t": self.watermark, **self.rec.counters.c}

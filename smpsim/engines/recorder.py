@@ -37,7 +37,6 @@ class Recorder:
         self._counters = Counters(cfg.machine.cpus)
         self._added = 0  # events added since the last merge
         self._chunk = min(self.CHUNK, cfg.trace.part_events)
-        self.lock_held_cycles: int | None = None  # set by the engine core from the Coordinator
         self.faults: list[dict] = []  # what went wrong around the simulation (see fault())
         self.fault_count = 0
 
@@ -74,7 +73,7 @@ class Recorder:
         if len(self.faults) < MAX_FAULTS:
             self.faults.append({"kind": kind, "cpu": cpu, "reason": reason})
 
-    def close(self, error: BaseException | None = None) -> dict:
+    def close(self, error: BaseException | None = None, lock_held_cycles: int | None = None) -> dict:
         """Write the trace and the summary. After an error everything simulated is written; after an
         interrupt only the events below the last watermark, so the trace is a prefix of the uninterrupted
         run's and the counters match it."""
@@ -97,8 +96,8 @@ class Recorder:
             **self._counters.summary(),
             "trace": self.writer.stats(),
         }
-        if self.lock_held_cycles is not None:  # held / elapsed: above ~0.5 the lock, not the flush, dominates
-            held, t_end = self.lock_held_cycles, summary["t_end"]
+        if lock_held_cycles is not None:  # held / elapsed: above ~0.5 the lock, not the flush, dominates
+            held, t_end = lock_held_cycles, summary["t_end"]
             summary["kmap_lock"] = {"held_cycles": held, "utilisation": round(held / t_end, 4) if t_end else 0.0}
         if error is not None:  # the virtual time up to which the trace is complete
             summary["t_reached"] = reached if reached is not None else 0
