@@ -14,6 +14,7 @@ the CPU applies (cpu.service_ipis), and replies once for all of them.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Sequence
 
 from smpsim.config import Config
 from smpsim.model import messages as m
@@ -35,16 +36,14 @@ class _Request:
     __slots__ = ("t", "cpu", "op", "page", "pc", "t_first", "lock_wait", "slept", "local_flushes", "rest",
                  "results", "after")
 
-    def __init__(self, t, cpu, op, page, pc, rest=(), results=None, after=INF):
+    def __init__(self, t: int, cpu: int, op: str, page: int, pc: int, rest: Sequence = (),
+                 results: list | None = None, after: int = INF):
         self.t, self.cpu, self.op, self.page, self.pc = t, cpu, op, page, pc
         self.t_first = t
         self.lock_wait = 0
         self.slept = False
-        self.local_flushes: list[tuple[int, tuple | None]] = []  # (time, vpns) of the caller's own flushes
+        self.local_flushes: list[tuple[int, Sequence[int] | None]] = []  # (time, vpns) of the caller's own flushes
         self.rest, self.results, self.after = rest, results if results is not None else [], after
-
-    def __lt__(self, other):
-        return (self.t, self.cpu) < (other.t, other.cpu)
 
 
 class _Free:
@@ -56,9 +55,6 @@ class _Free:
         self.t, self.cpu = t, -1
         self.batches: list[tuple[int, list[int]]] = []  # (initiator of the wrap, slots), in wrap order
 
-    def __lt__(self, other):
-        return (self.t, self.cpu) < (other.t, other.cpu)
-
 
 class Coordinator:
     def __init__(self, cfg: Config):
@@ -69,7 +65,9 @@ class Coordinator:
         self.lock_free_at = 0
         self.lock_owned_from = 0
         self.lock_held_cycles = 0                # kmap_lock held (hand-offs included), for its utilisation
-        self.pending: list[_Request | _Free] = []  # heap in canonical order
+        # Heap of (t, cpu, _Request or _Free) in canonical order: (t, cpu) is unique (a CPU has one call
+        # pending at a time, a _Free one per t), so tuples compare in C and never reach the object.
+        self.pending: list[tuple] = []
         self.frees: dict[int, _Free] = {}        # pending _Free by time
         # Per CPU, the IPIs it has been sent and has not taken yet as far as the coordinator knows: a mirror
         # of the CPU's inbox, to place the later calls of a compound request where the CPU will make them.
@@ -85,26 +83,27 @@ class Coordinator:
 
     # ---- messages from CPUs ---------------------------------------------------------------------------
     def receive(self, msg: tuple) -> None:
-        kind = type(msg)
-        cpu = msg.cpu
-        if kind is m.Request:
-            t = msg.t
+        if isinstance(msg, m.Request):
+            cpu, t = msg.cpu, msg.t
             _, op, page, pc = msg.ops[0]
             self.status[cpu] = REQUESTED
             inbox = self.inboxes[cpu]
             while inbox and inbox[0][0] <= t:  # taken before the call
                 heapq.heappop(inbox)
-            heapq.heappush(self.pending, _Request(t, cpu, op, page, pc, msg.ops[1:], None, msg.after))
-        elif kind is m.Progress:
-            self.lb[cpu] = msg.bound
-            heapq.heappush(self.running, (msg.bound, cpu))
-        elif kind is m.Done:
-            self.status[cpu] = DONE
-            self.inboxes[cpu] = []
+            self._pend(_Request(t, cpu, op, page, pc, msg.ops[1:], None, msg.after))
+        elif isinstance(msg, m.Progress):
+            self.lb[msg.cpu] = msg.bound
+            heapq.heappush(self.running, (msg.bound, msg.cpu))
+        elif isinstance(msg, m.Done):
+            self.status[msg.cpu] = DONE
+            self.inboxes[msg.cpu] = []
         else:
-            raise ModelError(cpu, kind.__name__, None, f"unexpected message {msg!r}")
+            raise ModelError(getattr(msg, "cpu", None), type(msg).__name__, None, f"unexpected message {msg!r}")
 
     # ---- scheduling -----------------------------------------------------------------------------------
+    def _pend(self, r: _Request | _Free) -> None:
+        heapq.heappush(self.pending, (r.t, r.cpu, r))
+
     def _earliest_running(self) -> tuple[int, int]:
         """(lb, cpu) of the running CPU that can send the earliest request."""
         heap, status, lb = self.running, self.status, self.lb
@@ -120,8 +119,8 @@ class Coordinator:
         pending = self.pending
         earliest = self._earliest_running()
         while pending:
-            head = pending[0]
-            if earliest < (head.t, head.cpu):
+            t, c, head = pending[0]
+            if earliest[0] < t or (earliest[0] == t and earliest[1] < c):
                 break  # that CPU may still ask for the lock earlier
             heapq.heappop(pending)
             if head.cpu < 0:
@@ -143,8 +142,8 @@ class Coordinator:
     def bound(self) -> int:
         """No ring operation from now on starts before this time."""
         g = self._earliest_running()[0]
-        if self.pending and self.pending[0].t < g:
-            g = self.pending[0].t
+        if self.pending and self.pending[0][0] < g:
+            g = self.pending[0][0]
         return g
 
     def safe_until(self) -> int:
@@ -263,7 +262,7 @@ class Coordinator:
         for w in woken:
             w.t = t + self.cost.wakeup_latency
             self.status[w.cpu] = REQUESTED
-            heapq.heappush(self.pending, w)
+            self._pend(w)
 
     def _free(self, f: _Free) -> None:
         """Deferred slots become free once every CPU has invalidated them, then sleepers retry."""
@@ -284,7 +283,7 @@ class Coordinator:
             nxt = _Request(service_ipis(end + gap, self.inboxes[cpu], True), cpu, op, page, pc, r.rest[1:],
                            r.results, r.after)
             self.computing[cpu] = nxt
-            heapq.heappush(self.pending, nxt)
+            self._pend(nxt)
             return
         self.status[cpu] = RUNNING
         lb = self.lb[cpu] = end + r.after if r.after < INF else INF
@@ -297,8 +296,11 @@ class Coordinator:
         inbox = self.inboxes[nxt.cpu]
         heapq.heappush(inbox, (ipi.t_recv, ipi.src, ipi))
         if ipi.t_recv <= nxt.t:
+            pending = self.pending
+            pending.remove((nxt.t, nxt.cpu, nxt))
             nxt.t = nxt.t_first = service_ipis(nxt.t, inbox, True)
-            heapq.heapify(self.pending)  # nxt moved later
+            pending.append((nxt.t, nxt.cpu, nxt))  # nxt moved later
+            heapq.heapify(pending)
 
     # ---- TLB shootdown --------------------------------------------------------------------------------
     def _send_ipi(self, j: int, ipi: m.Ipi) -> None:
@@ -324,7 +326,7 @@ class Coordinator:
             f = self.frees.get(t_tick)
             if f is None:
                 f = self.frees[t_tick] = _Free(t_tick)
-                heapq.heappush(self.pending, f)
+                self._pend(f)
             f.batches.append((initiator, list(flush.deferred)))
         t_end = t
         for k, j in enumerate(targets):

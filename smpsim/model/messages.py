@@ -4,7 +4,8 @@ plain arrays."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 INF = 1 << 62
 
@@ -19,7 +20,7 @@ class Request(NamedTuple):
     none), the lookahead that lets the coordinator grant other CPUs' requests meanwhile."""
     cpu: int
     t: int
-    ops: tuple
+    ops: Sequence[Any]      # tuples here, arrays from a wire: only indexed
     after: int
 
 
@@ -41,7 +42,7 @@ class Reply(NamedTuple):
     (as the coordinator worked it out for the items after the first), t_done when it returned,
     local_flushes ((t, vpns or None = full flush), ...) the caller's own flushes as initiator."""
     cpu: int
-    results: tuple
+    results: Sequence[Any]
 
 
 class Ipi(NamedTuple):
@@ -53,7 +54,7 @@ class Ipi(NamedTuple):
     t_handled: int
     t_ack: int
     scope: str
-    vpns: tuple | None   # None: a full flush
+    vpns: Sequence[int] | None   # None: a full flush
 
 
 KINDS: tuple[type, ...] = (Request, Progress, Done, Reply, Ipi)
