@@ -25,6 +25,9 @@ MODULES = (
     "smpsim/model/tlb.py",
     "smpsim/model/cpu.py",
     "smpsim/model/coordinator.py",
+    "smpsim/model/workloads.py",
+    "smpsim/engines/core.py",
+    "smpsim/trace/merge.py",
 )
 GROUP = "smpsim._native"  # the shared library of the group: smpsim/_native__mypyc*.so
 PURE_ENV = "SMPSIM_PURE"
