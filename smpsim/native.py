@@ -5,7 +5,8 @@ pure-Python path beside them.
 pure Python and says so. At ``import smpsim`` the package picks one path for all of them, never a mix:
 
 - pure Python when ``SMPSIM_PURE=1`` is set, when no compiled module is there (a plain checkout), or when
-  a module's source is newer than its compiled file (an edit not rebuilt: the edit must count);
+  a module's source is newer than its compiled file (an edit not rebuilt: the edit must count; quietly, as
+  only the speed differs);
 - otherwise the compiled modules.
 
 ``path()`` says which one runs. Both give the same runs, digests and counters (tests/test_native.py).
@@ -69,7 +70,6 @@ def select() -> None:
             # setup.py stamps what it builds; the margin covers a wheel unpacked source after binary.
             if os.path.getmtime(source) > os.path.getmtime(built) + STALE_MARGIN_S:
                 why = f"{source} is newer than its compiled module (rebuild: pip install -e .)"
-                print(f"smpsim: {why}; running pure Python", file=sys.stderr)
                 break
     if why is None:
         _state.update(path="compiled", why="compiled with mypyc")

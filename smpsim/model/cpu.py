@@ -99,7 +99,7 @@ class Cpu:
                 out.append(m.Progress(self.id, self.request_bound()))
                 break
             op = ops[pc - base]
-            code = op[0]
+            code: str = op[0]
             self.started = clock
             if code == "compute":  # the operations in the order of how often they come
                 self.clock = clock + op[1]
@@ -140,7 +140,7 @@ class Cpu:
         gap, j, end = 0, pc + 1, min(base + len(ops), pc + CHAIN_SCAN)
         while j < end:
             op = ops[j - base]
-            code = op[0]
+            code: str = op[0]
             if code == "compute":
                 gap += op[1]
             elif code == "kmap" or code == "kunmap":
@@ -181,7 +181,7 @@ class Cpu:
         c_access = self.c_access
         for i in range(pc - base, min(end, pc + scan) - base):
             op = ops[i]
-            code = op[0]
+            code: str = op[0]
             if code == "compute":
                 t += op[1]
             elif code == "access":
