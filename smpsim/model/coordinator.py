@@ -59,9 +59,13 @@ class _Free:
 class Coordinator:
     def __init__(self, cfg: Config):
         self.ncpu = cfg.machine.cpus
-        self.cost = cfg.cost
+        self.cost = c = cfg.cost
+        # The costs and policy traits read at every call, as plain ints and bools (not config lookups).
+        self.c_acquire, self.c_handoff, self.c_hold = c.lock_acquire, c.lock_handoff, c.lock_hold
+        self.c_scan, self.c_pte = c.pkmap_scan, c.pte_write
         self.ring = PkmapRing(cfg.machine.ring_size)
         self.policy = make_policy(cfg)
+        self.uses_ring, self.flushes_only_at_wrap = self.policy.uses_ring, self.policy.flushes_only_at_wrap
         self.lock_free_at = 0
         self.lock_owned_from = 0
         self.lock_held_cycles = 0                # kmap_lock held (hand-offs included), for its utilisation
@@ -148,13 +152,13 @@ class Coordinator:
 
     def safe_until(self) -> int:
         """CPUs may start operations strictly before this time: every IPI arriving earlier is known."""
-        if not self.policy.uses_ring:  # lb: how far each got (Cpu.request_bound)
+        if not self.uses_ring:  # lb: how far each got (Cpu.request_bound)
             g = self._earliest_running()[0]
             return INF if g >= INF else g + RUN_AHEAD
         g = self.bound()
         if g >= INF:
             return INF
-        if self.policy.flushes_only_at_wrap:
+        if self.flushes_only_at_wrap:
             g += self._time_to_wrap()
         first = self.policy.first_message(g)
         return INF if first is None else first
@@ -166,21 +170,19 @@ class Coordinator:
         before the wrap), so with F free slots ahead of the cursor the wrap comes no earlier than the
         (F+1)-th new mapping, and kmap_lock serializes those: each holds the lock for at least
         lock_hold + pkmap_scan + pte_write."""
-        c = self.cost
-        return self.ring.free_ahead() * (c.lock_hold + c.pkmap_scan + c.pte_write) + c.lock_hold
+        return self.ring.free_ahead() * (self.c_hold + self.c_scan + self.c_pte) + self.c_hold
 
     def finished(self) -> bool:
         return all(s == DONE for s in self.status)
 
     # ---- kmap_lock ------------------------------------------------------------------------------------
     def _lock(self, r: _Request) -> int:
-        c = self.cost
         # The lock is this caller's from its request or the previous release (a ticket lock: the hand-off
         # already counts as held), until its release: the held time behind kmap_lock utilisation.
         self.lock_owned_from = max(r.t, self.lock_free_at)
-        t_acq = r.t + c.lock_acquire if r.t >= self.lock_free_at else self.lock_free_at + c.lock_handoff
+        t_acq = r.t + self.c_acquire if r.t >= self.lock_free_at else self.lock_free_at + self.c_handoff
         r.lock_wait += t_acq - r.t
-        return t_acq + c.lock_hold
+        return t_acq + self.c_hold
 
     def _unlock(self, t: int) -> None:
         self.lock_held_cycles += t - self.lock_owned_from
@@ -198,20 +200,20 @@ class Coordinator:
 
             def on_wrap(probes: int) -> None:
                 nonlocal t
-                t = max(t, t_scan + probes * self.cost.pkmap_scan)
+                t = max(t, t_scan + probes * self.c_scan)
                 torn, flush = self.policy.wrap(ring, cpu)
                 self.events.append((t, cpu, "wrap", len(torn)))
                 if flush is not None:
                     t = self._flush(t, cpu, flush, r)
 
             slot, probes = ring.map_new_virtual(page, on_wrap)
-            t = max(t, t_scan + probes * self.cost.pkmap_scan)
+            t = max(t, t_scan + probes * self.c_scan)
             if slot is None:
                 flush = self.policy.rescue(ring, cpu)
                 if flush is not None:  # the policy freed slots instead of sleeping: scan again
                     t = t_scan = self._flush(t, cpu, flush, r)
                     slot, probes = ring.map_new_virtual(page, on_wrap)
-                    t = max(t, t_scan + probes * self.cost.pkmap_scan)
+                    t = max(t, t_scan + probes * self.c_scan)
             if slot is None:  # a fruitless full scan: sleep on pkmap_map_wait, kmap_lock released
                 self._unlock(t)
                 r.slept = True
@@ -220,7 +222,7 @@ class Coordinator:
                 self.events.append((t, cpu, "wait", page))
                 return
             new = True
-            t += self.cost.pte_write
+            t += self.c_pte
         ring.pkmap_count[slot] += 1
         self.policy.kmapped(cpu, page)
         self._unlock(t)

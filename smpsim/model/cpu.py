@@ -60,6 +60,7 @@ class Cpu:
         self.c_invlpg, self.c_pte = c.invlpg, c.pte_write
         self.tlb = Tlb(cfg.tlb.entries, cfg.tlb.ways, cfg.tlb.background)
         self.policy = make_policy(cfg)
+        self.uses_ring = self.policy.uses_ring  # read at every ring call
         self.local_slots = cfg.machine.kmap_local_slots
         self.held: dict[int, list[int]] = {}      # page -> vpns this CPU holds it at (one per nested kmap)
         self.use: dict[int, list[int]] = {}       # page -> [slot, n, writes, hits, misses] since its kmap
@@ -106,7 +107,7 @@ class Cpu:
             elif code == "access":
                 self._access(op[1], op[2], op[3])
             elif code == "kmap" or code == "kunmap":
-                if not self.policy.uses_ring:
+                if not self.uses_ring:
                     self._kmap_local(op[1]) if code == "kmap" else self._kunmap_local(op[1])
                 else:
                     if code == "kunmap" and op[1] in self.held:
@@ -163,7 +164,7 @@ class Cpu:
         """No ring request from this CPU before this time: its clock plus the least its next operations can
         take before the next kmap/kunmap (IPI handlers and TLB misses only add to that). A CPU that never
         takes kmap_lock reports its clock: how far it got (Coordinator.safe_until keeps CPUs together)."""
-        if not self.policy.uses_ring:
+        if not self.uses_ring:
             return self.clock
         gap = self._least_to_request(self.pc)
         return INF if gap >= INF else self.clock + gap
@@ -172,7 +173,7 @@ class Cpu:
         """The least cycles from starting the operation at pc to the next kmap/kunmap request (INF: none).
         (ops, base): a window already holding positions up to pc + scan (those that exist), if the caller
         has one."""
-        if not self.policy.uses_ring:
+        if not self.uses_ring:
             return INF
         t = 0
         if ops is None:
