@@ -43,7 +43,7 @@ def ext_modules():
         return []
     try:
         from mypyc.build import mypycify
-        return mypycify(["--follow-imports=silent", "--ignore-missing-imports", *native["MODULES"]],
+        return mypycify([*native["MYPY_ARGS"], *native["MODULES"]],
                         group_name=native["GROUP"], opt_level="3")
     except BaseException as e:  # mypyc reports a type error by exiting
         _warn(f"mypyc: {e!r}")

@@ -30,6 +30,8 @@ MODULES = (
     "smpsim/engines/core.py",
     "smpsim/trace/merge.py",
 )
+# mypy's options for them: what mypyc type-checks before it compiles (tests/test_native.py runs the same).
+MYPY_ARGS = ("--follow-imports=silent", "--ignore-missing-imports")
 GROUP = "smpsim._native"  # the shared library of the group: smpsim/_native__mypyc*.so
 PURE_ENV = "SMPSIM_PURE"
 STALE_MARGIN_S = 2.0

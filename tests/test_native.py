@@ -70,3 +70,12 @@ def test_compiled_and_pure_give_the_same_runs(tmp_path):
         s = inline.run(config_for(PINNED[name], tmp_path / name)).summary
         assert pure["runs"][name] == [s["digest"], s["events"], observe(s)], name
         assert observe(s) == PINNED[name]["expect"], name
+
+
+@pytest.mark.timeout(180)
+def test_the_compiled_modules_type_check():
+    """mypyc compiles only code that type-checks, notes included; otherwise the install falls back to pure
+    Python quietly (pip hides the build's output), so a change that breaks the types fails here."""
+    p = subprocess.run([sys.executable, "-m", "mypy", "--no-incremental", *native.MYPY_ARGS, *native.MODULES],
+                       capture_output=True, text=True, cwd=ROOT, timeout=170)
+    assert p.returncode == 0 and " note: " not in p.stdout and " error: " not in p.stdout, p.stdout[-3000:]
