@@ -14,7 +14,7 @@ the CPU applies (cpu.service_ipis), and replies once for all of them.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
+from typing import Any
 
 from smpsim.config import Config
 from smpsim.model import messages as m
@@ -36,13 +36,13 @@ class _Request:
     __slots__ = ("t", "cpu", "op", "page", "pc", "t_first", "lock_wait", "slept", "local_flushes", "rest",
                  "results", "after")
 
-    def __init__(self, t: int, cpu: int, op: str, page: int, pc: int, rest: Sequence = (),
+    def __init__(self, t: int, cpu: int, op: str, page: int, pc: int, rest: Any = (),
                  results: list | None = None, after: int = INF):
         self.t, self.cpu, self.op, self.page, self.pc = t, cpu, op, page, pc
         self.t_first = t
         self.lock_wait = 0
         self.slept = False
-        self.local_flushes: list[tuple[int, Sequence[int] | None]] = []  # (time, vpns) of the caller's own flushes
+        self.local_flushes: list[tuple[int, Any]] = []  # (time, vpns) of the caller's own flushes
         self.rest, self.results, self.after = rest, results if results is not None else [], after
 
 
@@ -71,7 +71,7 @@ class Coordinator:
         self.lock_held_cycles = 0                # kmap_lock held (hand-offs included), for its utilisation
         # Heap of (t, cpu, _Request or _Free) in canonical order: (t, cpu) is unique (a CPU has one call
         # pending at a time, a _Free one per t), so tuples compare in C and never reach the object.
-        self.pending: list[tuple] = []
+        self.pending: list[tuple[int, int, _Request | _Free]] = []
         self.frees: dict[int, _Free] = {}        # pending _Free by time
         # Per CPU, the IPIs it has been sent and has not taken yet as far as the coordinator knows: a mirror
         # of the CPU's inbox, to place the later calls of a compound request where the CPU will make them.
@@ -127,7 +127,7 @@ class Coordinator:
             if earliest[0] < t or (earliest[0] == t and earliest[1] < c):
                 break  # that CPU may still ask for the lock earlier
             heapq.heappop(pending)
-            if head.cpu < 0:
+            if isinstance(head, _Free):
                 self._free(head)
                 continue
             if self.computing[head.cpu] is head:

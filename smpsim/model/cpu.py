@@ -9,7 +9,7 @@ so its behaviour does not depend on when messages physically arrive.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
+from typing import Any
 
 from smpsim.config import Config
 from smpsim.model import messages as m
@@ -68,7 +68,7 @@ class Cpu:
         self.inbox: list[tuple] = []              # heap of (t_recv, src, IPI message)
         self.flushed: set[int] = set()            # vpns dropped by a flush and not refilled since
         self.refill_due = False                   # background working set lost to a full flush
-        self.results: list[Sequence] = []         # the rest of a compound reply, last item first
+        self.results: list[Any] = []              # the rest of a compound reply, last item first
         self.resumed = 0                          # when the CPU resumed after its last reply
         self.events: list[tuple] = []             # trace events, tuples laid out as in events.py
         self.started = -1                         # start time of the latest operation

@@ -4,7 +4,6 @@ plain arrays."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 INF = 1 << 62
@@ -20,7 +19,9 @@ class Request(NamedTuple):
     none), the lookahead that lets the coordinator grant other CPUs' requests meanwhile."""
     cpu: int
     t: int
-    ops: Sequence[Any]      # tuples here, arrays from a wire: only indexed
+    # Any, not Sequence: tuples here, arrays from a wire; compiled code would check a Sequence (an ABC,
+    # slow) at every access.
+    ops: Any
     after: int
 
 
@@ -42,7 +43,7 @@ class Reply(NamedTuple):
     (as the coordinator worked it out for the items after the first), t_done when it returned,
     local_flushes ((t, vpns or None = full flush), ...) the caller's own flushes as initiator."""
     cpu: int
-    results: Sequence[Any]
+    results: Any
 
 
 class Ipi(NamedTuple):
@@ -54,7 +55,7 @@ class Ipi(NamedTuple):
     t_handled: int
     t_ack: int
     scope: str
-    vpns: Sequence[int] | None   # None: a full flush
+    vpns: Any   # a sequence of ints; None: a full flush
 
 
 KINDS: tuple[type, ...] = (Request, Progress, Done, Reply, Ipi)
