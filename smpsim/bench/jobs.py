@@ -169,7 +169,12 @@ def job_analyze(run: str) -> dict:
     return {"seconds": seconds, "maxrss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
 
 
-JOBS = {"inline": job_inline, "distributed": job_distributed, "pingpong": job_pingpong,
+def job_profile(cpus: int, kmaps_total: int) -> dict:
+    from smpsim.bench.profile import job_profile as profile
+    return profile(cpus, kmaps_total)
+
+
+JOBS = {"inline": job_inline, "profile": job_profile, "distributed": job_distributed, "pingpong": job_pingpong,
         "synth": job_synth, "analyze": job_analyze, "rss": job_rss}
 
 

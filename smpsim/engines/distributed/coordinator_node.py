@@ -28,6 +28,7 @@ from smpsim.model.coordinator import Coordinator
 from smpsim.model.errors import ModelError
 
 
+RCVMORE = int(zmq.RCVMORE)
 REFUSE_ANSWERS = 3  # refusals answered per unjoined connection; the rest are only counted
 STRANGER_BUDGET = 500  # messages from unjoined connections handled per loop turn
 
@@ -52,6 +53,8 @@ class CoordinatorNode:
         self.ident: list[bytes | None] = [None] * self.n
         self.by_ident: dict[bytes, int] = {}
         self.hosts: dict[int, str] = {}
+        self.inbox = p.poller(sock)
+        self.backlog = False  # messages left waiting by the last turn's budget
         self.links = [p.Link() for _ in range(self.n)]
         self.last_heard = [0.0] * self.n
         self.last_sent = [0.0] * self.n
@@ -75,8 +78,10 @@ class CoordinatorNode:
     # ---- sending ----------------------------------------------------------------------------------
     def _send(self, cpu: int, kind: str, *fields) -> None:
         frame = p.pack([kind, self.links[cpu].out(), *fields])
+        sock = self.sock
         try:
-            self.sock.send_multipart([self.ident[cpu], frame])
+            sock.send(self.ident[cpu], zmq.SNDMORE)  # (send_multipart's checks cost more than the sends)
+            sock.send(frame)
         except zmq.Again:
             raise RunAborted(f"CPU {cpu} is not taking messages (send queue full for "
                              f"{p.SEND_TIMEOUT_MS} ms)", cpu) from None
@@ -196,6 +201,43 @@ class CoordinatorNode:
             if self.log:
                 self.log.info("all joined", cpus=self.n)
 
+    def _receive_ready(self, wait_ms: int) -> int:
+        """Handle every message that is waiting (waiting up to wait_ms for the first); how many there were.
+        Strangers' messages (all refused) get a budget per turn, so that a flood of them cannot keep the
+        joined CPUs' requests waiting; the rest wait in their bounded queues (self.backlog: some do)."""
+        sock, by_ident, ready = self.sock, self.by_ident, self.inbox.poll
+        got = 0
+        strangers_until = self.refused.total + STRANGER_BUDGET
+        self.backlog = False
+        if not ready(wait_ms):
+            return 0
+        while True:
+            try:
+                ident = sock.recv(zmq.NOBLOCK)
+                frame = sock.recv(zmq.NOBLOCK, copy=False)  # a Frame says whether more parts follow
+            except zmq.Again:
+                break
+            got += 1
+            if not frame.more:
+                self._handle(ident, frame.bytes)
+            else:
+                parts = 2
+                while sock.getsockopt(RCVMORE):
+                    sock.recv()
+                    parts += 1
+                if ident in by_ident:
+                    c = by_ident[ident]
+                    raise RunAborted(f"CPU {c} ({self.hosts[c]}) sent a message of {parts - 1} frames (one "
+                                     "expected)", c, "cpu fault")
+                self._refuse(None, f"message of {parts - 1} frames before joining")
+            if not ready(0):
+                break
+            if got >= 10_000 or self.refused.total >= strangers_until:
+                self.backlog = True
+                break
+        self.n_in += got
+        return got
+
     # ---- the run ----------------------------------------------------------------------------------
     def _dispatch(self) -> None:
         self._send_downs(self.core.step())
@@ -247,29 +289,10 @@ class CoordinatorNode:
         t0 = time.monotonic()
         last_progress = t0
         try:
-            sock = self.sock
+            idle = True
             while True:
                 stopping.check()
-                got = 0
-                # Strangers' messages (all refused) get a budget per turn, so that a flood of them cannot
-                # keep the joined CPUs' requests waiting; the rest wait in their bounded queues.
-                strangers_until = self.refused.total + STRANGER_BUDGET
-                while got < 10_000 and self.refused.total < strangers_until:
-                    try:
-                        frames = sock.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    got += 1
-                    self.n_in += 1
-                    if len(frames) == 2:
-                        self._handle(frames[0], frames[1])
-                    elif frames[0] in self.by_ident:
-                        c = self.by_ident[frames[0]]
-                        raise RunAborted(f"CPU {c} ({self.hosts[c]}) sent a message of {len(frames) - 1} "
-                                         "frames (one expected)", c, "cpu fault")
-                    else:
-                        self._refuse(None, f"message of {len(frames) - 1} frames before joining")
-                if not got or len(self.rec.merger) > 200_000:
+                if idle or len(self.rec.merger) > 200_000:
                     # Idle (or much buffered): now is the time for the trace (merge, count, digest, write),
                     # off the round-trip path of the requests.
                     try:
@@ -277,8 +300,9 @@ class CoordinatorNode:
                     except _BAD_CONTENT as e:  # checked on receipt; this is what a check cannot see
                         raise RunAborted(f"a trace event could not be recorded: {type(e).__name__}: "
                                          f"{str(e)[:200]}") from None
-                    if not got:
-                        sock.poll(20)
+                # The last turn emptied the queue: wait here (one poll) for the next message.
+                self._receive_ready(20 if idle else 0)
+                idle = not self.backlog
                 if not self.running:
                     if time.monotonic() - t0 > self.join_timeout:
                         missing = [c for c in range(self.n) if self.ident[c] is None]

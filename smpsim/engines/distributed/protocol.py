@@ -71,12 +71,24 @@ TO_CPU: dict[str, tuple[tuple[str, tuple[type, ...]], ...]] = {
 }
 
 
+def poller(sock: zmq.Socket) -> zmq.Poller:
+    """A poller of sock's incoming messages, made once per socket: Socket.poll builds one per call, and
+    poll(0) costs less than asking ZMQ_EVENTS (pyzmq makes an enum of every option asked) or than a failed
+    non-blocking recv (an exception)."""
+    poll = zmq.Poller()
+    poll.register(sock, zmq.POLLIN)
+    return poll
+
+
 class ProtocolError(Exception):
     pass
 
 
+_packer = msgpack.Packer(use_bin_type=True)  # one per process: packb would build one per message
+
+
 def pack(msg: list) -> bytes:
-    frame = msgpack.packb(msg, use_bin_type=True)
+    frame = _packer.pack(msg)
     if len(frame) > MAX_MESSAGE_BYTES:  # the receiver would drop the connection: say so here instead
         raise ProtocolError(f"{msg[0]} message of {len(frame):,} bytes exceeds the maximum of "
                             f"{MAX_MESSAGE_BYTES:,} bytes")
@@ -222,13 +234,20 @@ def model_messages(wire: list, cpu: int) -> list:
     return out
 
 
+_EVENT_TYPES = None
+
+
 def check_events(events: list, cpu: int) -> None:
     """Trace events from CPU cpu as the recorder takes them, (t, cpu, ev, *fields) arrays: an integer time,
     about that CPU, a known event type. ValueError naming the first that is not. (The fields after the
     type are not checked here: a wrong one is caught where the trace is recorded, and stops the run.)"""
-    from smpsim.trace.schema import EVENT_TYPES
+    global _EVENT_TYPES
+    if _EVENT_TYPES is None:  # imported on first use: the CPU processes never load the trace schema
+        from smpsim.trace.schema import EVENT_TYPES
+        _EVENT_TYPES = EVENT_TYPES
+    known = _EVENT_TYPES
     for ev in events:
         if type(ev) is not list or len(ev) < 3 or type(ev[0]) is not int or ev[1] != cpu \
-                or type(ev[2]) is not str or ev[2] not in EVENT_TYPES:
+                or type(ev[2]) is not str or ev[2] not in known:
             raise ValueError(f"event {events.index(ev)} is not (t, cpu {cpu}, known type, ...): "
                              f"{reprlib.repr(ev)}")
