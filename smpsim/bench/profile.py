@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import cProfile
 import json
-import os
 import pstats
 import resource
 import shutil
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -27,24 +25,11 @@ def _rusage() -> tuple[float, float]:
     return r.ru_utime, r.ru_stime
 
 
-def _threads() -> dict[int, float]:
-    """CPU seconds (user + sys) of each thread of this process so far (Linux /proc; empty elsewhere)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    out = {}
-    try:
-        for task in Path("/proc/self/task").iterdir():
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-            out[int(task.name)] = (int(fields[11]) + int(fields[12])) / tick
-    except OSError:
-        pass
-    return out
-
-
 def _profiled(fn, out: Path, name):
     """fn, profiled: its stats go to out/NAME.prof and the process's user/sys seconds to out/NAME.json."""
     def wrapper(*args, **kw):
         u0, s0 = _rusage()
-        t0 = _threads()
+        main0 = time.thread_time()
         prof = cProfile.Profile(time.thread_time)  # CPU time of this thread: waiting in poll is not cost
         prof.enable()
         try:
@@ -52,9 +37,8 @@ def _profiled(fn, out: Path, name):
         finally:
             prof.disable()
             u1, s1 = _rusage()
-            t1 = _threads()
-            main = threading.get_native_id()
-            others = sum(v - t0.get(k, 0.0) for k, v in t1.items() if k != main)
+            # the other threads (ZeroMQ's I/O thread): the process's time less this thread's
+            others = (u1 + s1 - u0 - s0) - (time.thread_time() - main0)
             label = name(args, kw)
             prof.dump_stats(out / f"{label}.prof")
             (out / f"{label}.json").write_text(json.dumps({"user_s": u1 - u0, "sys_s": s1 - s0,
@@ -77,7 +61,7 @@ def _summary(files: list[Path], kmaps: int, top: int) -> dict:
     return {"processes": len(files),
             "user_us_per_kmap": sum(u["user_s"] for u in usage) * 1e6 / kmaps,
             "sys_us_per_kmap": sum(u["sys_s"] for u in usage) * 1e6 / kmaps,
-            # ZeroMQ's I/O thread (the socket work proper), measured in clock ticks
+            # ZeroMQ's I/O thread (the socket work proper)
             "io_thread_us_per_kmap": sum(u["other_threads_s"] for u in usage) * 1e6 / kmaps,
             "profiled_us_per_kmap": total * 1e6 / kmaps, "top": rows[:top]}
 
@@ -97,7 +81,11 @@ def job_profile(cpus: int, kmaps_total: int, top: int = TOP) -> dict:
         res = run_distributed(_config(cpus, kmaps_total, True), tmp / "run", "ipc")
         kmaps = res.summary["counters"]["kmaps"]
         cpu_files = sorted(out.glob("cpu-*.prof"))
+        t = res.timing
         return {"cpus": cpus, "kmaps": kmaps,
+                # how much the coordinator gets to batch: messages per turn that found any, per Core.step
+                "messages_in_per_wakeup": t["messages_in"] / max(1, t["wakeups"]),
+                "messages_in_per_step": t["messages_in"] / max(1, t["steps"]),
                 "coordinator": _summary([out / "coordinator.prof"], kmaps, top),
                 "cpu_processes": _summary(cpu_files, kmaps, top)}
     finally:
@@ -107,7 +95,9 @@ def job_profile(cpus: int, kmaps_total: int, top: int = TOP) -> dict:
 
 def render(prof: dict) -> str:
     lines = [f"where the time goes: distributed engine, {prof['cpus']} CPUs, {prof['kmaps']:,} kmaps "
-             "(cProfile of the main thread's CPU time; user/sys from getrusage of the profiled run; per kmap)"]
+             "(cProfile of the main thread's CPU time; user/sys from getrusage of the profiled run; per kmap)",
+             f"  the coordinator took {prof['messages_in_per_wakeup']:.2f} messages per wake-up and "
+             f"{prof['messages_in_per_step']:.2f} per Core.step"]
     for key, title in (("coordinator", "coordinator"), ("cpu_processes", "CPU processes, all together")):
         p = prof[key]
         lines.append(f"  {title}: user {p['user_us_per_kmap']:.0f} µs + sys {p['sys_us_per_kmap']:.0f} µs "

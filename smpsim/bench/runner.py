@@ -42,7 +42,8 @@ RSS_CPUS, RSS_SHORT, RSS_LONG = 8, 10_000, 1_000_000
 def measure(reps: int = 3, kmaps_total: int = 12_000, cpus: tuple[int, ...] = (8, 64),
             trace_events: int = 10_000_000, round_trips: int = 16_000,
             progress: Callable[[str], None] | None = None, timeout: float = 1800.0,
-            rss_short: int = RSS_SHORT, rss_long: int = RSS_LONG, rss_parts: int = 4) -> dict:
+            rss_short: int = RSS_SHORT, rss_long: int = RSS_LONG, rss_parts: int = 4,
+            profile: bool = False) -> dict:
     say = progress or (lambda _m: None)
     samples: dict[str, list[float]] = {}
 
@@ -114,10 +115,15 @@ def measure(reps: int = 3, kmaps_total: int = 12_000, cpus: tuple[int, ...] = (8
                 add("analyze_maxrss_mb", a["maxrss_mb"])
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+    profiles = []
+    if profile:  # once per CPU count: profiling slows the run, so none of its figures is a sample above
+        for n in cpus:
+            say(f"profile: distributed engine, {n} CPUs")
+            profiles.append(run_job({"job": "profile", "cpus": n, "kmaps_total": kmaps_total}, timeout))
     figures = {k: _stat(v) for k, v in samples.items()}
     lengths = {"events": f"{trace_events:,}", "short": f"{rss_short:,}", "long": f"{rss_long:,}",
                "parts": rss_parts, "cpus": RSS_CPUS}
-    return {"figures": figures, "targets": check_targets(figures, lengths),
+    return {"figures": figures, "targets": check_targets(figures, lengths), "profiles": profiles,
             "digests_equal": {str(n): len(d) == 1 for n, d in digests.items()},
             "setup": {"reps": reps, "kmaps_total": kmaps_total, "cpus": list(cpus),
                       "trace_events": trace_events, "rss_cpus": RSS_CPUS, "rss_short_kmaps_per_cpu": rss_short,
@@ -173,4 +179,7 @@ def render(result: dict) -> str:
         lines.append(f"{'met ' if t['met'] else 'MISS'}  {t['what']}: {t['median']:.3f} (target {t['target']})")
     for n, ok in result["digests_equal"].items():
         lines.append(f"{'ok  ' if ok else 'FAIL'}  digest(distributed) == digest(inline) at {n} CPUs")
+    if result.get("profiles"):
+        from smpsim.bench.profile import render as render_profile
+        lines += ["", *(render_profile(p) for p in result["profiles"])]
     return "\n".join(lines)

@@ -63,6 +63,7 @@ class CoordinatorNode:
         self.bye: set[int] = set()
         self.cpu_maxrss_kb: dict[int, int] = {}
         self.n_in = self.n_out = 0
+        self.n_wakeups = self.n_steps = 0  # turns that found messages; Core.step calls (for the bench)
         self.t_created = t_start if t_start is not None else time.monotonic()  # start-up counts from here
         self.t_all_joined: float | None = None
         self.last_liveness = 0.0
@@ -236,10 +237,12 @@ class CoordinatorNode:
                 self.backlog = True
                 break
         self.n_in += got
+        self.n_wakeups += 1
         return got
 
     # ---- the run ----------------------------------------------------------------------------------
     def _dispatch(self) -> None:
+        self.n_steps += 1
         self._send_downs(self.core.step())
 
     def _send_downs(self, downs) -> None:
@@ -349,7 +352,8 @@ class CoordinatorNode:
     def timing(self) -> dict:
         """Wall-clock facts of the run for benchmarks (never part of the trace or digest)."""
         return {"startup_s": self.t_all_joined - self.t_created if self.t_all_joined else None,
-                "messages_in": self.n_in, "messages_out": self.n_out,
+                "messages_in": self.n_in, "messages_out": self.n_out, "wakeups": self.n_wakeups,
+                "steps": self.n_steps,
                 "cpu_maxrss_kb": max(self.cpu_maxrss_kb.values(), default=None)}
 
     def _end(self, status: str, lost: int | None = None) -> None:

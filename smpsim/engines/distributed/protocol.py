@@ -216,20 +216,24 @@ def model_messages(wire: list, cpu: int) -> list:
     """The model messages of CPU cpu's batch, decoded (messages.from_wire) and checked against their
     declared shapes; ValueError or TypeError naming the first that is not well-formed or not from cpu."""
     out = []
-    for i, arr in enumerate(wire):
+    n_op = len(REQUEST_OP)
+    for i, arr in enumerate(wire):  # (plain loops: a generator per field costs more than the checks)
         x = mm.from_wire(arr)
         shape = MODEL_TO_COORDINATOR.get(type(x))
         if shape is None:
             raise ValueError(f"model message {i}: a {type(x).__name__} does not go to the coordinator")
-        if any(type(v) not in t for v, t in zip(x, shape)):
-            raise ValueError(f"model message {i} ({type(x).__name__}) has a field of the wrong type")
+        for v, t in zip(x, shape):
+            if type(v) not in t:
+                raise ValueError(f"model message {i} ({type(x).__name__}) has a field of the wrong type")
         if x.cpu != cpu:
             raise ValueError(f"model message {i} ({type(x).__name__}) is about CPU {x.cpu}")
         if type(x) is mm.Request:
             for op in x.ops:
-                if type(op) is not list or len(op) != len(REQUEST_OP) or any(
-                        type(v) not in t for v, t in zip(op, REQUEST_OP)):
+                if type(op) is not list or len(op) != n_op:
                     raise ValueError(f"model message {i} (Request) has a malformed operation")
+                for v, t in zip(op, REQUEST_OP):
+                    if type(v) not in t:
+                        raise ValueError(f"model message {i} (Request) has a malformed operation")
         out.append(x)
     return out
 
