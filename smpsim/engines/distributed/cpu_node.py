@@ -47,6 +47,14 @@ def _die_with_parent() -> None:
         pass
 
 
+def prepare(cfg: Config) -> None:
+    """Before CPU processes are forked: build what each would build alike, once. Generating CPU 0's first
+    block builds the workload's shared tables (cached in the model, e.g. the zipf permutation), and the
+    forked processes inherit them instead of each spending milliseconds on its own copy."""
+    if cfg.workload.kind != "script":
+        workloads.program(cfg, 0).fill(0)
+
+
 class CpuNode:
     def __init__(self, address: str, cpu_id: int | None, run_id: str = "", token: str = "", log=None,
                  ctx: zmq.Context | None = None, cfg: Config | None = None, curve=None):
