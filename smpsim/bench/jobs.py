@@ -147,7 +147,11 @@ def _parts(run: Path) -> int:
 
 def job_pingpong(clients: int, round_trips: int) -> dict:
     from smpsim.bench.ceiling import pingpong
-    return pingpong(clients, max(1, round_trips // clients))
+    c0 = _cpu_s()
+    out = pingpong(clients, max(1, round_trips // clients))
+    c1 = _cpu_s()  # the clients have been waited for: their time is in RUSAGE_CHILDREN
+    out["cpu_us_per_round_trip"] = sum(_us_per_kmap(c0, c1, out["round_trips"]))
+    return out
 
 
 def job_synth(events: int, out: str) -> dict:
