@@ -173,9 +173,9 @@ def job_analyze(run: str) -> dict:
     return {"seconds": seconds, "maxrss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
 
 
-def job_profile(cpus: int, kmaps_total: int) -> dict:
-    from smpsim.bench.profile import job_profile as profile
-    return profile(cpus, kmaps_total)
+def job_profile(cpus: int, kmaps_total: int, top: int | None = None) -> dict:
+    from smpsim.bench.profile import TOP, job_profile as profile
+    return profile(cpus, kmaps_total, top or TOP)
 
 
 JOBS = {"inline": job_inline, "profile": job_profile, "distributed": job_distributed, "pingpong": job_pingpong,
