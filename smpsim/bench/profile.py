@@ -46,12 +46,33 @@ def _profiled(fn, out: Path, name):
     return wrapper
 
 
+# Where a function's own time counts: the first area whose marker is in its file's path (or, for a
+# built-in, its name); the rest is "other" (builtins such as len, the standard library)
+# (compiled code without profiling hooks, msgpack's and pyzmq's Cython, counts in the function calling it)
+AREAS = (("ZeroMQ (pyzmq)", "/zmq/"), ("msgpack", "/msgpack/"),
+         ("wire (nodes, protocol)", "/engines/distributed/"),
+         ("engine core", "/engines/core.py"), ("model", "/smpsim/model/"),
+         ("trace (recorder, merge, write)", ("/engines/recorder.py", "/smpsim/trace/")))
+
+
+def _area(path: str, func: str) -> str:
+    # a built-in such as "<method 'send' of 'zmq.backend.cython._zmq.Socket' objects>": by its module
+    where = "/" + func.replace("'", "").replace(" ", "/").replace(".", "/") + "/" if path == "~" else path
+    for name, markers in AREAS:
+        if any(m in where for m in ((markers,) if isinstance(markers, str) else markers)):
+            return name
+    return "other"
+
+
 def _summary(files: list[Path], kmaps: int, top: int) -> dict:
     """Top functions by own time over these profiles (summed), per kmap; and user/sys per kmap."""
     stats = pstats.Stats(*map(str, files))
     total = stats.total_tt or 1e-9
     rows = []
+    areas: dict[str, float] = {}
     for (path, line, func), (_cc, ncalls, tt, ct, _callers) in stats.stats.items():
+        area = _area(path, func)
+        areas[area] = areas.get(area, 0.0) + tt / total
         where = "~" if path == "~" else f"{Path(path).parent.name}/{Path(path).name}:{line}"
         rows.append({"function": f"{func} ({where})" if where != "~" else func, "self_share": tt / total,
                      "self_us_per_kmap": tt * 1e6 / kmaps, "cum_us_per_kmap": ct * 1e6 / kmaps,
@@ -63,7 +84,8 @@ def _summary(files: list[Path], kmaps: int, top: int) -> dict:
             "sys_us_per_kmap": sum(u["sys_s"] for u in usage) * 1e6 / kmaps,
             # ZeroMQ's I/O thread (the socket work proper)
             "io_thread_us_per_kmap": sum(u["other_threads_s"] for u in usage) * 1e6 / kmaps,
-            "profiled_us_per_kmap": total * 1e6 / kmaps, "top": rows[:top]}
+            "profiled_us_per_kmap": total * 1e6 / kmaps,
+            "areas": dict(sorted(areas.items(), key=lambda kv: -kv[1])), "top": rows[:top]}
 
 
 def job_profile(cpus: int, kmaps_total: int, top: int = TOP) -> dict:
@@ -103,6 +125,7 @@ def render(prof: dict) -> str:
         lines.append(f"  {title}: user {p['user_us_per_kmap']:.0f} µs + sys {p['sys_us_per_kmap']:.0f} µs "
                      f"per kmap, of which ZeroMQ's I/O thread {p['io_thread_us_per_kmap']:.0f} µs "
                      f"({p['processes']} process{'es' if p['processes'] != 1 else ''})")
+        lines.append("    by area: " + ", ".join(f"{a} {100 * v:.0f}%" for a, v in p["areas"].items()))
         lines.append(f"    {'own time':>8s} {'µs/kmap':>8s} {'calls/kmap':>10s}  function")
         for r in p["top"]:
             lines.append(f"    {100 * r['self_share']:7.1f}% {r['self_us_per_kmap']:8.1f} "
