@@ -58,6 +58,7 @@ class CoordinatorNode:
         self.backlog = False  # messages left waiting by the last turn's budget
         self.released_at = 0.0  # when the trace was last released up to the watermark
         self.links = [p.Link() for _ in range(self.n)]
+        self.names = [f"CPU {c}" for c in range(self.n)]  # for messages, made once
         self.last_heard = [0.0] * self.n
         self.last_sent = [0.0] * self.n
         self.running = False
@@ -146,7 +147,7 @@ class CoordinatorNode:
             raise RunAborted(f"CPU {cpu} ({self.hosts[cpu]}) sent a second HELLO on its connection", cpu,
                              "cpu fault")
         try:
-            self.links[cpu].check_in(msg[1], f"CPU {cpu}")
+            self.links[cpu].check_in(msg[1], self.names[cpu])
         except p.ProtocolError as e:
             raise RunAborted(str(e), cpu, "cpu fault") from None
         self.last_heard[cpu] = time.monotonic()
