@@ -28,7 +28,6 @@ from smpsim.model.coordinator import Coordinator
 from smpsim.model.errors import ModelError
 
 
-RCVMORE = int(zmq.RCVMORE)
 RELEASE_EVERY_S = 0.005  # the trace is released below the watermark at most this often while idle
 REFUSE_ANSWERS = 3  # refusals answered per unjoined connection; the rest are only counted
 STRANGER_BUDGET = 500  # messages from unjoined connections handled per loop turn
@@ -226,7 +225,7 @@ class CoordinatorNode:
                 self._handle(ident, frame.bytes)
             else:
                 parts = 2
-                while sock.getsockopt(RCVMORE):
+                while sock.getsockopt(zmq.RCVMORE):
                     sock.recv()
                     parts += 1
                 if ident in by_ident:

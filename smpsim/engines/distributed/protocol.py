@@ -97,17 +97,17 @@ def pack(msg: list) -> bytes:
     return frame
 
 
-_SIGNATURES: dict[int, dict[str, frozenset]] = {}
+_SIGNATURES: dict[int, tuple[dict, dict[str, frozenset]]] = {}
 
 
 def _signatures(shapes: dict) -> dict[str, frozenset]:
-    """kind -> every type tuple of a well-formed [kind, *fields] of these shapes (built once)."""
-    sigs = _SIGNATURES.get(id(shapes))
-    if sigs is None:
-        sigs = _SIGNATURES[id(shapes)] = {
+    """kind -> every type tuple of a well-formed [kind, *fields] of these shapes (built once per dict)."""
+    entry = _SIGNATURES.get(id(shapes))
+    if entry is None or entry[0] is not shapes:
+        entry = _SIGNATURES[id(shapes)] = (shapes, {
             kind: frozenset((str, *sig) for sig in product(*(types for _, types in shape)))
-            for kind, shape in shapes.items()}
-    return sigs
+            for kind, shape in shapes.items()})
+    return entry[1]
 
 
 def unpack(frame: bytes, shapes: dict = TO_COORDINATOR) -> list:
