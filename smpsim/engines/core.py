@@ -165,10 +165,27 @@ class CpuPort:
         self.after = INF       # ... or, after a reply, the CPU's resume time plus this lookahead
         self.replied = False
         self.reported: int | None = None
+        self.delivered = 0     # model messages received: a checkpoint says which it includes
+
+    _STATE = ("safe", "ipis_seen", "bound", "after", "replied", "reported", "delivered")
+
+    def snapshot(self) -> dict:
+        """This side's state and its Cpu's (Cpu.snapshot), as plain msgpack-able data."""
+        return {"port": [getattr(self, k) for k in self._STATE], "cpu": self.cpu.snapshot()}
+
+    def restore(self, state: dict) -> None:
+        """Take back a snapshot(); its Cpu must be new, of the same config and program."""
+        port = state["port"]
+        if len(port) != len(self._STATE):
+            raise ValueError(f"a CPU port snapshot of {len(port)} fields, {len(self._STATE)} expected")
+        for k, v in zip(self._STATE, port):
+            setattr(self, k, v)
+        self.cpu.restore(state["cpu"])
 
     def deliver(self, down: Down) -> bool:
         """Apply a batch; returns whether the CPU must report (it waits, the coordinator does not know)."""
         cpu = self.cpu
+        self.delivered += len(down.msgs)
         for msg in down.msgs:
             if type(msg) is m.Ipi:
                 self.ipis_seen += 1
