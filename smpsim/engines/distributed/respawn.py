@@ -152,12 +152,13 @@ def spawn_cpu(address: str, cpu: int, run_id: str, token: str, log_dir: str | No
               checkpoint_ops: int) -> subprocess.Popen:
     """Start a replacement CPU process: a new interpreter (forking the coordinator, which has threads and
     a ZeroMQ context by now, is not safe). What it needs comes on its stdin, the token never on its
-    command line."""
+    command line. Its own process group: a Ctrl-C at the terminal is for launch, which stops the CPUs
+    itself (the forked CPUs ignore it; this one could not yet while its interpreter starts)."""
     root = str(Path(__file__).resolve().parents[3])  # this smpsim, wherever the parent imported it from
     env = dict(os.environ)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     proc = subprocess.Popen([sys.executable, "-c", "from smpsim.engines.distributed.respawn import "
-                             "child_main; child_main()"], stdin=subprocess.PIPE, env=env, close_fds=True)
+                             "child_main; child_main()"], stdin=subprocess.PIPE, env=env, close_fds=True, process_group=0)
     assert proc.stdin is not None
     proc.stdin.write(json.dumps({"address": address, "cpu": cpu, "run_id": run_id, "token": token,
                                  "log_dir": log_dir, "checkpoint_ops": checkpoint_ops}).encode())
