@@ -220,19 +220,24 @@ class CoordinatorNode:
     def _rejoin(self, ident: bytes, cpu: int, who: dict) -> None:
         """A replacement for CPU cpu joins: the config, then the checkpoint and the batches sent since."""
         del self.replacing[cpu]
+        self._admit(ident, cpu, who)
+        if cpu in self.replacing:  # it died at once, and is being replaced again
+            return
+        state, downs, self.catching_up[cpu] = self.store.resume(cpu)
+        self._send(cpu, p.RESUME, state, downs)
+        self.core.touched.add(cpu)
+        self.dirty = True
+        if self.log:
+            self.log.info("rejoined", **who, batches=len(downs), from_checkpoint=state is not None)
+
+    def _admit(self, ident: bytes, cpu: int, who: dict) -> None:
+        """The connection ident is CPU cpu from now on: it gets the config (WELCOME)."""
         self.ident[cpu] = ident
         self.by_ident[ident] = cpu
         self.hosts[cpu] = f"{who['host']} pid {who['pid']}"
         self.last_heard[cpu] = time.monotonic()
         ops, lines = self.script[cpu] if self.script is not None else (None, None)
         self._send(cpu, p.WELCOME, cpu, self.config_dict, ops, lines)
-        state, downs, catch = self.store.resume(cpu)
-        self._send(cpu, p.RESUME, state, downs)
-        self.catching_up[cpu] = catch
-        self.core.touched.add(cpu)
-        self.dirty = True
-        if self.log:
-            self.log.info("rejoined", **who, batches=len(downs), from_checkpoint=state is not None)
 
     def _hello(self, ident: bytes, msg: list) -> None:
         _, version, run_id, cpu, pid, host, token = msg
@@ -255,12 +260,7 @@ class CoordinatorNode:
             return self._rejoin(ident, cpu, who)
         if self.running:
             return self._refuse(ident, "the run has already started", **who)
-        self.ident[cpu] = ident
-        self.by_ident[ident] = cpu
-        self.hosts[cpu] = f"{host[:100]} pid {pid}"
-        self.last_heard[cpu] = time.monotonic()
-        ops, lines = self.script[cpu] if self.script is not None else (None, None)
-        self._send(cpu, p.WELCOME, cpu, self.config_dict, ops, lines)
+        self._admit(ident, cpu, who)
         if self.log:
             self.log.info("joined", **who, joined=len(self.by_ident), of=self.n)
         if len(self.by_ident) == self.n:
