@@ -64,8 +64,8 @@ def test_restored_cpus_run_on_unchanged(name, tmp_path):
 
 # ---- real processes: `smpsim launch`, SIGKILL, a replacement ------------------------------------------
 CPUS = 4
-SETS = ["--set", "workload.kmaps_per_cpu=1500", "--set", "trace.part_events=5000"]
-CHECKPOINT = "2000"  # operations between checkpoints: several per CPU in these runs
+SETS = ["--set", "workload.kmaps_per_cpu=1000", "--set", "trace.part_events=5000"]
+CHECKPOINT = "1500"  # operations between checkpoints: several per CPU in these runs
 
 
 def _log(path: Path) -> list[dict]:
@@ -143,7 +143,7 @@ def test_cpu_killed_at_a_random_moment_is_replaced(seed, tmp_path, smpsim_cmd, s
     """SIGKILL one CPU process when the run has taken a seeded number of checkpoints (of any CPU: the
     victim is anywhere between two of its own); the run ends ok with the undisturbed digest."""
     rng = random.Random(seed)
-    victim, after = rng.randrange(CPUS), rng.randint(1, 12)
+    victim, after = rng.randrange(CPUS), rng.randint(1, 10)
     run = tmp_path / "run"
     proc = _launch(run, smpsim_cmd, subprocess_env, "--checkpoint-every", CHECKPOINT)
     try:
