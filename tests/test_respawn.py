@@ -121,7 +121,8 @@ def _finish(proc: subprocess.Popen) -> tuple[str, str]:
         proc.wait()
 
 
-def _assert_recovered(run: Path, undisturbed: dict, proc, stderr: str, kills: list[int]) -> None:
+def _assert_recovered(run: Path, undisturbed: dict, proc, stderr: str, kills: list[int],
+                      how: str = "killed by SIGKILL") -> None:
     assert proc.returncode == 0, stderr
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["digest"] == undisturbed["digest"]
@@ -130,7 +131,7 @@ def _assert_recovered(run: Path, undisturbed: dict, proc, stderr: str, kills: li
             assert summary[k] == v, k
     # On record: each replacement is a fault in summary.json and an error in the log that analyze counts.
     assert [(f["kind"], f["cpu"]) for f in summary["faults"]["first"]] == [("cpu respawned", c) for c in kills]
-    assert all("SIGKILL" in f["reason"] for f in summary["faults"]["first"])
+    assert all(how in f["reason"] for f in summary["faults"]["first"]), summary["faults"]
     assert [x["cpu"] for x in _events(run, "cpu respawned")] == kills
     from smpsim.analysis.logs import summarize_logs
     assert summarize_logs(run)["by_level"]["error"] == len(kills)
@@ -197,6 +198,24 @@ def test_same_cpu_killed_twice(most, tmp_path, smpsim_cmd, subprocess_env, undis
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "aborted"
     assert [(f["kind"], f["cpu"]) for f in summary["faults"]["first"]] == [("cpu respawned", 2), ("cpu lost", 2)]
+
+
+@pytest.mark.timeout(180)
+def test_silent_cpu_is_killed_and_replaced(tmp_path, smpsim_cmd, subprocess_env, undisturbed):
+    """A CPU process that stops answering (SIGSTOP: alive, silent) is killed after the peer timeout and
+    replaced like a dead one."""
+    run = tmp_path / "run"
+    proc = _launch(run, smpsim_cmd, subprocess_env, "--checkpoint-every", CHECKPOINT)
+    try:
+        _wait(lambda: len(_events(run, "checkpoint", 3)) >= 1, "a checkpoint of CPU 3")
+        stopped = psutil.Process(_pid_of(run, 3))
+        stopped.send_signal(signal.SIGSTOP)
+        stdout, stderr = _finish(proc)
+    finally:
+        proc.kill()
+    assert not stopped.is_running() or stopped.status() == psutil.STATUS_ZOMBIE
+    _assert_recovered(run, undisturbed, proc, stderr, [3], how="stopped responding")
+    assert "its process was killed" in _events(run, "cpu respawned")[0]["reason"]
 
 
 def _wait(pred, what: str, timeout: float = 90):

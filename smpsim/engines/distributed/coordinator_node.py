@@ -199,8 +199,19 @@ class CoordinatorNode:
             self.log.info("caught up", cpu=cpu, t=horizon)
         return msgs, events, horizon, seen
 
+    def _lost(self, cpu: int, reason: str, killed: bool = False) -> None:
+        """CPU cpu's process is lost (reason says how): replaced while the respawn policy allows it (killed:
+        the process is still there, silent, and is killed first), else the run stops (RunAborted)."""
+        if not (self.running and self.respawn.enabled):
+            raise RunAborted(reason, cpu)
+        if self.respawns[cpu] >= self.respawn.max_per_cpu:
+            raise RunAborted(f"{reason}; it was replaced {self.respawns[cpu]} times already, the most "
+                             f"allowed (--max-respawns {self.respawn.max_per_cpu})", cpu)
+        self._replace(cpu, reason + ("; its process was killed" if killed else ""))
+
     def _replace(self, cpu: int, reason: str) -> None:
-        """CPU cpu's process died: start a new one, which catches up from the last checkpoint."""
+        """CPU cpu's process died or went silent: start a new one (launch kills the old one if it is still
+        there), which catches up from the last checkpoint."""
         self.respawns[cpu] += 1
         store = self.store
         where = (f"its checkpoint {store.count[cpu]}" if store.state[cpu] is not None
@@ -306,9 +317,10 @@ class CoordinatorNode:
             if self.ident[c] is None:
                 continue
             if now - self.last_heard[c] > p.PEER_TIMEOUT_S and not stalled:
-                raise RunAborted(f"CPU {c} ({self.hosts[c]}) stopped responding "
-                                 f"({p.PEER_TIMEOUT_S:.0f} s without a message) at virtual time "
-                                 f"t={self.horizon[c]}", c)
+                silent = (f"CPU {c} ({self.hosts[c]}) stopped responding ({p.PEER_TIMEOUT_S:.0f} s without a "
+                          f"message) at virtual time t={self.horizon[c]}")
+                self._lost(c, silent, killed=True)
+                continue
             if now - self.last_sent[c] > p.HEARTBEAT_S:
                 self._send(c, p.HB)
 
@@ -322,13 +334,7 @@ class CoordinatorNode:
         while True:
             dead = self.check_children()
             if dead:
-                cpu, reason = dead
-                if not (self.running and self.respawn.enabled):
-                    raise RunAborted(reason, cpu)
-                if self.respawns[cpu] >= self.respawn.max_per_cpu:
-                    raise RunAborted(f"{reason}; it was replaced {self.respawns[cpu]} times already, the most "
-                                     f"allowed (--max-respawns {self.respawn.max_per_cpu})", cpu)
-                self._replace(cpu, reason)
+                self._lost(*dead)
                 replaced = True
                 continue  # another may have died too
             if replaced or time.monotonic() >= deadline:

@@ -93,7 +93,10 @@ def run_distributed(cfg: Config, run_dir: Path | None, transport: str = "ipc",
             return None
 
         def replace_cpu(c: int) -> None:
-            lost.append(children[c])
+            old = children[c]
+            if old.exitcode is None:  # silent, not dead (stopped, hung): make sure it is gone
+                old.kill()
+            lost.append(old)
             children[c] = rs.Child(rs.spawn_cpu(address, c, run_id, token, log_dir, ckpt_ops))
 
         log = process_logger(log_dir, "coordinator")
