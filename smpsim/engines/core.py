@@ -167,19 +167,16 @@ class CpuPort:
         self.reported: int | None = None
         self.delivered = 0     # model messages received: a checkpoint says which it includes
 
-    _STATE = ("safe", "ipis_seen", "bound", "after", "replied", "reported", "delivered")
-
     def snapshot(self) -> dict:
-        """This side's state and its Cpu's (Cpu.snapshot), as plain msgpack-able data."""
-        return {"port": [getattr(self, k) for k in self._STATE], "cpu": self.cpu.snapshot()}
+        """This side's state and its Cpu's (Cpu.snapshot), as plain msgpack-able data (spelled out, not
+        reflected: it must hold if these classes are compiled)."""
+        return {"port": [self.safe, self.ipis_seen, self.bound, self.after, self.replied, self.reported,
+                         self.delivered], "cpu": self.cpu.snapshot()}
 
     def restore(self, state: dict) -> None:
         """Take back a snapshot(); its Cpu must be new, of the same config and program."""
-        port = state["port"]
-        if len(port) != len(self._STATE):
-            raise ValueError(f"a CPU port snapshot of {len(port)} fields, {len(self._STATE)} expected")
-        for k, v in zip(self._STATE, port):
-            setattr(self, k, v)
+        (self.safe, self.ipis_seen, self.bound, self.after, self.replied, self.reported,
+         self.delivered) = state["port"]
         self.cpu.restore(state["cpu"])
 
     def deliver(self, down: Down) -> bool:
