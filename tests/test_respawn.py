@@ -230,3 +230,27 @@ def test_respawn_options_are_checked(command, args, what, tmp_path):
     from cli_helpers import invoke, user_error
     assert what in user_error(invoke(command, "--out", tmp_path / "r", *args))
     assert not (tmp_path / "r").exists()
+
+
+def test_store_keeps_what_came_after_the_checkpoint_and_catch_up_drops_by_count():
+    from smpsim.engines.distributed.respawn import CheckpointStore
+    from smpsim.model import messages as mm
+    store = CheckpointStore(2)
+    store.sent_batch(1, [["r0"], ["i0"]], 10)
+    store.sent_batch(1, [], 20)                  # only a safe time
+    store.sent_batch(1, [["r1"]], 30)
+    store.received[1].add([mm.Request(1, 5, (), 0), mm.Progress(1, 7)], [[1, 1, "kmap"]] * 3)
+    store.checkpoint(1, 2, {"s": 1})             # it had received the first batch's two messages
+    store.received[1].add([mm.Request(1, 9, (), 0), mm.Done(1, 12)], [[2, 1, "kmap"]] * 4)
+    state, downs, catch = store.resume(1)
+    assert state == {"s": 1} and downs == [[[], 20], [[["r1"]], 30]]
+    with pytest.raises(ValueError):
+        store.checkpoint(1, 5, {})               # more than was sent
+    # The replacement sends again in other batches: the request, Done and 4 events after the checkpoint are
+    # dropped once; a Progress only counts after the last request came again and with a larger bound.
+    kept = catch.filter([mm.Progress(1, 50), mm.Request(1, 9, (), 0), mm.Progress(1, 8)], [[2, 1, "kmap"]] * 3,
+                        lb=10)
+    assert kept == ([], []) and catch.pending()
+    kept = catch.filter([mm.Done(1, 12)], [[2, 1, "kmap"], [3, 1, "kunmap"]], lb=10)
+    assert kept == ([], [[3, 1, "kunmap"]]) and not catch.pending()
+    assert catch.filter([mm.Progress(1, 11)], [], lb=10) == ([mm.Progress(1, 11)], [])

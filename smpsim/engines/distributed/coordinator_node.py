@@ -235,7 +235,11 @@ class CoordinatorNode:
         if cpu in self.replacing:  # it died at once, and is being replaced again
             return
         state, downs, self.catching_up[cpu] = self.store.resume(cpu)
-        self._send(cpu, p.RESUME, state, downs)
+        try:
+            self._send(cpu, p.RESUME, state, downs)
+        except p.ProtocolError as e:
+            raise RunAborted(f"CPU {cpu} cannot be replaced: {e} (its checkpoint and the messages sent to it "
+                             "since; a smaller --checkpoint-every keeps that shorter)", cpu) from None
         self.core.touched.add(cpu)
         self.dirty = True
         if self.log:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections import deque
 import resource
 import socket
 import sys
 import time
+from collections import deque
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
