@@ -158,12 +158,31 @@ class CpuNode:
             self.log.info("resumed", cpu=self.cpu_id, from_checkpoint=state is not None, pc=self.cpu.pc,
                           clock=self.cpu.clock, batches=len(self.replay))
 
+    def _catch_up(self, port: CpuPort) -> bool:
+        """A replacement applies the batches sent since its checkpoint, each once the CPU has run as far as
+        it could (a delivery the transport could have made), sending what it has to say as usual; returns
+        whether it must report. What the coordinator has already is dropped there."""
+        report = False
+        while self.replay:
+            up = port.work(stopping.RUN_CHUNK, report)
+            report = False
+            if up is not None:
+                self._send(p.BATCH, [to_wire(x) for x in up.msgs], up.events, up.horizon, up.ipis_seen)
+                self._checkpoint()
+            elif time.monotonic() - self.last_sent > p.HEARTBEAT_S:
+                self._send(p.HB)
+            if not port.runnable():
+                report = port.deliver(self.replay.popleft())
+        return report
+
     def _progress(self) -> int:
         """Operations done plus model messages received: what the checkpoint interval counts."""
         return self.cpu.pc + self.port.delivered
 
     def _checkpoint(self) -> None:
         """Every checkpoint_ops, right after a batch: the coordinator then knows what the state includes."""
+        if not self.checkpoint_ops:
+            return
         n = self._progress()
         if n - self.last_checkpoint >= self.checkpoint_ops:
             self.last_checkpoint = n
@@ -196,6 +215,11 @@ class CpuNode:
         """Main loop until END; returns the run's status the coordinator ended it with."""
         port = self.port = self.port or CpuPort(self.cpu)
         report = False
+        if self.replay:
+            try:
+                report = self._catch_up(port)
+            except ModelError as e:
+                return self._fail(e)
         while True:
             try:
                 up = port.work(stopping.RUN_CHUNK, report)
@@ -204,17 +228,9 @@ class CpuNode:
             report = False
             if up is not None:
                 self._send(p.BATCH, [to_wire(x) for x in up.msgs], up.events, up.horizon, up.ipis_seen)
-                if self.checkpoint_ops:
-                    self._checkpoint()
+                self._checkpoint()
             elif time.monotonic() - self.last_sent > p.HEARTBEAT_S:
                 self._send(p.HB)
-            if self.replay:  # catching up: the next batch once the CPU has run as far as it could
-                if not port.runnable():
-                    try:
-                        report = port.deliver(self.replay.popleft())
-                    except ModelError as e:
-                        return self._fail(e)
-                continue
             msg = self._recv_now() if port.runnable() else self._recv(100)
             while msg is not None:
                 if msg[0] == p.END:
