@@ -54,7 +54,8 @@ class CpuNode:
         self.address, self.cpu_id, self.run_id, self.token = address, cpu_id, run_id, token
         self.checkpoint_ops = checkpoint_ops  # 0: no checkpoints (nobody would replace this process)
         self.rejoin = rejoin                  # a replacement: RESUME follows WELCOME
-        self.replay: deque = deque()          # a replacement's batches to catch up with
+        self.resume_state: dict | None = None  # a replacement's checkpoint (None: start afresh) ...
+        self.replay: deque = deque()           # ... and the batches sent since, to catch up with
         self.last_checkpoint = 0
         self.preloaded = cfg  # a forked child already holds the validated config
         self.log = log
@@ -145,23 +146,26 @@ class CpuNode:
                 raise CpuExit(f"{self.who}: no checkpoint from the coordinator at {self.address} after joining")
         if msg[0] != p.RESUME:
             raise CpuExit(f"{self.who}: unexpected {msg[0]} instead of RESUME after joining again")
-        _, _, state, downs = msg
-        self.port = CpuPort(self.cpu)
+        _, _, self.resume_state, downs = msg
         try:
-            if state is not None:
-                self.port.restore(state)
             self.replay = deque(Down([from_wire(x) for x in msgs], safe) for msgs, safe in downs)
-        except (KeyError, ValueError, TypeError, IndexError) as e:
-            raise p.ProtocolError(f"invalid checkpoint from the coordinator: {type(e).__name__}: {e}") from None
-        self.last_checkpoint = self._progress()
-        if self.log:
-            self.log.info("resumed", cpu=self.cpu_id, from_checkpoint=state is not None, pc=self.cpu.pc,
-                          clock=self.cpu.clock, batches=len(self.replay))
+        except (ValueError, TypeError, IndexError) as e:
+            raise p.ProtocolError(f"invalid RESUME from the coordinator: {type(e).__name__}: {e}") from None
 
     def _catch_up(self, port: CpuPort) -> bool:
         """A replacement applies the batches sent since its checkpoint, each once the CPU has run as far as
         it could (a delivery the transport could have made), sending what it has to say as usual; returns
         whether it must report. What the coordinator has already is dropped there."""
+        state = self.resume_state
+        if state is not None:
+            try:
+                port.restore(state)
+            except (KeyError, ValueError, TypeError, IndexError) as e:
+                raise p.ProtocolError(f"invalid checkpoint from the coordinator: {type(e).__name__}: {e}") from None
+        self.last_checkpoint = self._progress()
+        if self.log:
+            self.log.info("resumed", cpu=self.cpu_id, from_checkpoint=state is not None, pc=self.cpu.pc,
+                          clock=self.cpu.clock, batches=len(self.replay))
         report = False
         while self.replay:
             up = port.work(stopping.RUN_CHUNK, report)
@@ -213,9 +217,9 @@ class CpuNode:
 
     def serve(self) -> str:
         """Main loop until END; returns the run's status the coordinator ended it with."""
-        port = self.port = self.port or CpuPort(self.cpu)
+        port = self.port = CpuPort(self.cpu)
         report = False
-        if self.replay:
+        if self.rejoin:
             try:
                 report = self._catch_up(port)
             except ModelError as e:
