@@ -117,7 +117,7 @@ class Program:
                 self._ended, self.ops = True, []
             else:
                 self.ops = block
-        drop = pc - self.KEEP - self.base
+        drop = min(pc - self.KEEP - self.base, len(self.ops))
         if drop > 0:
             self.ops = self.ops[drop:]
             self.base += drop

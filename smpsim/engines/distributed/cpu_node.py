@@ -159,6 +159,7 @@ class CpuNode:
         state = self.resume_state
         if state is not None:
             try:
+                self._seek(state["cpu"]["pc"])
                 port.restore(state)
             except (KeyError, ValueError, TypeError, IndexError) as e:
                 raise p.ProtocolError(f"invalid checkpoint from the coordinator: {type(e).__name__}: {e}") from None
@@ -178,6 +179,15 @@ class CpuNode:
             if not port.runnable():
                 report = port.deliver(self.replay.popleft())
         return report
+
+    def _seek(self, pc: int, step: int = 200_000) -> None:
+        """Regenerate the program up to pc (Program.seek) in steps, with heartbeats between them: deep in a
+        long run that takes seconds, and silence that long would count as this process being lost."""
+        prog = self.cpu.program
+        while prog.base + len(prog.ops) <= pc and not prog.ended(prog.base + len(prog.ops)):
+            prog.seek(min(pc, prog.base + len(prog.ops) + step))
+            if time.monotonic() - self.last_sent > p.HEARTBEAT_S:
+                self._send(p.HB)
 
     def _progress(self) -> int:
         """Operations done plus model messages received: what the checkpoint interval counts."""
