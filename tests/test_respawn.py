@@ -237,13 +237,14 @@ def test_store_keeps_what_came_after_the_checkpoint_and_catch_up_drops_by_count(
     from smpsim.model import messages as mm
     store = CheckpointStore(2)
     store.sent_batch(1, [["r0"], ["i0"]], 10)
-    store.sent_batch(1, [], 20)                  # only a safe time
+    store.sent_batch(1, [], 20)                  # only a safe time: rides on the last batch
     store.sent_batch(1, [["r1"]], 30)
+    store.sent_batch(1, [], 40)
     store.received[1].add([mm.Request(1, 5, (), 0), mm.Progress(1, 7)], [[1, 1, "kmap"]] * 3)
     store.checkpoint(1, 2, {"s": 1})             # it had received the first batch's two messages
     store.received[1].add([mm.Request(1, 9, (), 0), mm.Done(1, 12)], [[2, 1, "kmap"]] * 4)
     state, downs, catch = store.resume(1)
-    assert state == {"s": 1} and downs == [[[], 20], [[["r1"]], 30]]
+    assert state == {"s": 1} and downs == [[[], 20], [[["r1"]], 40]]
     with pytest.raises(ValueError):
         store.checkpoint(1, 5, {})               # more than was sent
     # The replacement sends again in other batches: the request, Done and 4 events after the checkpoint are

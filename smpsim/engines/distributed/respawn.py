@@ -77,7 +77,11 @@ class CheckpointStore:
         self.count = [0] * ncpu                      # checkpoints taken per CPU
 
     def sent_batch(self, cpu: int, wire_msgs: list, safe: int) -> None:
-        self.log[cpu].append([self.sent[cpu], wire_msgs, safe])
+        log = self.log[cpu]
+        if not wire_msgs and log:  # only a larger safe time: it rides on the last batch (the CPU could have
+            log[-1][2] = max(log[-1][2], safe)  # got both before running), so the log grows with messages only
+            return
+        log.append([self.sent[cpu], wire_msgs, safe])
         self.sent[cpu] += len(wire_msgs)
 
     def checkpoint(self, cpu: int, delivered: int, state: dict) -> None:
@@ -89,14 +93,17 @@ class CheckpointStore:
             raise ValueError(f"a checkpoint after {delivered} messages received, but {self.sent[cpu]} were "
                              f"sent and the last checkpoint was after {first}")
         keep = []
+        included_safe = None  # the safe time of the batches the checkpoint includes: it may not have had it
         for entry in log:
             start, msgs, safe = entry
-            end = start + len(msgs)
-            if end < delivered or (end == delivered and msgs):
-                continue  # in the checkpoint (a batch with no messages only raises safe: harmless twice)
+            if start + len(msgs) <= delivered:
+                included_safe = safe
+                continue
             if start < delivered:  # part of a batch (a transport that merges batches would split them so)
                 entry = [delivered, msgs[delivered - start:], safe]
             keep.append(entry)
+        if included_safe is not None:  # again first, alone: a safe time the CPU has already does nothing
+            keep.insert(0, [delivered, [], included_safe])
         self.log[cpu] = keep
         self.state[cpu] = state
         self.at[cpu] = self.received[cpu].copy()
