@@ -169,16 +169,21 @@ class CpuNode:
                           clock=self.cpu.clock, batches=len(self.replay))
         report = False
         while self.replay:
-            up = port.work(stopping.RUN_CHUNK, report)
+            self._step(port, report)
             report = False
-            if up is not None:
-                self._send(p.BATCH, [to_wire(x) for x in up.msgs], up.events, up.horizon, up.ipis_seen)
-                self._checkpoint()
-            elif time.monotonic() - self.last_sent > p.HEARTBEAT_S:
-                self._send(p.HB)
             if not port.runnable():
                 report = port.deliver(self.replay.popleft())
         return report
+
+    def _step(self, port: CpuPort, report: bool) -> None:
+        """Run the CPU as far as it may and send what it has to say (and a checkpoint when one is due), or a
+        heartbeat when the link was quiet."""
+        up = port.work(stopping.RUN_CHUNK, report)
+        if up is not None:
+            self._send(p.BATCH, [to_wire(x) for x in up.msgs], up.events, up.horizon, up.ipis_seen)
+            self._checkpoint()
+        elif time.monotonic() - self.last_sent > p.HEARTBEAT_S:
+            self._send(p.HB)
 
     def _seek(self, pc: int, step: int = 200_000) -> None:
         """Regenerate the program up to pc (Program.seek) in steps, with heartbeats between them: deep in a
@@ -236,15 +241,10 @@ class CpuNode:
                 return self._fail(e)
         while True:
             try:
-                up = port.work(stopping.RUN_CHUNK, report)
+                self._step(port, report)
             except ModelError as e:
                 return self._fail(e)
             report = False
-            if up is not None:
-                self._send(p.BATCH, [to_wire(x) for x in up.msgs], up.events, up.horizon, up.ipis_seen)
-                self._checkpoint()
-            elif time.monotonic() - self.last_sent > p.HEARTBEAT_S:
-                self._send(p.HB)
             msg = self._recv_now() if port.runnable() else self._recv(100)
             while msg is not None:
                 if msg[0] == p.END:
