@@ -147,7 +147,11 @@ def _parts(run: Path) -> int:
 
 def job_pingpong(clients: int, round_trips: int) -> dict:
     from smpsim.bench.ceiling import pingpong
-    return pingpong(clients, max(1, round_trips // clients))
+    c0 = _cpu_s()
+    out = pingpong(clients, max(1, round_trips // clients))
+    c1 = _cpu_s()  # the clients have been waited for: their time is in RUSAGE_CHILDREN
+    out["cpu_us_per_round_trip"] = sum(_us_per_kmap(c0, c1, out["round_trips"]))
+    return out
 
 
 def job_synth(events: int, out: str) -> dict:
@@ -169,7 +173,12 @@ def job_analyze(run: str) -> dict:
     return {"seconds": seconds, "maxrss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
 
 
-JOBS = {"inline": job_inline, "distributed": job_distributed, "pingpong": job_pingpong,
+def job_profile(cpus: int, kmaps_total: int, top: int | None = None) -> dict:
+    from smpsim.bench.profile import TOP, job_profile as profile
+    return profile(cpus, kmaps_total, top or TOP)
+
+
+JOBS = {"inline": job_inline, "profile": job_profile, "distributed": job_distributed, "pingpong": job_pingpong,
         "synth": job_synth, "analyze": job_analyze, "rss": job_rss}
 
 

@@ -42,7 +42,8 @@ RSS_CPUS, RSS_SHORT, RSS_LONG = 8, 10_000, 1_000_000
 def measure(reps: int = 3, kmaps_total: int = 12_000, cpus: tuple[int, ...] = (8, 64),
             trace_events: int = 10_000_000, round_trips: int = 16_000,
             progress: Callable[[str], None] | None = None, timeout: float = 1800.0,
-            rss_short: int = RSS_SHORT, rss_long: int = RSS_LONG, rss_parts: int = 4) -> dict:
+            rss_short: int = RSS_SHORT, rss_long: int = RSS_LONG, rss_parts: int = 4,
+            profile: bool = False) -> dict:
     say = progress or (lambda _m: None)
     samples: dict[str, list[float]] = {}
 
@@ -57,6 +58,7 @@ def measure(reps: int = 3, kmaps_total: int = 12_000, cpus: tuple[int, ...] = (8
             say(f"rep {rep + 1}/{reps}: ping-pong ceiling, {n} clients")
             pp = run_job({"job": "pingpong", "clients": n, "round_trips": round_trips}, timeout)
             add(f"ceiling_rt_per_s@{n}", pp["rate"])
+            add(f"ceiling_cpu_us_per_round_trip@{n}", pp["cpu_us_per_round_trip"])
             say(f"rep {rep + 1}/{reps}: distributed engine, {n} CPUs")
             d = run_job({"job": "distributed", "cpus": n, "kmaps_total": kmaps_total}, timeout)
             add(f"distributed_kmaps_per_s@{n}", d["kmaps_per_s"])
@@ -75,6 +77,9 @@ def measure(reps: int = 3, kmaps_total: int = 12_000, cpus: tuple[int, ...] = (8
             add(f"ratio_inline_to_distributed@{n}", i["kmaps_per_s"] / d["kmaps_per_s"])
             add(f"inline_cpu_us_per_kmap@{n}", i["cpu_us_per_kmap"])
             add(f"ratio_cpu_per_kmap_distributed_to_inline@{n}", d["cpu_us_per_kmap"] / i["cpu_us_per_kmap"])
+            # The least that ratio can be with one bare round trip per kmap on top of the model's work
+            add(f"ratio_cpu_floor_one_round_trip_to_inline@{n}",
+                (pp["cpu_us_per_round_trip"] + i["cpu_us_per_kmap"]) / i["cpu_us_per_kmap"])
             digests.setdefault(n, set()).update((d["digest"], i["digest"]))
         if len(cpus) > 1:  # how throughput holds up from the fewest to the most CPUs measured
             add(f"ratio_throughput_{max(cpus)}_to_{min(cpus)}", rate[max(cpus)] / rate[min(cpus)])
@@ -114,10 +119,15 @@ def measure(reps: int = 3, kmaps_total: int = 12_000, cpus: tuple[int, ...] = (8
                 add("analyze_maxrss_mb", a["maxrss_mb"])
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+    profiles = []
+    if profile:  # once per CPU count: profiling slows the run, so none of its figures is a sample above
+        for n in cpus:
+            say(f"profile: distributed engine, {n} CPUs")
+            profiles.append(run_job({"job": "profile", "cpus": n, "kmaps_total": kmaps_total}, timeout))
     figures = {k: _stat(v) for k, v in samples.items()}
     lengths = {"events": f"{trace_events:,}", "short": f"{rss_short:,}", "long": f"{rss_long:,}",
                "parts": rss_parts, "cpus": RSS_CPUS}
-    return {"figures": figures, "targets": check_targets(figures, lengths),
+    return {"figures": figures, "targets": check_targets(figures, lengths), "profiles": profiles,
             "digests_equal": {str(n): len(d) == 1 for n, d in digests.items()},
             "setup": {"reps": reps, "kmaps_total": kmaps_total, "cpus": list(cpus),
                       "trace_events": trace_events, "rss_cpus": RSS_CPUS, "rss_short_kmaps_per_cpu": rss_short,
@@ -165,12 +175,15 @@ def check_targets(figures: dict, lengths: dict) -> list[dict]:
 
 def render(result: dict) -> str:
     """A plain table (the CLI shows it with rich on a terminal)."""
-    lines = [f"{'figure':38s} {'median':>12s} {'min':>12s} {'max':>12s}"]
+    lines = [f"{'figure':44s} {'median':>12s} {'min':>12s} {'max':>12s}"]
     for k, f in result["figures"].items():
-        lines.append(f"{k:38s} {f['median']:12.3f} {f['min']:12.3f} {f['max']:12.3f}")
+        lines.append(f"{k:44s} {f['median']:12.3f} {f['min']:12.3f} {f['max']:12.3f}")
     lines.append("")
     for t in result["targets"]:
         lines.append(f"{'met ' if t['met'] else 'MISS'}  {t['what']}: {t['median']:.3f} (target {t['target']})")
     for n, ok in result["digests_equal"].items():
         lines.append(f"{'ok  ' if ok else 'FAIL'}  digest(distributed) == digest(inline) at {n} CPUs")
+    if result.get("profiles"):
+        from smpsim.bench.profile import render as render_profile
+        lines += ["", *(render_profile(p) for p in result["profiles"])]
     return "\n".join(lines)

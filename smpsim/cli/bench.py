@@ -19,6 +19,8 @@ def bench(
     events: Annotated[int, typer.Option("--events", min=0, help="events in the synthetic trace for analyze (0: skip)")] = 10_000_000,
     rss_parts: Annotated[int, typer.Option(
         "--rss-parts", min=0, help="the long run of the RSS figures stops after this many trace parts (0: skip)")] = 4,
+    profile: Annotated[bool, typer.Option(
+        "--profile", help="also profile a distributed run at each CPU count: where each process's time goes")] = False,
     quick: Annotated[bool, typer.Option("--quick", help="one repetition, small runs: a smoke test, not figures")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the figures as one JSON document")] = False,
 ) -> None:
@@ -37,7 +39,7 @@ def bench(
     say = (lambda m: print(f"bench: {m}", file=sys.stderr, flush=True)) if is_tty() or not as_json else None
     try:
         result = measure(reps=reps, kmaps_total=kmaps, cpus=counts, trace_events=events, progress=say,
-                         rss_parts=rss_parts)
+                         rss_parts=rss_parts, profile=profile)
     except BenchError as e:
         fail(str(e), EXIT_RUN_FAILED)
     print(json.dumps(result, indent=2) if as_json else render(result))

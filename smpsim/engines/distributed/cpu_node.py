@@ -29,6 +29,7 @@ from smpsim.model.messages import from_wire, to_wire
 from smpsim.model.errors import ModelError
 
 
+IDLE_WAIT_MS = 100  # a CPU with nothing to run waits this long in recv before its liveness checks
 WAITING_NOTICE_S = 2.0  # a CPU still unanswered after this long says it is waiting for the coordinator
 
 
@@ -47,6 +48,14 @@ def _die_with_parent() -> None:
         pass
 
 
+def prepare(cfg: Config) -> None:
+    """Before CPU processes are forked: build what each would build alike, once. Generating CPU 0's first
+    block builds the workload's shared tables (cached in the model, e.g. the zipf permutation), and the
+    forked processes inherit them instead of each spending milliseconds on its own copy."""
+    if cfg.workload.kind != "script":
+        workloads.program(cfg, 0).fill(0)
+
+
 class CpuNode:
     def __init__(self, address: str, cpu_id: int | None, run_id: str = "", token: str = "", log=None,
                  ctx: zmq.Context | None = None, cfg: Config | None = None, curve=None,
@@ -62,6 +71,7 @@ class CpuNode:
         self.ctx = ctx or zmq.Context()
         self.curve = curve
         self.sock, self.monitor = p.make_dealer(self.ctx, address, curve)
+        self.inbox = p.poller(self.sock)
         self.link = p.Link()
         self.last_sent = self.last_heard = time.monotonic()
         self.cpu: Cpu | None = None
@@ -88,11 +98,28 @@ class CpuNode:
         return self._recv_now()
 
     def _recv_now(self) -> list | None:
-        """The next message if one is there, without waiting (and without a poll system call)."""
+        """The next message if one is there, without waiting."""
+        if not self.inbox.poll(0):
+            return None
         try:
             frame = self.sock.recv(zmq.NOBLOCK)
         except zmq.Again:
             return None
+        return self._accept(frame)
+
+    def _recv_wait(self) -> list | None:
+        """The next message, waiting for it in recv itself (RCVTIMEO, set in serve) rather than in a poll
+        first: one call while a request waits for its reply."""
+        try:
+            frame = self.sock.recv()
+        except zmq.Again:
+            if time.monotonic() - self.last_heard > p.PEER_TIMEOUT_S:
+                raise CpuExit(f"{self.who}: the coordinator has been silent for "
+                              f"{p.PEER_TIMEOUT_S:.0f} s; exiting") from None
+            return None
+        return self._accept(frame)
+
+    def _accept(self, frame: bytes) -> list:
         msg = p.unpack(frame, p.TO_CPU)
         self.last_heard = time.monotonic()
         if msg[0] != p.REFUSE:
@@ -233,6 +260,7 @@ class CpuNode:
     def serve(self) -> str:
         """Main loop until END; returns the run's status the coordinator ended it with."""
         port = self.port = CpuPort(self.cpu)
+        self.sock.setsockopt(zmq.RCVTIMEO, IDLE_WAIT_MS)
         report = False
         if self.rejoin:
             try:
@@ -245,7 +273,7 @@ class CpuNode:
             except ModelError as e:
                 return self._fail(e)
             report = False
-            msg = self._recv_now() if port.runnable() else self._recv(100)
+            msg = self._recv_now() if port.runnable() else self._recv_wait()
             while msg is not None:
                 if msg[0] == p.END:
                     self._send(p.BYE, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
@@ -258,7 +286,9 @@ class CpuNode:
                         return self._fail(e)
                     except (ValueError, TypeError, IndexError) as e:
                         raise p.ProtocolError(f"invalid batch from the coordinator: {e}") from None
-                msg = self._recv_now()
+                # More may wait: take it before a report it could make moot; otherwise run first (a CPU
+                # that cannot run waits for the rest in recv, without a check per message).
+                msg = self._recv_now() if report else None
 
     def _fail(self, e: ModelError) -> str:
         """Report a model error (with the events so far) and wait for the coordinator to end the run."""

@@ -74,6 +74,7 @@ def run_distributed(cfg: Config, run_dir: Path | None, transport: str = "ipc",
     node = None
     forget = stopping.at_second_signal(lambda: sockdir and shutil.rmtree(sockdir, ignore_errors=True))
     try:
+        cpu_node.prepare(cfg)
         for c in range(cfg.machine.cpus):
             proc = mp.Process(target=_cpu_child, args=(address, c, run_id, token, log_dir, cfg, ckpt_ops),
                               name=f"smpsim-cpu-{c}")

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import re
 import reprlib
+from itertools import product
 
 import msgpack
 import zmq
@@ -68,6 +69,7 @@ MODEL_TO_COORDINATOR: dict[type, tuple[tuple[type, ...], ...]] = {
     mm.Done: (INT, INT),                # cpu, clock
 }
 REQUEST_OP = (INT, STR, INT, INT)       # an item of Request.ops: gap, op, page, pc
+_REQUEST_OP_TYPES = tuple(t for (t,) in REQUEST_OP)  # (each field has one type)
 TO_CPU: dict[str, tuple[tuple[str, tuple[type, ...]], ...]] = {
     WELCOME: (("seq", INT), ("cpu", INT), ("config", DICT), ("ops", LIST_OR_NONE), ("lines", LIST_OR_NONE)),
     REFUSE: (("reason", STR),),
@@ -78,16 +80,41 @@ TO_CPU: dict[str, tuple[tuple[str, tuple[type, ...]], ...]] = {
 }
 
 
+def poller(sock: zmq.Socket) -> zmq.Poller:
+    """A poller of sock's incoming messages, made once per socket: Socket.poll builds one per call, and
+    poll(0) costs less than asking ZMQ_EVENTS (pyzmq makes an enum of every option asked) or than a failed
+    non-blocking recv (an exception)."""
+    poll = zmq.Poller()
+    poll.register(sock, zmq.POLLIN)
+    return poll
+
+
 class ProtocolError(Exception):
     pass
 
 
+_packer = msgpack.Packer(use_bin_type=True)  # one per process: packb would build one per message
+
+
 def pack(msg: list) -> bytes:
-    frame = msgpack.packb(msg, use_bin_type=True)
+    frame = _packer.pack(msg)
     if len(frame) > MAX_MESSAGE_BYTES:  # the receiver would drop the connection: say so here instead
         raise ProtocolError(f"{msg[0]} message of {len(frame):,} bytes exceeds the maximum of "
                             f"{MAX_MESSAGE_BYTES:,} bytes")
     return frame
+
+
+_SIGNATURES: dict[int, tuple[dict, dict[str, frozenset]]] = {}
+
+
+def _signatures(shapes: dict) -> dict[str, frozenset]:
+    """kind -> every type tuple of a well-formed [kind, *fields] of these shapes (built once per dict)."""
+    entry = _SIGNATURES.get(id(shapes))
+    if entry is None or entry[0] is not shapes:
+        entry = _SIGNATURES[id(shapes)] = (shapes, {
+            kind: frozenset((str, *sig) for sig in product(*(types for _, types in shape)))
+            for kind, shape in shapes.items()})
+    return entry[1]
 
 
 def unpack(frame: bytes, shapes: dict = TO_COORDINATOR) -> list:
@@ -97,6 +124,11 @@ def unpack(frame: bytes, shapes: dict = TO_COORDINATOR) -> list:
         msg = msgpack.unpackb(frame, raw=False, strict_map_key=False)
     except Exception as e:  # msgpack raises several types for garbage
         raise ProtocolError(f"undecodable message ({len(frame)} bytes): {type(e).__name__}") from None
+    # A well-formed message passes with one lookup of its fields' types; the rest says what is wrong.
+    if type(msg) is list and msg and type(msg[0]) is str:
+        allowed = _signatures(shapes).get(msg[0])
+        if allowed is not None and tuple(map(type, msg)) in allowed:
+            return msg
     if type(msg) is not list or not msg or type(msg[0]) is not str:
         raise ProtocolError(f"not a smpsim message: {reprlib.repr(msg)[:60]}")
     kind = msg[0]
@@ -211,31 +243,39 @@ def model_messages(wire: list, cpu: int) -> list:
     """The model messages of CPU cpu's batch, decoded (messages.from_wire) and checked against their
     declared shapes; ValueError or TypeError naming the first that is not well-formed or not from cpu."""
     out = []
-    for i, arr in enumerate(wire):
+    op_types = _REQUEST_OP_TYPES
+    for i, arr in enumerate(wire):  # (plain loops: a generator per field costs more than the checks)
         x = mm.from_wire(arr)
         shape = MODEL_TO_COORDINATOR.get(type(x))
         if shape is None:
             raise ValueError(f"model message {i}: a {type(x).__name__} does not go to the coordinator")
-        if any(type(v) not in t for v, t in zip(x, shape)):
-            raise ValueError(f"model message {i} ({type(x).__name__}) has a field of the wrong type")
+        for v, t in zip(x, shape):
+            if type(v) not in t:
+                raise ValueError(f"model message {i} ({type(x).__name__}) has a field of the wrong type")
         if x.cpu != cpu:
             raise ValueError(f"model message {i} ({type(x).__name__}) is about CPU {x.cpu}")
         if type(x) is mm.Request:
             for op in x.ops:
-                if type(op) is not list or len(op) != len(REQUEST_OP) or any(
-                        type(v) not in t for v, t in zip(op, REQUEST_OP)):
+                if type(op) is not list or tuple(map(type, op)) != op_types:
                     raise ValueError(f"model message {i} (Request) has a malformed operation")
         out.append(x)
     return out
+
+
+_EVENT_TYPES = None
 
 
 def check_events(events: list, cpu: int) -> None:
     """Trace events from CPU cpu as the recorder takes them, (t, cpu, ev, *fields) arrays: an integer time,
     about that CPU, a known event type. ValueError naming the first that is not. (The fields after the
     type are not checked here: a wrong one is caught where the trace is recorded, and stops the run.)"""
-    from smpsim.trace.schema import EVENT_TYPES
+    global _EVENT_TYPES
+    if _EVENT_TYPES is None:  # imported on first use: the CPU processes never load the trace schema
+        from smpsim.trace.schema import EVENT_TYPES
+        _EVENT_TYPES = EVENT_TYPES
+    known = _EVENT_TYPES
     for ev in events:
         if type(ev) is not list or len(ev) < 3 or type(ev[0]) is not int or ev[1] != cpu \
-                or type(ev[2]) is not str or ev[2] not in EVENT_TYPES:
+                or type(ev[2]) is not str or ev[2] not in known:
             raise ValueError(f"event {events.index(ev)} is not (t, cpu {cpu}, known type, ...): "
                              f"{reprlib.repr(ev)}")
