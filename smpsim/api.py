@@ -123,10 +123,11 @@ def run(config: ConfigSource = None, *, engine: str | None = None, overrides: Ov
 
 
 def run_config(cfg: Config, out: str | Path | None = None, *, runs_root: str | Path | None = None,
-               progress: Callable[[dict], None] | None = None) -> "Run":
+               progress: Callable[[dict], None] | None = None, respawn=None) -> "Run":
     """Run a resolved config into ``out``, or a new ``runs_root/<UTC time>-<hash>``, or a temporary
     directory. A run that fails before simulating (a bad script, an unusable directory) leaves no run
-    directory behind."""
+    directory behind. ``respawn``: the distributed engine's RespawnPolicy (default: replace lost CPU
+    processes)."""
     from smpsim.experiments.runner import run_config as run_engine
     from smpsim.trace.rundir import create_run_dir, default_run_dir
 
@@ -142,7 +143,7 @@ def run_config(cfg: Config, out: str | Path | None = None, *, runs_root: str | P
         tmp = tempfile.TemporaryDirectory(prefix="smpsim-run-")
         path, created = Path(tmp.name), False
     try:
-        result = run_engine(cfg, path, progress)
+        result = run_engine(cfg, path, progress, respawn=respawn)
     except BaseException as e:
         if created and isinstance(e, _USER_MISTAKES) and not _recorded(path):
             shutil.rmtree(path, ignore_errors=True)  # failed before simulating: nothing to keep

@@ -133,7 +133,7 @@ def test_launch_runs_one_process_per_cpu(tmp_path, smpsim_cmd, subprocess_env):
 @pytest.mark.timeout(120)
 def test_killed_cpu_stops_the_run(tmp_path, smpsim_cmd, subprocess_env):
     out = tmp_path / "run"
-    proc = subprocess.Popen([*smpsim_cmd, "launch", "--cpus", "4", "--out", str(out),
+    proc = subprocess.Popen([*smpsim_cmd, "launch", "--cpus", "4", "--out", str(out), "--no-respawn",
                              "--set", "workload.kmaps_per_cpu=20000", "--set", "trace.part_events=2000"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env)
     try:

@@ -167,7 +167,7 @@ def test_launch_with_an_endless_program_joins_at_once_and_keeps_running(tmp_path
     """10^12 kmaps per CPU: every CPU joins within seconds, the run goes on past the heartbeat timeout
     (a CPU that did not answer would end it) and writes its trace as it goes, and Ctrl-C ends it."""
     out = tmp_path / "run"
-    proc = subprocess.Popen([*smpsim_cmd, "launch", "--cpus", "4", "--out", str(out),
+    proc = subprocess.Popen([*smpsim_cmd, "launch", "--cpus", "4", "--out", str(out), "--no-respawn",  # silence: an error
                              "--set", "workload.kmaps_per_cpu=1000000000000", "--set", "trace.part_events=5000"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env,
                             start_new_session=True, preexec_fn=_address_space_limit)

@@ -11,7 +11,9 @@ import typer
 
 from smpsim.cli.common import EXIT_USAGE, fail, handle_errors
 from smpsim.cli.config_cmd import SetOpt
-from smpsim.cli.run import OutOpt, PointOpt, TransportOpt, execute, report
+from smpsim.cli.run import (CheckpointOpt, MaxRespawnsOpt, NoRespawnOpt, OutOpt, PointOpt, TransportOpt, execute,
+                            report, respawn_policy)
+from smpsim.engines.distributed.respawn import CHECKPOINT_OPS, MAX_RESPAWNS
 from smpsim.engines.distributed.protocol import JOIN_TIMEOUT_S
 
 JoinTimeoutOpt = Annotated[float, typer.Option(
@@ -36,15 +38,20 @@ def launch(
     out: OutOpt = None,
     transport: TransportOpt = None,
     point: PointOpt = None,
+    no_respawn: NoRespawnOpt = False,
+    max_respawns: MaxRespawnsOpt = MAX_RESPAWNS,
+    checkpoint_every: CheckpointOpt = CHECKPOINT_OPS,
 ) -> None:
-    """Run a config on one OS process per CPU plus a coordinator, on this host."""
+    """Run a config on one OS process per CPU plus a coordinator, on this host. A CPU process that dies is
+    replaced: the new one resumes from that CPU's last checkpoint (--no-respawn: the run stops)."""
     from smpsim import api
 
+    respawn = respawn_policy(no_respawn, max_respawns, checkpoint_every)
     overrides = list(set_ or ())
     if cpus is not None:
         overrides.append(f"machine.cpus={cpus}")
     execute(api.load(config, overrides, engine="distributed", transport=transport and transport.value,
-                     point=point), out)
+                     point=point), out, respawn)
 
 
 @handle_errors

@@ -14,6 +14,7 @@ from smpsim.cli.common import EXIT_RUN_FAILED, classify, console, fail, handle_e
 from smpsim.cli.config_cmd import ConfigArg, SetOpt
 from smpsim.cli.progress import RunProgress, total_kmaps
 from smpsim.config import Config
+from smpsim.engines.distributed.respawn import CHECKPOINT_OPS, MAX_RESPAWNS
 
 class Engine(str, Enum):
     inline = "inline"
@@ -32,6 +33,29 @@ PointOpt = Annotated[Optional[int], typer.Option(
     show_default=False)]
 OutOpt = Annotated[Optional[Path], typer.Option(
     "--out", "-o", help="run directory (default: runs/<UTC time>-<config hash>)", show_default=False)]
+NoRespawnOpt = Annotated[bool, typer.Option(
+    "--no-respawn", help="distributed engine: stop the run when a CPU process dies instead of replacing it")]
+MaxRespawnsOpt = Annotated[int, typer.Option(
+    "--max-respawns", metavar="K", help="distributed engine: replace each CPU's process at most K times")]
+CheckpointOpt = Annotated[int, typer.Option(
+    "--checkpoint-every", metavar="N",
+    help="distributed engine: a CPU checkpoints every N operations (and messages received), for its "
+         "replacement")]
+
+
+def respawn_policy(no_respawn: bool, max_respawns: int, checkpoint_every: int):
+    """The RespawnPolicy of the --no-respawn, --max-respawns and --checkpoint-every options."""
+    from smpsim.cli.common import EXIT_USAGE
+    from smpsim.engines.distributed.respawn import NO_RESPAWN, RespawnPolicy
+    if max_respawns < 0:
+        fail(f"--max-respawns {max_respawns}: give how many times a CPU's process may be replaced, 0 or more "
+             "(0 is --no-respawn)", EXIT_USAGE)
+    if checkpoint_every < 1:
+        fail(f"--checkpoint-every {checkpoint_every}: give the operations between checkpoints, 1 or more",
+             EXIT_USAGE)
+    if no_respawn or max_respawns == 0:
+        return NO_RESPAWN
+    return RespawnPolicy(max_respawns, checkpoint_every)
 
 
 @handle_errors
@@ -44,20 +68,25 @@ def run(
         show_default=False)] = None,
     transport: TransportOpt = None,
     point: PointOpt = None,
+    no_respawn: NoRespawnOpt = False,
+    max_respawns: MaxRespawnsOpt = MAX_RESPAWNS,
+    checkpoint_every: CheckpointOpt = CHECKPOINT_OPS,
 ) -> None:
     """Run one simulation and print its summary."""
     from smpsim import api
 
+    respawn = respawn_policy(no_respawn, max_respawns, checkpoint_every)
     execute(api.load(config, set_, engine=engine and engine.value, transport=transport and transport.value,
-                     point=point), out)
+                     point=point), out, respawn)
 
 
-def execute(cfg: Config, out: Path | None) -> None:
+def execute(cfg: Config, out: Path | None, respawn=None) -> None:
     """Run a resolved config (``smpsim run`` and ``smpsim launch``) into ``out`` or a new runs/ directory,
-    and print its summary."""
+    and print its summary. respawn: the distributed engine's RespawnPolicy (None: its default)."""
     from smpsim import api
 
-    report(cfg, lambda progress: api.run_config(cfg, out, runs_root=None if out is not None else "runs", progress=progress))
+    report(cfg, lambda progress: api.run_config(cfg, out, runs_root=None if out is not None else "runs",
+                                                progress=progress, respawn=respawn))
 
 
 def report(cfg: Config, body: Callable[[Callable[[dict], None]], Any], run_dir: Path | None = None) -> None:

@@ -165,10 +165,24 @@ class CpuPort:
         self.after = INF       # ... or, after a reply, the CPU's resume time plus this lookahead
         self.replied = False
         self.reported: int | None = None
+        self.delivered = 0     # model messages received: a checkpoint says which it includes
+
+    def snapshot(self) -> dict:
+        """This side's state and its Cpu's (Cpu.snapshot), as plain msgpack-able data (spelled out, not
+        reflected: it must hold if these classes are compiled)."""
+        return {"port": [self.safe, self.ipis_seen, self.bound, self.after, self.replied, self.reported,
+                         self.delivered], "cpu": self.cpu.snapshot()}
+
+    def restore(self, state: dict) -> None:
+        """Take back a snapshot(); its Cpu must be new, of the same config and program."""
+        (self.safe, self.ipis_seen, self.bound, self.after, self.replied, self.reported,
+         self.delivered) = state["port"]
+        self.cpu.restore(state["cpu"])
 
     def deliver(self, down: Down) -> bool:
         """Apply a batch; returns whether the CPU must report (it waits, the coordinator does not know)."""
         cpu = self.cpu
+        self.delivered += len(down.msgs)
         for msg in down.msgs:
             if type(msg) is m.Ipi:
                 self.ipis_seen += 1

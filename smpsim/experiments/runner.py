@@ -38,13 +38,15 @@ class SweepError(Exception):
 
 
 def run_config(cfg: Config, run_dir: Path | None, progress: Callable[[dict], None] | None = None,
-               transport: str | None = None, sweep: dict[str, Any] | None = None, engine: str | None = None):
-    """Run cfg with the engine it names (or ``engine``) into run_dir, then write run_dir/provenance.json."""
+               transport: str | None = None, sweep: dict[str, Any] | None = None, engine: str | None = None,
+               respawn=None):
+    """Run cfg with the engine it names (or ``engine``) into run_dir, then write run_dir/provenance.json.
+    respawn: the distributed engine's RespawnPolicy (None: its default)."""
     engine = engine or cfg.run.engine
     if engine == "distributed":
         from smpsim.engines.distributed.launch import run_distributed
         return recorded(cfg, run_dir, lambda: run_distributed(cfg, run_dir, transport or cfg.run.transport,
-                                                              progress=progress),
+                                                              progress=progress, respawn=respawn),
                         engine, processes=cfg.machine.cpus + 1, sweep=sweep)
     from smpsim.engines.inline import run
     return recorded(cfg, run_dir, lambda: run(cfg, run_dir, progress=progress), engine, processes=1, sweep=sweep)

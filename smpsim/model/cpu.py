@@ -360,6 +360,44 @@ class Cpu:
     def _error(self, op: str, what: str) -> ModelError:
         return ModelError(self.id, op, self.pc, what, self.clock)
 
+    # ---- checkpoints (a lost CPU process is replaced from one) --------------------------------------
+    def snapshot(self) -> dict:
+        """The state this Cpu's future depends on, as plain msgpack-able data; restore() takes it back.
+        What the config determines (costs, TLB shape, policy) and the program's operations are not in it:
+        the program is regenerated from its seed up to pc. Orders that matter are kept: the TLB's LRU
+        order, the inbox heap's layout, the order pages were first used (the end of a program records
+        them in it)."""
+        return {
+            "pc": self.pc, "clock": self.clock, "state": self.state, "started": self.started,
+            "resumed": self.resumed, "refill_due": self.refill_due,
+            "held": [[page, list(vpns)] for page, vpns in self.held.items()],
+            "use": [[page, list(u)] for page, u in self.use.items()],
+            "local_stack": list(self.local_stack),
+            "inbox": [[t, src, m.to_wire(ipi)] for t, src, ipi in self.inbox],
+            "flushed": sorted(self.flushed),
+            "results": [list(r) for r in self.results],
+            "events": [list(e) for e in self.events],
+            "tlb": self.tlb.snapshot(),
+        }
+
+    def restore(self, state: dict) -> None:
+        """Take back a snapshot() of this CPU (made with the same config and program); raises KeyError,
+        TypeError or ValueError for one that is not."""
+        if state["state"] not in (RUNNING, BLOCKED, DONE):
+            raise ValueError(f"unknown CPU state {state['state']!r}")
+        self.pc, self.clock, self.state = int(state["pc"]), int(state["clock"]), state["state"]
+        self.started, self.resumed = int(state["started"]), int(state["resumed"])
+        self.refill_due = bool(state["refill_due"])
+        self.held = {page: list(vpns) for page, vpns in state["held"]}
+        self.use = {page: list(u) for page, u in state["use"]}
+        self.local_stack = list(state["local_stack"])
+        self.inbox = [(t, src, m.from_wire(ipi)) for t, src, ipi in state["inbox"]]
+        self.flushed = set(state["flushed"])
+        self.results = [list(r) for r in state["results"]]
+        self.events = [tuple(e) for e in state["events"]]
+        self.tlb.restore(state["tlb"])
+        self.program.seek(self.pc)
+
     # ---- inspection (tests, invariants) --------------------------------------------------------------
     def tlb_entries(self) -> list[tuple[int, int]]:
         return self.tlb.cached()

@@ -47,3 +47,12 @@ class Tlb:
     def cached(self) -> list[tuple[int, int]]:
         """(vpn, frame) of every entry, sorted by vpn (for invariant checks)."""
         return sorted(kv for s in self.sets for kv in s.items())
+
+    def snapshot(self) -> list:
+        """Each set's [vpn, frame] pairs in LRU order (first = least recently used): plain msgpack-able data."""
+        return [[[v, f] for v, f in s.items()] for s in self.sets]
+
+    def restore(self, state: list) -> None:
+        if len(state) != self.nsets:
+            raise ValueError(f"a TLB snapshot of {len(state)} sets for a TLB of {self.nsets}")
+        self.sets = [{v: f for v, f in pairs} for pairs in state]

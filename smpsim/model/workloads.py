@@ -108,6 +108,21 @@ class Program:
                 end += len(block)
         return pc < end
 
+    def seek(self, pc: int) -> None:
+        """Skip to position pc, generating and dropping what comes before it (a restored Cpu resumes at
+        its pc: a stream is regenerated from its seed rather than its generator state saved)."""
+        while self.base + len(self.ops) <= pc and not self._ended:
+            self.base += len(self.ops)
+            block = next(self._blocks, None)
+            if block is None:
+                self._ended, self.ops = True, []
+            else:
+                self.ops = block
+        drop = min(pc - self.KEEP - self.base, len(self.ops))
+        if drop > 0:
+            self.ops = self.ops[drop:]
+            self.base += drop
+
     def ended(self, pc: int) -> bool:
         """Whether the program has no operation at position pc."""
         return pc - self.base >= len(self.ops) and not self.fill(pc)

@@ -19,6 +19,7 @@ from smpsim.engines import stopping
 from smpsim.engines.core import Core, Up
 from smpsim.engines.distributed import protocol as p
 from smpsim.engines.distributed.logs import RateLimitedLog
+from smpsim.engines.distributed.respawn import NO_RESPAWN, CatchUp, CheckpointStore, RespawnPolicy
 from smpsim.engines.distributed.security import same_token
 from smpsim.engines.recorder import Recorder
 from smpsim.engines.stopping import RunAborted
@@ -40,7 +41,8 @@ class CoordinatorNode:
     def __init__(self, cfg: Config, run_dir: Path | None, sock: zmq.Socket, run_id: str, token: str = "",
                  log=None, check_children: Callable[[], tuple[int, str] | None] | None = None,
                  progress: Callable[[dict], None] | None = None, join_timeout: float = p.JOIN_TIMEOUT_S,
-                 t_start: float | None = None, curve=None):
+                 t_start: float | None = None, curve=None, respawn: RespawnPolicy = NO_RESPAWN,
+                 replace_cpu: Callable[[int], None] | None = None):
         self.cfg, self.sock, self.run_id, self.token = cfg, sock, run_id, token
         self.log = log
         self.refused = RateLimitedLog(log, interval=2.0)
@@ -77,6 +79,14 @@ class CoordinatorNode:
                          [lines for _, lines in self.script] if self.script is not None else None)
         self.rec = self.core.rec
         self.horizon = self.core.horizon  # how far each CPU has got (for fault messages)
+        # Replacing lost CPU processes (launch only: replace_cpu starts a new process for a CPU id).
+        self.respawn = respawn if replace_cpu is not None else NO_RESPAWN
+        self.replace_cpu = replace_cpu
+        self.store = CheckpointStore(self.n) if self.respawn.enabled else None
+        self.respawns = [0] * self.n
+        self.replacing: dict[int, float] = {}      # CPU -> when its replacement was started
+        self.catching_up: dict[int, CatchUp] = {}
+        self.retired: set[bytes] = set()           # connections of lost processes: what they left is dropped
 
     # ---- sending ----------------------------------------------------------------------------------
     def _send(self, cpu: int, kind: str, *fields) -> None:
@@ -90,7 +100,9 @@ class CoordinatorNode:
                              f"{p.SEND_TIMEOUT_MS} ms)", cpu) from None
         except zmq.ZMQError as e:
             if e.errno == zmq.EHOSTUNREACH:
-                self._child_died(wait=0.5)  # a CPU process of ours: say how it died
+                self._child_died(wait=0.5)  # a CPU process of ours: say how it died, or replace it
+                if cpu in self.replacing:
+                    return
                 raise RunAborted(f"CPU {cpu} disconnected at virtual time t={self.horizon[cpu]}", cpu) from None
             raise
         self.last_sent[cpu] = time.monotonic()
@@ -123,6 +135,8 @@ class CoordinatorNode:
     # ---- receiving --------------------------------------------------------------------------------
     def _handle(self, ident: bytes, frame: bytes) -> None:
         cpu = self.by_ident.get(ident)
+        if cpu is None and ident in self.retired:
+            return  # sent by a process since lost: its replacement sends it again
         try:
             msg = p.unpack(frame, p.TO_COORDINATOR)
         except p.ProtocolError as e:
@@ -153,15 +167,24 @@ class CoordinatorNode:
         if kind == p.BATCH:
             _, _, msgs, events, horizon, seen = msg
             core = self.core
+            msgs = p.model_messages(msgs, cpu)
+            p.check_events(events, cpu)
+            if cpu in self.catching_up:
+                msgs, events, horizon, seen = self._catch_up(cpu, msgs, events, horizon, seen)
             q = core.ipi_unseen[cpu]
             before = core.ipis_sent[cpu] - len(q)
             if not 0 <= seen - before <= len(q):
                 raise ValueError(f"{seen} IPIs seen, but {before} were seen before and {len(q)} more were "
                                  "sent since")
-            msgs = p.model_messages(msgs, cpu)
-            p.check_events(events, cpu)
+            if self.store is not None:
+                self.store.received[cpu].add(msgs, events)
             core.receive(cpu, Up(msgs, events, horizon, seen))
             self.dirty = True
+        elif kind == p.CKPT:
+            if self.store is not None and cpu not in self.catching_up:  # catching up: it has sent less
+                self.store.checkpoint(cpu, msg[2], msg[3])
+                if self.log:
+                    self.log.debug("checkpoint", cpu=cpu, n=self.store.count[cpu], t=self.horizon[cpu])
         elif kind == p.FAIL:
             _, _, c, op, pos, what, t = msg
             if c not in (cpu, None):
@@ -169,6 +192,75 @@ class CoordinatorNode:
             raise ModelError(c, op, pos, what, t)
         elif kind == p.BYE:
             self._bye(cpu, msg)
+
+    def _catch_up(self, cpu: int, msgs: list, events: list, horizon: int, seen: int) -> tuple:
+        """A replacement's batch: what the lost process had sent already is dropped; until the replacement
+        is back where that process was, the horizon and IPIs seen it reported stand."""
+        catch = self.catching_up[cpu]
+        core = self.core
+        before = core.ipis_sent[cpu] - len(core.ipi_unseen[cpu])
+        msgs, events = catch.filter(msgs, events, core.coord.lb[cpu])
+        if catch.pending() or seen < before:
+            return msgs, events, core.horizon[cpu], before
+        del self.catching_up[cpu]
+        if self.log:
+            self.log.info("caught up", cpu=cpu, t=horizon)
+        return msgs, events, horizon, seen
+
+    def _lost(self, cpu: int, reason: str, killed: bool = False) -> None:
+        """CPU cpu's process is lost (reason says how): replaced while the respawn policy allows it (killed:
+        the process is still there, silent, and is killed first), else the run stops (RunAborted)."""
+        if not (self.running and self.respawn.enabled):
+            raise RunAborted(reason, cpu)
+        if self.respawns[cpu] >= self.respawn.max_per_cpu:
+            raise RunAborted(f"{reason}; it was replaced {self.respawns[cpu]} times already, the most "
+                             f"allowed (--max-respawns {self.respawn.max_per_cpu})", cpu)
+        self._replace(cpu, reason + ("; its process was killed" if killed else ""))
+
+    def _replace(self, cpu: int, reason: str) -> None:
+        """CPU cpu's process died or went silent: start a new one (launch kills the old one if it is still
+        there), which catches up from the last checkpoint."""
+        self.respawns[cpu] += 1
+        store = self.store
+        where = (f"its checkpoint {store.count[cpu]}" if store.state[cpu] is not None
+                 else "the start (no checkpoint yet)")
+        self._fault("cpu respawned", f"{reason}; replaced by a new process ({self.respawns[cpu]} of at most "
+                    f"{self.respawn.max_per_cpu}), which resumes from {where}", cpu)
+        old = self.ident[cpu]
+        if old is not None:
+            del self.by_ident[old]
+            self.retired.add(old)
+        self.ident[cpu] = None
+        self.links[cpu] = p.Link()
+        self.catching_up.pop(cpu, None)
+        self.replacing[cpu] = time.monotonic()
+        self.replace_cpu(cpu)
+
+    def _rejoin(self, ident: bytes, cpu: int, who: dict) -> None:
+        """A replacement for CPU cpu joins: the config, then the checkpoint and the batches sent since."""
+        del self.replacing[cpu]
+        self._admit(ident, cpu, who)
+        if cpu in self.replacing:  # it died at once, and is being replaced again
+            return
+        state, downs, self.catching_up[cpu] = self.store.resume(cpu)
+        try:
+            self._send(cpu, p.RESUME, state, downs)
+        except p.ProtocolError as e:
+            raise RunAborted(f"CPU {cpu} cannot be replaced: {e} (its checkpoint and the messages sent to it "
+                             "since; a smaller --checkpoint-every keeps that shorter)", cpu) from None
+        self.core.touched.add(cpu)
+        self.dirty = True
+        if self.log:
+            self.log.info("rejoined", **who, batches=len(downs), from_checkpoint=state is not None)
+
+    def _admit(self, ident: bytes, cpu: int, who: dict) -> None:
+        """The connection ident is CPU cpu from now on: it gets the config (WELCOME)."""
+        self.ident[cpu] = ident
+        self.by_ident[ident] = cpu
+        self.hosts[cpu] = f"{who['host']} pid {who['pid']}"
+        self.last_heard[cpu] = time.monotonic()
+        ops, lines = self.script[cpu] if self.script is not None else (None, None)
+        self._send(cpu, p.WELCOME, cpu, self.config_dict, ops, lines)
 
     def _hello(self, ident: bytes, msg: list) -> None:
         _, version, run_id, cpu, pid, host, token = msg
@@ -187,14 +279,11 @@ class CoordinatorNode:
             return self._refuse(ident, f"CPU id {cpu!r} out of range (this run has CPUs 0..{self.n - 1})", **who)
         if self.ident[cpu] is not None:
             return self._refuse(ident, f"CPU {cpu} has already joined (from {self.hosts[cpu]})", **who)
+        if cpu in self.replacing:  # only for a CPU whose process is known dead
+            return self._rejoin(ident, cpu, who)
         if self.running:
             return self._refuse(ident, "the run has already started", **who)
-        self.ident[cpu] = ident
-        self.by_ident[ident] = cpu
-        self.hosts[cpu] = f"{host[:100]} pid {pid}"
-        self.last_heard[cpu] = time.monotonic()
-        ops, lines = self.script[cpu] if self.script is not None else (None, None)
-        self._send(cpu, p.WELCOME, cpu, self.config_dict, ops, lines)
+        self._admit(ident, cpu, who)
         if self.log:
             self.log.info("joined", **who, joined=len(self.by_ident), of=self.n)
         if len(self.by_ident) == self.n:
@@ -249,8 +338,14 @@ class CoordinatorNode:
 
     def _send_downs(self, downs) -> None:
         to_wire = mm.to_wire
+        store = self.store
         for c, down in downs:
-            self._send(c, p.BATCH, [to_wire(x) for x in down.msgs], down.safe)
+            wire = [to_wire(x) for x in down.msgs]
+            if store is not None:
+                store.sent_batch(c, wire, down.safe)  # kept for a replacement until the next checkpoint
+                if c in self.replacing:
+                    continue
+            self._send(c, p.BATCH, wire, down.safe)
 
     def _liveness(self) -> None:
         now = time.monotonic()
@@ -265,27 +360,35 @@ class CoordinatorNode:
                 self._refuse(None, reason)
         self.refused.tick(now)
         self._child_died()
+        for c, since in self.replacing.items():
+            if now - since > self.join_timeout:
+                raise RunAborted(f"CPU {c}'s replacement process did not join within {self.join_timeout:g} s "
+                                 "(--join-timeout)", c)
         for c in range(self.n):
             if self.ident[c] is None:
                 continue
             if now - self.last_heard[c] > p.PEER_TIMEOUT_S and not stalled:
-                raise RunAborted(f"CPU {c} ({self.hosts[c]}) stopped responding "
-                                 f"({p.PEER_TIMEOUT_S:.0f} s without a message) at virtual time "
-                                 f"t={self.horizon[c]}", c)
+                silent = (f"CPU {c} ({self.hosts[c]}) stopped responding ({p.PEER_TIMEOUT_S:.0f} s without a "
+                          f"message) at virtual time t={self.horizon[c]}")
+                self._lost(c, silent, killed=True)
+                continue
             if now - self.last_sent[c] > p.HEARTBEAT_S:
                 self._send(c, p.HB)
 
     def _child_died(self, wait: float = 0.0) -> None:
-        """Raise RunAborted naming a CPU process of ours that has exited (waiting up to ``wait`` s for its exit
-        status: its socket can close a moment before)."""
+        """A CPU process of ours that has exited (waiting up to ``wait`` s for its exit status: its socket can
+        close a moment before) is replaced while the respawn policy allows it; else RunAborted names it."""
         if self.check_children is None:
             return
         deadline = time.monotonic() + wait
+        replaced = False
         while True:
             dead = self.check_children()
             if dead:
-                raise RunAborted(dead[1], dead[0])
-            if time.monotonic() >= deadline:
+                self._lost(*dead)
+                replaced = True
+                continue  # another may have died too
+            if replaced or time.monotonic() >= deadline:
                 return
             time.sleep(0.02)
 

@@ -13,6 +13,7 @@ import resource
 import socket
 import sys
 import time
+from collections import deque
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -57,8 +58,14 @@ def prepare(cfg: Config) -> None:
 
 class CpuNode:
     def __init__(self, address: str, cpu_id: int | None, run_id: str = "", token: str = "", log=None,
-                 ctx: zmq.Context | None = None, cfg: Config | None = None, curve=None):
+                 ctx: zmq.Context | None = None, cfg: Config | None = None, curve=None,
+                 checkpoint_ops: int = 0, rejoin: bool = False):
         self.address, self.cpu_id, self.run_id, self.token = address, cpu_id, run_id, token
+        self.checkpoint_ops = checkpoint_ops  # 0: no checkpoints (nobody would replace this process)
+        self.rejoin = rejoin                  # a replacement: RESUME follows WELCOME
+        self.resume_state: dict | None = None  # a replacement's checkpoint (None: start afresh) ...
+        self.replay: deque = deque()           # ... and the batches sent since, to catch up with
+        self.last_checkpoint = 0
         self.preloaded = cfg  # a forked child already holds the validated config
         self.log = log
         self.ctx = ctx or zmq.Context()
@@ -150,8 +157,82 @@ class CpuNode:
                     prog = workloads.Program.of([tuple(o) for o in ops])
                 self.cpu = Cpu(cfg, self.cpu_id, prog)
                 self._stop_monitor()
+                if self.rejoin:
+                    self._resume(timeout - (time.monotonic() - t0))
                 return
             raise CpuExit(f"{self.who}: unexpected {msg[0]} before WELCOME")
+
+    def _resume(self, timeout: float) -> None:
+        """A replacement: restore the last checkpoint the coordinator has, and queue the batches since."""
+        deadline = time.monotonic() + max(timeout, 1.0)
+        while True:
+            msg = self._recv(200, joining=True)
+            if msg is not None:
+                break
+            if time.monotonic() > deadline:
+                raise CpuExit(f"{self.who}: no checkpoint from the coordinator at {self.address} after joining")
+        if msg[0] != p.RESUME:
+            raise CpuExit(f"{self.who}: unexpected {msg[0]} instead of RESUME after joining again")
+        _, _, self.resume_state, downs = msg
+        try:
+            self.replay = deque(Down([from_wire(x) for x in msgs], safe) for msgs, safe in downs)
+        except (ValueError, TypeError, IndexError) as e:
+            raise p.ProtocolError(f"invalid RESUME from the coordinator: {type(e).__name__}: {e}") from None
+
+    def _catch_up(self, port: CpuPort) -> bool:
+        """A replacement applies the batches sent since its checkpoint, each once the CPU has run as far as
+        it could (a delivery the transport could have made), sending what it has to say as usual; returns
+        whether it must report. What the coordinator has already is dropped there."""
+        state = self.resume_state
+        if state is not None:
+            try:
+                self._seek(state["cpu"]["pc"])
+                port.restore(state)
+            except (KeyError, ValueError, TypeError, IndexError) as e:
+                raise p.ProtocolError(f"invalid checkpoint from the coordinator: {type(e).__name__}: {e}") from None
+        self.last_checkpoint = self._progress()
+        if self.log:
+            self.log.info("resumed", cpu=self.cpu_id, from_checkpoint=state is not None, pc=self.cpu.pc,
+                          clock=self.cpu.clock, batches=len(self.replay))
+        report = False
+        while self.replay:
+            self._step(port, report)
+            report = False
+            if not port.runnable():
+                report = port.deliver(self.replay.popleft())
+        return report
+
+    def _step(self, port: CpuPort, report: bool) -> None:
+        """Run the CPU as far as it may and send what it has to say (and a checkpoint when one is due), or a
+        heartbeat when the link was quiet."""
+        up = port.work(stopping.RUN_CHUNK, report)
+        if up is not None:
+            self._send(p.BATCH, [to_wire(x) for x in up.msgs], up.events, up.horizon, up.ipis_seen)
+            self._checkpoint()
+        elif time.monotonic() - self.last_sent > p.HEARTBEAT_S:
+            self._send(p.HB)
+
+    def _seek(self, pc: int, step: int = 200_000) -> None:
+        """Regenerate the program up to pc (Program.seek) in steps, with heartbeats between them: deep in a
+        long run that takes seconds, and silence that long would count as this process being lost."""
+        prog = self.cpu.program
+        while prog.base + len(prog.ops) <= pc and not prog.ended(prog.base + len(prog.ops)):
+            prog.seek(min(pc, prog.base + len(prog.ops) + step))
+            if time.monotonic() - self.last_sent > p.HEARTBEAT_S:
+                self._send(p.HB)
+
+    def _progress(self) -> int:
+        """Operations done plus model messages received: what the checkpoint interval counts."""
+        return self.cpu.pc + self.port.delivered
+
+    def _checkpoint(self) -> None:
+        """Every checkpoint_ops, right after a batch: the coordinator then knows what the state includes."""
+        if not self.checkpoint_ops:
+            return
+        n = self._progress()
+        if n - self.last_checkpoint >= self.checkpoint_ops:
+            self.last_checkpoint = n
+            self._send(p.CKPT, self.port.delivered, self.port.snapshot())
 
     def _check_handshake(self) -> None:
         """A failed handshake is final (a key the coordinator does not allow, the wrong coordinator key,
@@ -181,16 +262,17 @@ class CpuNode:
         port = self.port = CpuPort(self.cpu)
         self.sock.setsockopt(zmq.RCVTIMEO, IDLE_WAIT_MS)
         report = False
+        if self.rejoin:
+            try:
+                report = self._catch_up(port)
+            except ModelError as e:
+                return self._fail(e)
         while True:
             try:
-                up = port.work(stopping.RUN_CHUNK, report)
+                self._step(port, report)
             except ModelError as e:
                 return self._fail(e)
             report = False
-            if up is not None:
-                self._send(p.BATCH, [to_wire(x) for x in up.msgs], up.events, up.horizon, up.ipis_seen)
-            elif time.monotonic() - self.last_sent > p.HEARTBEAT_S:
-                self._send(p.HB)
             msg = self._recv_now() if port.runnable() else self._recv_wait()
             while msg is not None:
                 if msg[0] == p.END:
@@ -227,7 +309,7 @@ class CpuNode:
 
 def cpu_main(address: str, cpu_id: int | None, run_id: str = "", token: str = "", log_dir: str | None = None,
              child_of_launch: bool = False, cfg: Config | None = None, curve=None,
-             join_timeout: float = p.JOIN_TIMEOUT_S) -> int:
+             join_timeout: float = p.JOIN_TIMEOUT_S, checkpoint_ops: int = 0, rejoin: bool = False) -> int:
     """Entry point of a CPU process; returns its exit code: 0 only when the run ended ok (see
     smpsim.engines.stopping for the others)."""
     if child_of_launch:
@@ -240,8 +322,10 @@ def cpu_main(address: str, cpu_id: int | None, run_id: str = "", token: str = ""
     guard = contextlib.nullcontext() if child_of_launch else stopping.raising_on_signals()
     try:
         with guard:
-            node = CpuNode(address, cpu_id, run_id, token, log, cfg=cfg, curve=curve)
-            log.info("joining", coordinator=address, cpu=cpu_id, pid=os.getpid(), join_timeout_s=join_timeout)
+            node = CpuNode(address, cpu_id, run_id, token, log, cfg=cfg, curve=curve,
+                           checkpoint_ops=checkpoint_ops, rejoin=rejoin)
+            log.info("joining", coordinator=address, cpu=cpu_id, pid=os.getpid(), join_timeout_s=join_timeout,
+                     **({"replacing": True} if rejoin else {}))
             node.join(join_timeout)
             log.info("joined", cpu=node.cpu_id)
             status = node.serve()

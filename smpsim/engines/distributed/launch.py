@@ -24,11 +24,14 @@ from smpsim.config import Config
 from smpsim.engines import stopping
 from smpsim.engines.distributed import cpu_node  # imported before forking: shared by every CPU process
 from smpsim.engines.distributed import protocol as p
+from smpsim.engines.distributed import respawn as rs
 from smpsim.engines.distributed.security import new_token
 
 
-def _cpu_child(address: str, cpu: int, run_id: str, token: str, log_dir: str | None, cfg: Config) -> None:
-    os._exit(cpu_node.cpu_main(address, cpu, run_id, token, log_dir, child_of_launch=True, cfg=cfg))
+def _cpu_child(address: str, cpu: int, run_id: str, token: str, log_dir: str | None, cfg: Config,
+               checkpoint_ops: int) -> None:
+    os._exit(cpu_node.cpu_main(address, cpu, run_id, token, log_dir, child_of_launch=True, cfg=cfg,
+                               checkpoint_ops=checkpoint_ops))
 
 
 def _describe_exit(code: int | None) -> str:
@@ -42,8 +45,12 @@ def _describe_exit(code: int | None) -> str:
 
 def run_distributed(cfg: Config, run_dir: Path | None, transport: str = "ipc",
                     progress: Callable[[dict], None] | None = None,
-                    on_started: Callable[[list[int]], None] | None = None):
-    """Run cfg with cfg.machine.cpus CPU processes; returns RunResult (see engines.inline)."""
+                    on_started: Callable[[list[int]], None] | None = None,
+                    respawn: rs.RespawnPolicy | None = None):
+    """Run cfg with cfg.machine.cpus CPU processes; returns RunResult (see engines.inline). A CPU process
+    that dies is replaced as ``respawn`` says (default: rs.RespawnPolicy(); rs.NO_RESPAWN: the run stops)."""
+    respawn = respawn if respawn is not None else rs.RespawnPolicy()
+    ckpt_ops = respawn.checkpoint_ops if respawn.enabled else 0
     from smpsim.trace.rundir import create_run_dir
     if run_dir is not None:
         create_run_dir(run_dir, cfg)
@@ -62,13 +69,15 @@ def run_distributed(cfg: Config, run_dir: Path | None, transport: str = "ipc",
     ctx = zmq.Context()
     sock, address = p.make_router(ctx, listen)
     mp = multiprocessing.get_context("fork")
-    children = []
+    children: list = []
+    lost: list = []  # replaced processes, reaped at the end
     node = None
     forget = stopping.at_second_signal(lambda: sockdir and shutil.rmtree(sockdir, ignore_errors=True))
     try:
         cpu_node.prepare(cfg)
         for c in range(cfg.machine.cpus):
-            proc = mp.Process(target=_cpu_child, args=(address, c, run_id, token, log_dir, cfg), name=f"smpsim-cpu-{c}")
+            proc = mp.Process(target=_cpu_child, args=(address, c, run_id, token, log_dir, cfg, ckpt_ops),
+                              name=f"smpsim-cpu-{c}")
             proc.start()
             children.append(proc)
         if on_started is not None:
@@ -84,9 +93,16 @@ def run_distributed(cfg: Config, run_dir: Path | None, transport: str = "ipc",
                                f"virtual time t={node.horizon[c]}")
             return None
 
+        def replace_cpu(c: int) -> None:
+            old = children[c]
+            if old.exitcode is None:  # silent, not dead (stopped, hung): make sure it is gone
+                old.kill()
+            lost.append(old)
+            children[c] = rs.Child(rs.spawn_cpu(address, c, run_id, token, log_dir, ckpt_ops))
+
         log = process_logger(log_dir, "coordinator")
         node = CoordinatorNode(cfg, run_dir, sock, run_id, token, log=log, check_children=check_children,
-                               progress=progress, t_start=t0_mono)
+                               progress=progress, t_start=t0_mono, respawn=respawn, replace_cpu=replace_cpu)
         log.info("listening", address=address, cpus=cfg.machine.cpus, run_id=run_id)
         summary = node.run()
         summary_hosts = sorted({h.split(" pid ")[0] for h in node.hosts.values()})
@@ -96,7 +112,7 @@ def run_distributed(cfg: Config, run_dir: Path | None, transport: str = "ipc",
                   "coordinator_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
         return RunResult(summary, run_dir, timing)
     finally:
-        _reap(children)
+        _reap(children + lost)
         sock.close(linger=0)
         ctx.term()
         if sockdir:

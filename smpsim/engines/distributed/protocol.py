@@ -11,6 +11,8 @@ CPU -> coordinator
   [HB, seq]                                             heartbeat
   [FAIL, seq, cpu, op, position, what, t]               a ModelError raised on the CPU
   [BYE, seq, maxrss_kb]                                 leaving; the process's peak RSS
+  [CKPT, seq, delivered, state]                         a checkpoint of the CPU (CpuPort.snapshot) that
+                                                        includes the first `delivered` model messages
 coordinator -> CPU
   [WELCOME, seq, cpu_id, config, ops, lines]            CPU id (assigned if asked with -1), resolved
                                                         config; ops only for script workloads
@@ -18,6 +20,9 @@ coordinator -> CPU
   [BATCH, seq, model_msgs, safe]                        replies and IPIs (arrays), and the safe-time bound
   [HB, seq]
   [END, seq, status]
+  [RESUME, seq, state, downs]                           after WELCOME to a replacement process: the last
+                                                        checkpoint (None: start afresh) and the batches
+                                                        sent since, [[model_msgs, safe], ...]
 """
 
 from __future__ import annotations
@@ -33,8 +38,8 @@ from smpsim.model import messages as mm
 
 VERSION = 1
 
-HELLO, WELCOME, REFUSE, BATCH, HB, FAIL, BYE, END = (
-    "hello", "welcome", "refuse", "batch", "hb", "fail", "bye", "end")
+HELLO, WELCOME, REFUSE, BATCH, HB, FAIL, BYE, END, CKPT, RESUME = (
+    "hello", "welcome", "refuse", "batch", "hb", "fail", "bye", "end", "ckpt", "resume")
 
 HEARTBEAT_S = 0.25      # send a heartbeat when a link was quiet this long
 PEER_TIMEOUT_S = 5.0    # a peer silent this long is gone (faults are reported within 10 s)
@@ -45,7 +50,7 @@ MAX_MESSAGE_BYTES = 64 << 20  # ZMQ_MAXMSGSIZE: a peer sending a larger message 
 
 # Field types (exact: a bool is not an int here).
 INT, STR, LIST, DICT = (int,), (str,), (list,), (dict,)
-INT_OR_NONE, LIST_OR_NONE = (int, type(None)), (list, type(None))
+INT_OR_NONE, LIST_OR_NONE, DICT_OR_NONE = (int, type(None)), (list, type(None)), (dict, type(None))
 
 # The declared shapes: kind -> the fields after the kind, (name, allowed types), per direction.
 TO_COORDINATOR: dict[str, tuple[tuple[str, tuple[type, ...]], ...]] = {
@@ -55,6 +60,7 @@ TO_COORDINATOR: dict[str, tuple[tuple[str, tuple[type, ...]], ...]] = {
     FAIL: (("seq", INT), ("cpu", INT_OR_NONE), ("op", STR), ("position", INT_OR_NONE), ("what", STR),
            ("t", INT_OR_NONE)),
     BYE: (("seq", INT), ("maxrss_kb", INT)),
+    CKPT: (("seq", INT), ("delivered", INT), ("state", DICT)),
 }
 # The model messages a CPU's BATCH carries (messages.from_wire of each array): type -> its fields' types.
 MODEL_TO_COORDINATOR: dict[type, tuple[tuple[type, ...], ...]] = {
@@ -70,6 +76,7 @@ TO_CPU: dict[str, tuple[tuple[str, tuple[type, ...]], ...]] = {
     BATCH: (("seq", INT), ("msgs", LIST), ("safe", INT)),
     HB: (("seq", INT),),
     END: (("seq", INT), ("status", STR)),
+    RESUME: (("seq", INT), ("state", DICT_OR_NONE), ("downs", LIST)),
 }
 
 
