@@ -239,6 +239,12 @@ def run_summary_rows(summary: dict[str, Any], run_dir: Any, policy: str | None =
     values = headline(facts_from_summary(summary), RUN_SUMMARY) if "counters" in summary else {}
     rows += [(BY_KEY[k].label, fmt_metric(k, values.get(k))) for k in RUN_SUMMARY]
     rows.append(("digest", str(summary.get("digest", "-"))))
+    faults = summary.get("faults")
+    if faults:  # e.g. a CPU process replaced: the run is ok, but the user should know it happened
+        kinds = sorted({f"{f['kind']} (CPU {f['cpu']})" if f.get("cpu") is not None else f["kind"]
+                        for f in faults["first"]})
+        where = f"; see {run_dir}/logs" if run_dir is not None else ""
+        rows.append(("faults", f"{faults['count']}: {', '.join(kinds)}{where}"))
     rows.append(("run dir", str(run_dir) if run_dir is not None else "-"))
     if run_dir is not None:
         rows.append(("next", f"smpsim analyze {run_dir}"))

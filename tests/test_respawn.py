@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import signal
 import subprocess
 import time
@@ -121,9 +122,11 @@ def _finish(proc: subprocess.Popen) -> tuple[str, str]:
         proc.wait()
 
 
-def _assert_recovered(run: Path, undisturbed: dict, proc, stderr: str, kills: list[int],
+def _assert_recovered(run: Path, undisturbed: dict, proc, stdout: str, stderr: str, kills: list[int],
                       how: str = "killed by SIGKILL") -> None:
     assert proc.returncode == 0, stderr
+    # The printed summary says a process was replaced, not only the logs.
+    assert re.search(rf"^faults +{len(kills)}: cpu respawned \(CPU {kills[0]}\)", stdout, re.M), stdout
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["digest"] == undisturbed["digest"]
     for k, v in undisturbed.items():  # every counter as undisturbed; only the record of faults differs
@@ -153,7 +156,7 @@ def test_cpu_killed_at_a_random_moment_is_replaced(seed, tmp_path, smpsim_cmd, s
         stdout, stderr = _finish(proc)
     finally:
         proc.kill()
-    _assert_recovered(run, undisturbed, proc, stderr, [victim])
+    _assert_recovered(run, undisturbed, proc, stdout, stderr, [victim])
     assert _events(run, "caught up", victim)
 
 
@@ -169,7 +172,7 @@ def test_cpu_killed_before_its_first_checkpoint_restarts_from_the_start(tmp_path
     finally:
         proc.kill()
     assert not _events(run, "checkpoint")
-    _assert_recovered(run, undisturbed, proc, stderr, [1])
+    _assert_recovered(run, undisturbed, proc, stdout, stderr, [1])
     assert "resumes from the start (no checkpoint yet)" in _events(run, "cpu respawned")[0]["reason"]
 
 
@@ -191,7 +194,7 @@ def test_same_cpu_killed_twice(most, tmp_path, smpsim_cmd, subprocess_env, undis
     finally:
         proc.kill()
     if most > 1:
-        _assert_recovered(run, undisturbed, proc, stderr, [2, 2])
+        _assert_recovered(run, undisturbed, proc, stdout, stderr, [2, 2])
         return
     assert proc.returncode == 1 and "Traceback" not in stderr
     assert "CPU 2" in stderr and "replaced 1 times already, the most allowed (--max-respawns 1)" in stderr, stderr
@@ -214,7 +217,7 @@ def test_silent_cpu_is_killed_and_replaced(tmp_path, smpsim_cmd, subprocess_env,
     finally:
         proc.kill()
     assert not stopped.is_running() or stopped.status() == psutil.STATUS_ZOMBIE
-    _assert_recovered(run, undisturbed, proc, stderr, [3], how="stopped responding")
+    _assert_recovered(run, undisturbed, proc, stdout, stderr, [3], how="stopped responding")
     assert "its process was killed" in _events(run, "cpu respawned")[0]["reason"]
 
 
