@@ -7,6 +7,10 @@ loads the analysis libraries.
 
 __version__ = "0.1.0"
 
+from smpsim import native as _native
+
+_native.select()  # compiled model modules or pure Python (smpsim/native.py), before anything imports them
+
 _API = ("run", "open_run", "sweep", "load", "Run")
 __all__ = ["__version__", *_API]
 

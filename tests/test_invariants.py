@@ -103,7 +103,7 @@ def pending_invalidations(coord: Coordinator, cpus, downs) -> list[list]:
             else:
                 for result in msg.results:
                     pend[dest] += [v for _, v in result[3]]
-    for r in list(coord.pending) + list(coord.pkmap_map_wait):
+    for r in [e[2] for e in coord.pending] + list(coord.pkmap_map_wait):  # pending: (t, cpu, call)
         if r.cpu < 0:  # latr's timed release of slots, not a request
             continue
         pend[r.cpu] += [v for _, v in r.local_flushes]

@@ -90,14 +90,20 @@ def test_a_kmap_costs_one_request():
     cfg = _cfg("linux-2.4", "uniform", 4, 64, kmaps=200)
     engine = inline.InlineEngine(cfg, Recorder(cfg, None, "inline"))
     kinds: dict[str, int] = {}
-    receive = engine.core.receive
 
-    def counting(cpu, up):
-        for msg in up.msgs:
-            kinds[type(msg).__name__] = kinds.get(type(msg).__name__, 0) + 1
-        receive(cpu, up)
+    class Counting:  # the engine's core, counting what it receives (a compiled Core takes no new methods)
+        def __init__(self, core):
+            self.core = core
 
-    engine.core.receive = counting
+        def __getattr__(self, name):
+            return getattr(self.core, name)
+
+        def receive(self, cpu, up):
+            for msg in up.msgs:
+                kinds[type(msg).__name__] = kinds.get(type(msg).__name__, 0) + 1
+            self.core.receive(cpu, up)
+
+    engine.core = Counting(engine.core)
     engine.drive()
     summary = engine.core.close()
     assert summary["counters"]["kmaps"] == 800 and summary["counters"]["wraps"] > 0

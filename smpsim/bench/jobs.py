@@ -47,9 +47,10 @@ def job_inline(cpus: int, kmaps_total: int, trace: bool = True) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
     kmaps = res.summary["counters"]["kmaps"]
     user, sys_, _, _ = _us_per_kmap(c0, c1, kmaps)
+    from smpsim.native import path
     return {"kmaps": kmaps, "seconds": res.timing["seconds"], "kmaps_per_s": kmaps / res.timing["seconds"],
             "cpu_us_per_kmap": user + sys_, "events": res.summary["events"], "digest": res.summary["digest"],
-            "maxrss_mb": _maxrss_mb()}
+            "maxrss_mb": _maxrss_mb(), "path": path()["path"]}
 
 
 def job_distributed(cpus: int, kmaps_total: int) -> dict:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -12,16 +13,18 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from smpsim import native
+
 
 class BenchError(Exception):
     pass
 
 
-def run_job(spec: dict, timeout: float) -> dict:
-    """Run one job in a fresh process; its JSON result."""
+def run_job(spec: dict, timeout: float, env: dict | None = None) -> dict:
+    """Run one job in a fresh process (with ``env`` added to the environment); its JSON result."""
     try:
         r = subprocess.run([sys.executable, "-m", "smpsim.bench.jobs", json.dumps(spec)], capture_output=True,
-                           text=True, timeout=timeout)
+                           text=True, timeout=timeout, env={**os.environ, **env} if env else None)
     except subprocess.TimeoutExpired:
         raise BenchError(f"benchmark job {spec} took longer than {timeout:.0f} s") from None
     if r.returncode != 0:
@@ -52,6 +55,7 @@ def measure(reps: int = 3, kmaps_total: int = 12_000, cpus: tuple[int, ...] = (8
             samples.setdefault(key, []).append(value)
 
     digests: dict[int, set[str]] = {}
+    paths: set[str] = set()  # the single-process engine's: compiled or pure (smpsim/native.py)
     for rep in range(reps):
         rate: dict[int, float] = {}
         for n in cpus:
@@ -91,6 +95,16 @@ def measure(reps: int = 3, kmaps_total: int = 12_000, cpus: tuple[int, ...] = (8
         add("trace_cost_fraction", 1 - on["kmaps_per_s"] / off["kmaps_per_s"])
         # the same in CPU time (all threads), which a busy machine disturbs less than wall time
         add("trace_cost_cpu_fraction", 1 - off["cpu_us_per_kmap"] / on["cpu_us_per_kmap"])
+        paths.add(on["path"])
+        if on["path"] == "compiled":  # the same runs on the pure-Python path (smpsim/native.py)
+            say(f"rep {rep + 1}/{reps}: pure Python, trace on vs off")
+            pure = {native.PURE_ENV: "1"}
+            p_on = run_job({"job": "inline", "cpus": cpus[0], "kmaps_total": kmaps_total, "trace": True}, timeout, pure)
+            p_off = run_job({"job": "inline", "cpus": cpus[0], "kmaps_total": kmaps_total, "trace": False}, timeout, pure)
+            add("inline_pure_trace_on_kmaps_per_s", p_on["kmaps_per_s"])
+            add("inline_pure_trace_off_kmaps_per_s", p_off["kmaps_per_s"])
+            add("ratio_inline_compiled_to_pure", on["kmaps_per_s"] / p_on["kmaps_per_s"])
+            digests.setdefault(cpus[0], set()).update((p_on["digest"], p_off["digest"]))
         if rss_parts and rep == 0:  # memory hardly varies between repetitions: measured once
             for engine in ("inline", "distributed"):
                 peaks = {}
@@ -129,7 +143,7 @@ def measure(reps: int = 3, kmaps_total: int = 12_000, cpus: tuple[int, ...] = (8
                "parts": rss_parts, "cpus": RSS_CPUS}
     return {"figures": figures, "targets": check_targets(figures, lengths), "profiles": profiles,
             "digests_equal": {str(n): len(d) == 1 for n, d in digests.items()},
-            "setup": {"reps": reps, "kmaps_total": kmaps_total, "cpus": list(cpus),
+            "setup": {"inline_path": sorted(paths), "reps": reps, "kmaps_total": kmaps_total, "cpus": list(cpus),
                       "trace_events": trace_events, "rss_cpus": RSS_CPUS, "rss_short_kmaps_per_cpu": rss_short,
                       "rss_long_kmaps_per_cpu": rss_long, "rss_long_parts": rss_parts}}
 
@@ -182,7 +196,9 @@ def render(result: dict) -> str:
     for t in result["targets"]:
         lines.append(f"{'met ' if t['met'] else 'MISS'}  {t['what']}: {t['median']:.3f} (target {t['target']})")
     for n, ok in result["digests_equal"].items():
-        lines.append(f"{'ok  ' if ok else 'FAIL'}  digest(distributed) == digest(inline) at {n} CPUs")
+        lines.append(f"{'ok  ' if ok else 'FAIL'}  digest(distributed) == digest(inline) at {n} CPUs"
+                     " (inline: compiled and pure Python, where compiled)")
+    lines.append(f"      single-process engine ran: {', '.join(result['setup'].get('inline_path', []))}")
     if result.get("profiles"):
         from smpsim.bench.profile import render as render_profile
         lines += ["", *(render_profile(p) for p in result["profiles"])]

@@ -67,7 +67,10 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"smpsim {__version__}")
+        from smpsim import native
+        how = native.path()
+        model = "compiled with mypyc" if how["path"] == "compiled" else f"pure Python: {how['why']}"
+        typer.echo(f"smpsim {__version__} (model {model})")
         raise typer.Exit()
 
 

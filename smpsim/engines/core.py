@@ -51,7 +51,7 @@ class Core:
         self.coord, self.rec, self.lines = coord, recorder, lines
         n = self.n = coord.ncpu
         self.horizon = [0] * n                          # as last reported
-        self.ipi_unseen = [deque() for _ in range(n)]   # t_recv of IPIs sent, not yet reported received
+        self.ipi_unseen: list[deque[int]] = [deque() for _ in range(n)]  # t_recv of IPIs sent, not yet reported received
         self.ipis_sent = [0] * n
         self.sent_safe = [-1] * n
         self.safe = -1

@@ -54,13 +54,20 @@ class InlineEngine:
         self.core = Core(coord or Coordinator(cfg), recorder, workloads.script_lines(cfg))
         self.ports = [CpuPort(c) for c in self.cpus]
         self.report = [False] * len(self.ports)
+        # The CPUs that may have something to say: those delivered a batch since they last worked, and those
+        # that stopped at RUN_CHUNK operations. Any other CPU's work() returns None: polling it is wasted.
+        self.active = set(range(len(self.ports)))
 
     def step(self) -> list[tuple[int, Down]]:
         """One round: every CPU that can runs and reports, the core grants; what to deliver."""
-        core, report = self.core, self.report
-        for c, port in enumerate(self.ports):
+        core, report, ports = self.core, self.report, self.ports
+        active = self.active
+        for c in sorted(active) if len(active) > 1 else list(active):
+            port = ports[c]
             up = port.work(stopping.RUN_CHUNK, report[c])
             report[c] = False
+            if not port.runnable():
+                active.discard(c)
             if up is not None:
                 core.receive(c, up)
         return core.step()
@@ -68,6 +75,7 @@ class InlineEngine:
     def deliver(self, downs: list[tuple[int, Down]]) -> None:
         for c, down in downs:
             self.report[c] = self.ports[c].deliver(down)
+            self.active.add(c)
 
     def drive(self, progress: Callable[[dict], None] | None = None) -> None:
         core = self.core

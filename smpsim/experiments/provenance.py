@@ -23,7 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from smpsim import __version__
+from smpsim import __version__, native
 from smpsim.config import Config
 from smpsim.engines import stopping
 from smpsim.trace.rundir import config_hash, read_summary, write_provenance
@@ -75,6 +75,7 @@ def recorded(cfg: Config, run_dir: Path | None, body: Callable[[], Any], engine:
             "config_hash": config_hash(cfg),
             "seed": cfg.seed,
             "smpsim_version": __version__,
+            "model_path": native.path()["path"],  # compiled or pure Python (smpsim/native.py): speed only
             "git_revision": git_revision(),
             "engine": engine,
             "processes": summary.get("processes", processes),

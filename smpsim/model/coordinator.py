@@ -14,6 +14,7 @@ the CPU applies (cpu.service_ipis), and replies once for all of them.
 from __future__ import annotations
 
 import heapq
+from typing import Any
 
 from smpsim.config import Config
 from smpsim.model import messages as m
@@ -35,16 +36,14 @@ class _Request:
     __slots__ = ("t", "cpu", "op", "page", "pc", "t_first", "lock_wait", "slept", "local_flushes", "rest",
                  "results", "after")
 
-    def __init__(self, t, cpu, op, page, pc, rest=(), results=None, after=INF):
+    def __init__(self, t: int, cpu: int, op: str, page: int, pc: int, rest: Any = (),
+                 results: list | None = None, after: int = INF):
         self.t, self.cpu, self.op, self.page, self.pc = t, cpu, op, page, pc
         self.t_first = t
         self.lock_wait = 0
         self.slept = False
-        self.local_flushes: list[tuple[int, tuple | None]] = []  # (time, vpns) of the caller's own flushes
+        self.local_flushes: list[tuple[int, Any]] = []  # (time, vpns) of the caller's own flushes
         self.rest, self.results, self.after = rest, results if results is not None else [], after
-
-    def __lt__(self, other):
-        return (self.t, self.cpu) < (other.t, other.cpu)
 
 
 class _Free:
@@ -56,20 +55,23 @@ class _Free:
         self.t, self.cpu = t, -1
         self.batches: list[tuple[int, list[int]]] = []  # (initiator of the wrap, slots), in wrap order
 
-    def __lt__(self, other):
-        return (self.t, self.cpu) < (other.t, other.cpu)
-
 
 class Coordinator:
     def __init__(self, cfg: Config):
         self.ncpu = cfg.machine.cpus
-        self.cost = cfg.cost
+        self.cost = c = cfg.cost
+        # The costs and policy traits read at every call, as plain ints and bools (not config lookups).
+        self.c_acquire, self.c_handoff, self.c_hold = c.lock_acquire, c.lock_handoff, c.lock_hold
+        self.c_scan, self.c_pte = c.pkmap_scan, c.pte_write
         self.ring = PkmapRing(cfg.machine.ring_size)
         self.policy = make_policy(cfg)
+        self.uses_ring, self.flushes_only_at_wrap = self.policy.uses_ring, self.policy.flushes_only_at_wrap
         self.lock_free_at = 0
         self.lock_owned_from = 0
         self.lock_held_cycles = 0                # kmap_lock held (hand-offs included), for its utilisation
-        self.pending: list[_Request | _Free] = []  # heap in canonical order
+        # Heap of (t, cpu, _Request or _Free) in canonical order: (t, cpu) is unique (a CPU has one call
+        # pending at a time, a _Free one per t), so tuples compare in C and never reach the object.
+        self.pending: list[tuple[int, int, _Request | _Free]] = []
         self.frees: dict[int, _Free] = {}        # pending _Free by time
         # Per CPU, the IPIs it has been sent and has not taken yet as far as the coordinator knows: a mirror
         # of the CPU's inbox, to place the later calls of a compound request where the CPU will make them.
@@ -85,26 +87,27 @@ class Coordinator:
 
     # ---- messages from CPUs ---------------------------------------------------------------------------
     def receive(self, msg: tuple) -> None:
-        kind = type(msg)
-        cpu = msg.cpu
-        if kind is m.Request:
-            t = msg.t
+        if isinstance(msg, m.Request):
+            cpu, t = msg.cpu, msg.t
             _, op, page, pc = msg.ops[0]
             self.status[cpu] = REQUESTED
             inbox = self.inboxes[cpu]
             while inbox and inbox[0][0] <= t:  # taken before the call
                 heapq.heappop(inbox)
-            heapq.heappush(self.pending, _Request(t, cpu, op, page, pc, msg.ops[1:], None, msg.after))
-        elif kind is m.Progress:
-            self.lb[cpu] = msg.bound
-            heapq.heappush(self.running, (msg.bound, cpu))
-        elif kind is m.Done:
-            self.status[cpu] = DONE
-            self.inboxes[cpu] = []
+            self._pend(_Request(t, cpu, op, page, pc, msg.ops[1:], None, msg.after))
+        elif isinstance(msg, m.Progress):
+            self.lb[msg.cpu] = msg.bound
+            heapq.heappush(self.running, (msg.bound, msg.cpu))
+        elif isinstance(msg, m.Done):
+            self.status[msg.cpu] = DONE
+            self.inboxes[msg.cpu] = []
         else:
-            raise ModelError(cpu, kind.__name__, None, f"unexpected message {msg!r}")
+            raise ModelError(getattr(msg, "cpu", None), type(msg).__name__, None, f"unexpected message {msg!r}")
 
     # ---- scheduling -----------------------------------------------------------------------------------
+    def _pend(self, r: _Request | _Free) -> None:
+        heapq.heappush(self.pending, (r.t, r.cpu, r))
+
     def _earliest_running(self) -> tuple[int, int]:
         """(lb, cpu) of the running CPU that can send the earliest request."""
         heap, status, lb = self.running, self.status, self.lb
@@ -120,11 +123,11 @@ class Coordinator:
         pending = self.pending
         earliest = self._earliest_running()
         while pending:
-            head = pending[0]
-            if earliest < (head.t, head.cpu):
+            t, c, head = pending[0]
+            if earliest[0] < t or (earliest[0] == t and earliest[1] < c):
                 break  # that CPU may still ask for the lock earlier
             heapq.heappop(pending)
-            if head.cpu < 0:
+            if isinstance(head, _Free):
                 self._free(head)
                 continue
             if self.computing[head.cpu] is head:
@@ -143,19 +146,19 @@ class Coordinator:
     def bound(self) -> int:
         """No ring operation from now on starts before this time."""
         g = self._earliest_running()[0]
-        if self.pending and self.pending[0].t < g:
-            g = self.pending[0].t
+        if self.pending and self.pending[0][0] < g:
+            g = self.pending[0][0]
         return g
 
     def safe_until(self) -> int:
         """CPUs may start operations strictly before this time: every IPI arriving earlier is known."""
-        if not self.policy.uses_ring:  # lb: how far each got (Cpu.request_bound)
+        if not self.uses_ring:  # lb: how far each got (Cpu.request_bound)
             g = self._earliest_running()[0]
             return INF if g >= INF else g + RUN_AHEAD
         g = self.bound()
         if g >= INF:
             return INF
-        if self.policy.flushes_only_at_wrap:
+        if self.flushes_only_at_wrap:
             g += self._time_to_wrap()
         first = self.policy.first_message(g)
         return INF if first is None else first
@@ -167,21 +170,19 @@ class Coordinator:
         before the wrap), so with F free slots ahead of the cursor the wrap comes no earlier than the
         (F+1)-th new mapping, and kmap_lock serializes those: each holds the lock for at least
         lock_hold + pkmap_scan + pte_write."""
-        c = self.cost
-        return self.ring.free_ahead() * (c.lock_hold + c.pkmap_scan + c.pte_write) + c.lock_hold
+        return self.ring.free_ahead() * (self.c_hold + self.c_scan + self.c_pte) + self.c_hold
 
     def finished(self) -> bool:
         return all(s == DONE for s in self.status)
 
     # ---- kmap_lock ------------------------------------------------------------------------------------
     def _lock(self, r: _Request) -> int:
-        c = self.cost
         # The lock is this caller's from its request or the previous release (a ticket lock: the hand-off
         # already counts as held), until its release: the held time behind kmap_lock utilisation.
         self.lock_owned_from = max(r.t, self.lock_free_at)
-        t_acq = r.t + c.lock_acquire if r.t >= self.lock_free_at else self.lock_free_at + c.lock_handoff
+        t_acq = r.t + self.c_acquire if r.t >= self.lock_free_at else self.lock_free_at + self.c_handoff
         r.lock_wait += t_acq - r.t
-        return t_acq + c.lock_hold
+        return t_acq + self.c_hold
 
     def _unlock(self, t: int) -> None:
         self.lock_held_cycles += t - self.lock_owned_from
@@ -199,20 +200,20 @@ class Coordinator:
 
             def on_wrap(probes: int) -> None:
                 nonlocal t
-                t = max(t, t_scan + probes * self.cost.pkmap_scan)
+                t = max(t, t_scan + probes * self.c_scan)
                 torn, flush = self.policy.wrap(ring, cpu)
                 self.events.append((t, cpu, "wrap", len(torn)))
                 if flush is not None:
                     t = self._flush(t, cpu, flush, r)
 
             slot, probes = ring.map_new_virtual(page, on_wrap)
-            t = max(t, t_scan + probes * self.cost.pkmap_scan)
+            t = max(t, t_scan + probes * self.c_scan)
             if slot is None:
                 flush = self.policy.rescue(ring, cpu)
                 if flush is not None:  # the policy freed slots instead of sleeping: scan again
                     t = t_scan = self._flush(t, cpu, flush, r)
                     slot, probes = ring.map_new_virtual(page, on_wrap)
-                    t = max(t, t_scan + probes * self.cost.pkmap_scan)
+                    t = max(t, t_scan + probes * self.c_scan)
             if slot is None:  # a fruitless full scan: sleep on pkmap_map_wait, kmap_lock released
                 self._unlock(t)
                 r.slept = True
@@ -221,7 +222,7 @@ class Coordinator:
                 self.events.append((t, cpu, "wait", page))
                 return
             new = True
-            t += self.cost.pte_write
+            t += self.c_pte
         ring.pkmap_count[slot] += 1
         self.policy.kmapped(cpu, page)
         self._unlock(t)
@@ -263,7 +264,7 @@ class Coordinator:
         for w in woken:
             w.t = t + self.cost.wakeup_latency
             self.status[w.cpu] = REQUESTED
-            heapq.heappush(self.pending, w)
+            self._pend(w)
 
     def _free(self, f: _Free) -> None:
         """Deferred slots become free once every CPU has invalidated them, then sleepers retry."""
@@ -284,7 +285,7 @@ class Coordinator:
             nxt = _Request(service_ipis(end + gap, self.inboxes[cpu], True), cpu, op, page, pc, r.rest[1:],
                            r.results, r.after)
             self.computing[cpu] = nxt
-            heapq.heappush(self.pending, nxt)
+            self._pend(nxt)
             return
         self.status[cpu] = RUNNING
         lb = self.lb[cpu] = end + r.after if r.after < INF else INF
@@ -297,8 +298,11 @@ class Coordinator:
         inbox = self.inboxes[nxt.cpu]
         heapq.heappush(inbox, (ipi.t_recv, ipi.src, ipi))
         if ipi.t_recv <= nxt.t:
+            pending = self.pending
+            pending.remove((nxt.t, nxt.cpu, nxt))
             nxt.t = nxt.t_first = service_ipis(nxt.t, inbox, True)
-            heapq.heapify(self.pending)  # nxt moved later
+            pending.append((nxt.t, nxt.cpu, nxt))  # nxt moved later
+            heapq.heapify(pending)
 
     # ---- TLB shootdown --------------------------------------------------------------------------------
     def _send_ipi(self, j: int, ipi: m.Ipi) -> None:
@@ -324,7 +328,7 @@ class Coordinator:
             f = self.frees.get(t_tick)
             if f is None:
                 f = self.frees[t_tick] = _Free(t_tick)
-                heapq.heappush(self.pending, f)
+                self._pend(f)
             f.batches.append((initiator, list(flush.deferred)))
         t_end = t
         for k, j in enumerate(targets):

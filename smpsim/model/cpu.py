@@ -9,6 +9,7 @@ so its behaviour does not depend on when messages physically arrive.
 from __future__ import annotations
 
 import heapq
+from typing import Any
 
 from smpsim.config import Config
 from smpsim.model import messages as m
@@ -59,6 +60,7 @@ class Cpu:
         self.c_invlpg, self.c_pte = c.invlpg, c.pte_write
         self.tlb = Tlb(cfg.tlb.entries, cfg.tlb.ways, cfg.tlb.background)
         self.policy = make_policy(cfg)
+        self.uses_ring = self.policy.uses_ring  # read at every ring call
         self.local_slots = cfg.machine.kmap_local_slots
         self.held: dict[int, list[int]] = {}      # page -> vpns this CPU holds it at (one per nested kmap)
         self.use: dict[int, list[int]] = {}       # page -> [slot, n, writes, hits, misses] since its kmap
@@ -66,7 +68,7 @@ class Cpu:
         self.inbox: list[tuple] = []              # heap of (t_recv, src, IPI message)
         self.flushed: set[int] = set()            # vpns dropped by a flush and not refilled since
         self.refill_due = False                   # background working set lost to a full flush
-        self.results: list[tuple] = []            # the rest of a compound reply, last item first
+        self.results: list[Any] = []              # the rest of a compound reply, last item first
         self.resumed = 0                          # when the CPU resumed after its last reply
         self.events: list[tuple] = []             # trace events, tuples laid out as in events.py
         self.started = -1                         # start time of the latest operation
@@ -79,32 +81,33 @@ class Cpu:
         out: list[tuple] = []
         prog = self.program
         ops, base = prog.ops, prog.base
+        n = len(ops)
         stop_pc = INF if max_ops is None else self.pc + max_ops
-        while self.state == RUNNING:
-            if self.inbox and self.inbox[0][0] <= self.clock:
-                self.clock = service_ipis(self.clock, self.inbox, True, self._handle_ipi)
-            if self.pc - base >= len(ops) and not prog.fill(self.pc):
-                self.state = DONE
-                for page in list(self.use):  # pages still held when the program ends
-                    self._record_use(page)
-                while self.inbox:
-                    self._handle_ipi(heapq.heappop(self.inbox)[2], False)
-                out.append(m.Done(self.id, self.clock))
-                break
-            if not self.results and (self.clock >= safe or self.pc >= stop_pc):
+        inbox = self.inbox
+        while True:  # every way out of RUNNING (done, blocked) breaks out
+            clock = self.clock
+            if inbox and inbox[0][0] <= clock:
+                clock = self.clock = service_ipis(clock, inbox, True, self._handle_ipi)
+            pc = self.pc
+            if pc - base >= n:
+                if not prog.fill(pc):
+                    self._finish()
+                    out.append(m.Done(self.id, self.clock))
+                    break
+                ops, base = prog.ops, prog.base  # the window moved
+                n = len(ops)
+            if (clock >= safe or pc >= stop_pc) and not self.results:
                 out.append(m.Progress(self.id, self.request_bound()))
                 break
-            if self.pc - base >= len(ops):
-                ops, base = prog.ops, prog.base  # the window moved (fill above)
-            op = ops[self.pc - base]
-            code = op[0]
-            self.started = self.clock
-            if code == "access":
+            op = ops[pc - base]
+            code: str = op[0]
+            self.started = clock
+            if code == "compute":  # the operations in the order of how often they come
+                self.clock = clock + op[1]
+            elif code == "access":
                 self._access(op[1], op[2], op[3])
-            elif code == "compute":
-                self.clock += op[1]
             elif code == "kmap" or code == "kunmap":
-                if not self.policy.uses_ring:
+                if not self.uses_ring:
                     self._kmap_local(op[1]) if code == "kmap" else self._kunmap_local(op[1])
                 else:
                     if code == "kunmap" and op[1] in self.held:
@@ -118,18 +121,27 @@ class Cpu:
                     break
             else:
                 raise self._error(code, f"unknown operation {op!r}")
-            self.pc += 1
+            self.pc = pc + 1
         return out
+
+    def _finish(self) -> None:
+        """The program has ended: the holds still open are recorded, IPIs still due are taken."""
+        self.state = DONE
+        for page in list(self.use):  # pages still held when the program ends
+            self._record_use(page)
+        while self.inbox:
+            self._handle_ipi(heapq.heappop(self.inbox)[2], False)
 
     def _request(self) -> m.Request:
         """The ring call at pc, with the ring calls after it that only compute separates from it."""
         pc = self.pc
         ops, base = self._window(pc + CHAIN_SCAN + 65)  # the chain, and the lookahead after it
-        items = [(0, ops[pc - base][0], ops[pc - base][1], pc)]
+        op = ops[pc - base]
+        items = [(0, op[0], op[1], pc)]
         gap, j, end = 0, pc + 1, min(base + len(ops), pc + CHAIN_SCAN)
         while j < end:
             op = ops[j - base]
-            code = op[0]
+            code: str = op[0]
             if code == "compute":
                 gap += op[1]
             elif code == "kmap" or code == "kunmap":
@@ -140,7 +152,7 @@ class Cpu:
             else:
                 break
             j += 1
-        after = self._least_to_request(items[-1][3] + 1)
+        after = self._least_to_request(items[-1][3] + 1, ops, base)
         return m.Request(self.id, self.clock, tuple(items), after)
 
     def can_run(self, safe: int) -> bool:
@@ -152,25 +164,29 @@ class Cpu:
         """No ring request from this CPU before this time: its clock plus the least its next operations can
         take before the next kmap/kunmap (IPI handlers and TLB misses only add to that). A CPU that never
         takes kmap_lock reports its clock: how far it got (Coordinator.safe_until keeps CPUs together)."""
-        if not self.policy.uses_ring:
+        if not self.uses_ring:
             return self.clock
         gap = self._least_to_request(self.pc)
         return INF if gap >= INF else self.clock + gap
 
-    def _least_to_request(self, pc: int, scan: int = 64) -> int:
-        """The least cycles from starting the operation at pc to the next kmap/kunmap request (INF: none)."""
-        if not self.policy.uses_ring:
+    def _least_to_request(self, pc: int, ops: list | None = None, base: int = 0, scan: int = 64) -> int:
+        """The least cycles from starting the operation at pc to the next kmap/kunmap request (INF: none).
+        (ops, base): a window already holding positions up to pc + scan (those that exist), if the caller
+        has one."""
+        if not self.uses_ring:
             return INF
         t = 0
-        ops, base = self._window(pc + scan + 1)
+        if ops is None:
+            ops, base = self._window(pc + scan + 1)
         end = base + len(ops)  # the program's end if short of pc + scan + 1
-        for i in range(pc, min(end, pc + scan)):
-            op = ops[i - base]
-            code = op[0]
+        c_access = self.c_access
+        for i in range(pc - base, min(end, pc + scan) - base):
+            op = ops[i]
+            code: str = op[0]
             if code == "compute":
                 t += op[1]
             elif code == "access":
-                t += op[2] * self.c_access
+                t += op[2] * c_access
             else:
                 return t
         return INF if pc + scan >= end else t

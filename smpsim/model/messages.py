@@ -4,7 +4,7 @@ plain arrays."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 INF = 1 << 62
 
@@ -19,7 +19,9 @@ class Request(NamedTuple):
     none), the lookahead that lets the coordinator grant other CPUs' requests meanwhile."""
     cpu: int
     t: int
-    ops: tuple
+    # Any, not Sequence: tuples here, arrays from a wire; compiled code would check a Sequence (an ABC,
+    # slow) at every access.
+    ops: Any
     after: int
 
 
@@ -41,7 +43,7 @@ class Reply(NamedTuple):
     (as the coordinator worked it out for the items after the first), t_done when it returned,
     local_flushes ((t, vpns or None = full flush), ...) the caller's own flushes as initiator."""
     cpu: int
-    results: tuple
+    results: Any
 
 
 class Ipi(NamedTuple):
@@ -53,7 +55,7 @@ class Ipi(NamedTuple):
     t_handled: int
     t_ack: int
     scope: str
-    vpns: tuple | None   # None: a full flush
+    vpns: Any   # a sequence of ints; None: a full flush
 
 
 KINDS: tuple[type, ...] = (Request, Progress, Done, Reply, Ipi)

@@ -40,6 +40,7 @@ from bisect import bisect_right
 from functools import lru_cache
 from itertools import accumulate
 from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Iterator
 
 from smpsim.config import Config
@@ -243,7 +244,7 @@ def check_script(path: str | os.PathLike[str] | None, cpus: int, raise_: bool = 
     return problems
 
 
-def _out_of_range(path: Any, script: ScriptOps, cpus: int) -> list[str]:
+def _out_of_range(path: Any, script: Mapping[int, Sequence[tuple[Op, int]]], cpus: int) -> list[str]:
     """A problem for each CPU of the script the machine does not have, in file order."""
     bad = sorted((entries[0][1], c) for c, entries in script.items() if c >= cpus and entries)
     return [f"{path}:{line}: cpu {c} is out of range: the machine has {cpus} CPU{'s' if cpus != 1 else ''} "
