@@ -89,3 +89,24 @@ def test_deploy_commands_are_real_commands(smpsim_cmd, subprocess_env):
         r = subprocess.run([*smpsim_cmd, *args, "--help"], capture_output=True, text=True, timeout=60,
                            env=subprocess_env)
         assert r.returncode == 0, r.stderr
+
+
+def test_image_build_gets_what_the_compiled_install_needs():
+    """The image's build stage, in an image with a C compiler, copies every file the package build reads
+    (setup.py compiles the model); the slim runtime stage installs the wheel it built. Checked offline: no
+    Docker daemon is needed."""
+    stages: list[list[str]] = []
+    for line in (DEPLOY / "Dockerfile").read_text().splitlines():
+        if line.startswith("FROM "):
+            stages.append([line])
+        elif stages:
+            stages[-1].append(line)
+    assert len(stages) == 2, "a build stage (with a C compiler) and a runtime stage"
+    build, runtime = stages
+    assert "slim" not in build[0] and "slim" in runtime[0]
+    copied = {w for line in build if line.startswith("COPY ") for w in line.split()[1:-1]}
+    for need in ("pyproject.toml", "setup.py", "README.md", "smpsim"):
+        assert need in copied, f"the build stage does not copy {need}"
+        assert (DEPLOY.parent / need).exists()
+    assert any("pip wheel" in line for line in build)
+    assert any(line.startswith("COPY --from=build /wheels") for line in runtime)
