@@ -281,7 +281,8 @@ def test_non_loopback_listen_needs_a_token(smpsim_cmd, subprocess_env):
 
 # ---- two hosts: network namespaces joined by a veth pair ---------------------------------------------
 
-NS = ("smpsim-test-a", "smpsim-test-b")
+# Named per test session: two sessions on one machine (say, two checkouts) must not delete each other's.
+NS = (f"smpsim-test-{os.getpid()}-a", f"smpsim-test-{os.getpid()}-b")
 ADDR = ("169.254.213.1", "169.254.213.2")
 
 
