@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 import socket
 import time
 from pathlib import Path
@@ -31,3 +32,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextmanager
+def dealer(address: str | None = None):
+    """A raw DEALER socket in a context of its own, as a stranger or a hand-written CPU would hold one
+    (connected to ``address`` when given); closed without lingering on exit."""
+    import zmq
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    if address is not None:
+        s.connect(address)
+    try:
+        yield s
+    finally:
+        s.close(0)
+        ctx.term()

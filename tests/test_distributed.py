@@ -25,6 +25,7 @@ from smpsim.trace.reader import iter_events, open_run
 
 from proc_helpers import free_port as _free_port
 from proc_helpers import log_has as _log_has
+from proc_helpers import dealer
 from proc_helpers import wait_for as _wait_for
 
 POLICIES = ["linux-2.4", "linux-2.6", "eager", "kmap-local", "no-ipi", "no-flush"]
@@ -368,18 +369,13 @@ def test_a_lost_message_stops_the_run(tmp_path, smpsim_cmd, subprocess_env):
     coord = subprocess.Popen([*smpsim_cmd, "coordinator", "--listen", addr, "--out", str(tmp_path / "run"),
                               "--set", "machine.cpus=1", "--token", "t"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True, env=subprocess_env)
-    ctx = zmq.Context()
-    s = ctx.socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
-    s.connect(addr)
     try:
-        welcome = _hello(s, 0, token="t")
-        assert welcome[0] == p.WELCOME and welcome[2] == 0
-        s.send(msgpack.packb([p.BATCH, 5, [], [], 0, 0]))  # seq 0 expected
-        _, stderr = coord.communicate(timeout=30)
+        with dealer(addr) as s:
+            welcome = _hello(s, 0, token="t")
+            assert welcome[0] == p.WELCOME and welcome[2] == 0
+            s.send(msgpack.packb([p.BATCH, 5, [], [], 0, 0]))  # seq 0 expected
+            _, stderr = coord.communicate(timeout=30)
     finally:
-        s.close(0)
-        ctx.term()
         coord.kill()
         coord.wait()
     assert coord.returncode == 1

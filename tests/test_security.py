@@ -27,6 +27,7 @@ from smpsim.engines import inline
 from smpsim.engines.distributed import protocol as p
 from smpsim.engines.distributed import security
 from smpsim.model import messages as mm
+from proc_helpers import dealer
 from test_distributed import ADDR, NS, _free_port, _hello, _log_has, _wait_for, two_hosts  # noqa: F401
 
 
@@ -126,21 +127,16 @@ def test_cpu_address_is_validated():
 def test_loopback_coordinator_makes_a_token_and_prints_the_bound_address(tmp_path, smpsim_cmd, subprocess_env):
     env = {k: v for k, v in subprocess_env.items() if k != "SMPSIM_TOKEN"}
     coord = _coordinator(smpsim_cmd, env, tmp_path / "run", "--listen", "tcp://127.0.0.1:0")
-    ctx = zmq.Context()
-    s = ctx.socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
     try:
         m = _stderr_line(coord, r"listening on (tcp://127\.0\.0\.1:(\d+)) .*run token ([0-9a-f]{32})", 60)
         addr, port, token = m[1], int(m[2]), m[3]
         assert port != 0
-        s.connect(addr)  # the printed address is the bound one: a stranger reaches it, and is refused
-        reply = _hello(s, 0)
+        with dealer(addr) as s:  # the printed address is the bound one: a stranger reaches it, and is refused
+            reply = _hello(s, 0)
         assert reply[0] == p.REFUSE and "token" in reply[1]
         cpu = _cpu(smpsim_cmd, env, "--coordinator", addr, "--token", token)
         (_, err), (_, cerr) = _finish(coord, cpu)
     finally:
-        s.close(0)
-        ctx.term()
         coord.kill()
     assert coord.returncode == 0 and cpu.returncode == 0, err + cerr
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "ok"
@@ -536,17 +532,12 @@ def test_a_malformed_message_ends_the_coordinator_with_one_error(tmp_path, smpsi
     addr = f"tcp://127.0.0.1:{_free_port()}"
     coord = _coordinator(smpsim_cmd, subprocess_env, tmp_path / "run", "--listen", addr, "--token", "t")
     _stderr_line(coord, "listening on", 60)
-    ctx = zmq.Context()
-    s = ctx.socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
-    s.connect(addr)
     try:
-        assert _hello(s, 0, token="t")[0] == p.WELCOME
-        s.send(msgpack.packb([p.BATCH, 0, [], [[1, 0, "kmup", "nine"]], 0, 0]))
-        _, err = coord.communicate(timeout=30)
+        with dealer(addr) as s:
+            assert _hello(s, 0, token="t")[0] == p.WELCOME
+            s.send(msgpack.packb([p.BATCH, 0, [], [[1, 0, "kmup", "nine"]], 0, 0]))
+            _, err = coord.communicate(timeout=30)
     finally:
-        s.close(0)
-        ctx.term()
         coord.kill()
         coord.wait()
     assert coord.returncode == 1

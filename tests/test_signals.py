@@ -21,7 +21,7 @@ from smpsim.engines import inline
 from smpsim.experiments.sweep import load_experiment
 from smpsim.trace.reader import iter_events, open_run
 from cli_helpers import invoke, user_error
-from proc_helpers import free_port, log_has, wait_for
+from proc_helpers import dealer, free_port, log_has, wait_for
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # truncated-run warnings are the point
 
@@ -194,7 +194,6 @@ def test_second_signal_exits_at_once(tmp_path, smpsim_cmd, subprocess_env):
     """The first SIGINT waits for the CPUs to say goodbye; a joined CPU that never answers makes that slow,
     so a second SIGINT must cut it short, leaving no socket directory behind."""
     import msgpack
-    import zmq
 
     from smpsim.engines.distributed import protocol as p
 
@@ -203,26 +202,21 @@ def test_second_signal_exits_at_once(tmp_path, smpsim_cmd, subprocess_env):
     coord = subprocess.Popen([*smpsim_cmd, "coordinator", "--listen", f"ipc://{path}", "--token", "t", "--out", str(out),
                               "--set", "machine.cpus=2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True, env=subprocess_env)
-    ctx = zmq.Context()
-    s = ctx.socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
     try:
         wait_for(path.exists, 60, "the coordinator's socket")
-        s.connect(f"ipc://{path}")
-        s.send(msgpack.packb([p.HELLO, p.VERSION, "", 0, os.getpid(), "test", "t"]))
-        assert s.poll(30000) and msgpack.unpackb(s.recv(), raw=False)[0] == p.WELCOME
-        coord.send_signal(signal.SIGINT)
-        while True:  # the coordinator took the first signal when it tells its CPUs the run has ended
-            assert s.poll(30000), "no END after SIGINT"
-            if msgpack.unpackb(s.recv(), raw=False)[0] == p.END:
-                break
-        coord.send_signal(signal.SIGINT)
-        t0 = time.monotonic()
-        coord.communicate(timeout=30)
-        elapsed = time.monotonic() - t0
+        with dealer(f"ipc://{path}") as s:
+            s.send(msgpack.packb([p.HELLO, p.VERSION, "", 0, os.getpid(), "test", "t"]))
+            assert s.poll(30000) and msgpack.unpackb(s.recv(), raw=False)[0] == p.WELCOME
+            coord.send_signal(signal.SIGINT)
+            while True:  # the coordinator took the first signal when it tells its CPUs the run has ended
+                assert s.poll(30000), "no END after SIGINT"
+                if msgpack.unpackb(s.recv(), raw=False)[0] == p.END:
+                    break
+            coord.send_signal(signal.SIGINT)
+            t0 = time.monotonic()
+            coord.communicate(timeout=30)
+            elapsed = time.monotonic() - t0
     finally:
-        s.close(0)
-        ctx.term()
         coord.kill()
         coord.wait()
     assert coord.returncode == 130
