@@ -37,10 +37,10 @@ import json
 import os
 import random
 from bisect import bisect_right
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from itertools import accumulate
 from pathlib import Path
-from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Iterator
 
 from smpsim.config import Config
