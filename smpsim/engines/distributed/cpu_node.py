@@ -33,6 +33,9 @@ IDLE_WAIT_MS = 100  # a CPU with nothing to run waits this long in recv before i
 WAITING_NOTICE_S = 2.0  # a CPU still unanswered after this long says it is waiting for the coordinator
 
 
+_NOBLOCK = int(zmq.NOBLOCK)
+
+
 class CpuExit(Exception):
     """The CPU process stops; the message says why (coordinator refused, vanished, protocol error)."""
 
@@ -71,7 +74,7 @@ class CpuNode:
         self.ctx = ctx or zmq.Context()
         self.curve = curve
         self.sock, self.monitor = p.make_dealer(self.ctx, address, curve)
-        self.inbox = p.poller(self.sock)
+        self.waiting = p.waiting(self.sock)
         self.link = p.Link()
         self.last_sent = self.last_heard = time.monotonic()
         self.cpu: Cpu | None = None
@@ -83,7 +86,7 @@ class CpuNode:
 
     def _send(self, kind: str, *fields) -> None:
         try:
-            self.sock.send(p.pack([kind, self.link.out(), *fields]))
+            p.send(self.sock, p.pack([kind, self.link.out(), *fields]))
         except zmq.Again:
             raise CpuExit(f"{self.who}: could not send to the coordinator for "
                           f"{p.SEND_TIMEOUT_MS} ms") from None
@@ -99,10 +102,10 @@ class CpuNode:
 
     def _recv_now(self) -> list | None:
         """The next message if one is there, without waiting."""
-        if not self.inbox.poll(0):
+        if not p.poll(self.waiting, 0):
             return None
         try:
-            frame = self.sock.recv(zmq.NOBLOCK)
+            frame = self.sock.recv(_NOBLOCK)
         except zmq.Again:
             return None
         return self._accept(frame)
@@ -123,7 +126,10 @@ class CpuNode:
         msg = p.unpack(frame, p.TO_CPU)
         self.last_heard = time.monotonic()
         if msg[0] != p.REFUSE:
-            self.link.check_in(msg[1], "the coordinator")
+            link = self.link
+            if msg[1] != link.next_in:
+                link.check_in(msg[1], "the coordinator")
+            link.next_in += 1
         return msg
 
     def join(self, timeout: float = p.JOIN_TIMEOUT_S) -> None:
