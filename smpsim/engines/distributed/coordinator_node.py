@@ -94,7 +94,9 @@ class CoordinatorNode:
 
     # ---- sending ----------------------------------------------------------------------------------
     def _send(self, cpu: int, kind: str, *fields) -> None:
-        frame = p.pack([kind, self.links[cpu].out(), *fields])
+        self._put(cpu, p.pack([kind, self.links[cpu].out(), *fields]))
+
+    def _put(self, cpu: int, frame: bytes) -> None:
         sock = self.sock
         try:
             p.send(sock, self.ident[cpu], _SNDMORE)  # (send_multipart's checks cost more than the sends)
@@ -347,15 +349,17 @@ class CoordinatorNode:
         self._send_downs(self.core.step())
 
     def _send_downs(self, downs) -> None:
-        to_wire = mm.to_wire
+        to_wire, pack, links = mm.to_wire, p.pack, self.links
         store = self.store
         for c, down in downs:
-            wire = [to_wire(x) for x in down.msgs]
+            wire = list(map(to_wire, down.msgs))
             if store is not None:
                 store.sent_batch(c, wire, down.safe)  # kept for a replacement until the next checkpoint
                 if c in self.replacing:
                     continue
-            self._send(c, p.BATCH, wire, down.safe)
+            link = links[c]  # (spelled out: the one message of every round trip)
+            self._put(c, pack([p.BATCH, link.next_out, wire, down.safe]))
+            link.next_out += 1
 
     def _liveness(self) -> None:
         now = time.monotonic()

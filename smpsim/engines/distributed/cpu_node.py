@@ -85,8 +85,11 @@ class CpuNode:
         return f"CPU {self.cpu_id}" if self.cpu_id is not None else "CPU (id not yet assigned)"
 
     def _send(self, kind: str, *fields) -> None:
+        self._put(p.pack([kind, self.link.out(), *fields]))
+
+    def _put(self, frame: bytes) -> None:
         try:
-            p.send(self.sock, p.pack([kind, self.link.out(), *fields]))
+            p.send(self.sock, frame)
         except zmq.Again:
             raise CpuExit(f"{self.who}: could not send to the coordinator for "
                           f"{p.SEND_TIMEOUT_MS} ms") from None
@@ -212,9 +215,13 @@ class CpuNode:
         """Run the CPU as far as it may and send what it has to say (and a checkpoint when one is due), or a
         heartbeat when the link was quiet."""
         up = port.work(stopping.RUN_CHUNK, report)
-        if up is not None:
-            self._send(p.BATCH, [to_wire(x) for x in up.msgs], up.events, up.horizon, up.ipis_seen)
-            self._checkpoint()
+        if up is not None:  # (spelled out: the one message of every round trip)
+            link = self.link
+            self._put(p.pack([p.BATCH, link.next_out, list(map(to_wire, up.msgs)), up.events, up.horizon,
+                              up.ipis_seen]))
+            link.next_out += 1
+            if self.checkpoint_ops:
+                self._checkpoint()
         elif time.monotonic() - self.last_sent > p.HEARTBEAT_S:
             self._send(p.HB)
 
@@ -273,28 +280,30 @@ class CpuNode:
                 report = self._catch_up(port)
             except ModelError as e:
                 return self._fail(e)
+        step, runnable, deliver = self._step, port.runnable, port.deliver
+        recv_now, recv_wait = self._recv_now, self._recv_wait
         while True:
             try:
-                self._step(port, report)
+                step(port, report)
             except ModelError as e:
                 return self._fail(e)
             report = False
-            msg = self._recv_now() if port.runnable() else self._recv_wait()
+            msg = recv_now() if runnable() else recv_wait()
             while msg is not None:
-                if msg[0] == p.END:
-                    self._send(p.BYE, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-                    return msg[2]
-                if msg[0] == p.BATCH:
-                    _, _, msgs, safe = msg
+                kind = msg[0]
+                if kind == p.BATCH:
                     try:
-                        report = port.deliver(Down([from_wire(x) for x in msgs], safe)) or report
+                        report = deliver(Down(list(map(from_wire, msg[2])), msg[3])) or report
                     except ModelError as e:
                         return self._fail(e)
                     except (ValueError, TypeError, IndexError) as e:
                         raise p.ProtocolError(f"invalid batch from the coordinator: {e}") from None
+                elif kind == p.END:
+                    self._send(p.BYE, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+                    return msg[2]
                 # More may wait: take it before a report it could make moot; otherwise run first (a CPU
                 # that cannot run waits for the rest in recv, without a check per message).
-                msg = self._recv_now() if report else None
+                msg = recv_now() if report else None
 
     def _fail(self, e: ModelError) -> str:
         """Report a model error (with the events so far) and wait for the coordinator to end the run."""
