@@ -31,6 +31,7 @@ from smpsim.model.errors import ModelError
 
 IDLE_WAIT_MS = 20  # an idle coordinator waits this long in recv (RCVTIMEO) before its liveness checks
 RELEASE_EVERY_S = 0.005  # the trace is released below the watermark at most this often while idle
+LIVENESS_EVERY_S = 0.05  # children, silent CPUs, heartbeats and progress are looked at this often
 REFUSE_ANSWERS = 3  # refusals answered per unjoined connection; the rest are only counted
 STRANGER_BUDGET = 500  # messages from unjoined connections handled per loop turn
 
@@ -363,7 +364,7 @@ class CoordinatorNode:
 
     def _liveness(self) -> None:
         now = time.monotonic()
-        if now - self.last_liveness < 0.05:  # waitpid and heartbeats: not on every loop turn
+        if now - self.last_liveness < LIVENESS_EVERY_S:  # waitpid and heartbeats: not on every loop turn
             return
         # This process itself was stalled (descheduled on a loaded host): read what waits before judging
         # anyone silent.
@@ -440,9 +441,12 @@ class CoordinatorNode:
                     self._dispatch()
                     if self.core.complete():
                         break
+                now = time.monotonic()
+                if now - self.last_liveness < LIVENESS_EVERY_S:  # (the turns of a busy run end here)
+                    continue
                 self._liveness()
-                if self.progress is not None and time.monotonic() - last_progress > 0.25:
-                    last_progress = time.monotonic()
+                if self.progress is not None and now - last_progress > 0.25:
+                    last_progress = now
                     self.progress(self.core.progress())
         except (ModelError, RunAborted, stopping.Interrupted) as e:
             self.refused.flush()
