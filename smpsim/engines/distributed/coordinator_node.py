@@ -30,7 +30,8 @@ from smpsim.model.errors import ModelError
 
 
 IDLE_WAIT_MS = 20  # an idle coordinator waits this long in recv (RCVTIMEO) before its liveness checks
-RELEASE_EVERY_S = 0.005  # the trace is released below the watermark at most this often while idle
+RELEASE_EVERY_S = 0.005  # the trace is released below the watermark at most this often while idle ...
+RELEASE_LATEST_S = 0.05  # ... and at least this often, even when a request is always waiting
 LIVENESS_EVERY_S = 0.05  # children, silent CPUs, heartbeats and progress are looked at this often
 REFUSE_ANSWERS = 3  # refusals answered per unjoined connection; the rest are only counted
 STRANGER_BUDGET = 500  # messages from unjoined connections handled per loop turn
@@ -415,10 +416,13 @@ class CoordinatorNode:
             idle = True
             while True:
                 stopping.check()
-                if (idle and time.monotonic() - self.released_at > RELEASE_EVERY_S) \
+                since = time.monotonic() - self.released_at
+                if (idle and since > RELEASE_EVERY_S
+                        and (since > RELEASE_LATEST_S or not p.poll(self.waiting, 0))) \
                         or len(self.rec.merger) > 200_000:
-                    # Idle (or much buffered): now is the time for the trace (merge, count, digest, write),
-                    # off the round-trip path of the requests; not at every message (it looks at every CPU).
+                    # Idle, with no request waiting (or much buffered, or long deferred): now is the time for
+                    # the trace (merge, count, digest, write), off the round-trip path of the requests; not at
+                    # every message (it looks at every CPU).
                     self.released_at = time.monotonic()
                     try:
                         self.core.release()
