@@ -39,7 +39,8 @@ PART_PREFIX = "part-"
 PART_SUFFIX = ".parquet"
 COMPRESSION = "zstd"
 # Dictionary encoding only where values repeat: elsewhere it costs time and saves nothing.
-PARQUET_OPTIONS = {"compression": COMPRESSION, "use_dictionary": ["ev", "scope"], "write_page_checksum": True}
+PARQUET_OPTIONS = {"compression": COMPRESSION, "use_dictionary": ["ev", "scope"], "write_page_checksum": True,
+                   "column_encoding": {"seq": "DELTA_BINARY_PACKED", "t": "DELTA_BINARY_PACKED"}}
 # Rows per row group (at least; a part's last may be shorter): as many as the recorder hands over at once,
 # so each batch is encoded while the run goes on. Smaller groups make parts larger and reads slower.
 ROW_GROUP = 8192
