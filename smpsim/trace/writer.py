@@ -41,8 +41,8 @@ COMPRESSION = "zstd"
 # Dictionary encoding only where values repeat: elsewhere it costs time and saves nothing.
 PARQUET_OPTIONS = {"compression": COMPRESSION, "use_dictionary": ["ev", "scope"], "write_page_checksum": True,
                    "column_encoding": {"seq": "DELTA_BINARY_PACKED", "t": "DELTA_BINARY_PACKED"}}
-# Rows per row group (at least; a part's last may be shorter): as many as the recorder hands over at once,
-# so each batch is encoded while the run goes on. Smaller groups make parts larger and reads slower.
+# Rows per row group, at least (a part's last group may be shorter): the recorder's batches (16,384 events)
+# are each one group, encoded while the run goes on. Smaller groups make parts larger and slower to write.
 ROW_GROUP = 8192
 
 _TYPES = {f.name: f.type for f in SCHEMA}
@@ -104,7 +104,8 @@ Converted = list[pa.Table]
 
 
 def convert(groups: Groups) -> Converted:
-    """The batch's columns as Arrow arrays: the part that needs Python objects (and so the GIL)."""
+    """A batch's columns as Arrow tables, one per event type: the one step that reads Python objects (and so
+    holds the GIL); the rest of the writing (``assemble``, the encoding) is Arrow's."""
     out: Converted = []
     try:
         for ev, (pos, cols) in groups.items():
