@@ -29,9 +29,14 @@ from smpsim.model.coordinator import Coordinator
 from smpsim.model.errors import ModelError
 
 
-RELEASE_EVERY_S = 0.005  # the trace is released below the watermark at most this often while idle
+IDLE_WAIT_MS = 20  # an idle coordinator waits this long in recv (RCVTIMEO) before its liveness checks
+RELEASE_EVERY_S = 0.005  # the trace is released below the watermark at most this often while idle ...
+RELEASE_LATEST_S = 0.05  # ... and at least this often, even when a request is always waiting
+LIVENESS_EVERY_S = 0.05  # children, silent CPUs, heartbeats and progress are looked at this often
 REFUSE_ANSWERS = 3  # refusals answered per unjoined connection; the rest are only counted
 STRANGER_BUDGET = 500  # messages from unjoined connections handled per loop turn
+
+_SNDMORE, _NOBLOCK = int(zmq.SNDMORE), int(zmq.NOBLOCK)
 
 # What a malformed message's contents raise when the coordinator applies them (the shape is checked first)
 _BAD_CONTENT = (ValueError, TypeError, IndexError, KeyError, AttributeError, OverflowError)
@@ -55,7 +60,8 @@ class CoordinatorNode:
         self.ident: list[bytes | None] = [None] * self.n
         self.by_ident: dict[bytes, int] = {}
         self.hosts: dict[int, str] = {}
-        self.inbox = p.poller(sock)
+        sock.setsockopt(zmq.RCVTIMEO, IDLE_WAIT_MS)  # the wait for the next message, in recv itself
+        self.waiting = p.waiting(sock)
         self.backlog = False  # messages left waiting by the last turn's budget
         self.released_at = 0.0  # when the trace was last released up to the watermark
         self.links = [p.Link() for _ in range(self.n)]
@@ -90,11 +96,13 @@ class CoordinatorNode:
 
     # ---- sending ----------------------------------------------------------------------------------
     def _send(self, cpu: int, kind: str, *fields) -> None:
-        frame = p.pack([kind, self.links[cpu].out(), *fields])
+        self._put(cpu, p.pack([kind, self.links[cpu].out(), *fields]))
+
+    def _put(self, cpu: int, frame: bytes) -> None:
         sock = self.sock
         try:
-            sock.send(self.ident[cpu], zmq.SNDMORE)  # (send_multipart's checks cost more than the sends)
-            sock.send(frame)
+            p.send(sock, self.ident[cpu], _SNDMORE)  # (send_multipart's checks cost more than the sends)
+            p.send(sock, frame)
         except zmq.Again:
             raise RunAborted(f"CPU {cpu} is not taking messages (send queue full for "
                              f"{p.SEND_TIMEOUT_MS} ms)", cpu) from None
@@ -159,17 +167,20 @@ class CoordinatorNode:
         if kind == p.HELLO:
             raise RunAborted(f"CPU {cpu} ({self.hosts[cpu]}) sent a second HELLO on its connection", cpu,
                              "cpu fault")
-        try:
-            self.links[cpu].check_in(msg[1], self.names[cpu])
-        except p.ProtocolError as e:
-            raise RunAborted(str(e), cpu, "cpu fault") from None
+        link = self.links[cpu]
+        if msg[1] != link.next_in:
+            try:
+                link.check_in(msg[1], self.names[cpu])
+            except p.ProtocolError as e:
+                raise RunAborted(str(e), cpu, "cpu fault") from None
+        link.next_in += 1
         self.last_heard[cpu] = time.monotonic()
         if kind == p.BATCH:
             _, _, msgs, events, horizon, seen = msg
             core = self.core
             msgs = p.model_messages(msgs, cpu)
             p.check_events(events, cpu)
-            if cpu in self.catching_up:
+            if self.catching_up and cpu in self.catching_up:
                 msgs, events, horizon, seen = self._catch_up(cpu, msgs, events, horizon, seen)
             q = core.ipi_unseen[cpu]
             before = core.ipis_sent[cpu] - len(q)
@@ -293,22 +304,24 @@ class CoordinatorNode:
             if self.log:
                 self.log.info("all joined", cpus=self.n)
 
-    def _receive_ready(self, wait_ms: int) -> int:
-        """Handle every message that is waiting (waiting up to wait_ms for the first); how many there were.
-        Strangers' messages (all refused) get a budget per turn, so that a flood of them cannot keep the
-        joined CPUs' requests waiting; the rest wait in their bounded queues (self.backlog: some do)."""
-        sock, by_ident, ready = self.sock, self.by_ident, self.inbox.poll
+    def _receive_ready(self, wait: bool) -> int:
+        """Handle every message that is waiting (waiting up to IDLE_WAIT_MS for the first if wait); how many
+        there were. Strangers' messages (all refused) get a budget per turn, so that a flood of them cannot
+        keep the joined CPUs' requests waiting; the rest wait in their bounded queues (self.backlog: some
+        do). The wait is in recv itself (RCVTIMEO); whether more is waiting, one zmq_poll (p.waiting)."""
+        sock, by_ident = self.sock, self.by_ident
+        recv, poll, waiting = sock.recv, p.poll, self.waiting
         got = 0
         strangers_until = self.refused.total + STRANGER_BUDGET
         self.backlog = False
-        if not ready(wait_ms):
-            return 0
+        flags = 0 if wait else _NOBLOCK
         while True:
             try:
-                ident = sock.recv(zmq.NOBLOCK)
-                frame = sock.recv(zmq.NOBLOCK, copy=False)  # a Frame says whether more parts follow
+                ident = recv(flags)
+                frame = recv(_NOBLOCK, copy=False)  # (there with the first part) a Frame says if more follow
             except zmq.Again:
                 break
+            flags = _NOBLOCK
             got += 1
             if not frame.more:
                 self._handle(ident, frame.bytes)
@@ -322,13 +335,14 @@ class CoordinatorNode:
                     raise RunAborted(f"CPU {c} ({self.hosts[c]}) sent a message of {parts - 1} frames (one "
                                      "expected)", c, "cpu fault")
                 self._refuse(None, f"message of {parts - 1} frames before joining")
-            if not ready(0):
+            if not poll(waiting, 0):
                 break
             if got >= 10_000 or self.refused.total >= strangers_until:
                 self.backlog = True
                 break
-        self.n_in += got
-        self.n_wakeups += 1
+        if got:
+            self.n_in += got
+            self.n_wakeups += 1
         return got
 
     # ---- the run ----------------------------------------------------------------------------------
@@ -337,19 +351,21 @@ class CoordinatorNode:
         self._send_downs(self.core.step())
 
     def _send_downs(self, downs) -> None:
-        to_wire = mm.to_wire
+        to_wire, pack, links = mm.to_wire, p.pack, self.links
         store = self.store
         for c, down in downs:
-            wire = [to_wire(x) for x in down.msgs]
+            wire = list(map(to_wire, down.msgs))
             if store is not None:
                 store.sent_batch(c, wire, down.safe)  # kept for a replacement until the next checkpoint
                 if c in self.replacing:
                     continue
-            self._send(c, p.BATCH, wire, down.safe)
+            link = links[c]  # (spelled out: the one message of every round trip)
+            self._put(c, pack([p.BATCH, link.next_out, wire, down.safe]))
+            link.next_out += 1
 
     def _liveness(self) -> None:
         now = time.monotonic()
-        if now - self.last_liveness < 0.05:  # waitpid and heartbeats: not on every loop turn
+        if now - self.last_liveness < LIVENESS_EVERY_S:  # waitpid and heartbeats: not on every loop turn
             return
         # This process itself was stalled (descheduled on a loaded host): read what waits before judging
         # anyone silent.
@@ -400,10 +416,13 @@ class CoordinatorNode:
             idle = True
             while True:
                 stopping.check()
-                if (idle and time.monotonic() - self.released_at > RELEASE_EVERY_S) \
+                since = time.monotonic() - self.released_at
+                if (idle and since > RELEASE_EVERY_S
+                        and (since > RELEASE_LATEST_S or not p.poll(self.waiting, 0))) \
                         or len(self.rec.merger) > 200_000:
-                    # Idle (or much buffered): now is the time for the trace (merge, count, digest, write),
-                    # off the round-trip path of the requests; not at every message (it looks at every CPU).
+                    # Idle, with no request waiting (or much buffered, or long deferred): now is the time for
+                    # the trace (merge, count, digest, write), off the round-trip path of the requests; not at
+                    # every message (it looks at every CPU).
                     self.released_at = time.monotonic()
                     try:
                         self.core.release()
@@ -411,7 +430,7 @@ class CoordinatorNode:
                         raise RunAborted(f"a trace event could not be recorded: {type(e).__name__}: "
                                          f"{str(e)[:200]}") from None
                 # The last turn emptied the queue: wait here (one poll) for the next message.
-                self._receive_ready(20 if idle else 0)
+                self._receive_ready(idle)
                 idle = not self.backlog
                 if not self.running:
                     if time.monotonic() - t0 > self.join_timeout:
@@ -426,9 +445,12 @@ class CoordinatorNode:
                     self._dispatch()
                     if self.core.complete():
                         break
+                now = time.monotonic()
+                if now - self.last_liveness < LIVENESS_EVERY_S:  # (the turns of a busy run end here)
+                    continue
                 self._liveness()
-                if self.progress is not None and time.monotonic() - last_progress > 0.25:
-                    last_progress = time.monotonic()
+                if self.progress is not None and now - last_progress > 0.25:
+                    last_progress = now
                     self.progress(self.core.progress())
         except (ModelError, RunAborted, stopping.Interrupted) as e:
             self.refused.flush()

@@ -33,6 +33,9 @@ IDLE_WAIT_MS = 100  # a CPU with nothing to run waits this long in recv before i
 WAITING_NOTICE_S = 2.0  # a CPU still unanswered after this long says it is waiting for the coordinator
 
 
+_NOBLOCK = int(zmq.NOBLOCK)
+
+
 class CpuExit(Exception):
     """The CPU process stops; the message says why (coordinator refused, vanished, protocol error)."""
 
@@ -71,7 +74,7 @@ class CpuNode:
         self.ctx = ctx or zmq.Context()
         self.curve = curve
         self.sock, self.monitor = p.make_dealer(self.ctx, address, curve)
-        self.inbox = p.poller(self.sock)
+        self.waiting = p.waiting(self.sock)
         self.link = p.Link()
         self.last_sent = self.last_heard = time.monotonic()
         self.cpu: Cpu | None = None
@@ -82,8 +85,11 @@ class CpuNode:
         return f"CPU {self.cpu_id}" if self.cpu_id is not None else "CPU (id not yet assigned)"
 
     def _send(self, kind: str, *fields) -> None:
+        self._put(p.pack([kind, self.link.out(), *fields]))
+
+    def _put(self, frame: bytes) -> None:
         try:
-            self.sock.send(p.pack([kind, self.link.out(), *fields]))
+            p.send(self.sock, frame)
         except zmq.Again:
             raise CpuExit(f"{self.who}: could not send to the coordinator for "
                           f"{p.SEND_TIMEOUT_MS} ms") from None
@@ -99,10 +105,10 @@ class CpuNode:
 
     def _recv_now(self) -> list | None:
         """The next message if one is there, without waiting."""
-        if not self.inbox.poll(0):
+        if not p.poll(self.waiting, 0):
             return None
         try:
-            frame = self.sock.recv(zmq.NOBLOCK)
+            frame = self.sock.recv(_NOBLOCK)
         except zmq.Again:
             return None
         return self._accept(frame)
@@ -123,7 +129,10 @@ class CpuNode:
         msg = p.unpack(frame, p.TO_CPU)
         self.last_heard = time.monotonic()
         if msg[0] != p.REFUSE:
-            self.link.check_in(msg[1], "the coordinator")
+            link = self.link
+            if msg[1] != link.next_in:
+                link.check_in(msg[1], "the coordinator")
+            link.next_in += 1
         return msg
 
     def join(self, timeout: float = p.JOIN_TIMEOUT_S) -> None:
@@ -206,9 +215,13 @@ class CpuNode:
         """Run the CPU as far as it may and send what it has to say (and a checkpoint when one is due), or a
         heartbeat when the link was quiet."""
         up = port.work(stopping.RUN_CHUNK, report)
-        if up is not None:
-            self._send(p.BATCH, [to_wire(x) for x in up.msgs], up.events, up.horizon, up.ipis_seen)
-            self._checkpoint()
+        if up is not None:  # (spelled out: the one message of every round trip)
+            link = self.link
+            self._put(p.pack([p.BATCH, link.next_out, list(map(to_wire, up.msgs)), up.events, up.horizon,
+                              up.ipis_seen]))
+            link.next_out += 1
+            if self.checkpoint_ops:
+                self._checkpoint()
         elif time.monotonic() - self.last_sent > p.HEARTBEAT_S:
             self._send(p.HB)
 
@@ -267,28 +280,30 @@ class CpuNode:
                 report = self._catch_up(port)
             except ModelError as e:
                 return self._fail(e)
+        step, runnable, deliver = self._step, port.runnable, port.deliver
+        recv_now, recv_wait = self._recv_now, self._recv_wait
         while True:
             try:
-                self._step(port, report)
+                step(port, report)
             except ModelError as e:
                 return self._fail(e)
             report = False
-            msg = self._recv_now() if port.runnable() else self._recv_wait()
+            msg = recv_now() if runnable() else recv_wait()
             while msg is not None:
-                if msg[0] == p.END:
-                    self._send(p.BYE, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-                    return msg[2]
-                if msg[0] == p.BATCH:
-                    _, _, msgs, safe = msg
+                kind = msg[0]
+                if kind == p.BATCH:
                     try:
-                        report = port.deliver(Down([from_wire(x) for x in msgs], safe)) or report
+                        report = deliver(Down(list(map(from_wire, msg[2])), msg[3])) or report
                     except ModelError as e:
                         return self._fail(e)
                     except (ValueError, TypeError, IndexError) as e:
                         raise p.ProtocolError(f"invalid batch from the coordinator: {e}") from None
+                elif kind == p.END:
+                    self._send(p.BYE, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+                    return msg[2]
                 # More may wait: take it before a report it could make moot; otherwise run first (a CPU
                 # that cannot run waits for the rest in recv, without a check per message).
-                msg = self._recv_now() if report else None
+                msg = recv_now() if report else None
 
     def _fail(self, e: ModelError) -> str:
         """Report a model error (with the events so far) and wait for the coordinator to end the run."""

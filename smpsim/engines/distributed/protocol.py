@@ -33,6 +33,7 @@ from itertools import product
 
 import msgpack
 import zmq
+import zmq.backend
 
 from smpsim.model import messages as mm
 
@@ -80,13 +81,19 @@ TO_CPU: dict[str, tuple[tuple[str, tuple[type, ...]], ...]] = {
 }
 
 
-def poller(sock: zmq.Socket) -> zmq.Poller:
-    """A poller of sock's incoming messages, made once per socket: Socket.poll builds one per call, and
-    poll(0) costs less than asking ZMQ_EVENTS (pyzmq makes an enum of every option asked) or than a failed
-    non-blocking recv (an exception)."""
-    poll = zmq.Poller()
-    poll.register(sock, zmq.POLLIN)
-    return poll
+def waiting(sock: zmq.Socket) -> list:
+    """The argument of ``zmq.zmq_poll(ARG, 0)`` that says whether a message waits on sock: the cheapest
+    check pyzmq offers (a Poller adds a Python layer; Socket.get(EVENTS) makes an enum of the option; a
+    failed non-blocking recv raises)."""
+    return [(sock, zmq.POLLIN)]
+
+
+poll = zmq.zmq_poll
+
+
+# Socket.send without pyzmq's Python wrapper (it only adds the DRAFT routing_id/group arguments): the send
+# of every message on the round trip's path. send(sock, frame[, flags]); raises like Socket.send.
+send = zmq.backend.Socket.send
 
 
 class ProtocolError(Exception):
@@ -104,29 +111,30 @@ def pack(msg: list) -> bytes:
     return frame
 
 
-_SIGNATURES: dict[int, tuple[dict, dict[str, frozenset]]] = {}
-
-
 def _signatures(shapes: dict) -> dict[str, frozenset]:
-    """kind -> every type tuple of a well-formed [kind, *fields] of these shapes (built once per dict)."""
-    entry = _SIGNATURES.get(id(shapes))
-    if entry is None or entry[0] is not shapes:
-        entry = _SIGNATURES[id(shapes)] = (shapes, {
-            kind: frozenset((str, *sig) for sig in product(*(types for _, types in shape)))
-            for kind, shape in shapes.items()})
-    return entry[1]
+    """kind -> every type tuple of a well-formed [kind, *fields] of these shapes."""
+    return {kind: frozenset((str, *sig) for sig in product(*(types for _, types in shape)))
+            for kind, shape in shapes.items()}
+
+
+# Built once for the two directions' shapes (a message is checked with one lookup of its fields' types).
+_SIGS_TO_COORDINATOR = _signatures(TO_COORDINATOR)
+_SIGS_TO_CPU = _signatures(TO_CPU)
+_unpackb = msgpack.unpackb
 
 
 def unpack(frame: bytes, shapes: dict = TO_COORDINATOR) -> list:
     """Decode and check the message against its declared shape (field count and types); raises
     ProtocolError naming what is wrong."""
     try:
-        msg = msgpack.unpackb(frame, raw=False, strict_map_key=False)
+        msg = _unpackb(frame, raw=False, strict_map_key=False)
     except Exception as e:  # msgpack raises several types for garbage
         raise ProtocolError(f"undecodable message ({len(frame)} bytes): {type(e).__name__}") from None
     # A well-formed message passes with one lookup of its fields' types; the rest says what is wrong.
     if type(msg) is list and msg and type(msg[0]) is str:
-        allowed = _signatures(shapes).get(msg[0])
+        sigs = (_SIGS_TO_COORDINATOR if shapes is TO_COORDINATOR else _SIGS_TO_CPU if shapes is TO_CPU
+                else _signatures(shapes))
+        allowed = sigs.get(msg[0])
         if allowed is not None and tuple(map(type, msg)) in allowed:
             return msg
     if type(msg) is not list or not msg or type(msg[0]) is not str:
@@ -239,27 +247,39 @@ def make_dealer(ctx: zmq.Context, address: str, curve=None) -> tuple[zmq.Socket,
 
 
 
+# The exact field types of each model message to the coordinator (each field has one type), as a tuple.
+_MODEL_SIGS = {kind: tuple(t for (t,) in shape) for kind, shape in MODEL_TO_COORDINATOR.items()}
+_Request = mm.Request
+_from_wire = mm.from_wire
+
+
 def model_messages(wire: list, cpu: int) -> list:
     """The model messages of CPU cpu's batch, decoded (messages.from_wire) and checked against their
     declared shapes; ValueError or TypeError naming the first that is not well-formed or not from cpu."""
     out = []
     op_types = _REQUEST_OP_TYPES
-    for i, arr in enumerate(wire):  # (plain loops: a generator per field costs more than the checks)
-        x = mm.from_wire(arr)
-        shape = MODEL_TO_COORDINATOR.get(type(x))
-        if shape is None:
-            raise ValueError(f"model message {i}: a {type(x).__name__} does not go to the coordinator")
-        for v, t in zip(x, shape):
-            if type(v) not in t:
-                raise ValueError(f"model message {i} ({type(x).__name__}) has a field of the wrong type")
-        if x.cpu != cpu:
-            raise ValueError(f"model message {i} ({type(x).__name__}) is about CPU {x.cpu}")
-        if type(x) is mm.Request:
+    sigs = _MODEL_SIGS
+    for arr in wire:  # (plain loops: a generator per field costs more than the checks)
+        x = _from_wire(arr)
+        if tuple(map(type, x)) != sigs.get(type(x)) or x[0] != cpu:
+            _bad_model_message(len(out), x, cpu)
+        if type(x) is _Request:
             for op in x.ops:
                 if type(op) is not list or tuple(map(type, op)) != op_types:
-                    raise ValueError(f"model message {i} (Request) has a malformed operation")
+                    raise ValueError(f"model message {len(out)} (Request) has a malformed operation")
         out.append(x)
     return out
+
+
+def _bad_model_message(i: int, x: tuple, cpu: int) -> None:
+    """Raise the ValueError that says what is wrong with model message i (x) of CPU cpu's batch."""
+    shape = MODEL_TO_COORDINATOR.get(type(x))
+    if shape is None:
+        raise ValueError(f"model message {i}: a {type(x).__name__} does not go to the coordinator")
+    for v, t in zip(x, shape):
+        if type(v) not in t:
+            raise ValueError(f"model message {i} ({type(x).__name__}) has a field of the wrong type")
+    raise ValueError(f"model message {i} ({type(x).__name__}) is about CPU {x[0]}")
 
 
 _EVENT_TYPES = None
