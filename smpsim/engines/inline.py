@@ -6,6 +6,7 @@ cannot disagree: only the transport differs.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,11 @@ from smpsim.model import workloads
 from smpsim.model.coordinator import Coordinator
 from smpsim.model.cpu import Cpu
 from smpsim.model.errors import ModelError
+
+# Young-generation collections while a run goes on: the run allocates millions of short-lived tuples
+# (messages, events) that reference counting frees, so collecting every 700 allocations (the default) only
+# rescans survivors: about 9% of the run's time. No cycles are made per event.
+GC_YOUNG = 100_000
 
 
 @dataclass
@@ -78,6 +84,14 @@ class InlineEngine:
             self.active.add(c)
 
     def drive(self, progress: Callable[[dict], None] | None = None) -> None:
+        threshold = gc.get_threshold()
+        gc.set_threshold(max(GC_YOUNG, threshold[0]), *threshold[1:])
+        try:
+            self._drive(progress)
+        finally:
+            gc.set_threshold(*threshold)
+
+    def _drive(self, progress: Callable[[dict], None] | None) -> None:
         core = self.core
         self.deliver(core.start())
         rounds = 0

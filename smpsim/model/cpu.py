@@ -8,23 +8,26 @@ so its behaviour does not depend on when messages physically arrive.
 
 from __future__ import annotations
 
-import heapq
-from typing import Any
+from heapq import heappop, heappush
+from typing import Any, Final
 
 from smpsim.config import Config
 from smpsim.model import messages as m
+from smpsim.model.messages import INF, Done, Ipi, Progress, Reply, Request
 from smpsim.model.errors import ModelError
 from smpsim.model.policies import make_policy
 from smpsim.model.tlb import Tlb
 from smpsim.model.workloads import Program
 
+# Final: compiled code reads these as constants, not as module attributes at every use.
 # Virtual page number of the first kmap_local fixmap slot; pkmap slots are vpns 0 .. LAST_PKMAP - 1.
-LOCAL_BASE = 1 << 20
+LOCAL_BASE: Final = 1 << 20
 
-RUNNING, BLOCKED, DONE = "running", "blocked", "done"
-INF = m.INF
-MAX_CHAIN = 16      # ring calls in one compound request
-CHAIN_SCAN = 256    # operations looked at for one
+RUNNING: Final = "running"
+BLOCKED: Final = "blocked"
+DONE: Final = "done"
+MAX_CHAIN: Final = 16      # ring calls in one compound request
+CHAIN_SCAN: Final = 256    # operations looked at for one
 
 
 def service_ipis(clock: int, inbox: list, running: bool, handle=None) -> int:
@@ -37,7 +40,7 @@ def service_ipis(clock: int, inbox: list, running: bool, handle=None) -> int:
     the new clock; handle(ipi, running) applies each IPI's effect."""
     end = clock
     while inbox and inbox[0][0] <= clock:
-        ipi = heapq.heappop(inbox)[2]
+        ipi = heappop(inbox)[2]
         if handle is not None:
             handle(ipi, running)
         if running:
@@ -92,12 +95,12 @@ class Cpu:
             if pc - base >= n:
                 if not prog.fill(pc):
                     self._finish()
-                    out.append(m.Done(self.id, self.clock))
+                    out.append(Done(self.id, self.clock))
                     break
                 ops, base = prog.ops, prog.base  # the window moved
                 n = len(ops)
             if (clock >= safe or pc >= stop_pc) and not self.results:
-                out.append(m.Progress(self.id, self.request_bound()))
+                out.append(Progress(self.id, self.request_bound()))
                 break
             op = ops[pc - base]
             code: str = op[0]
@@ -130,9 +133,9 @@ class Cpu:
         for page in list(self.use):  # pages still held when the program ends
             self._record_use(page)
         while self.inbox:
-            self._handle_ipi(heapq.heappop(self.inbox)[2], False)
+            self._handle_ipi(heappop(self.inbox)[2], False)
 
-    def _request(self) -> m.Request:
+    def _request(self) -> Request:
         """The ring call at pc, with the ring calls after it that only compute separates from it."""
         pc = self.pc
         ops, base = self._window(pc + CHAIN_SCAN + 65)  # the chain, and the lookahead after it
@@ -153,7 +156,7 @@ class Cpu:
                 break
             j += 1
         after = self._least_to_request(items[-1][3] + 1, ops, base)
-        return m.Request(self.id, self.clock, tuple(items), after)
+        return Request(self.id, self.clock, tuple(items), after)
 
     def can_run(self, safe: int) -> bool:
         """Whether run(safe) would get anywhere: an operation to start before safe, the next item of a
@@ -207,7 +210,7 @@ class Cpu:
 
     # ---- messages from the coordinator ---------------------------------------------------------------
     def deliver(self, msg: tuple) -> None:
-        if type(msg) is m.Ipi:
+        if type(msg) is Ipi:
             if msg.t_recv <= self.started and self.state != DONE:
                 raise ModelError(self.id, "ipi", None,
                                  f"causality violation: IPI for t={msg.t_recv} reached a CPU that "
@@ -215,8 +218,8 @@ class Cpu:
             if self.state == DONE:
                 self._handle_ipi(msg, False)
             else:
-                heapq.heappush(self.inbox, (msg.t_recv, msg.src, msg))
-        elif type(msg) is m.Reply:
+                heappush(self.inbox, (msg.t_recv, msg.src, msg))
+        elif type(msg) is Reply:
             if self.state != BLOCKED:
                 raise ModelError(self.id, "reply", None, "reply while not waiting for one (engine bug)")
             self.state = RUNNING
@@ -241,7 +244,7 @@ class Cpu:
             own = list(local_flushes)
             own.reverse()
 
-            def handle(ipi: m.Ipi, running: bool) -> None:
+            def handle(ipi: Ipi, running: bool) -> None:
                 while own and own[-1][0] <= ipi.t_recv:
                     self._flush_tlb(own.pop()[1])
                 self._handle_ipi(ipi, running)
@@ -261,7 +264,7 @@ class Cpu:
             self.resumed = end
 
     # ---- TLB ------------------------------------------------------------------------------------------
-    def _handle_ipi(self, ipi: m.Ipi, running: bool) -> None:
+    def _handle_ipi(self, ipi: Ipi, running: bool) -> None:
         dropped = self._flush_tlb(ipi.vpns)
         if ipi.scope == "tick":  # not an interrupt: LATR's lazy list, invalidated locally at this tick
             self.events.append((ipi.t_recv, self.id, "flush", "tick", None, [],

@@ -4,9 +4,11 @@ plain arrays."""
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
-INF = 1 << 62
+# "Never": larger than any time. The largest int compiled code keeps unboxed (2**62 - 1): compared with
+# it, a time stays a machine word, where 2**62 took the slow path of a boxed int at every comparison.
+INF: Final = (1 << 62) - 1
 
 
 # ---- CPU -> coordinator -------------------------------------------------------------------------------
