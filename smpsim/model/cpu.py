@@ -106,7 +106,8 @@ class Cpu:
             code: str = op[0]
             self.started = clock
             if code == "compute":  # the operations in the order of how often they come
-                self.clock = clock + op[1]
+                cycles: int = op[1]  # typed: compiled code adds machine ints, not objects
+                self.clock = clock + cycles
             elif code == "access":
                 self._access(op[1], op[2], op[3])
             elif code == "kmap" or code == "kunmap":
@@ -141,21 +142,22 @@ class Cpu:
         ops, base = self._window(pc + CHAIN_SCAN + 65)  # the chain, and the lookahead after it
         op = ops[pc - base]
         items = [(0, op[0], op[1], pc)]
-        gap, j, end = 0, pc + 1, min(base + len(ops), pc + CHAIN_SCAN)
+        gap, j, end, last = 0, pc + 1, min(base + len(ops), pc + CHAIN_SCAN), pc
         while j < end:
             op = ops[j - base]
             code: str = op[0]
             if code == "compute":
-                gap += op[1]
+                cycles: int = op[1]
+                gap += cycles
             elif code == "kmap" or code == "kunmap":
                 items.append((gap, code, op[1], j))
-                gap = 0
+                gap, last = 0, j
                 if len(items) >= MAX_CHAIN:
                     break
             else:
                 break
             j += 1
-        after = self._least_to_request(items[-1][3] + 1, ops, base)
+        after = self._least_to_request(last + 1, ops, base)
         return Request(self.id, self.clock, tuple(items), after)
 
     def can_run(self, safe: int) -> bool:
@@ -172,7 +174,7 @@ class Cpu:
         gap = self._least_to_request(self.pc)
         return INF if gap >= INF else self.clock + gap
 
-    def _least_to_request(self, pc: int, ops: list | None = None, base: int = 0, scan: int = 64) -> int:
+    def _least_to_request(self, pc: int, ops: list[tuple] | None = None, base: int = 0, scan: int = 64) -> int:
         """The least cycles from starting the operation at pc to the next kmap/kunmap request (INF: none).
         (ops, base): a window already holding positions up to pc + scan (those that exist), if the caller
         has one."""
@@ -187,14 +189,16 @@ class Cpu:
             op = ops[i]
             code: str = op[0]
             if code == "compute":
-                t += op[1]
+                cycles: int = op[1]
+                t += cycles
             elif code == "access":
-                t += op[2] * c_access
+                n: int = op[2]
+                t += n * c_access
             else:
                 return t
         return INF if pc + scan >= end else t
 
-    def _window(self, upto: int) -> tuple[list, int]:
+    def _window(self, upto: int) -> tuple[list[tuple], int]:
         """(ops, base): the program's window, holding the operations from pc up to `upto` (those that exist);
         ops[i - base] is the operation at position i."""
         prog = self.program
@@ -233,6 +237,9 @@ class Cpu:
 
     def _take_result(self, code: str, page: int) -> None:
         """Apply the coordinator's result for the ring call at pc."""
+        t: int  # typed: compiled code compares machine ints, not objects
+        t_done: int
+        slot: int
         t, t_done, slot, local_flushes = self.results.pop()
         if t != self.clock:
             raise self._error(code, f"the coordinator placed this call at t={t}, the CPU got there at "
