@@ -12,6 +12,7 @@ Safe times travel only to CPUs they unblock, or ride on the replies and IPIs a C
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 from smpsim.model.coordinator import RUNNING, Coordinator
 from smpsim.model.cpu import DONE, Cpu
@@ -57,7 +58,7 @@ class Core:
         self.sent_safe = [-1] * n
         self.safe = -1
         self.watermark = 0
-        self.touched: list[int] = []                    # CPUs that reported since the last step (repeats: harmless)
+        self.touched: set[int] = set()                  # CPUs that reported since the last step
         self.waiting: set[int] = set()                  # running CPUs that may wait for a larger safe time
 
     def receive(self, cpu: int, up: Up) -> None:
@@ -65,7 +66,7 @@ class Core:
         coord = self.coord
         for msg in up.msgs:
             coord.receive(msg)
-        self.touched.append(cpu)
+        self.touched.add(cpu)
         self.rec.add(1 + cpu, up.events)
         self.horizon[cpu] = up.horizon
         q = self.ipi_unseen[cpu]
@@ -245,3 +246,26 @@ class CpuPort:
 
     def runnable(self) -> bool:
         return self.cpu.can_run(self.safe)
+
+
+# ---- the in-process transport's half of a round (engines/inline.py), compiled with the core --------------
+def work_ports(core: Any, ports: list[CpuPort], report: list[bool], active: set[int], max_ops: int) -> None:
+    """Every CPU in `active` runs as far as it may, in id order, and its batch goes to the core at once; a
+    CPU that cannot run leaves `active` until a batch is delivered to it (deliver_ports). core: a Core,
+    or anything with its receive()."""
+    for c in sorted(active) if len(active) > 1 else list(active):
+        port = ports[c]
+        up = port.work(max_ops, report[c])
+        report[c] = False
+        if not port.runnable():
+            active.discard(c)
+        if up is not None:
+            core.receive(c, up)
+
+
+def deliver_ports(downs: list[tuple[int, Down]], ports: list[CpuPort], report: list[bool],
+                  active: set[int]) -> None:
+    """Each batch to its CPU's port at once; the CPU may have something to say now."""
+    for c, down in downs:
+        report[c] = ports[c].deliver(down)
+        active.add(c)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from smpsim.config import Config
 from smpsim.engines import stopping
-from smpsim.engines.core import Core, CpuPort, Down
+from smpsim.engines.core import Core, CpuPort, Down, deliver_ports, work_ports
 from smpsim.engines.recorder import Recorder
 from smpsim.model import workloads
 from smpsim.model.coordinator import Coordinator
@@ -66,22 +66,11 @@ class InlineEngine:
 
     def step(self) -> list[tuple[int, Down]]:
         """One round: every CPU that can runs and reports, the core grants; what to deliver."""
-        core, report, ports = self.core, self.report, self.ports
-        active = self.active
-        for c in sorted(active) if len(active) > 1 else list(active):
-            port = ports[c]
-            up = port.work(stopping.RUN_CHUNK, report[c])
-            report[c] = False
-            if not port.runnable():
-                active.discard(c)
-            if up is not None:
-                core.receive(c, up)
-        return core.step()
+        work_ports(self.core, self.ports, self.report, self.active, stopping.RUN_CHUNK)
+        return self.core.step()
 
     def deliver(self, downs: list[tuple[int, Down]]) -> None:
-        for c, down in downs:
-            self.report[c] = self.ports[c].deliver(down)
-            self.active.add(c)
+        deliver_ports(downs, self.ports, self.report, self.active)
 
     def drive(self, progress: Callable[[dict], None] | None = None) -> None:
         threshold = gc.get_threshold()

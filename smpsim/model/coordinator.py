@@ -21,7 +21,7 @@ from smpsim.config import Config
 from smpsim.model.messages import INF, Done, Ipi, Progress, Reply, Request
 from smpsim.model.cpu import service_ipis
 from smpsim.model.errors import DeadlockError, ModelError
-from smpsim.model.policies import Flush, make_policy, next_tick
+from smpsim.model.policies import Flush, FlushPolicy, make_policy, next_tick
 from smpsim.model.ring import PkmapRing
 
 # How far (cycles) a CPU that never takes kmap_lock may run ahead of the slowest: nothing else keeps such
@@ -74,6 +74,10 @@ class Coordinator:
         self.ring = PkmapRing(cfg.machine.ring_size)
         self.policy = make_policy(cfg)
         self.uses_ring, self.flushes_only_at_wrap = self.policy.uses_ring, self.policy.flushes_only_at_wrap
+        # Hooks the policy leaves as FlushPolicy's no-ops are not called at every kmap / kunmap.
+        kind = type(self.policy)
+        self.tracks_holds = kind.kmapped is not FlushPolicy.kmapped or kind.kunmapped is not FlushPolicy.kunmapped
+        self.flushes_at_unmap = kind.unmap_flush is not FlushPolicy.unmap_flush
         self.lock_free_at = 0
         self.lock_owned_from = 0
         self.lock_held_cycles = 0                # kmap_lock held (hand-offs included), for its utilisation
@@ -240,7 +244,8 @@ class Coordinator:
             new = True
             t += self.c_pte
         ring.pkmap_count[slot] += 1
-        self.policy.kmapped(cpu, page)
+        if self.tracks_holds:
+            self.policy.kmapped(cpu, page)
         self._unlock(t)
         self.events.append((t, cpu, "kmap", page, slot, new, r.slept, t - r.t_first, r.lock_wait))
         self._reply(r, t, slot)
@@ -253,13 +258,14 @@ class Coordinator:
             raise ModelError(cpu, "kunmap", r.pc, f"kunmap_high of page {page}, which has no pkmap address "
                              f"(the kernel BUG()s)", r.t)
         ring.pkmap_count[slot] -= 1
-        self.policy.kunmapped(cpu, page)
+        if self.tracks_holds:
+            self.policy.kunmapped(cpu, page)
         count = ring.pkmap_count[slot]
         if count == 0:
             raise ModelError(cpu, "kunmap", r.pc, f"pkmap_count of slot {slot} (page {page}) reached 0 in "
                              f"kunmap_high: more kunmaps than kmaps (the kernel BUG()s: a count must never "
                              f"go down to zero without a TLB flush)", r.t)
-        if count == 1:
+        if count == 1 and self.flushes_at_unmap:
             flush = self.policy.unmap_flush(ring, slot, cpu)
             if flush is not None:  # the policy tore slots down (this one among them): make that safe
                 count = ring.pkmap_count[slot]

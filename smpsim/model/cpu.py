@@ -319,10 +319,11 @@ class Cpu:
         if u is None:
             self.use[page] = [slot, n, n if write else 0, hits, misses]
         else:
-            u[1] += n
-            u[2] += n if write else 0
-            u[3] += hits
-            u[4] += misses
+            # u[i] = u[i] + x, not u[i] += x: compiled, the augmented form adds objects, this adds ints
+            u[1] = u[1] + n
+            u[2] = u[2] + (n if write else 0)
+            u[3] = u[3] + hits
+            u[4] = u[4] + misses
         self.clock = t + n * self.c_access + hits * self.c_hit + misses * self.c_walk
 
     def _record_use(self, page: int) -> None:
