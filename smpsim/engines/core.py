@@ -219,13 +219,15 @@ class CpuPort:
     def work(self, max_ops: int | None = None, must_report: bool = False) -> Up | None:
         """Run the Cpu as far as it may; the batch to send up, or None when there is nothing to say."""
         cpu = self.cpu
-        out: list = []
+        out: list
         if cpu.can_run(self.safe):
             out = cpu.run(self.safe, max_ops)
         elif must_report:
             out = [Progress(cpu.id, cpu.request_bound())]
         elif cpu.state != DONE:
             return None  # blocked, or waiting for a larger safe time: nothing new to say
+        else:
+            out = []
         if out and type(out[-1]) is Progress:
             if self._believed() >= self.safe:
                 out.pop()  # the coordinator already counts this CPU as waiting for a larger safe time

@@ -18,7 +18,7 @@ from heapq import heappop, heappush
 from typing import Any, Final
 
 from smpsim.config import Config
-from smpsim.model.messages import INF, Done, Ipi, Progress, Reply, Request
+from smpsim.model.messages import INF, Done, Ipi, Progress, Request, reply
 from smpsim.model.cpu import service_ipis
 from smpsim.model.errors import DeadlockError, ModelError
 from smpsim.model.policies import Flush, FlushPolicy, make_policy, next_tick
@@ -72,6 +72,9 @@ class Coordinator:
         self.c_acquire, self.c_handoff, self.c_hold = c.lock_acquire, c.lock_handoff, c.lock_hold
         self.c_scan, self.c_pte = c.pkmap_scan, c.pte_write
         self.ring = PkmapRing(cfg.machine.ring_size)
+        # ring.free_ahead(), asked at every step, kept until a call that can change it (-1: ask again):
+        # only a new mapping (the cursor moves, a wrap), a policy's teardown or a deferred release do.
+        self.free_ahead = -1
         self.policy = make_policy(cfg)
         self.uses_ring, self.flushes_only_at_wrap = self.policy.uses_ring, self.policy.flushes_only_at_wrap
         # Hooks the policy leaves as FlushPolicy's no-ops are not called at every kmap / kunmap.
@@ -187,7 +190,9 @@ class Coordinator:
         before the wrap), so with F free slots ahead of the cursor the wrap comes no earlier than the
         (F+1)-th new mapping, and kmap_lock serializes those: each holds the lock for at least
         lock_hold + pkmap_scan + pte_write."""
-        return self.ring.free_ahead() * (self.c_hold + self.c_scan + self.c_pte) + self.c_hold
+        if self.free_ahead < 0:
+            self.free_ahead = self.ring.free_ahead()
+        return self.free_ahead * (self.c_hold + self.c_scan + self.c_pte) + self.c_hold
 
     def finished(self) -> bool:
         for s in self.status:
@@ -216,6 +221,7 @@ class Coordinator:
         slot = ring.page_address.get(page)
         new = False
         if slot is None:
+            self.free_ahead = -1
             t_scan = t
 
             def on_wrap(probes: int) -> None:
@@ -266,6 +272,7 @@ class Coordinator:
                              f"kunmap_high: more kunmaps than kmaps (the kernel BUG()s: a count must never "
                              f"go down to zero without a TLB flush)", r.t)
         if count == 1 and self.flushes_at_unmap:
+            self.free_ahead = -1
             flush = self.policy.unmap_flush(ring, slot, cpu)
             if flush is not None:  # the policy tore slots down (this one among them): make that safe
                 count = ring.pkmap_count[slot]
@@ -291,6 +298,7 @@ class Coordinator:
     def _free(self, f: _Free) -> None:
         """Deferred slots become free once every CPU has invalidated them, then sleepers retry."""
         t = max(f.t, self.lock_free_at)
+        self.free_ahead = -1
         for initiator, slots in f.batches:
             self.ring.release(slots)
             self.events.append((t, initiator, "free", len(slots)))
@@ -312,7 +320,7 @@ class Coordinator:
         self.status[cpu] = RUNNING
         lb = self.lb[cpu] = end + r.after if r.after < INF else INF
         heappush(self.running, (lb, cpu))
-        self.outbox.append((cpu, Reply(cpu, tuple(r.results))))
+        self.outbox.append((cpu, reply(cpu, tuple(r.results))))
 
     def _ipi_to_computing(self, nxt: _Request, ipi: Ipi) -> None:
         """An IPI for a CPU between two calls of a compound request: it stretches that compute if it

@@ -13,7 +13,7 @@ from typing import Any, Final
 
 from smpsim.config import Config
 from smpsim.model import messages as m
-from smpsim.model.messages import INF, Done, Ipi, Progress, Reply, Request
+from smpsim.model.messages import INF, Done, Ipi, Progress, Reply, Request, request
 from smpsim.model.errors import ModelError
 from smpsim.model.policies import make_policy
 from smpsim.model.tlb import Tlb
@@ -158,7 +158,7 @@ class Cpu:
                 break
             j += 1
         after = self._least_to_request(last + 1, ops, base)
-        return Request(self.id, self.clock, tuple(items), after)
+        return request(self.id, self.clock, tuple(items), after)
 
     def can_run(self, safe: int) -> bool:
         """Whether run(safe) would get anywhere: an operation to start before safe, the next item of a

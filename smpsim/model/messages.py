@@ -60,6 +60,19 @@ class Ipi(NamedTuple):
     vpns: Any   # a sequence of ints; None: a full flush
 
 
+# The messages sent once per kmap, built as tuple.__new__ does it: a NamedTuple's own constructor runs a
+# Python __new__ (an interpreted frame even when called from compiled code). Same type, same fields.
+_new: Final = tuple.__new__
+
+
+def request(cpu: int, t: int, ops: Any, after: int) -> Request:
+    return _new(Request, (cpu, t, ops, after))
+
+
+def reply(cpu: int, results: Any) -> Reply:
+    return _new(Reply, (cpu, results))
+
+
 KINDS: tuple[type, ...] = (Request, Progress, Done, Reply, Ipi)
 _CODE = {k: i for i, k in enumerate(KINDS)}
 
