@@ -142,8 +142,9 @@ class Core:
                 h = q[0]
             if h < wm:
                 wm = h
-        self.watermark = wm
-        self.rec.release(wm)
+        if wm != self.watermark or self.watermark == 0:  # an unchanged watermark releases nothing new
+            self.watermark = wm
+            self.rec.release(wm)
 
     def complete(self) -> bool:
         if not self.coord.finished():

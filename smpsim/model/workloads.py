@@ -389,8 +389,21 @@ def _zipf_tables(seed: int, pages: int, s: float) -> tuple[list[float], list[int
     """Cumulative weights of ranks 1..pages (weight r**-s) and the rank -> page permutation."""
     cdf = list(accumulate(r ** -s for r in range(1, pages + 1)))
     perm = list(range(pages))
-    random.Random(f"{seed}:zipf-perm").shuffle(perm)
+    _shuffle(perm, random.Random(f"{seed}:zipf-perm"))
     return cdf, perm
+
+
+def _shuffle(x: list[int], rng: random.Random) -> None:
+    """rng.shuffle(x), spelled out (CPython's algorithm, so the same permutation: tests/test_workloads.py)
+    for the compiled module to run it: the standard library's costs ~10 ms of every run at 8192 pages."""
+    getrandbits = rng.getrandbits
+    for i in range(len(x) - 1, 0, -1):
+        n = i + 1  # j uniform in [0, n): _randbelow's rejection sampling over n.bit_length() bits
+        k = n.bit_length()
+        j = getrandbits(k)
+        while j >= n:
+            j = getrandbits(k)
+        x[i], x[j] = x[j], x[i]
 
 
 def _page_picker(cfg: Config, cpu: int, rand: Callable[[], float]) -> tuple[Callable[[int], int], int]:
