@@ -329,8 +329,9 @@ class Cpu:
     def _record_use(self, page: int) -> None:
         """One `access` event for the accesses made through a page's address since it was kmapped,
         recorded when the hold ends: per hold, not per access, keeps the trace small."""
-        u = self.use.pop(page, None)
+        u = self.use.get(page)  # get and del: compiled code has no fast pop with a default
         if u is not None:
+            del self.use[page]
             self.events.append((self.clock, self.id, "access", page, u[0], u[1], u[2], u[3], u[4]))
 
     # ---- kmap_local: CPU-private slots, no lock, no IPIs -------------------------------------------------
