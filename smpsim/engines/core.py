@@ -142,7 +142,7 @@ class Core:
                 h = q[0]
             if h < wm:
                 wm = h
-        if wm != self.watermark or self.watermark == 0:  # an unchanged watermark releases nothing new
+        if wm != self.watermark or wm == 0:  # an unchanged watermark (after the first) releases nothing new
             self.watermark = wm
             self.rec.release(wm)
 
