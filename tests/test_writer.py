@@ -11,7 +11,7 @@ from smpsim.trace.errors import TraceError
 from smpsim.trace.reader import iter_events, open_run
 from smpsim.trace.rundir import write_summary
 from smpsim.trace.schema import FIELD_NAMES, SCHEMA
-from smpsim.trace.writer import TraceWriter, digest_events, pack_events
+from smpsim.trace.writer import ROW_GROUP, TraceWriter, digest_events, pack_events
 from tracegen import as_tuple, event_bytes, make_events
 
 def reference_digest(events):
@@ -53,6 +53,26 @@ def test_part_is_written_as_soon_as_it_is_full(tmp_path):
     assert len(list((tmp_path / "trace").glob("*.parquet"))) == 2
     w.close()
     assert len(list((tmp_path / "trace").glob("*.parquet"))) == 3
+
+
+def test_rows_stream_into_the_open_part_in_row_groups(tmp_path):
+    """Before its part is full, a batch is already encoded into the part's temporary file (so the run
+    does not wait for it at the end); small batches gather into row groups of at least ROW_GROUP rows."""
+    events = make_events(3 * ROW_GROUP + 500)
+    w = TraceWriter(tmp_path, 10 * ROW_GROUP, True)
+    tmp = tmp_path / "trace" / ".part-00000.parquet.tmp"
+    w.write([as_tuple(e) for e in events[:ROW_GROUP + 10]])
+    w.wait()
+    assert tmp.stat().st_size > 0 and not list((tmp_path / "trace").glob("*.parquet"))
+    for i in range(ROW_GROUP + 10, len(events), 97):
+        w.write([as_tuple(e) for e in events[i:i + 97]])
+    w.close()
+    assert not tmp.exists()
+    meta = pq.ParquetFile(tmp_path / "trace" / "part-00000.parquet").metadata
+    rows = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    assert sum(rows) == len(events) and len(rows) == 4 and min(rows[:-1]) >= ROW_GROUP  # not one per batch
+    assert list(iter_events(open_run_ok(tmp_path, w))) == [{k: v for k, v in e.items() if v is not None}
+                                                           for e in events]
 
 
 def test_parts_are_written_under_a_temporary_name_then_renamed(tmp_path, monkeypatch):

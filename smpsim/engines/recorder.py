@@ -23,8 +23,9 @@ MAX_FAULTS = 20
 
 class Recorder:
     """Events are merged, counted, hashed and written in chunks of about ``CHUNK`` events (no more than a
-    trace part, so parts reach the disk as promptly as before): every step works on columns, and a round of
-    the engine that releases a handful of events costs almost nothing."""
+    trace part): every step works on columns, and a round of the engine that releases a handful of events
+    costs almost nothing. Each chunk becomes a row group of the open part, encoded on the writer's thread
+    while the run goes on (smpsim.trace.writer)."""
 
     CHUNK = 16384
 

@@ -7,16 +7,21 @@ packed by one msgpack call, never event by event.
 
 Parts are ``RUN/trace/part-00000.parquet``, ``part-00001.parquet``, ... of at most ``part_events`` rows,
 each written to a hidden temporary name and renamed into place as soon as it is full, so a crash loses at
-most the part being written and a reader never sees a half-written part under a part name. Rows are built
-column by column from each event type's columns (smpsim.trace.columns), then put back in seq order by Arrow.
+most the part being written and a reader never sees a half-written part under a part name.
+
+The run waits for as little of the writing as possible. The caller's thread only turns each event type's
+columns (smpsim.trace.columns) into Arrow arrays (``convert``), the one step that needs Python objects; the
+writer thread puts the rows in seq order (``assemble``), encodes and compresses them and appends them to the
+open part as a row group, all in Arrow's C++, which releases the GIL, so it overlaps the simulation.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import struct
 from concurrent.futures import Future, ThreadPoolExecutor
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +38,18 @@ from smpsim.trace.schema import FIELD_SET, SCHEMA
 PART_PREFIX = "part-"
 PART_SUFFIX = ".parquet"
 COMPRESSION = "zstd"
+# Dictionary encoding only where values repeat: elsewhere it costs time and saves nothing.
+PARQUET_OPTIONS = {"compression": COMPRESSION, "use_dictionary": ["ev", "scope"], "write_page_checksum": True,
+                   "column_encoding": {"seq": "DELTA_BINARY_PACKED", "t": "DELTA_BINARY_PACKED"}}
+# Rows per row group, at least (a part's last group may be shorter): the recorder's batches (16,384 events)
+# are each one group, encoded while the run goes on. Smaller groups make parts larger and slower to write.
+ROW_GROUP = 8192
 
 _TYPES = {f.name: f.type for f in SCHEMA}
-_EV_TYPE = pa.string()
+_I32, _I64, _STR = pa.int32(), pa.int64(), pa.string()
+_STRUCT_CODES = {_I64: "q", _I32: "i"}
+_EMPTY = SCHEMA.empty_table()
+_SEQ = SCHEMA.field("seq")
 
 
 def part_name(index: int) -> str:
@@ -68,43 +82,112 @@ def digest_events(records: Iterable[dict[str, Any]]) -> str:
     return h.hexdigest()
 
 
-def _write_file(table: pa.Table, final: Path, tmp: Path) -> None:
+def _array(values: Sequence[Any], typ: pa.DataType) -> pa.Array:
+    """One column of Python values as an Arrow array. Integers go through one ``struct`` call into a
+    buffer Arrow takes as is (about 5x faster than ``pa.array``, which converts value by value); a column
+    with a null or a value out of range, and the other types, go through ``pa.array``, which handles the
+    nulls and names what does not fit."""
+    code = _STRUCT_CODES.get(typ)
+    if code is not None:
+        n = len(values)
+        try:
+            data = struct.Struct(f"={n}{code}").pack(*values)
+        except struct.error:
+            pass
+        else:
+            return pa.Array.from_buffers(typ, n, [None, pa.py_buffer(data)])
+    return pa.array(values, typ)
+
+
+# A batch converted: per event type, a table of its positions in the batch (as "seq"), "ev" and its fields.
+Converted = list[pa.Table]
+
+
+def convert(groups: Groups) -> Converted:
+    """A batch's columns as Arrow tables, one per event type: the one step that reads Python objects (and so
+    holds the GIL); the rest of the writing (``assemble``, the encoding) is Arrow's."""
+    out: Converted = []
     try:
-        # Dictionary encoding only where values repeat: elsewhere it costs time and saves nothing.
-        pq.write_table(table, tmp, compression=COMPRESSION, use_dictionary=["ev", "scope"],
-                       write_page_checksum=True)
-        os.replace(tmp, final)
-    except OSError as e:
-        raise TraceError(f"{final}: cannot write trace part: {e}") from None
-
-
-def _type_table(ev: str, positions: list[int], cols: list[tuple], seq0: int) -> pa.Table:
-    """One event type's rows with every column of the schema (the fields it lacks null)."""
-    n = len(positions)
-    arrays: dict[str, pa.Array] = {
-        "seq": pc.add(pa.array(positions, pa.int64()), seq0),
-        "t": pa.array(cols[0], pa.int64()),
-        "cpu": pa.array(cols[1], pa.int32()),
-        "ev": pa.repeat(pa.scalar(ev, _EV_TYPE), n),
-    }
-    for name, col in zip(FIELDS[ev], cols[3:]):
-        arrays[name] = pa.array(col, _TYPES[name])
-    return pa.table([arrays[name] if name in arrays else pa.nulls(n, _TYPES[name]) for name in SCHEMA.names],
-                    schema=SCHEMA)
-
-
-def groups_to_table(groups: Groups, seq0: int) -> pa.Table:
-    """A batch's rows in seq order (seq0, seq0 + 1, ...) with the fixed trace schema."""
-    try:
-        tables = [_type_table(ev, pos, cols, seq0) for ev, (pos, cols) in groups.items()]
+        for ev, (pos, cols) in groups.items():
+            names = ("seq", "ev", "t", "cpu", *FIELDS[ev])
+            arrays = [_array(pos, _I64), pa.repeat(pa.scalar(ev, _STR), len(pos)), _array(cols[0], _I64),
+                      _array(cols[1], _I32), *(_array(col, _TYPES[name]) for name, col in zip(FIELDS[ev], cols[3:]))]
+            out.append(pa.Table.from_arrays(arrays, names=names))
     except KeyError as e:
         raise ValueError(f"trace events of an unknown type {e.args[0]!r}") from None
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError) as e:
         raise ValueError(f"trace events do not fit the trace schema: {e}") from None
-    if not tables:
-        return SCHEMA.empty_table()
-    table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-    return table.take(pc.sort_indices(table["seq"]))
+    return out
+
+
+def assemble(converted: Converted, seq0: int) -> pa.Table:
+    """The rows of a converted batch in seq order (seq0, seq0 + 1, ...) with the fixed trace schema (a
+    field an event type lacks null). A few calls into Arrow's C++, which releases the GIL meanwhile."""
+    table = pa.concat_tables([_EMPTY, *converted], promote_options="default")  # the schema's columns, in order
+    table = table.take(pc.sort_indices(table["seq"]))
+    return table.set_column(0, _SEQ, pc.add(table["seq"], seq0))
+
+
+def groups_to_table(groups: Groups, seq0: int) -> pa.Table:
+    """A batch's rows in seq order (seq0, seq0 + 1, ...) with the fixed trace schema."""
+    return assemble(convert(groups), seq0)
+
+
+class _Parts:
+    """The writer thread's side: rows in seq order go into the open part, a row group at a time, under the
+    part's temporary name; a full part is closed and renamed at once. Only the writer thread calls it."""
+
+    def __init__(self, trace_dir: Path, part_events: int) -> None:
+        self.trace_dir, self.part_events = trace_dir, part_events
+        self.done = 0  # parts complete (renamed into place)
+        self._rows = 0  # rows in the open part
+        self._file: pq.ParquetWriter | None = None
+        self._pending: list[pa.Table] = []  # rows not yet written: fewer than ROW_GROUP, or a part's end
+        self._buffered = 0
+
+    def add(self, converted: Converted, seq0: int) -> None:
+        table = assemble(converted, seq0)
+        while table.num_rows:
+            room = self.part_events - self._rows - self._buffered
+            self._pending.append(table.slice(0, room))
+            self._buffered += min(room, table.num_rows)
+            table = table.slice(room)
+            if self._buffered == self.part_events - self._rows:
+                self.finish()
+            elif self._buffered >= ROW_GROUP:
+                self._write()
+
+    def finish(self) -> None:
+        """Write what is pending and close the open part (if any rows went into it)."""
+        self._write()
+        if self._file is not None:
+            final = self._final()
+            self._guard(self._file.close)
+            self._guard(lambda: os.replace(self._tmp(), final))
+            self._file, self._rows = None, 0
+            self.done += 1
+
+    def _write(self) -> None:
+        if not self._buffered:
+            return
+        table = pa.concat_tables(self._pending) if len(self._pending) > 1 else self._pending[0]
+        self._pending, self._buffered = [], 0
+        if self._file is None:
+            self._file = self._guard(lambda: pq.ParquetWriter(self._tmp(), SCHEMA, **PARQUET_OPTIONS))
+        self._guard(lambda: self._file.write_table(table, row_group_size=table.num_rows))
+        self._rows += table.num_rows
+
+    def _final(self) -> Path:
+        return self.trace_dir / part_name(self.done)
+
+    def _tmp(self) -> Path:
+        return self.trace_dir / f".{part_name(self.done)}.tmp"
+
+    def _guard(self, step: Callable[[], Any]) -> Any:
+        try:
+            return step()
+        except (OSError, pa.ArrowException) as e:
+            raise TraceError(f"{self._final()}: cannot write trace part: {e}") from None
 
 
 class TraceWriter:
@@ -124,10 +207,8 @@ class TraceWriter:
             except OSError as e:
                 raise TraceError(f"{self.trace_dir}: cannot create the trace directory: {e.strerror}") from None
         self.events = 0
-        self.parts = 0
+        self._parts = _Parts(self.trace_dir, part_events) if self.trace_dir is not None else None
         self._hash = hashlib.sha256()
-        self._buf: list[pa.Table] = []
-        self._buffered = 0
         self._digest: str | None = None
         self._thread: ThreadPoolExecutor | None = None
         self._inflight: Future | None = None
@@ -146,15 +227,10 @@ class TraceWriter:
         self._hash.update(pack_events(events))
         seq0 = self.events
         self.events += len(events)
-        if self.trace_dir is None:
+        if self._parts is None:
             return
-        self._buf.append(groups_to_table(groups if groups is not None else by_type(events), seq0))
-        self._buffered += len(events)
-        while self._buffered >= self.part_events:
-            table = pa.concat_tables(self._buf)
-            self._write_part(table.slice(0, self.part_events))
-            rest = table.slice(self.part_events)
-            self._buf, self._buffered = [rest], rest.num_rows
+        converted = convert(groups if groups is not None else by_type(events))
+        self._submit(self._parts.add, converted, seq0)
 
     def _from_records(self, records: Sequence[dict[str, Any]]) -> list[tuple]:
         first, last = records[0].get("seq"), records[-1].get("seq")
@@ -165,29 +241,26 @@ class TraceWriter:
             raise ValueError(f"trace events carry fields not in the trace schema: {sorted(unknown)}")
         return [from_record(r) for r in records]
 
-    def _write_part(self, table: pa.Table) -> None:
-        """Encode and write a part on the writer thread (Arrow releases the GIL meanwhile, so the
-        simulation goes on); one part at a time, so at most one part is in flight."""
-        assert self.trace_dir is not None
+    def _submit(self, task: Callable[..., None], *args: Any) -> None:
+        """Run a step of the parts on the writer thread, after the one before has finished (so at most one
+        batch is in flight, and its error, if any, comes out here)."""
         self.wait()
         if self._thread is None:
             self._thread = ThreadPoolExecutor(1, thread_name_prefix="smpsim-trace")
-        name = part_name(self.parts)
-        self.parts += 1
-        self._inflight = self._thread.submit(_write_file, table, self.trace_dir / name,
-                                             self.trace_dir / f".{name}.tmp")
+        self._inflight = self._thread.submit(task, *args)
 
     def wait(self) -> None:
-        """Wait until every full part is on disk; a failed write raises its TraceError (naming the file) here."""
+        """Wait until the writer thread has written what it was given (full parts are then on disk); a
+        failed write raises its TraceError (naming the file) here."""
         if self._inflight is not None:
             done, self._inflight = self._inflight, None
             done.result()
 
     def flush(self) -> None:
-        """Write the buffered events as a (short) part now, and wait until every part is on disk."""
-        if self._buffered:
-            self._write_part(pa.concat_tables(self._buf))
-        self._buf, self._buffered = [], 0
+        """Write the rows given so far and close the part they are in (a short part), and wait until every
+        part is on disk."""
+        if self._parts is not None:
+            self._submit(self._parts.finish)
         self.wait()
 
     def close(self) -> str:
@@ -206,6 +279,11 @@ class TraceWriter:
     def digest(self) -> str:
         """The digest of everything written so far."""
         return self._digest if self._digest is not None else self._hash.hexdigest()
+
+    @property
+    def parts(self) -> int:
+        """Parts complete on disk (after ``wait()``, every full one)."""
+        return self._parts.done if self._parts is not None else 0
 
     def stats(self) -> dict[str, Any]:
         """What summary.json records under "trace" (the reader checks the parts against it)."""
