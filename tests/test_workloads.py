@@ -231,6 +231,20 @@ def test_zipf_skew_and_shared_hot_pages():
     assert [p for p, _ in counts.most_common(5)] != [0, 1, 2, 3, 4]
 
 
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 100, 8192])
+def test_zipf_permutation_is_the_standard_library_shuffle(n):
+    """The zipf rank -> page permutation is shuffled by a copy of random.shuffle (so compiled code runs
+    it); it must stay the standard library's permutation, which the pinned streams were made with."""
+    import random
+
+    from smpsim.model.workloads import _shuffle
+    for seed in ("1:zipf-perm", "7:zipf-perm"):
+        want, got = list(range(n)), list(range(n))
+        random.Random(seed).shuffle(want)
+        _shuffle(got, random.Random(seed))
+        assert got == want
+
+
 def test_zipf_large_page_count_is_fast_enough():
     cfg = make_cfg("zipf", cpus=1, pages=65536, kmaps_per_cpu=2000)
     ops = build_cpu(cfg, 0)[0]

@@ -12,29 +12,31 @@ Safe times travel only to CPUs they unblock, or ride on the replies and IPIs a C
 from __future__ import annotations
 
 from collections import deque
-from typing import NamedTuple
+from typing import Any
 
-from smpsim.model import messages as m
 from smpsim.model.coordinator import RUNNING, Coordinator
 from smpsim.model.cpu import DONE, Cpu
 from smpsim.model.cpu import RUNNING as CPU_RUNNING
 from smpsim.model.errors import ModelError
+from smpsim.model.messages import INF, Ipi, Progress, Request
 
-INF = m.INF
 
-
-class Up(NamedTuple):
+# Up and Down are plain classes, not NamedTuples: one of each per round, and a compiled class is built
+# without running Python code. A transport sends their fields, never the objects.
+class Up:
     """CPU -> core: model messages, trace events, the CPU's horizon, and how many IPIs it has received."""
-    msgs: list
-    events: list
-    horizon: int
-    ipis_seen: int
+    __slots__ = ("msgs", "events", "horizon", "ipis_seen")
+
+    def __init__(self, msgs: list, events: list, horizon: int, ipis_seen: int):
+        self.msgs, self.events, self.horizon, self.ipis_seen = msgs, events, horizon, ipis_seen
 
 
-class Down(NamedTuple):
+class Down:
     """core -> CPU: replies and IPIs, and the CPU's new safe time."""
-    msgs: list
-    safe: int
+    __slots__ = ("msgs", "safe")
+
+    def __init__(self, msgs: list, safe: int):
+        self.msgs, self.safe = msgs, safe
 
 
 def locate(err: ModelError, lines: list | None) -> ModelError:
@@ -76,12 +78,18 @@ class Core:
         coord = self.coord
         coord.step()
         out: dict[int, list] = {}
-        for dest, msg in coord.outbox:
-            out.setdefault(dest, []).append(msg)
-            if type(msg) is m.Ipi:
-                self.ipi_unseen[dest].append(msg.t_recv)
-                self.ipis_sent[dest] += 1
-        coord.outbox.clear()
+        outbox = coord.outbox
+        if outbox:
+            for dest, msg in outbox:
+                msgs = out.get(dest)
+                if msgs is None:
+                    out[dest] = [msg]
+                else:
+                    msgs.append(msg)
+                if type(msg) is Ipi:
+                    self.ipi_unseen[dest].append(msg.t_recv)
+                    self.ipis_sent[dest] += 1
+            outbox.clear()
         if coord.events:
             self.rec.add(0, coord.events)
             coord.events = []
@@ -90,18 +98,19 @@ class Core:
         # A CPU whose next request cannot come before the safe time it has (lb, from its last report) may
         # have stopped: it is `waiting`, and gets a larger safe time once that lets it reach its next
         # request (or, with no ring request left, any larger one). Only a report or a reply changes lb.
-        lb, status, waiting = coord.lb, coord.status, self.waiting
-        for c in self.touched:
+        lb, status, waiting, touched = coord.lb, coord.status, self.waiting, self.touched
+        for c in touched:
             if status[c] == RUNNING and lb[c] >= sent[c]:
                 waiting.add(c)
             else:
                 waiting.discard(c)
+        check: set[int] | list[int]
         if safe > self.safe:
             self.safe = safe
             check = waiting
         else:
-            check = self.touched & waiting
-        self.touched = set()
+            check = [c for c in touched if c in waiting]
+        touched.clear()
         for c in check:
             if c not in out and safe > sent[c] and (safe > lb[c] or lb[c] >= INF):
                 out[c] = []
@@ -133,11 +142,17 @@ class Core:
                 h = q[0]
             if h < wm:
                 wm = h
-        self.watermark = wm
-        self.rec.release(wm)
+        if wm != self.watermark or wm == 0:  # an unchanged watermark (after the first) releases nothing new
+            self.watermark = wm
+            self.rec.release(wm)
 
     def complete(self) -> bool:
-        return self.coord.finished() and not any(self.ipi_unseen)
+        if not self.coord.finished():
+            return False
+        for q in self.ipi_unseen:
+            if q:
+                return False
+        return True
 
     def fail(self, err: Exception) -> dict:
         """End the run on an error: locate it in the script, keep everything recorded; the summary."""
@@ -184,7 +199,7 @@ class CpuPort:
         cpu = self.cpu
         self.delivered += len(down.msgs)
         for msg in down.msgs:
-            if type(msg) is m.Ipi:
+            if type(msg) is Ipi:
                 self.ipis_seen += 1
                 cpu.deliver(msg)
             else:
@@ -205,20 +220,22 @@ class CpuPort:
     def work(self, max_ops: int | None = None, must_report: bool = False) -> Up | None:
         """Run the Cpu as far as it may; the batch to send up, or None when there is nothing to say."""
         cpu = self.cpu
-        out: list = []
+        out: list
         if cpu.can_run(self.safe):
             out = cpu.run(self.safe, max_ops)
         elif must_report:
-            out = [m.Progress(cpu.id, cpu.request_bound())]
+            out = [Progress(cpu.id, cpu.request_bound())]
         elif cpu.state != DONE:
             return None  # blocked, or waiting for a larger safe time: nothing new to say
-        if out and type(out[-1]) is m.Progress:
+        else:
+            out = []
+        if out and type(out[-1]) is Progress:
             if self._believed() >= self.safe:
                 out.pop()  # the coordinator already counts this CPU as waiting for a larger safe time
             else:
                 self.bound = out[-1].bound
                 self.replied = False
-        elif out and type(out[-1]) is m.Request:
+        elif out and type(out[-1]) is Request:
             self.after = out[-1].after
         h = cpu.horizon()
         # A blocked CPU's events ride with its next request; a finished one must report what its IPIs did
@@ -232,3 +249,26 @@ class CpuPort:
 
     def runnable(self) -> bool:
         return self.cpu.can_run(self.safe)
+
+
+# ---- the in-process transport's half of a round (engines/inline.py), compiled with the core --------------
+def work_ports(core: Any, ports: list[CpuPort], report: list[bool], active: set[int], max_ops: int) -> None:
+    """Every CPU in `active` runs as far as it may, in id order, and its batch goes to the core at once; a
+    CPU that cannot run leaves `active` until a batch is delivered to it (deliver_ports). core: a Core,
+    or anything with its receive()."""
+    for c in sorted(active) if len(active) > 1 else list(active):
+        port = ports[c]
+        up = port.work(max_ops, report[c])
+        report[c] = False
+        if not port.runnable():
+            active.discard(c)
+        if up is not None:
+            core.receive(c, up)
+
+
+def deliver_ports(downs: list[tuple[int, Down]], ports: list[CpuPort], report: list[bool],
+                  active: set[int]) -> None:
+    """Each batch to its CPU's port at once; the CPU may have something to say now."""
+    for c, down in downs:
+        report[c] = ports[c].deliver(down)
+        active.add(c)

@@ -6,6 +6,7 @@ cannot disagree: only the transport differs.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,12 +14,17 @@ from pathlib import Path
 
 from smpsim.config import Config
 from smpsim.engines import stopping
-from smpsim.engines.core import Core, CpuPort, Down
+from smpsim.engines.core import Core, CpuPort, Down, deliver_ports, work_ports
 from smpsim.engines.recorder import Recorder
 from smpsim.model import workloads
 from smpsim.model.coordinator import Coordinator
 from smpsim.model.cpu import Cpu
 from smpsim.model.errors import ModelError
+
+# Young-generation collections while a run goes on: the run allocates millions of short-lived tuples
+# (messages, events) that reference counting frees, so collecting at every 700 new container objects (the
+# default) only rescans the buffered events: 4-9% of the run's time. A run makes no cycles per event.
+GC_YOUNG = 100_000
 
 
 @dataclass
@@ -60,24 +66,21 @@ class InlineEngine:
 
     def step(self) -> list[tuple[int, Down]]:
         """One round: every CPU that can runs and reports, the core grants; what to deliver."""
-        core, report, ports = self.core, self.report, self.ports
-        active = self.active
-        for c in sorted(active) if len(active) > 1 else list(active):
-            port = ports[c]
-            up = port.work(stopping.RUN_CHUNK, report[c])
-            report[c] = False
-            if not port.runnable():
-                active.discard(c)
-            if up is not None:
-                core.receive(c, up)
-        return core.step()
+        work_ports(self.core, self.ports, self.report, self.active, stopping.RUN_CHUNK)
+        return self.core.step()
 
     def deliver(self, downs: list[tuple[int, Down]]) -> None:
-        for c, down in downs:
-            self.report[c] = self.ports[c].deliver(down)
-            self.active.add(c)
+        deliver_ports(downs, self.ports, self.report, self.active)
 
     def drive(self, progress: Callable[[dict], None] | None = None) -> None:
+        threshold = gc.get_threshold()
+        gc.set_threshold(max(GC_YOUNG, threshold[0]), *threshold[1:])
+        try:
+            self._drive(progress)
+        finally:
+            gc.set_threshold(*threshold)
+
+    def _drive(self, progress: Callable[[dict], None] | None) -> None:
         core = self.core
         self.deliver(core.start())
         rounds = 0

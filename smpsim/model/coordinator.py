@@ -14,36 +14,44 @@ the CPU applies (cpu.service_ipis), and replies once for all of them.
 from __future__ import annotations
 
 import heapq
-from typing import Any
+from heapq import heappop, heappush
+from typing import Any, Final
 
 from smpsim.config import Config
-from smpsim.model import messages as m
+from smpsim.model.messages import INF, Done, Ipi, Progress, Request, reply
 from smpsim.model.cpu import service_ipis
 from smpsim.model.errors import DeadlockError, ModelError
-from smpsim.model.policies import Flush, make_policy, next_tick
+from smpsim.model.policies import Flush, FlushPolicy, make_policy, next_tick
 from smpsim.model.ring import PkmapRing
 
-INF = m.INF
 # How far (cycles) a CPU that never takes kmap_lock may run ahead of the slowest: nothing else keeps such
 # CPUs together, and the events waiting to be merged in canonical order would grow with the run.
-RUN_AHEAD = 1 << 18
-RUNNING, REQUESTED, ASLEEP, DONE = "running", "requested", "asleep", "done"
+RUN_AHEAD: Final = 1 << 18
+# Final: compiled code reads these as constants, not as module attributes at every use.
+RUNNING: Final = "running"
+REQUESTED: Final = "requested"
+ASLEEP: Final = "asleep"
+DONE: Final = "done"
 
 
 class _Request:
-    """One kmap_high / kunmap_high call, kept across sleeps on pkmap_map_wait; `rest` are the calls of the
-    same compound request still to come, `results` what the ones before it returned."""
-    __slots__ = ("t", "cpu", "op", "page", "pc", "t_first", "lock_wait", "slept", "local_flushes", "rest",
-                 "results", "after")
+    """One kmap_high / kunmap_high call, kept across sleeps on pkmap_map_wait; `ops[nxt:]` are the calls of
+    the same compound request still to come (Request.ops: indexed, not sliced per call), `results` what the
+    ones before it returned."""
+    __slots__ = ("t", "cpu", "op", "page", "pc", "t_first", "lock_wait", "slept", "local_flushes", "ops",
+                 "nxt", "results", "after")
 
-    def __init__(self, t: int, cpu: int, op: str, page: int, pc: int, rest: Any = (),
+    def __init__(self, t: int, cpu: int, op: str, page: int, pc: int, ops: Any = (), nxt: int = 1,
                  results: list | None = None, after: int = INF):
         self.t, self.cpu, self.op, self.page, self.pc = t, cpu, op, page, pc
         self.t_first = t
         self.lock_wait = 0
         self.slept = False
-        self.local_flushes: list[tuple[int, Any]] = []  # (time, vpns) of the caller's own flushes
-        self.rest, self.results, self.after = rest, results if results is not None else [], after
+        # (time, vpns) of the caller's own flushes: a tuple, replaced on the rare flush, so a call without
+        # one allocates nothing for it and its result takes it as it is.
+        self.local_flushes: tuple = ()
+        self.ops, self.nxt, self.after = ops, nxt, after
+        self.results: list = results if results is not None else []
 
 
 class _Free:
@@ -64,8 +72,15 @@ class Coordinator:
         self.c_acquire, self.c_handoff, self.c_hold = c.lock_acquire, c.lock_handoff, c.lock_hold
         self.c_scan, self.c_pte = c.pkmap_scan, c.pte_write
         self.ring = PkmapRing(cfg.machine.ring_size)
+        # ring.free_ahead(), asked at every step, kept until a call that can change it (-1: ask again):
+        # only a new mapping (the cursor moves, a wrap), a policy's teardown or a deferred release do.
+        self.free_ahead = -1
         self.policy = make_policy(cfg)
         self.uses_ring, self.flushes_only_at_wrap = self.policy.uses_ring, self.policy.flushes_only_at_wrap
+        # Hooks the policy leaves as FlushPolicy's no-ops are not called at every kmap / kunmap.
+        kind = type(self.policy)
+        self.tracks_holds = kind.kmapped is not FlushPolicy.kmapped or kind.kunmapped is not FlushPolicy.kunmapped
+        self.flushes_at_unmap = kind.unmap_flush is not FlushPolicy.unmap_flush
         self.lock_free_at = 0
         self.lock_owned_from = 0
         self.lock_held_cycles = 0                # kmap_lock held (hand-offs included), for its utilisation
@@ -87,26 +102,29 @@ class Coordinator:
 
     # ---- messages from CPUs ---------------------------------------------------------------------------
     def receive(self, msg: tuple) -> None:
-        if isinstance(msg, m.Request):
-            cpu, t = msg.cpu, msg.t
-            _, op, page, pc = msg.ops[0]
+        kind = type(msg)
+        if kind is Request:
+            cpu, t, ops, after = msg
+            _, op, page, pc = ops[0]
             self.status[cpu] = REQUESTED
             inbox = self.inboxes[cpu]
             while inbox and inbox[0][0] <= t:  # taken before the call
-                heapq.heappop(inbox)
-            self._pend(_Request(t, cpu, op, page, pc, msg.ops[1:], None, msg.after))
-        elif isinstance(msg, m.Progress):
-            self.lb[msg.cpu] = msg.bound
-            heapq.heappush(self.running, (msg.bound, msg.cpu))
-        elif isinstance(msg, m.Done):
-            self.status[msg.cpu] = DONE
-            self.inboxes[msg.cpu] = []
+                heappop(inbox)
+            self._pend(_Request(t, cpu, op, page, pc, ops, 1, None, after))
+        elif kind is Progress:
+            cpu, bound = msg
+            self.lb[cpu] = bound
+            heappush(self.running, (bound, cpu))
+        elif kind is Done:
+            cpu, _ = msg
+            self.status[cpu] = DONE
+            self.inboxes[cpu] = []
         else:
             raise ModelError(getattr(msg, "cpu", None), type(msg).__name__, None, f"unexpected message {msg!r}")
 
     # ---- scheduling -----------------------------------------------------------------------------------
     def _pend(self, r: _Request | _Free) -> None:
-        heapq.heappush(self.pending, (r.t, r.cpu, r))
+        heappush(self.pending, (r.t, r.cpu, r))
 
     def _earliest_running(self) -> tuple[int, int]:
         """(lb, cpu) of the running CPU that can send the earliest request."""
@@ -115,18 +133,18 @@ class Coordinator:
             lb_c, c = heap[0]
             if status[c] == RUNNING and lb[c] == lb_c:
                 return heap[0]
-            heapq.heappop(heap)  # outdated: that CPU reported again, or is no longer running
+            heappop(heap)  # outdated: that CPU reported again, or is no longer running
         return (INF, INF)
 
     def step(self) -> None:
         """Grant every request that no CPU can still precede; results go to self.outbox / self.events."""
         pending = self.pending
-        earliest = self._earliest_running()
+        e_lb, e_c = self._earliest_running()
         while pending:
             t, c, head = pending[0]
-            if earliest[0] < t or (earliest[0] == t and earliest[1] < c):
+            if e_lb < t or (e_lb == t and e_c < c):
                 break  # that CPU may still ask for the lock earlier
-            heapq.heappop(pending)
+            heappop(pending)
             if isinstance(head, _Free):
                 self._free(head)
                 continue
@@ -137,9 +155,11 @@ class Coordinator:
             else:
                 self._kunmap_high(head)
             c = head.cpu  # the only CPU that can have become RUNNING
-            if self.status[c] == RUNNING and (self.lb[c], c) < earliest:
-                earliest = (self.lb[c], c)
-        if not pending and earliest[0] == INF and self.pkmap_map_wait:
+            if self.status[c] == RUNNING:
+                lb_c = self.lb[c]
+                if lb_c < e_lb or (lb_c == e_lb and c < e_c):
+                    e_lb, e_c = lb_c, c
+        if not pending and e_lb == INF and self.pkmap_map_wait:
             sleepers = [r.cpu for r in self.pkmap_map_wait]
             raise DeadlockError(self.t_last, sleepers, self.ring.describe())
 
@@ -170,10 +190,15 @@ class Coordinator:
         before the wrap), so with F free slots ahead of the cursor the wrap comes no earlier than the
         (F+1)-th new mapping, and kmap_lock serializes those: each holds the lock for at least
         lock_hold + pkmap_scan + pte_write."""
-        return self.ring.free_ahead() * (self.c_hold + self.c_scan + self.c_pte) + self.c_hold
+        if self.free_ahead < 0:
+            self.free_ahead = self.ring.free_ahead()
+        return self.free_ahead * (self.c_hold + self.c_scan + self.c_pte) + self.c_hold
 
     def finished(self) -> bool:
-        return all(s == DONE for s in self.status)
+        for s in self.status:
+            if s != DONE:
+                return False
+        return True
 
     # ---- kmap_lock ------------------------------------------------------------------------------------
     def _lock(self, r: _Request) -> int:
@@ -193,9 +218,10 @@ class Coordinator:
     def _kmap_high(self, r: _Request) -> None:
         ring, cpu, page = self.ring, r.cpu, r.page
         t = self._lock(r)
-        slot = ring.lookup(page)
+        slot = ring.page_address.get(page)
         new = False
         if slot is None:
+            self.free_ahead = -1
             t_scan = t
 
             def on_wrap(probes: int) -> None:
@@ -224,7 +250,8 @@ class Coordinator:
             new = True
             t += self.c_pte
         ring.pkmap_count[slot] += 1
-        self.policy.kmapped(cpu, page)
+        if self.tracks_holds:
+            self.policy.kmapped(cpu, page)
         self._unlock(t)
         self.events.append((t, cpu, "kmap", page, slot, new, r.slept, t - r.t_first, r.lock_wait))
         self._reply(r, t, slot)
@@ -232,18 +259,20 @@ class Coordinator:
     def _kunmap_high(self, r: _Request) -> None:
         ring, cpu, page = self.ring, r.cpu, r.page
         t = self._lock(r)
-        slot = ring.lookup(page)
+        slot = ring.page_address.get(page)
         if slot is None:
             raise ModelError(cpu, "kunmap", r.pc, f"kunmap_high of page {page}, which has no pkmap address "
                              f"(the kernel BUG()s)", r.t)
         ring.pkmap_count[slot] -= 1
-        self.policy.kunmapped(cpu, page)
+        if self.tracks_holds:
+            self.policy.kunmapped(cpu, page)
         count = ring.pkmap_count[slot]
         if count == 0:
             raise ModelError(cpu, "kunmap", r.pc, f"pkmap_count of slot {slot} (page {page}) reached 0 in "
                              f"kunmap_high: more kunmaps than kmaps (the kernel BUG()s: a count must never "
                              f"go down to zero without a TLB flush)", r.t)
-        if count == 1:
+        if count == 1 and self.flushes_at_unmap:
+            self.free_ahead = -1
             flush = self.policy.unmap_flush(ring, slot, cpu)
             if flush is not None:  # the policy tore slots down (this one among them): make that safe
                 count = ring.pkmap_count[slot]
@@ -269,6 +298,7 @@ class Coordinator:
     def _free(self, f: _Free) -> None:
         """Deferred slots become free once every CPU has invalidated them, then sleepers retry."""
         t = max(f.t, self.lock_free_at)
+        self.free_ahead = -1
         for initiator, slots in f.batches:
             self.ring.release(slots)
             self.events.append((t, initiator, "free", len(slots)))
@@ -277,26 +307,26 @@ class Coordinator:
 
     def _reply(self, r: _Request, t: int, slot: int) -> None:
         cpu = r.cpu
-        r.results.append((r.t_first, t, slot, tuple(r.local_flushes)))
+        r.results.append((r.t_first, t, slot, r.local_flushes))
         inbox = self.inboxes[cpu]  # as the CPU will: IPIs due by t were serviced while it waited
         end = service_ipis(t, inbox, False) if inbox and inbox[0][0] <= t else t
-        if r.rest:
-            gap, op, page, pc = r.rest[0]
-            nxt = _Request(service_ipis(end + gap, self.inboxes[cpu], True), cpu, op, page, pc, r.rest[1:],
+        if r.nxt < len(r.ops):
+            gap, op, page, pc = r.ops[r.nxt]
+            nxt = _Request(service_ipis(end + gap, inbox, True), cpu, op, page, pc, r.ops, r.nxt + 1,
                            r.results, r.after)
             self.computing[cpu] = nxt
             self._pend(nxt)
             return
         self.status[cpu] = RUNNING
         lb = self.lb[cpu] = end + r.after if r.after < INF else INF
-        heapq.heappush(self.running, (lb, cpu))
-        self.outbox.append((cpu, m.Reply(cpu, tuple(r.results))))
+        heappush(self.running, (lb, cpu))
+        self.outbox.append((cpu, reply(cpu, tuple(r.results))))
 
-    def _ipi_to_computing(self, nxt: _Request, ipi: m.Ipi) -> None:
+    def _ipi_to_computing(self, nxt: _Request, ipi: Ipi) -> None:
         """An IPI for a CPU between two calls of a compound request: it stretches that compute if it
         arrives before the later call (service_ipis' running rule), which moves the call."""
         inbox = self.inboxes[nxt.cpu]
-        heapq.heappush(inbox, (ipi.t_recv, ipi.src, ipi))
+        heappush(inbox, (ipi.t_recv, ipi.src, ipi))
         if ipi.t_recv <= nxt.t:
             pending = self.pending
             pending.remove((nxt.t, nxt.cpu, nxt))
@@ -305,14 +335,14 @@ class Coordinator:
             heapq.heapify(pending)
 
     # ---- TLB shootdown --------------------------------------------------------------------------------
-    def _send_ipi(self, j: int, ipi: m.Ipi) -> None:
+    def _send_ipi(self, j: int, ipi: Ipi) -> None:
         """Send CPU j an IPI (or a latr lazy list, which takes its time the same way) and mirror its inbox."""
         self.outbox.append((j, ipi))
         nxt = self.computing[j]
         if nxt is not None:
             self._ipi_to_computing(nxt, ipi)
         elif self.status[j] != DONE:
-            heapq.heappush(self.inboxes[j], (ipi.t_recv, ipi.src, ipi))
+            heappush(self.inboxes[j], (ipi.t_recv, ipi.src, ipi))
 
     def _flush(self, t: int, initiator: int, flush: Flush, r: _Request) -> int:
         """Run a flush starting at t under kmap_lock; returns when the initiator resumes."""
@@ -324,7 +354,7 @@ class Coordinator:
             t_tick = next_tick(t, flush.tick)
             for j in range(self.ncpu):
                 if j != initiator:
-                    self._send_ipi(j, m.Ipi(initiator, t, t_tick, t_tick + work, t_tick + work, "tick", vpns))
+                    self._send_ipi(j, Ipi(initiator, t, t_tick, t_tick + work, t_tick + work, "tick", vpns))
             f = self.frees.get(t_tick)
             if f is None:
                 f = self.frees[t_tick] = _Free(t_tick)
@@ -336,9 +366,9 @@ class Coordinator:
             t_recv = t_send + c.ipi_latency
             t_handled = t_recv + c.ipi_handler + work
             t_ack = t_handled + c.ipi_ack
-            self._send_ipi(j, m.Ipi(initiator, t_send, t_recv, t_handled, t_ack, flush.scope, vpns))
+            self._send_ipi(j, Ipi(initiator, t_send, t_recv, t_handled, t_ack, flush.scope, vpns))
             t_end = max(t_end, t_ack)
-        r.local_flushes.append((t_end, vpns))  # then the initiator flushes its own TLB
+        r.local_flushes += ((t_end, vpns),)  # then the initiator flushes its own TLB
         t_end += work
         self.events.append((t, initiator, "flush", flush.scope, flush.slots, targets,
                             None if vpns is None else len(vpns), t_end - t))

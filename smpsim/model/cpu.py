@@ -8,23 +8,26 @@ so its behaviour does not depend on when messages physically arrive.
 
 from __future__ import annotations
 
-import heapq
-from typing import Any
+from heapq import heappop, heappush
+from typing import Any, Final
 
 from smpsim.config import Config
 from smpsim.model import messages as m
+from smpsim.model.messages import INF, Done, Ipi, Progress, Reply, Request, request
 from smpsim.model.errors import ModelError
 from smpsim.model.policies import make_policy
 from smpsim.model.tlb import Tlb
 from smpsim.model.workloads import Program
 
+# Final: compiled code reads these as constants, not as module attributes at every use.
 # Virtual page number of the first kmap_local fixmap slot; pkmap slots are vpns 0 .. LAST_PKMAP - 1.
-LOCAL_BASE = 1 << 20
+LOCAL_BASE: Final = 1 << 20
 
-RUNNING, BLOCKED, DONE = "running", "blocked", "done"
-INF = m.INF
-MAX_CHAIN = 16      # ring calls in one compound request
-CHAIN_SCAN = 256    # operations looked at for one
+RUNNING: Final = "running"
+BLOCKED: Final = "blocked"
+DONE: Final = "done"
+MAX_CHAIN: Final = 16      # ring calls in one compound request
+CHAIN_SCAN: Final = 256    # operations looked at for one
 
 
 def service_ipis(clock: int, inbox: list, running: bool, handle=None) -> int:
@@ -37,7 +40,7 @@ def service_ipis(clock: int, inbox: list, running: bool, handle=None) -> int:
     the new clock; handle(ipi, running) applies each IPI's effect."""
     end = clock
     while inbox and inbox[0][0] <= clock:
-        ipi = heapq.heappop(inbox)[2]
+        ipi = heappop(inbox)[2]
         if handle is not None:
             handle(ipi, running)
         if running:
@@ -92,18 +95,19 @@ class Cpu:
             if pc - base >= n:
                 if not prog.fill(pc):
                     self._finish()
-                    out.append(m.Done(self.id, self.clock))
+                    out.append(Done(self.id, self.clock))
                     break
                 ops, base = prog.ops, prog.base  # the window moved
                 n = len(ops)
             if (clock >= safe or pc >= stop_pc) and not self.results:
-                out.append(m.Progress(self.id, self.request_bound()))
+                out.append(Progress(self.id, self.request_bound()))
                 break
             op = ops[pc - base]
             code: str = op[0]
             self.started = clock
             if code == "compute":  # the operations in the order of how often they come
-                self.clock = clock + op[1]
+                cycles: int = op[1]  # typed: compiled code adds machine ints, not objects
+                self.clock = clock + cycles
             elif code == "access":
                 self._access(op[1], op[2], op[3])
             elif code == "kmap" or code == "kunmap":
@@ -130,30 +134,31 @@ class Cpu:
         for page in list(self.use):  # pages still held when the program ends
             self._record_use(page)
         while self.inbox:
-            self._handle_ipi(heapq.heappop(self.inbox)[2], False)
+            self._handle_ipi(heappop(self.inbox)[2], False)
 
-    def _request(self) -> m.Request:
+    def _request(self) -> Request:
         """The ring call at pc, with the ring calls after it that only compute separates from it."""
         pc = self.pc
         ops, base = self._window(pc + CHAIN_SCAN + 65)  # the chain, and the lookahead after it
         op = ops[pc - base]
         items = [(0, op[0], op[1], pc)]
-        gap, j, end = 0, pc + 1, min(base + len(ops), pc + CHAIN_SCAN)
+        gap, j, end, last = 0, pc + 1, min(base + len(ops), pc + CHAIN_SCAN), pc
         while j < end:
             op = ops[j - base]
             code: str = op[0]
             if code == "compute":
-                gap += op[1]
+                cycles: int = op[1]
+                gap += cycles
             elif code == "kmap" or code == "kunmap":
                 items.append((gap, code, op[1], j))
-                gap = 0
+                gap, last = 0, j
                 if len(items) >= MAX_CHAIN:
                     break
             else:
                 break
             j += 1
-        after = self._least_to_request(items[-1][3] + 1, ops, base)
-        return m.Request(self.id, self.clock, tuple(items), after)
+        after = self._least_to_request(last + 1, ops, base)
+        return request(self.id, self.clock, tuple(items), after)
 
     def can_run(self, safe: int) -> bool:
         """Whether run(safe) would get anywhere: an operation to start before safe, the next item of a
@@ -169,7 +174,7 @@ class Cpu:
         gap = self._least_to_request(self.pc)
         return INF if gap >= INF else self.clock + gap
 
-    def _least_to_request(self, pc: int, ops: list | None = None, base: int = 0, scan: int = 64) -> int:
+    def _least_to_request(self, pc: int, ops: list[tuple] | None = None, base: int = 0, scan: int = 64) -> int:
         """The least cycles from starting the operation at pc to the next kmap/kunmap request (INF: none).
         (ops, base): a window already holding positions up to pc + scan (those that exist), if the caller
         has one."""
@@ -184,14 +189,16 @@ class Cpu:
             op = ops[i]
             code: str = op[0]
             if code == "compute":
-                t += op[1]
+                cycles: int = op[1]
+                t += cycles
             elif code == "access":
-                t += op[2] * c_access
+                n: int = op[2]
+                t += n * c_access
             else:
                 return t
         return INF if pc + scan >= end else t
 
-    def _window(self, upto: int) -> tuple[list, int]:
+    def _window(self, upto: int) -> tuple[list[tuple], int]:
         """(ops, base): the program's window, holding the operations from pc up to `upto` (those that exist);
         ops[i - base] is the operation at position i."""
         prog = self.program
@@ -207,7 +214,7 @@ class Cpu:
 
     # ---- messages from the coordinator ---------------------------------------------------------------
     def deliver(self, msg: tuple) -> None:
-        if type(msg) is m.Ipi:
+        if type(msg) is Ipi:
             if msg.t_recv <= self.started and self.state != DONE:
                 raise ModelError(self.id, "ipi", None,
                                  f"causality violation: IPI for t={msg.t_recv} reached a CPU that "
@@ -215,8 +222,8 @@ class Cpu:
             if self.state == DONE:
                 self._handle_ipi(msg, False)
             else:
-                heapq.heappush(self.inbox, (msg.t_recv, msg.src, msg))
-        elif type(msg) is m.Reply:
+                heappush(self.inbox, (msg.t_recv, msg.src, msg))
+        elif type(msg) is Reply:
             if self.state != BLOCKED:
                 raise ModelError(self.id, "reply", None, "reply while not waiting for one (engine bug)")
             self.state = RUNNING
@@ -230,6 +237,9 @@ class Cpu:
 
     def _take_result(self, code: str, page: int) -> None:
         """Apply the coordinator's result for the ring call at pc."""
+        t: int  # typed: compiled code compares machine ints, not objects
+        t_done: int
+        slot: int
         t, t_done, slot, local_flushes = self.results.pop()
         if t != self.clock:
             raise self._error(code, f"the coordinator placed this call at t={t}, the CPU got there at "
@@ -241,7 +251,7 @@ class Cpu:
             own = list(local_flushes)
             own.reverse()
 
-            def handle(ipi: m.Ipi, running: bool) -> None:
+            def handle(ipi: Ipi, running: bool) -> None:
                 while own and own[-1][0] <= ipi.t_recv:
                     self._flush_tlb(own.pop()[1])
                 self._handle_ipi(ipi, running)
@@ -261,7 +271,7 @@ class Cpu:
             self.resumed = end
 
     # ---- TLB ------------------------------------------------------------------------------------------
-    def _handle_ipi(self, ipi: m.Ipi, running: bool) -> None:
+    def _handle_ipi(self, ipi: Ipi, running: bool) -> None:
         dropped = self._flush_tlb(ipi.vpns)
         if ipi.scope == "tick":  # not an interrupt: LATR's lazy list, invalidated locally at this tick
             self.events.append((ipi.t_recv, self.id, "flush", "tick", None, [],
@@ -309,17 +319,19 @@ class Cpu:
         if u is None:
             self.use[page] = [slot, n, n if write else 0, hits, misses]
         else:
-            u[1] += n
-            u[2] += n if write else 0
-            u[3] += hits
-            u[4] += misses
+            # u[i] = u[i] + x, not u[i] += x: compiled, the augmented form adds objects, this adds ints
+            u[1] = u[1] + n
+            u[2] = u[2] + (n if write else 0)
+            u[3] = u[3] + hits
+            u[4] = u[4] + misses
         self.clock = t + n * self.c_access + hits * self.c_hit + misses * self.c_walk
 
     def _record_use(self, page: int) -> None:
         """One `access` event for the accesses made through a page's address since it was kmapped,
         recorded when the hold ends: per hold, not per access, keeps the trace small."""
-        u = self.use.pop(page, None)
+        u = self.use.get(page)  # get and del: compiled code has no fast pop with a default
         if u is not None:
+            del self.use[page]
             self.events.append((self.clock, self.id, "access", page, u[0], u[1], u[2], u[3], u[4]))
 
     # ---- kmap_local: CPU-private slots, no lock, no IPIs -------------------------------------------------

@@ -4,9 +4,11 @@ plain arrays."""
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
-INF = 1 << 62
+# "Never": larger than any time. The largest int compiled code keeps unboxed (2**62 - 1): compared with
+# it, a time stays a machine word, where 2**62 took the slow path of a boxed int at every comparison.
+INF: Final = (1 << 62) - 1
 
 
 # ---- CPU -> coordinator -------------------------------------------------------------------------------
@@ -56,6 +58,19 @@ class Ipi(NamedTuple):
     t_ack: int
     scope: str
     vpns: Any   # a sequence of ints; None: a full flush
+
+
+# The messages sent once per kmap, built as tuple.__new__ does it: a NamedTuple's own constructor runs a
+# Python __new__ (an interpreted frame even when called from compiled code). Same type, same fields.
+_new: Final = tuple.__new__
+
+
+def request(cpu: int, t: int, ops: Any, after: int) -> Request:
+    return _new(Request, (cpu, t, ops, after))
+
+
+def reply(cpu: int, results: Any) -> Reply:
+    return _new(Reply, (cpu, results))
 
 
 KINDS: tuple[type, ...] = (Request, Progress, Done, Reply, Ipi)

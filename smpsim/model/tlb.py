@@ -23,13 +23,13 @@ class Tlb:
         """An access through vpn: the cached frame on a hit (refreshing its LRU position), else None after
         the page walk filled in ``walked`` (evicting the set's least recently used entry if full)."""
         s = self.sets[vpn % self.nsets]
-        frame = s.pop(vpn, None)
+        frame = s.get(vpn)  # get and del, not pop(vpn, None): compiled code has no fast pop with a default
         if frame is None:
             if len(s) >= self.ways:
                 del s[next(iter(s))]
-            s[vpn] = walked
         else:
-            s[vpn] = frame
+            del s[vpn]  # re-inserted last: the most recently used
+        s[vpn] = walked if frame is None else frame
         return frame
 
     def invalidate_pages(self, vpns) -> list[int]:

@@ -41,7 +41,7 @@ from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from itertools import accumulate
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Final, Iterator
 
 from smpsim.config import Config
 
@@ -49,14 +49,14 @@ Op = tuple
 ScriptOps = dict[int, list[tuple[Op, int]]]
 
 # Redraws of an already-held page before falling back to probing the next free page.
-_MAX_REDRAWS = 64
+_MAX_REDRAWS: Final = 64
 # Largest 2*mean+1 for which compute tuples are precomputed in a table.
-_COMPUTE_TABLE_MAX = 1 << 16
+_COMPUTE_TABLE_MAX: Final = 1 << 16
 # Pingpong: pages cycled through per pair (slots get reused quickly).
-_PINGPONG_SPAN = 64
+_PINGPONG_SPAN: Final = 64
 # Operations per generated block (about 11 per kmap by default): a Program holds about one block.
-_BLOCK = 512
-_SCRIPT_BLOCK = 512
+_BLOCK: Final = 512
+_SCRIPT_BLOCK: Final = 512
 
 
 class WorkloadError(Exception):
@@ -389,8 +389,21 @@ def _zipf_tables(seed: int, pages: int, s: float) -> tuple[list[float], list[int
     """Cumulative weights of ranks 1..pages (weight r**-s) and the rank -> page permutation."""
     cdf = list(accumulate(r ** -s for r in range(1, pages + 1)))
     perm = list(range(pages))
-    random.Random(f"{seed}:zipf-perm").shuffle(perm)
+    _shuffle(perm, random.Random(f"{seed}:zipf-perm"))
     return cdf, perm
+
+
+def _shuffle(x: list[int], rng: random.Random) -> None:
+    """rng.shuffle(x), spelled out (CPython's algorithm, so the same permutation: tests/test_workloads.py)
+    for the compiled module to run it: the standard library's costs ~10 ms of every run at 8192 pages."""
+    getrandbits = rng.getrandbits
+    for i in range(len(x) - 1, 0, -1):
+        n = i + 1  # j uniform in [0, n): _randbelow's rejection sampling over n.bit_length() bits
+        k = n.bit_length()
+        j = getrandbits(k)
+        while j >= n:
+            j = getrandbits(k)
+        x[i], x[j] = x[j], x[i]
 
 
 def _page_picker(cfg: Config, cpu: int, rand: Callable[[], float]) -> tuple[Callable[[int], int], int]:
@@ -442,26 +455,24 @@ def _generated(cfg: Config, cpu: int, kind: str) -> Iterator[list[Op]]:
 
     think_t, think_n = _compute_table(w.think)
     hold_t, hold_n = _compute_table(w.hold)
-    accesses = range(w.accesses_per_kmap)
+    accesses = w.accesses_per_kmap  # range() at the loop: compiled code counts without an iterator
     burst = w.access_burst
     wf = w.write_fraction
 
     ops: list[Op] = []
-    app = ops.append
     if nest == 1:
         for i in range(total):
-            app(think_t[int(rand() * think_n)])
+            ops.append(think_t[int(rand() * think_n)])
             p = pick(i)
-            app(("kmap", p))
+            ops.append(("kmap", p))
             acc_w, acc_r = ("access", p, burst, True), ("access", p, burst, False)
-            for _ in accesses:
-                app(hold_t[int(rand() * hold_n)])
-                app(acc_w if rand() < wf else acc_r)
-            app(("kunmap", p))
+            for _ in range(accesses):
+                ops.append(hold_t[int(rand() * hold_n)])
+                ops.append(acc_w if rand() < wf else acc_r)
+            ops.append(("kunmap", p))
             if len(ops) >= _BLOCK:
                 yield ops
                 ops = []
-                app = ops.append
         yield ops
         return
 
@@ -469,7 +480,7 @@ def _generated(cfg: Config, cpu: int, kind: str) -> Iterator[list[Op]]:
     while i < total:
         group: list[int] = []
         for _ in range(min(nest, total - i)):
-            app(think_t[int(rand() * think_n)])
+            ops.append(think_t[int(rand() * think_n)])
             p = pick(i)
             if not sequential and p in group:
                 tries = 0
@@ -479,18 +490,17 @@ def _generated(cfg: Config, cpu: int, kind: str) -> Iterator[list[Op]]:
                 while p in group:  # pathological (e.g. hot_fraction = 1 with few hot pages): probe
                     p = (p + 1) % pages
             group.append(p)
-            app(("kmap", p))
+            ops.append(("kmap", p))
             acc_w, acc_r = ("access", p, burst, True), ("access", p, burst, False)
-            for _ in accesses:
-                app(hold_t[int(rand() * hold_n)])
-                app(acc_w if rand() < wf else acc_r)
+            for _ in range(accesses):
+                ops.append(hold_t[int(rand() * hold_n)])
+                ops.append(acc_w if rand() < wf else acc_r)
             i += 1
         for p in reversed(group):
-            app(("kunmap", p))
+            ops.append(("kunmap", p))
         if len(ops) >= _BLOCK:
             yield ops
             ops = []
-            app = ops.append
     yield ops
 
 
@@ -521,32 +531,30 @@ def _pingpong(cfg: Config, cpu: int) -> Iterator[list[Op]]:
     rand = rng.random
     think_t, think_n = _compute_table(w.think)
     hold_t, hold_n = _compute_table(w.hold)
-    accesses = range(w.accesses_per_kmap)
+    accesses = w.accesses_per_kmap  # range() at the loop: compiled code counts without an iterator
     burst = w.access_burst
     write = not reader
     nest = min(w.nesting, span)
 
     ops: list[Op] = []
-    app = ops.append
     if reader:
-        app(("compute", w.think + w.hold * w.accesses_per_kmap))
+        ops.append(("compute", w.think + w.hold * w.accesses_per_kmap))
     r = 0
     while r < total:
         group: list[int] = []
         for _ in range(min(nest, total - r)):
-            app(think_t[int(rand() * think_n)])
+            ops.append(think_t[int(rand() * think_n)])
             p = (base + r % span) % pages
             group.append(p)
-            app(("kmap", p))
+            ops.append(("kmap", p))
             acc = ("access", p, burst, write)
-            for _ in accesses:
-                app(hold_t[int(rand() * hold_n)])
-                app(acc)
+            for _ in range(accesses):
+                ops.append(hold_t[int(rand() * hold_n)])
+                ops.append(acc)
             r += 1
         for p in reversed(group):
-            app(("kunmap", p))
+            ops.append(("kunmap", p))
         if len(ops) >= _BLOCK:
             yield ops
             ops = []
-            app = ops.append
     yield ops
