@@ -30,3 +30,36 @@ def test_profile_job_covers_every_process(subprocess_env):
     assert prof["messages_in_per_wakeup"] >= 1 and prof["messages_in_per_step"] >= 1
     text = render(prof)
     assert "coordinator: user" in text and "CPU processes, all together" in text
+
+
+def test_critical_path_counts_each_round_trip_that_waits_on_the_one_before(tmp_path):
+    """One CPU: each ring request waits for the reply to the one before, so the rounds of the single-process
+    engine (what bench reports as the critical path) are at least the requests. Here kunmap, compute and
+    the next kmap go as one compound request: n kmaps make n + 1 requests."""
+    from smpsim.config import load_config
+    from smpsim.engines.inline import run
+    n = 6
+    lines = []
+    for i in range(n):
+        lines += [{"cpu": 0, "op": "kmap", "page": i}, {"cpu": 0, "op": "access", "page": i, "n": 2},
+                  {"cpu": 0, "op": "kunmap", "page": i}, {"cpu": 0, "op": "compute", "cycles": 500}]
+    script = tmp_path / "chain.jsonl"
+    script.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    cfg = load_config(None, ["machine.cpus=1", "workload.kind=script", f"workload.script={script}"])
+    res = run(cfg)
+    assert res.summary["counters"]["kmaps"] == n
+    assert n + 1 <= res.timing["rounds"] <= n + 3
+
+
+def test_missed_ratio_targets_say_how_far_this_machine_lets_them_go():
+    from smpsim.bench.runner import check_targets, render
+    fig = {k: {"median": v, "min": v, "max": v, "n": 1} for k, v in {
+        "ratio_distributed_to_ceiling@8": 0.2, "ratio_bound_critical_path_to_ceiling@8": 0.41,
+        "ratio_cpu_per_kmap_distributed_to_inline@8": 9.0, "ratio_cpu_floor_one_round_trip_to_inline@8": 3.6,
+        "messages_per_kmap@8": 2.0}.items()}
+    rows = {t["figure"]: t for t in check_targets(fig, {})}
+    assert rows["ratio_distributed_to_ceiling@8"]["limit"] == "at most 0.410 with this run's critical path of round trips"
+    assert rows["ratio_cpu_per_kmap_distributed_to_inline@8"]["limit"] == "at least 3.600 with one bare round trip per kmap"
+    assert "limit" not in rows["messages_per_kmap@8"]
+    text = render({"figures": fig, "targets": list(rows.values()), "digests_equal": {}, "setup": {}})
+    assert "0.200 (target >= 0.5; at most 0.410 with this run's critical path of round trips)" in text

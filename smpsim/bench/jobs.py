@@ -50,6 +50,7 @@ def job_inline(cpus: int, kmaps_total: int, trace: bool = True) -> dict:
     from smpsim.native import path
     return {"kmaps": kmaps, "seconds": res.timing["seconds"], "kmaps_per_s": kmaps / res.timing["seconds"],
             "cpu_us_per_kmap": user + sys_, "events": res.summary["events"], "digest": res.summary["digest"],
+            "rounds_per_kmap": res.timing["rounds"] / kmaps,
             "maxrss_mb": _maxrss_mb(), "path": path()["path"]}
 
 

@@ -58,6 +58,10 @@ def measure(reps: int = 3, kmaps_total: int = 12_000, cpus: tuple[int, ...] = (8
     paths: set[str] = set()  # the single-process engine's: compiled or pure (smpsim/native.py)
     for rep in range(reps):
         rate: dict[int, float] = {}
+        # One client: a chain of round trips, each waiting for the one before, as the engine's critical path is
+        say(f"rep {rep + 1}/{reps}: ping-pong, 1 client")
+        chain = run_job({"job": "pingpong", "clients": 1, "round_trips": max(1, round_trips // 4)}, timeout)["rate"]
+        add("ceiling_rt_per_s@1", chain)
         for n in cpus:
             say(f"rep {rep + 1}/{reps}: ping-pong ceiling, {n} clients")
             pp = run_job({"job": "pingpong", "clients": n, "round_trips": round_trips}, timeout)
@@ -84,6 +88,10 @@ def measure(reps: int = 3, kmaps_total: int = 12_000, cpus: tuple[int, ...] = (8
             # The least that ratio can be with one bare round trip per kmap on top of the model's work
             add(f"ratio_cpu_floor_one_round_trip_to_inline@{n}",
                 (pp["cpu_us_per_round_trip"] + i["cpu_us_per_kmap"]) / i["cpu_us_per_kmap"])
+            # The run's critical path: rounds of the single-process engine per kmap, each waiting on the one
+            # before; with each a bare one-client round trip and the model free, the most the ratio can be.
+            add(f"critical_path_round_trips_per_kmap@{n}", i["rounds_per_kmap"])
+            add(f"ratio_bound_critical_path_to_ceiling@{n}", chain / i["rounds_per_kmap"] / pp["rate"])
             digests.setdefault(n, set()).update((d["digest"], i["digest"]))
         if len(cpus) > 1:  # how throughput holds up from the fewest to the most CPUs measured
             add(f"ratio_throughput_{max(cpus)}_to_{min(cpus)}", rate[max(cpus)] / rate[min(cpus)])
@@ -174,6 +182,16 @@ TARGETS = [
 ]
 
 
+# Target figure -> the figure that says how far this machine lets it go, and how to say so.
+LIMITS = {
+    **{f"ratio_distributed_to_ceiling@{n}": (f"ratio_bound_critical_path_to_ceiling@{n}",
+                                             "at most {:.3f} with this run's critical path of round trips")
+       for n in (8, 64)},
+    "ratio_cpu_per_kmap_distributed_to_inline@8": ("ratio_cpu_floor_one_round_trip_to_inline@8",
+                                                   "at least {:.3f} with one bare round trip per kmap"),
+}
+
+
 def check_targets(figures: dict, lengths: dict) -> list[dict]:
     out = []
     for key, op, bound, what in TARGETS:
@@ -182,8 +200,11 @@ def check_targets(figures: dict, lengths: dict) -> list[dict]:
             continue
         v = f["median"]
         met = v >= bound if op == ">=" else v <= bound if op == "<=" else v < bound
-        out.append({"figure": key, "median": v, "target": f"{op} {bound:g}", "met": met,
-                    "what": what.format(**lengths)})
+        row = {"figure": key, "median": v, "target": f"{op} {bound:g}", "met": met, "what": what.format(**lengths)}
+        limit_key, say = LIMITS.get(key, (None, ""))
+        if limit_key in figures:
+            row["limit"] = say.format(figures[limit_key]["median"])
+        out.append(row)
     return out
 
 
@@ -194,7 +215,8 @@ def render(result: dict) -> str:
         lines.append(f"{k:44s} {f['median']:12.3f} {f['min']:12.3f} {f['max']:12.3f}")
     lines.append("")
     for t in result["targets"]:
-        lines.append(f"{'met ' if t['met'] else 'MISS'}  {t['what']}: {t['median']:.3f} (target {t['target']})")
+        limit = f"; {t['limit']}" if "limit" in t else ""
+        lines.append(f"{'met ' if t['met'] else 'MISS'}  {t['what']}: {t['median']:.3f} (target {t['target']}{limit})")
     for n, ok in result["digests_equal"].items():
         lines.append(f"{'ok  ' if ok else 'FAIL'}  digest(distributed) == digest(inline) at {n} CPUs"
                      " (inline: compiled and pure Python, where compiled)")

@@ -49,7 +49,7 @@ def run(cfg: Config, out_dir: Path | None = None,
         engine.fail(e)
         raise
     summary = engine.core.close()
-    return RunResult(summary, out_dir, {"seconds": time.perf_counter() - t0})
+    return RunResult(summary, out_dir, {"seconds": time.perf_counter() - t0, "rounds": engine.rounds})
 
 
 class InlineEngine:
@@ -63,6 +63,9 @@ class InlineEngine:
         # The CPUs that may have something to say: those delivered a batch since they last worked, and those
         # that stopped at RUN_CHUNK operations. Any other CPU's work() returns None: polling it is wasted.
         self.active = set(range(len(self.ports)))
+        # Rounds driven: each waits on the one before, so this is the run's critical path in round trips
+        # (what no transport can shorten; `smpsim bench` reports it per kmap).
+        self.rounds = 0
 
     def step(self) -> list[tuple[int, Down]]:
         """One round: every CPU that can runs and reports, the core grants; what to deliver."""
@@ -83,15 +86,14 @@ class InlineEngine:
     def _drive(self, progress: Callable[[dict], None] | None) -> None:
         core = self.core
         self.deliver(core.start())
-        rounds = 0
         while True:
             self.deliver(self.step())
+            self.rounds += 1
             core.release()
             if core.complete():
                 return
             stopping.check()  # a signal: stop here, where everything below the watermark is written
-            rounds += 1
-            if progress is not None and rounds % 256 == 0:
+            if progress is not None and self.rounds % 256 == 0:
                 progress(core.progress())
 
     def fail(self, err: BaseException) -> dict:
