@@ -350,3 +350,16 @@ def test_real_run_without_trace(subprocess_env, tmp_path):
     assert q.returncode == 0 and not (out / "trace").exists()
     e = smpsim(["export", out], subprocess_env, tmp_path)
     assert e.returncode == 2 and "no trace" in e.stderr
+
+
+@pytest.mark.timeout(60)
+def test_help_into_a_pipe_closed_early_is_quiet(subprocess_env, smpsim_cmd):
+    """`smpsim bench --help | head -1` where head has gone: the write fails (EPIPE); no traceback on stderr."""
+    import os
+    for args in (["bench", "--help"], ["--help"]):
+        r, w = os.pipe()
+        os.close(r)  # the reader is gone before anything is written
+        p = subprocess.Popen([*smpsim_cmd, *args], stdout=w, stderr=subprocess.PIPE, env=subprocess_env)
+        os.close(w)
+        _, err = p.communicate(timeout=30)
+        assert "Traceback" not in err.decode(), err.decode()[-2000:]

@@ -89,15 +89,16 @@ class TrackedRing(PkmapRing):
 
 
 def pending_invalidations(coord: Coordinator, cpus, downs) -> list[list]:
-    """Per CPU: the vpn sets (None = everything) it has been sent (or will be) but has not applied yet."""
+    """Per CPU: the vpn sets (None = everything) it has been sent (or will be) but has not applied yet.
+    downs: (CPU, model messages) on their way (in_flight)."""
     pend: list[list] = [[] for _ in cpus]
     for cpu in cpus:
         for _, _, ipi in cpu.inbox:
             pend[cpu.id].append(ipi.vpns)
         for result in cpu.results:
             pend[cpu.id] += [v for _, v in result[3]]
-    for dest, down in downs:
-        for msg in down.msgs:
+    for dest, msgs in downs:
+        for msg in msgs:
             if type(msg) is m.Ipi:
                 pend[dest].append(msg.vpns)
             else:
@@ -155,6 +156,12 @@ def check_state(coord: Coordinator, cpus, downs, where: str) -> list[str]:
     return bad
 
 
+def in_flight(engine, downs) -> list[tuple]:
+    """(CPU, model messages) on their way: the batches of a step, and the replies the core holds back until
+    their CPU's safe time lets it on."""
+    return [(c, down.msgs) for c, down in downs] + list(engine.core.held.items())
+
+
 def instrumented_run(cfg, max_violations: int = 20):
     """The inline engine, stepped, with state checks after every step. Returns (violations, ring, events)."""
     coord = Coordinator(cfg)
@@ -175,9 +182,9 @@ def instrumented_run(cfg, max_violations: int = 20):
     while True:
         downs = engine.step()
         steps += 1
-        violations += check_state(coord, cpus, downs, f"step {steps} (before delivery)")
+        violations += check_state(coord, cpus, in_flight(engine, downs), f"step {steps} (before delivery)")
         engine.deliver(downs)
-        violations += check_state(coord, cpus, [], f"step {steps}")
+        violations += check_state(coord, cpus, in_flight(engine, []), f"step {steps}")
         violations += ring.bad
         ring.bad = []
         engine.core.release()

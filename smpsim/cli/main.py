@@ -22,6 +22,9 @@ from smpsim.cli import analyze
 from smpsim.cli import bench, calibrate, config_cmd, distributed, export, keygen, run, sweep
 from smpsim.cli.common import EXIT_USAGE
 
+# typer's Abort, and Click's where typer still runs on Click (typer's own copy of Click has none)
+_ABORTS = (typer.Abort, *((click_exceptions.Abort,) if hasattr(click_exceptions, "Abort") else ()))
+
 
 class _Group(TyperGroup):
     """The top-level group: a usage mistake (unknown command or option, missing argument, bad value) is one
@@ -41,7 +44,7 @@ class _Group(TyperGroup):
         except click_exceptions.ClickException as e:
             print(f"error: {e.format_message()}", file=sys.stderr)
             sys.exit(e.exit_code)
-        except (click_exceptions.Abort, typer.Abort):
+        except _ABORTS:
             print("error: aborted", file=sys.stderr)
             sys.exit(1)
         sys.exit(rv if isinstance(rv, int) else 0)

@@ -39,6 +39,13 @@ class Down:
         self.msgs, self.safe = msgs, safe
 
 
+def _has_ipi(msgs: list) -> bool:
+    for m in msgs:
+        if type(m) is Ipi:
+            return True
+    return False
+
+
 def locate(err: ModelError, lines: list | None) -> ModelError:
     """Add the script line to a model error raised at a scripted operation (lines: per CPU, or None)."""
     if lines is not None and err.cpu is not None and err.position is not None and 0 <= err.cpu < len(lines):
@@ -60,6 +67,7 @@ class Core:
         self.watermark = 0
         self.touched: set[int] = set()                  # CPUs that reported since the last step
         self.waiting: set[int] = set()                  # running CPUs that may wait for a larger safe time
+        self.held: dict[int, list] = {}                 # replies kept until the safe time lets their CPU on
 
     def receive(self, cpu: int, up: Up) -> None:
         """A CPU's batch. Raises ModelError for what the model rejects."""
@@ -114,8 +122,23 @@ class Core:
         for c in check:
             if c not in out and safe > sent[c] and (safe > lb[c] or lb[c] >= INF):
                 out[c] = []
+        held = self.held
+        if held:  # released by the rule for waiting CPUs (lb does not change while its reply is held)
+            for c in held:
+                if c not in out and (safe > lb[c] or lb[c] >= INF):
+                    out[c] = []
         todo = []
         for c, msgs in out.items():
+            if held and c in held:
+                msgs = held.pop(c) + msgs
+            if msgs and status[c] == RUNNING and lb[c] >= safe and lb[c] >= sent[c] and lb[c] < INF \
+                    and not _has_ipi(msgs):
+                # A reply that would leave its CPU waiting at once for a larger safe time (lb: its next
+                # request comes no earlier): it waits here instead and goes with that safe time, in one
+                # batch rather than two. Meanwhile the CPU could only run ahead silently.
+                held[c] = msgs
+                waiting.discard(c)
+                continue
             if msgs or safe > sent[c]:
                 sent[c] = max(sent[c], safe)
                 todo.append((c, Down(msgs, sent[c])))
