@@ -64,8 +64,10 @@ class Recorder:
     def _store(self, batch: list[tuple]) -> None:
         if batch:
             groups = by_type(batch)
-            self._counters.feed(groups)
-            self.writer.write(batch, groups)
+            try:
+                self.writer.write(batch, groups)
+            finally:  # counted after the hand-off to the trace's writer thread, which then overlaps it
+                self._counters.feed(groups)
 
     def fault(self, kind: str, reason: str, cpu: int | None = None) -> None:
         """Record a fault for summary.json: a lost CPU, a refused peer, an aborted run (the first

@@ -38,9 +38,13 @@ from smpsim.trace.schema import FIELD_SET, SCHEMA
 PART_PREFIX = "part-"
 PART_SUFFIX = ".parquet"
 COMPRESSION = "zstd"
-# Dictionary encoding only where values repeat: elsewhere it costs time and saves nothing.
+# Dictionary encoding only where values repeat: elsewhere it costs time and saves nothing. Min/max statistics
+# only for seq and t, the columns a row group is ordered by (a reader can skip row groups on them); on the
+# other columns every row group spans about the whole range, and computing them cost ~10% of the encoding.
+# One write batch per row group (Arrow's default 1,024 values) saves another ~3%; neither changes a row.
 PARQUET_OPTIONS = {"compression": COMPRESSION, "use_dictionary": ["ev", "scope"], "write_page_checksum": True,
-                   "column_encoding": {"seq": "DELTA_BINARY_PACKED", "t": "DELTA_BINARY_PACKED"}}
+                   "column_encoding": {"seq": "DELTA_BINARY_PACKED", "t": "DELTA_BINARY_PACKED"},
+                   "write_statistics": ["seq", "t"], "write_batch_size": 1 << 16}
 # Rows per row group, at least (a part's last group may be shorter): the recorder's batches (16,384 events)
 # are each one group, encoded while the run goes on. Smaller groups make parts larger and slower to write.
 ROW_GROUP = 8192
@@ -224,13 +228,14 @@ class TraceWriter:
         if isinstance(events[0], dict):
             events = self._from_records(events)  # type: ignore[arg-type]
             groups = None
-        self._hash.update(pack_events(events))
         seq0 = self.events
         self.events += len(events)
-        if self._parts is None:
-            return
-        converted = convert(groups if groups is not None else by_type(events))
-        self._submit(self._parts.add, converted, seq0)
+        try:
+            if self._parts is not None:
+                converted = convert(groups if groups is not None else by_type(events))
+                self._submit(self._parts.add, converted, seq0)
+        finally:  # the digest after the hand-off, so that it overlaps the writer thread's encoding
+            self._hash.update(pack_events(events))
 
     def _from_records(self, records: Sequence[dict[str, Any]]) -> list[tuple]:
         first, last = records[0].get("seq"), records[-1].get("seq")
