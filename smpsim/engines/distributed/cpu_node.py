@@ -101,9 +101,7 @@ class CpuNode:
         return f"CPU {self.cpu_id}" if self.cpu_id is not None else "CPU (id not yet assigned)"
 
     def _send(self, kind: str, *fields) -> None:
-        self._put(p.pack([kind, self.link.out(), *fields]))
-
-    def _put(self, frame: bytes) -> None:
+        frame = p.pack([kind, self.link.out(), *fields])
         try:
             p.send(self.sock, frame)
         except zmq.Again:
@@ -145,10 +143,7 @@ class CpuNode:
         msg = p.unpack(frame, p.TO_CPU)
         self.last_heard = time.monotonic()
         if msg[0] != p.REFUSE:
-            link = self.link
-            if msg[1] != link.next_in:
-                link.check_in(msg[1], "the coordinator")
-            link.next_in += 1
+            self.link.check_in(msg[1], "the coordinator")
         return msg
 
     def join(self, timeout: float = p.JOIN_TIMEOUT_S) -> None:
@@ -231,11 +226,8 @@ class CpuNode:
         """Run the CPU as far as it may and send what it has to say (and a checkpoint when one is due), or a
         heartbeat when the link was quiet."""
         up = port.work(stopping.RUN_CHUNK, report)
-        if up is not None:  # (spelled out: the one message of every round trip)
-            link = self.link
-            self._put(p.pack([p.BATCH, link.next_out, list(map(to_wire, up.msgs)), up.events, up.horizon,
-                              up.ipis_seen]))
-            link.next_out += 1
+        if up is not None:
+            self._send(p.BATCH, list(map(to_wire, up.msgs)), up.events, up.horizon, up.ipis_seen)
             if self.checkpoint_ops:
                 self._checkpoint()
         elif time.monotonic() - self.last_sent > p.HEARTBEAT_S:
