@@ -12,7 +12,8 @@ from smpsim import native as _native
 _native.select()  # compiled model modules or pure Python (smpsim/native.py), before anything imports them
 
 _API = ("run", "open_run", "sweep", "load", "Run")
-__all__ = ["__version__", *_API]
+_CHECK = ("check_policy",)  # smpsim/check: `smpsim policy check`
+__all__ = ["__version__", *_API, *_CHECK]
 
 
 def __getattr__(name: str):
@@ -20,8 +21,12 @@ def __getattr__(name: str):
         from smpsim import api
 
         return getattr(api, name)
+    if name in _CHECK:
+        from smpsim import check
+
+        return getattr(check, name)
     raise AttributeError(f"module 'smpsim' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_API])
+    return sorted([*globals(), *_API, *_CHECK])
