@@ -9,8 +9,8 @@ v.write("counterexample/")                            # the script and the confi
 
 First the fixed cases (smpsim.check.cases), then script workloads generated and shrunk by Hypothesis
 (smpsim.check.search). A failure is a stale use (the oracle: an access that reached another page than the
-one kmapped), a kernel BUG, a deadlock, or an exception out of the policy. The counterexample is the
-shrunk script when the search found one, else the failing case.
+one kmapped), a kernel BUG, a deadlock, or an exception out of the policy. A failing fixed case is
+shrunk to a short script; the search's failure, shrunk by Hypothesis, replaces it when shorter.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 
 from smpsim.check.cases import CASES, Case, Op, script_text
 from smpsim.check.explain import explain_stale
-from smpsim.check.runner import STALE, Outcome, run_distributed, run_inline
+from smpsim.check.runner import MISMATCH, Outcome, run_distributed, run_inline
 from smpsim.config import Config, apply_override, set_key, to_toml, validate
 
 DEFAULT_BUDGET = 60.0   # seconds of search for generated workloads (the cases take about 20 s more)
@@ -89,9 +89,16 @@ class _Workspace:
 
 def _policy_keys(policy: PolicyArg) -> tuple[str, dict[str, Any]]:
     """(the policy's name for the report, the config keys that select it)."""
-    if isinstance(policy, str):
-        return policy, {"policy.name": policy}
-    raise TypeError(f"policy must be a name or spec string, not {type(policy).__name__}")
+    if isinstance(policy, type):  # as smpsim.run(..., policy=Cls) takes it: named by its spec
+        from smpsim.model import policies
+
+        spec_of = getattr(policies, "spec_of", None)
+        if spec_of is None:
+            raise TypeError("this smpsim takes no policy class (smpsim.Policy): give a policy name")
+        policy = spec_of(policy)
+    if not isinstance(policy, str):
+        raise TypeError(f"policy must be a name, a spec or a policy class, not {type(policy).__name__}")
+    return policy, {"policy.name": policy}
 
 
 def _config(policy: PolicyArg, keys: dict[str, Any], script: Sequence[Op] | None, overrides: Sequence[str],
@@ -116,27 +123,40 @@ def _run(cfg: Config, engine: str = "inline") -> Outcome:
 def _case_failure(case: Case, out: Outcome, inline: Outcome | None = None) -> Failure | None:
     failure = out.failure
     if failure is None and inline is not None and inline.summary.get("digest") != out.summary.get("digest"):
-        failure = ("engines disagree", f"the distributed engine's digest {out.summary.get('digest')} differs "
-                   f"from the inline engine's {inline.summary.get('digest')} on the same config")
+        failure = (MISMATCH, f"the distributed engine's digest {out.summary.get('digest')} differs from the "
+                   f"inline engine's {inline.summary.get('digest')} on the same config")
     if failure is None:
         return None
     script = list(case.script) if case.script else None
     return Failure(case.name, failure[0], failure[1], dict(case.keys), script)
 
 
+def _machine(keys: dict[str, Any]) -> dict[str, Any]:
+    """A case's keys without its workload's: what a script of the same machine keeps."""
+    return {k: v for k, v in keys.items() if not k.startswith("workload.")}
+
+
 def check_policy(policy: PolicyArg, *, seed: int = 1, budget: float = DEFAULT_BUDGET, workloads: int | None = None,
                  overrides: Sequence[str] = (), cases: Sequence[Case] = CASES,
                  progress: Callable[[str], None] = lambda what: None) -> Verdict:
-    """Check a policy (a built-in name or a spec, as ``policy.name`` takes it). ``budget``: seconds for
-    the generated workloads, ``workloads``: at most that many of them; ``overrides``: ``--set`` assignments
-    applied to every run (a case's own keys win). Raises ConfigError (or the loader's error) for a policy
-    or override that cannot run; returns the Verdict otherwise."""
+    """Check a policy: a name or spec as ``policy.name`` takes it, or a policy class as ``smpsim.run(...,
+    policy=)`` takes it. ``budget``: seconds for the generated workloads, ``workloads``: at most that many
+    of them; ``overrides``: ``--set`` assignments applied to every run (a case's own keys win). Raises
+    ConfigError (or the loader's error) for a policy or override that cannot run; returns the Verdict.
+
+    The fixed cases run first (up to the first that fails, which is shrunk to a short script:
+    smpsim.check.shrink), then the generated workloads are searched (smpsim.check.search); the shorter
+    counterexample is kept."""
     from smpsim.check.search import search
     from smpsim.model.policies import make_policy
 
     t0 = time.monotonic()
-    name = _policy_keys(policy)[0]
+    name, _ = _policy_keys(policy)
     ws = _Workspace()
+
+    def failure_of(keys: dict[str, Any], script: list[Op]) -> Outcome:
+        return run_inline(_config(policy, keys, script, overrides, ws))
+
     try:
         stack = not make_policy(_config(policy, {}, None, overrides, ws)).uses_ring
         failed: Failure | None = None
@@ -148,33 +168,54 @@ def check_policy(policy: PolicyArg, *, seed: int = 1, budget: float = DEFAULT_BU
             inline = run_inline(cfg) if case.engine == "distributed" and out.failure is None else None
             failed = _case_failure(case, out, inline)
             if failed is not None:
-                if out.events:
-                    failed.explanation = explain_stale(out.events)
+                progress(f"shrinking the failing case {case.name}")
+                failed = _shrunk(failed, cfg, stack, failure_of) or failed
                 break
             if case.engine == "inline":
                 ran.append((case, out))
-
+        # The search runs either way: after a failing case it looks for a shorter counterexample than the
+        # shrunk case (Hypothesis shrinks the ring and the CPUs too), and the shorter one is kept.
         def fails(cpus: int, ring: int, script: list[Op]) -> bool:
-            keys = {"machine.cpus": cpus, "machine.last_pkmap": ring}
-            return run_inline(_config(policy, keys, script, overrides, ws)).failure is not None
+            return failure_of({"machine.cpus": cpus, "machine.last_pkmap": ring}, script).failure is not None
 
         found, generated = search(fails, seed, budget, workloads, stack,
                                   on_example=lambda n: progress(f"generated workload {n}") if n % 10 == 0 else None)
-        if found is not None:
+        if found is not None and (failed is None or failed.script is None or len(found.script) < len(failed.script)):
             cpus, ring, _ = found.example
             keys = {"machine.cpus": cpus, "machine.last_pkmap": ring}
-            out = run_inline(_config(policy, keys, found.script, overrides, ws))
+            out = failure_of(keys, found.script)
             assert out.failure is not None  # deterministic: the search saw it fail
             failed = Failure("a generated workload", out.failure[0], out.failure[1], keys, found.script,
-                             explain_stale(out.events) if out.failure[0] == STALE else [])
+                             explain_stale(out.events))
         cost = None
         if failed is None:
             progress("cost against " + " and ".join(BASELINES))
             cost = cost_line(policy, ran, overrides, ws)
-        return Verdict(name, seed, len(cases), generated, failed, cost,
-                       time.monotonic() - t0, list(overrides))
+        return Verdict(name, seed, len(cases), generated, failed, cost, time.monotonic() - t0, list(overrides))
     finally:
         ws.close()
+
+
+def _shrunk(failed: Failure, cfg: Config, stack: bool,
+            failure_of: Callable[[dict[str, Any], list[Op]], Outcome]) -> Failure | None:
+    """The failure of a case on the shortest script shrinking finds (None: it does not fail as a script
+    on the inline engine, e.g. the engines disagreed)."""
+    from smpsim.check.shrink import script_of, shrink_case
+
+    keys = _machine(failed.keys)
+    start = failed.script if failed.script is not None else script_of(cfg)
+
+    def same(keys: dict[str, Any], script: list[Op]) -> bool:
+        f = failure_of(keys, script).failure
+        return f is not None and f[0] == failed.kind
+
+    if not same(keys, start):
+        return None
+    keys, script = shrink_case(keys, start, same, stack)
+    out = failure_of(keys, script)
+    assert out.failure is not None
+    return Failure(f"{failed.where} (shrunk)", out.failure[0], out.failure[1], keys, script,
+                   explain_stale(out.events))
 
 
 def cost_line(policy: PolicyArg, ran: list[tuple[Case, Outcome]], overrides: Sequence[str], ws: _Workspace) -> str:

@@ -44,7 +44,9 @@ def check(
     """Run a flush policy on cases chosen to break unsafe policies, then on generated script workloads, and
     shrink the first failure to a minimal script that `smpsim run` replays."""
     from smpsim.check import check_policy, counterexample_problem
+    from smpsim.extras import need
 
+    need("hypothesis")
     if budget <= 0:
         fail(f"--budget {budget:g}: give the seconds the search may take, more than 0", EXIT_USAGE)
     if workloads is not None and workloads < 1:
