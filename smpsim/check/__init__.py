@@ -253,6 +253,19 @@ def counterexample_problem(out: Path) -> str | None:
     return None
 
 
+def _replayable(spec: str) -> str:
+    """A policy file spec made absolute: the counterexample's config lives elsewhere than where the check
+    ran, and a relative file in policy.name is relative to the config's folder."""
+    try:
+        from smpsim import usercode
+    except ImportError:  # no user policies: a built-in name
+        return spec
+    if not usercode.is_spec(spec):
+        return spec
+    target, attr = usercode.split(spec)
+    return f"{usercode.resolve_file(target, os.getcwd())}:{attr}" if usercode.is_file_target(target) else spec
+
+
 def write_counterexample(v: Verdict, out: Path) -> tuple[Path, Path | None]:
     """The failure's config (and script) in ``out`` (see counterexample_problem); ``smpsim run
     out/counterexample.toml`` replays it."""
@@ -265,7 +278,7 @@ def write_counterexample(v: Verdict, out: Path) -> tuple[Path, Path | None]:
     data: dict[str, Any] = {}
     for a in v.overrides:
         apply_override(data, a)
-    for k, val in {**f.keys, "policy.name": v.policy, "seed": data.get("seed", 1)}.items():
+    for k, val in {**f.keys, "policy.name": _replayable(v.policy), "seed": data.get("seed", 1)}.items():
         set_key(data, k, val)
     script = None
     if f.script is not None:

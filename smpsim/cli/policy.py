@@ -76,8 +76,6 @@ def check(
         say(f"  {line}")
     config, script = verdict.write(out)
     if script is not None:
-        say(f"counterexample: {script} ({len(f.script or ())} operations), found after "
-            f"{verdict.generated:,} generated workloads" if f.where.startswith("a generated")
-            else f"counterexample: {script}")
+        say(f"counterexample: {script} ({len(f.script or ())} operations)")
     say(f"replay: smpsim run {config}")
     raise typer.Exit(EXIT_RUN_FAILED)
