@@ -283,7 +283,7 @@ def write_counterexample(v: Verdict, out: Path) -> tuple[Path, Path | None]:
     script = None
     if f.script is not None:
         script = out / SCRIPT_NAME
-        head = (f"{f.kind} of policy {v.policy} ({f.where}), found by `smpsim policy check --seed {v.seed}`\n"
+        head = (f"{f.kind} of policy {v.policy} ({f.where}), found by `smpsim policy check {v.policy} --seed {v.seed}`\n"
                 f"{f.message}")
         script.write_text(script_text(f.script, head))
         set_key(data, "workload.kind", "script")
