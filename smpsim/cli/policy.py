@@ -63,7 +63,12 @@ def check(
     with status as s:
         verdict = check_policy(spec, seed=seed, budget=budget, workloads=workloads, overrides=set_ or (),
                                progress=(lambda what: s.update(f"checking {spec}: {what}")) if s else (lambda w: None))
-    say = con.print if con is not None else typer.echo
+    def say(text: str) -> None:
+        if con is not None:
+            con.print(text, markup=False, highlight=False, soft_wrap=True)
+        else:
+            typer.echo(text)
+
     if verdict.safe:
         say(f"{spec}: safe on {verdict.cases} cases and {verdict.generated:,} generated workloads "
             f"(seed {seed}, {verdict.seconds:.0f} s)")
