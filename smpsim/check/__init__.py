@@ -233,7 +233,7 @@ def cost_line(policy: PolicyArg, ran: list[tuple[Case, Outcome]], overrides: Seq
 
     mine = values([o for _, o in ran])
     parts = []
-    for base in BASELINES:
+    for base in (b for b in BASELINES if b != policy):
         theirs = values([run_inline(_config(base, c.keys, c.script or None, overrides, ws)) for c, _ in ran])
         parts.append(f"vs {base}: {saving(mine, theirs)}")
     return f"cost on the same {len(ran)} cases, {'; '.join(parts)}"
