@@ -52,8 +52,9 @@ def test_correct_builtin_policy_is_safe(policy):
     v = check_policy(policy, seed=1, workloads=25, budget=300)
     assert v.safe, (v.failure.where, v.failure.message) if v.failure else None
     assert v.cases == len(CASES) and v.generated == 25
-    assert v.cost.startswith(f"cost on the same {sum(c.engine == 'inline' for c in CASES)} cases, vs linux-2.4: ")
-    assert "vs eager: " in v.cost
+    assert v.cost.startswith(f"cost on the same {sum(c.engine == 'inline' for c in CASES)} cases, vs ")
+    for base in ("linux-2.4", "eager"):
+        assert (f"vs {base}: " in v.cost) == (base != policy), v.cost
 
 
 def test_safe_report_on_the_command_line(tmp_path):
