@@ -30,7 +30,7 @@ from smpsim.check.explain import explain_stale
 from smpsim.check.runner import MISMATCH, Outcome, run_distributed, run_inline
 from smpsim.config import Config, apply_override, set_key, to_toml, validate
 
-DEFAULT_BUDGET = 60.0   # seconds of search for generated workloads (the cases take about 20 s more)
+DEFAULT_BUDGET = 60.0   # seconds of search for generated workloads (the cases take about 10 s more)
 BASELINES = ("linux-2.4", "eager")  # what the cost line compares with
 COST_KEYS = ("ipis_per_1000_kmaps", "stall_per_1000_kmaps", "kmap_mean_cycles")  # smpsim.metrics keys
 SCRIPT_NAME, CONFIG_NAME = "counterexample.jsonl", "counterexample.toml"
@@ -111,9 +111,8 @@ def _config(policy: PolicyArg, keys: dict[str, Any], script: Sequence[Op] | None
     if script is not None:
         set_key(data, "workload.kind", "script")
         set_key(data, "workload.script", str(ws.script(script)))
-    cfg = validate(data, source)
-    cfg.base_dir = os.getcwd()  # a relative policy file is relative to where the check was started
-    return cfg
+    data["base_dir"] = os.getcwd()  # a relative policy file is relative to where the check was started
+    return validate(data, source)
 
 
 def _run(cfg: Config, engine: str = "inline") -> Outcome:

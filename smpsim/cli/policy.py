@@ -32,7 +32,7 @@ def check(
                                                      "same verdict and counterexample")] = 1,
     budget: Annotated[float, typer.Option("--budget", metavar="SECONDS",
                                           help="time for the generated workloads (the fixed cases come "
-                                               "first and take about 20 s more)")] = 60.0,
+                                               "first and take about 10 s more)")] = 60.0,
     workloads: Annotated[Optional[int], typer.Option(
         "--workloads", metavar="M", help="at most M generated workloads (with a generous --budget: a search "
                                          "that does not depend on the machine's speed)", show_default=False)] = None,
