@@ -10,7 +10,8 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from smpsim.model.policies import POLICY_NAMES
 
@@ -72,7 +73,25 @@ class Cost(_Strict):
 
 
 class Policy(_Strict):
-    name: Literal[POLICY_NAMES] = Field("linux-2.4", description="flush policy (smpsim.model.policies)")
+    name: str = Field("linux-2.4", min_length=1,
+                      description="flush policy: a built-in name, a name registered by an installed package, "
+                                  "'package.module:Class' or 'path/to/file.py:Class' (relative to the config's "
+                                  "folder); docs/policies.md")
+    @field_validator("name")
+    @classmethod
+    def _known_name(cls, name: str) -> str:
+        """A name that is neither built in, a spec nor registered is wrong whatever else the config says
+        (Config._policy_resolves loads the others, once the rest of the config is valid)."""
+        from smpsim.model.policies import check_name
+
+        problem = check_name(name)
+        if problem:
+            raise PydanticCustomError("policy", "{m}", {"m": problem})
+        return name
+
+    sha256: str | None = Field(None, pattern="^[0-9a-f]{64}$",
+                               description="SHA-256 of the policy's source file (not for built-ins): filled in "
+                                           "when the config is resolved; a copy with another hash is refused")
     flush_ceiling: int = Field(33, ge=0, description="tlb_single_page_flush_ceiling: larger ranges flush all [R11]")
     lazy_max: int | None = Field(None, ge=1, description="vmap-lazy: slots awaiting a flush that trigger a purge; "
                                  "default lazy_max_pages() scaled to the ring (docs/policies.md)")
@@ -134,6 +153,34 @@ class Config(_Strict):
             return data
         from smpsim import presets
         return {**data, "cost": {**presets.costs(name, data.get("base_dir")), **cost}}
+
+    @model_validator(mode="after")
+    def _policy_resolves(self, info: ValidationInfo) -> "Config":
+        """Load a policy from outside the package (once per process and file content), check it is one,
+        and record its source's hash: the config hash covers the code that runs."""
+        if self.policy.name in POLICY_NAMES:
+            if self.policy.sha256 is not None:
+                raise PydanticCustomError("policy", "policy.sha256: a built-in policy has no source hash to pin")
+            return self
+        if info.context and info.context.get("resolve_code") is False:
+            return self
+        from smpsim.model.policies import resolve
+        from smpsim.usercode import UserCodeError, definition, raised_at
+
+        try:
+            r = resolve(self.policy.name, self.base_dir, self.policy.sha256)
+        except UserCodeError as e:
+            raise PydanticCustomError("policy", "policy.name: {m}", {"m": e.describe()}) from None
+        try:
+            r.cls(self)
+        except Exception as e:  # the user's __init__: name where it failed
+            file, line = raised_at(e, (r.file,) if r.file else ())
+            file, line = (file, line) if file else definition(r.cls)
+            raise PydanticCustomError("policy", "policy.name: {m}", {"m": (
+                f"{r.spec!r} ({file}:{line}): {r.cls.__qualname__}(cfg) raised {type(e).__name__}: {e}")}) from None
+        if self.policy.sha256 != r.sha256:
+            self.policy.sha256 = r.sha256
+        return self
 
     @model_validator(mode="after")
     def _script_needs_file(self) -> "Config":
@@ -229,9 +276,11 @@ def describe_error(err: dict[str, Any]) -> str:
     return f"{where}{err['msg']} (given {given!r})"
 
 
-def validate(data: dict[str, Any], source: str = "config") -> Config:
+def validate(data: dict[str, Any], source: str = "config", resolve_code: bool = True) -> Config:
+    """A Config from raw data. ``resolve_code=False`` leaves a policy from outside the package unloaded
+    (reading a recorded run's config, which may name a file that is not there)."""
     try:
-        return Config.model_validate(data)
+        return Config.model_validate(data, context={"resolve_code": resolve_code})
     except ValidationError as e:
         raise ConfigError(source, [describe_error(x) for x in e.errors()]) from None
 
@@ -263,6 +312,8 @@ def set_key(data: dict[str, Any], key: str, value: Any, source: str = "--set") -
             raise ConfigError(source, [f"{key}: {p} is not a table"])
         node = child
     node[parts[-1]] = value
+    if parts == ["policy", "name"]:
+        node.pop("sha256", None)  # the hash belongs to the name it was resolved from
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -286,7 +337,8 @@ def default_config_path() -> Path:
     raise ConfigError("default config", ["configs/default.toml not found"])
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                resolve_code: bool = True) -> Config:
     """Read a TOML config (the default one when path is None), apply --set overrides, validate."""
     p = Path(path) if path is not None else default_config_path()
     data = read_toml(p)
@@ -295,8 +347,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     for a in overrides:
         apply_override(data, a)
     data["base_dir"] = str(p.resolve().parent)  # relative paths (workload.script, machine.preset) start here
-    cfg = validate(data, str(p))
-    return cfg
+    return validate(data, str(p), resolve_code)
 
 
 def to_toml(cfg: Config) -> str:

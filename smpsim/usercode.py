@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-_MODULE_PREFIX = "smpsim_user_"
+MODULE_PREFIX = "smpsim_user_"  # sys.modules names of loaded files
 _files: dict[tuple[str, str], types.ModuleType] = {}  # (real path, sha256) -> the module it ran as
 
 
@@ -167,8 +167,9 @@ def _read(spec: str, path: Path) -> tuple[bytes, str]:
 
 def _check_hash(spec: str, file: str | None, sha: str | None, expect: str | None) -> None:
     if expect is not None and sha != expect:
-        raise UserCodeError(spec, f"this copy has SHA-256 {sha}, but the coordinator's has {expect}: "
-                                  "give every host the same file", file)
+        raise UserCodeError(spec, f"this copy has SHA-256 {sha}, but the run was resolved with {expect} "
+                                  "(the coordinator's copy, or policy.sha256 in the config): give every host "
+                                  "the same file", file)
 
 
 def _load_file(spec: str, path: Path, expect: str | None) -> tuple[types.ModuleType, str, str]:
@@ -181,7 +182,7 @@ def _load_file(spec: str, path: Path, expect: str | None) -> tuple[types.ModuleT
         return module, file, sha
     stem = "".join(c if c.isalnum() else "_" for c in path.stem)
     tag = hashlib.sha256(f"{file}:{sha}".encode()).hexdigest()[:16]
-    name = f"{_MODULE_PREFIX}{stem}_{tag}"
+    name = f"{MODULE_PREFIX}{stem}_{tag}"
     module = types.ModuleType(name)
     module.__file__ = file
     sys.modules[name] = module  # before running it: dataclasses and pickling look the module up by name

@@ -117,7 +117,7 @@ def print_summary(summary: dict[str, Any], run_dir: Path | None, con: Any = None
     """What ran, its headline figures and the next command (smpsim.metrics.run_summary_rows)."""
     from smpsim.metrics import run_summary_rows
 
-    what = (cfg.policy.name, cfg.machine.cpus, cfg.workload.kind) if cfg is not None else ()
+    what = (summary.get("policy") or cfg.policy.name, cfg.machine.cpus, cfg.workload.kind) if cfg is not None else ()
     rows = run_summary_rows(summary, run_dir, *what)
     if con is None:
         width = max(len(label) for label, _ in rows)

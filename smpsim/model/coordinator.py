@@ -21,7 +21,7 @@ from smpsim.config import Config
 from smpsim.model.messages import INF, Done, Ipi, Progress, Request, reply
 from smpsim.model.cpu import service_ipis
 from smpsim.model.errors import DeadlockError, ModelError
-from smpsim.model.policies import Flush, FlushPolicy, make_policy, next_tick
+from smpsim.model.policies import Flush, FlushPolicy, Guard, make_policy, next_tick, traits
 from smpsim.model.ring import PkmapRing
 
 # How far (cycles) a CPU that never takes kmap_lock may run ahead of the slowest: nothing else keeps such
@@ -75,12 +75,11 @@ class Coordinator:
         # ring.free_ahead(), asked at every step, kept until a call that can change it (-1: ask again):
         # only a new mapping (the cursor moves, a wrap), a policy's teardown or a deferred release do.
         self.free_ahead = -1
-        self.policy = make_policy(cfg)
-        self.uses_ring, self.flushes_only_at_wrap = self.policy.uses_ring, self.policy.flushes_only_at_wrap
-        # Hooks the policy leaves as FlushPolicy's no-ops are not called at every kmap / kunmap.
-        kind = type(self.policy)
-        self.tracks_holds = kind.kmapped is not FlushPolicy.kmapped or kind.kunmapped is not FlushPolicy.kunmapped
-        self.flushes_at_unmap = kind.unmap_flush is not FlushPolicy.unmap_flush
+        self.policy: FlushPolicy = make_policy(cfg, self.ring)
+        # The policy's traits (policies.traits): hooks it leaves as no-ops are not called at every kmap.
+        self.uses_ring, self.flushes_only_at_wrap, self.tracks_holds, self.flushes_at_unmap = traits(self.policy)
+        # A policy from outside the package: its flushes are checked against its lookahead.
+        self.guard: Guard | None = self.policy if isinstance(self.policy, Guard) else None
         self.lock_free_at = 0
         self.lock_owned_from = 0
         self.lock_held_cycles = 0                # kmap_lock held (hand-offs included), for its utilisation
@@ -346,6 +345,8 @@ class Coordinator:
 
     def _flush(self, t: int, initiator: int, flush: Flush, r: _Request) -> int:
         """Run a flush starting at t under kmap_lock; returns when the initiator resumes."""
+        if self.guard is not None:
+            self.guard.check_flush(t, initiator, flush)
         c = self.cost
         vpns = flush.vpns
         work = c.full_flush if vpns is None else c.invlpg * len(vpns)

@@ -195,6 +195,8 @@ class CoordinatorNode:
             _, _, c, op, pos, what, t = msg
             if c not in (cpu, None):
                 raise ValueError(f"a failure reported for CPU {c}")
+            if op == p.JOIN_OP:
+                raise RunAborted(what, cpu, "config refused")
             raise ModelError(c, op, pos, what, t)
         elif kind == p.BYE:
             self._bye(cpu, msg)

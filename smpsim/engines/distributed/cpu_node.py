@@ -18,7 +18,7 @@ from collections import deque
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from smpsim.config import Config, validate
+from smpsim.config import Config, ConfigError, validate
 from smpsim.engines import stopping
 from smpsim.engines.distributed import protocol as p
 from smpsim.engines.distributed.logs import process_logger
@@ -170,7 +170,12 @@ class CpuNode:
                 raise CpuExit(f"{self.who}: refused by the coordinator: {msg[1]}")
             if msg[0] == p.WELCOME:
                 _, _, self.cpu_id, config, ops, lines = msg
-                cfg = self.preloaded or validate(config, "config from the coordinator")
+                try:
+                    cfg = self.preloaded or validate(config, "config from the coordinator")
+                except ConfigError as e:  # e.g. this host's copy of the policy file is not the coordinator's
+                    self._send(p.FAIL, self.cpu_id, p.JOIN_OP, None, f"CPU {self.cpu_id} cannot take the run's "
+                                                                     f"config on {socket.gethostname()}: {e}", None)
+                    raise CpuExit(f"{self.who}: cannot take the coordinator's config: {e}") from None
                 if ops is None:
                     prog = workloads.program(cfg, self.cpu_id)
                 else:

@@ -9,7 +9,8 @@ CPU -> coordinator
   [HELLO, version, run_id, cpu_id, pid, host, token]    cpu_id -1: take the lowest free id
   [BATCH, seq, model_msgs, events, horizon, ipis_seen]   model messages (messages.to_wire arrays), events
   [HB, seq]                                             heartbeat
-  [FAIL, seq, cpu, op, position, what, t]               a ModelError raised on the CPU
+  [FAIL, seq, cpu, op, position, what, t]               a ModelError raised on the CPU (op JOIN_OP: it
+                                                        cannot take the config it was welcomed with)
   [BYE, seq, maxrss_kb]                                 leaving; the process's peak RSS
   [CKPT, seq, delivered, state]                         a checkpoint of the CPU (CpuPort.snapshot) that
                                                         includes the first `delivered` model messages
@@ -39,6 +40,7 @@ from smpsim.model import messages as mm
 
 VERSION = 1
 
+JOIN_OP = "join"  # FAIL.op of a CPU that cannot take the run's config (a policy file that differs)
 HELLO, WELCOME, REFUSE, BATCH, HB, FAIL, BYE, END, CKPT, RESUME = (
     "hello", "welcome", "refuse", "batch", "hb", "fail", "bye", "end", "ckpt", "resume")
 
