@@ -271,3 +271,34 @@ def test_traits_are_derived_from_the_hooks_a_class_overrides():
     assert Rescuer.flushes_only_at_wrap is False
     cfg = validate({})
     assert policies.traits(policies.TlbGen(cfg))[2] and not policies.traits(policies.Linux26(cfg))[2]
+
+
+@pytest.mark.timeout(240)
+def test_a_sweep_shows_the_policys_own_name_and_reruns_an_edited_file(tmp_path):
+    pol = write(tmp_path / "mine.py", """
+        from smpsim import Policy
+        class Mine(Policy):
+            name = "mine"
+            def wrap_flush(self, torn, cpu):
+                return self.flush("range", range(self.last_pkmap), self.others(cpu), len(torn)) if torn else None
+        """)
+    write(tmp_path / "exp.toml", CONFIG + '[sweep]\n"policy.name" = ["linux-2.6", "mine.py:Mine"]\n'
+          '[report]\nbaseline = {"policy.name" = "linux-2.6"}\n')
+    out = tmp_path / "out"
+    r = invoke("sweep", tmp_path / "exp.toml", "--out", out, "--jobs", "1")
+    assert r.exit_code == 0, r.output
+    import pyarrow.parquet as pq
+    table = pq.read_table(out / "results.parquet").to_pylist()
+    assert [(x["policy.name"], x["policy"]) for x in table] == [("linux-2.6", "linux-2.6"), ("mine.py:Mine", "mine")]
+    assert table[0]["digest"] == table[1]["digest"]  # the same flushes as linux-2.6
+    assert "mine vs linux-2.6" in " ".join(r.stdout.split())
+    c = invoke("compare", out)
+    assert c.exit_code == 0 and "mine vs linux-2.6" in " ".join(c.stdout.split()), c.output
+    def runs() -> int:
+        return sum(1 for p in out.iterdir() if (p / "summary.json").exists())
+
+    assert invoke("sweep", tmp_path / "exp.toml", "--out", out, "--jobs", "1").exit_code == 0
+    assert runs() == 2  # both points finished: nothing ran again
+    pol.write_text(pol.read_text() + "# edited\n")
+    assert invoke("sweep", tmp_path / "exp.toml", "--out", out, "--jobs", "1").exit_code == 0
+    assert runs() == 3  # the edited policy's point is a new config: it ran
