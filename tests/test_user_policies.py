@@ -270,7 +270,8 @@ def test_traits_are_derived_from_the_hooks_a_class_overrides():
 
     assert Rescuer.flushes_only_at_wrap is False
     cfg = validate({})
-    assert policies.traits(policies.TlbGen(cfg))[2] and not policies.traits(policies.Linux26(cfg))[2]
+    assert policies.traits(policies.TlbGen(cfg)).tracks_holds and not policies.traits(policies.Linux26(cfg)).tracks_holds
+    assert not policies.traits(policies.KmapLocal(cfg)).uses_ring and policies.traits(policies.Eager(cfg)).flushes_at_unmap
 
 
 @pytest.mark.timeout(240)

@@ -77,7 +77,9 @@ class Coordinator:
         self.free_ahead = -1
         self.policy: FlushPolicy = make_policy(cfg, self.ring)
         # The policy's traits (policies.traits): hooks it leaves as no-ops are not called at every kmap.
-        self.uses_ring, self.flushes_only_at_wrap, self.tracks_holds, self.flushes_at_unmap = traits(self.policy)
+        kind = traits(self.policy)
+        self.uses_ring, self.flushes_only_at_wrap = kind.uses_ring, kind.flushes_only_at_wrap
+        self.tracks_holds, self.flushes_at_unmap = kind.tracks_holds, kind.flushes_at_unmap
         # A policy from outside the package: its flushes are checked against its lookahead.
         self.guard: Guard | None = self.policy if isinstance(self.policy, Guard) else None
         self.lock_free_at = 0

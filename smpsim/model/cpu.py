@@ -15,7 +15,7 @@ from smpsim.config import Config
 from smpsim.model import messages as m
 from smpsim.model.messages import INF, Done, Ipi, Progress, Reply, Request, request
 from smpsim.model.errors import ModelError
-from smpsim.model.policies import make_policy
+from smpsim.model.policies import make_policy, traits
 from smpsim.model.tlb import Tlb
 from smpsim.model.workloads import Program
 
@@ -63,7 +63,7 @@ class Cpu:
         self.c_invlpg, self.c_pte = c.invlpg, c.pte_write
         self.tlb = Tlb(cfg.tlb.entries, cfg.tlb.ways, cfg.tlb.background)
         self.policy = make_policy(cfg)
-        self.uses_ring = self.policy.uses_ring  # read at every ring call
+        self.uses_ring = traits(self.policy).uses_ring  # read at every ring call
         self.local_slots = cfg.machine.kmap_local_slots
         self.held: dict[int, list[int]] = {}      # page -> vpns this CPU holds it at (one per nested kmap)
         self.use: dict[int, list[int]] = {}       # page -> [slot, n, writes, hits, misses] since its kmap

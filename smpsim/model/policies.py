@@ -428,13 +428,22 @@ def make_policy(cfg, ring=None) -> FlushPolicy:
     return policy if ring is None else Guard(policy, ring, r, cfg)
 
 
-def traits(policy: Policy) -> tuple[bool, bool, bool, bool]:
-    """(uses_ring, flushes_only_at_wrap, tracks_holds, flushes_at_unmap) of a policy, from its class: the
-    hooks a class leaves as Policy's no-ops are not called at every kmap / kunmap."""
+@dataclass(frozen=True)
+class Traits:
+    """What the engine asks of a policy, in one place (the coordinator and every CPU read it here):
+    together with ``first_message`` these make the lookahead of conservative synchronization."""
+    uses_ring: bool             # kmaps reach the shared ring (False: kmap_local, no hooks are called)
+    flushes_only_at_wrap: bool  # every flush comes from wrap: CPUs may run ahead to the next possible wrap
+    tracks_holds: bool          # kmapped / kunmapped are overridden: called at every kmap and kunmap
+    flushes_at_unmap: bool      # unmap_flush is overridden: called when a kunmap leaves a slot at count 1
+
+
+def traits(policy: Policy) -> Traits:
+    """A policy's Traits, from its class: hooks a class leaves as Policy's no-ops are not called."""
     kind = type(policy.inner if isinstance(policy, Guard) else policy)
-    return (bool(kind.uses_ring), bool(kind.flushes_only_at_wrap),
-            any(getattr(kind, h) is not getattr(Policy, h) for h in _HOLD_HOOKS),
-            kind.unmap_flush is not Policy.unmap_flush)
+    return Traits(bool(kind.uses_ring), bool(kind.flushes_only_at_wrap),
+                  any(getattr(kind, h) is not getattr(Policy, h) for h in _HOLD_HOOKS),
+                  kind.unmap_flush is not Policy.unmap_flush)
 
 
 class Guard(Policy):
