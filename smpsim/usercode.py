@@ -90,6 +90,16 @@ def resolve_file(target: str, base_dir: str | os.PathLike | None) -> Path:
     return p.resolve()
 
 
+def absolute(spec: str, base_dir: str | os.PathLike | None = None) -> str:
+    """The spec with a relative file made absolute (against base_dir, default the working directory):
+    for a spec given on a command line, to put where it would be read relative to a config's folder.
+    Module specs and plain names come back as they are."""
+    if not is_spec(spec):
+        return spec
+    target, attr = split(spec)
+    return f"{resolve_file(target, base_dir)}:{attr}" if is_file_target(target) else spec
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 

@@ -110,3 +110,10 @@ def test_raised_at_and_definition_point_into_the_users_file(tmp_path):
     with pytest.raises(ZeroDivisionError) as e:
         P().hook()
     assert usercode.raised_at(e.value, (str(f),)) == (str(f), 3)
+
+
+def test_absolute_makes_a_relative_file_spec_independent_of_the_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert usercode.absolute("lab/p.py:P") == f"{tmp_path / 'lab' / 'p.py'}:P"
+    assert usercode.absolute("p.py:P", "/x") == "/x/p.py:P"
+    assert usercode.absolute("pkg.mod:P") == "pkg.mod:P" and usercode.absolute("linux-2.4") == "linux-2.4"
