@@ -303,3 +303,11 @@ def test_a_sweep_shows_the_policys_own_name_and_reruns_an_edited_file(tmp_path):
     pol.write_text(pol.read_text() + "# edited\n")
     assert invoke("sweep", tmp_path / "exp.toml", "--out", out, "--jobs", "1").exit_code == 0
     assert runs() == 3  # the edited policy's point is a new config: it ran
+
+
+@pytest.mark.timeout(120)
+def test_python_sweep_takes_a_class(tmp_path):
+    write(tmp_path / "exp.toml", CONFIG + '[sweep]\n"machine.cpus" = [1, 2]\n')
+    table = smpsim.sweep(tmp_path / "exp.toml", out=tmp_path / "out", jobs=2, policy=Mine).to_pylist()
+    assert [r["status"] for r in table] == ["ok", "ok"]
+    assert {json.loads((tmp_path / "out" / r["run"] / "summary.json").read_text())["policy"] for r in table} == {"mine"}
