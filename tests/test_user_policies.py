@@ -113,10 +113,11 @@ class Mine(smpsim.Policy):
 def test_python_api_takes_a_class(tmp_path):
     sets = {"machine.cpus": 3, "workload.kmaps_per_cpu": 200, "machine.last_pkmap": 32}
     with smpsim.run(None, overrides=sets, policy=Mine) as a, \
-            smpsim.run(None, overrides=sets, policy="linux-2.6") as b, \
+            smpsim.run(None, overrides=sets, policy=policies.Linux26) as b, \
             smpsim.run(None, overrides=sets, policy=Mine, engine="distributed") as c:
         assert a.summary["digest"] == b.summary["digest"] == c.summary["digest"]
         assert a.summary["policy"] == "mine" and a.summary["policy_spec"] == f"{__name__}:Mine"
+        assert b.summary["policy"] == "linux-2.6" and "policy_spec" not in b.summary  # a built-in class
 
 
 def test_entry_point_names_resolve(tmp_path, monkeypatch):

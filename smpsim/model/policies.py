@@ -363,6 +363,8 @@ def spec_of(cls: type) -> str:
     (a class defined in a script or notebook has no importable home)."""
     from smpsim import usercode
 
+    if POLICIES.get(getattr(cls, "name", "")) is cls:
+        return cls.name
     module = sys.modules.get(cls.__module__)
     file = getattr(module, "__file__", None)
     if cls.__module__.startswith(usercode.MODULE_PREFIX) and file:
@@ -578,21 +580,23 @@ class Guard(Policy):
         self._check_flush("rescue", cpu, flush)
         return flush
 
-    def _bookkeeping(self, hook: str, cpu: int, page: int) -> None:
+    def _unchanged(self, hook: str, cpu: int | None, *args):
+        """Call a hook that must leave the ring as it is."""
         mark = self._mark()
-        self._call(hook, cpu, cpu, page)
+        out = self._call(hook, cpu, *args)
         if self._mark() != mark:
             raise self._error(hook, cpu, f"{hook} changed the ring (cursor, mapped pages or deferred slots: "
                                          f"{mark} -> {self._mark()}); only wrap, unmap_flush and rescue may")
+        return out
 
     def kmapped(self, cpu, page):
-        self._bookkeeping("kmapped", cpu, page)
+        self._unchanged("kmapped", cpu, cpu, page)
 
     def kunmapped(self, cpu, page):
-        self._bookkeeping("kunmapped", cpu, page)
+        self._unchanged("kunmapped", cpu, cpu, page)
 
     def first_message(self, t):
-        first = self._call("first_message", None, t)
+        first = self._unchanged("first_message", None, t)
         if first is not None and (not isinstance(first, int) or isinstance(first, bool) or first <= t):
             raise self._error("first_message", None, f"first_message({t}) returned {first!r}: it must be None "
                                                      "(the policy sends no message) or a time after t")
