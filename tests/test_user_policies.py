@@ -312,3 +312,51 @@ def test_python_sweep_takes_a_class(tmp_path):
     table = smpsim.sweep(tmp_path / "exp.toml", out=tmp_path / "out", jobs=2, policy=Mine).to_pylist()
     assert [r["status"] for r in table] == ["ok", "ok"]
     assert {json.loads((tmp_path / "out" / r["run"] / "summary.json").read_text())["policy"] for r in table} == {"mine"}
+
+
+@pytest.mark.timeout(240)
+def test_a_cpu_on_another_host_loads_its_own_copy_and_a_different_one_is_refused(tmp_path, smpsim_cmd,
+                                                                                  subprocess_env):
+    """`smpsim cpu` never runs code from the wire: it loads the file named by the config (relative to its
+    own working directory) and is refused before running it when its hash is not the coordinator's."""
+    from proc_helpers import free_port
+
+    source = "from smpsim import Policy\nclass P(Policy):\n    name = 'p'\n"
+    here, there, other = (tmp_path / d for d in ("here", "there", "other"))
+    for d, text in ((here, source), (there, source), (other, source + "# another version\n")):
+        d.mkdir()
+        (d / "pol.py").write_text(text)
+    write(here / "c.toml", CONFIG + "[policy]\nname = 'pol.py:P'\n")
+
+    def launch(cpu_dirs: list[Path]) -> tuple[subprocess.Popen, list[subprocess.Popen], Path]:
+        addr, out = f"tcp://127.0.0.1:{free_port()}", tmp_path / f"run-{len(list(tmp_path.glob('run-*')))}"
+        coord = subprocess.Popen([*smpsim_cmd, "coordinator", "-c", str(here / "c.toml"), "--listen", addr, "--out",
+                                  str(out), "--token", "t"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                 text=True, env=subprocess_env)
+        cpus = [subprocess.Popen([*smpsim_cmd, "cpu", "--coordinator", addr, "--cpu-id", str(c), "--token", "t"],
+                                 cwd=d, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=subprocess_env)
+                for c, d in enumerate(cpu_dirs)]
+        return coord, cpus, out
+
+    def finish(procs: list[subprocess.Popen]) -> list[str]:
+        try:
+            return [p.communicate(timeout=60)[1] for p in procs]
+        finally:
+            for p in procs:
+                p.kill()
+                p.wait()
+
+    coord, cpus, out = launch([here, there])
+    errs = finish([coord, *cpus])
+    assert coord.returncode == 0, errs
+    want = inline.run(load_config(here / "c.toml")).summary["digest"]
+    assert json.loads((out / "summary.json").read_text())["digest"] == want
+
+    coord, cpus, out = launch([here, other])
+    coord_err, _, cpu_err = finish([coord, *cpus])
+    mine = policies.resolve("pol.py:P", str(other)).sha256
+    theirs = load_config(here / "c.toml").policy.sha256
+    for err in (coord_err, cpu_err):
+        assert "CPU 1" in err and mine in err and theirs in err and "Traceback" not in err, err
+    assert coord.returncode != 0 and cpus[1].returncode != 0
+    assert json.loads((out / "summary.json").read_text())["status"] == "aborted"
