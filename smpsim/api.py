@@ -123,7 +123,7 @@ def check_workload(cfg: Config) -> str | None:
         try:
             generator.check_callable(cfg)
         except usercode.UserCodeError as e:
-            raise WorkloadError(f"workload.generator {e}") from None
+            raise WorkloadError(str(e)) from None
     return None
 
 

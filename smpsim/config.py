@@ -267,9 +267,10 @@ def describe_error(err: dict[str, Any]) -> str:
         return f"{loc}: unknown key"
     given = err.get("input")
     where = f"{loc}: " if loc else ""
+    msg = err["msg"].removeprefix("Value error, ")  # our validators' messages say what and where
     if isinstance(given, dict):
-        return f"{where}{err['msg']}"
-    return f"{where}{err['msg']} (given {given!r})"
+        return f"{where}{msg}"
+    return f"{where}{msg} (given {given!r})"
 
 
 def validate(data: dict[str, Any], source: str = "config") -> Config:
