@@ -81,9 +81,8 @@ def load(config: ConfigSource = None, overrides: Overrides = None, *, engine: st
         data = json.loads(json.dumps(config))  # a deep copy of plain data
         for a in sets:
             apply_override(data, a)
-        cfg = validate(data, "config")
-        cfg.base_dir = base_dir or str(Path.cwd())
-        return cfg
+        data["base_dir"] = base_dir or str(Path.cwd())  # before validation: the workload's file is hashed
+        return validate(data, "config")
     path = Path(config) if config is not None else default_config_path()
     from smpsim.experiments.sweep import load_experiment
 

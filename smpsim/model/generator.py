@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from smpsim.model.errors import ModelError
+from smpsim.model.messages import MIGRATED_KUNMAP
 
 if TYPE_CHECKING:
     from smpsim.config import Config
@@ -26,6 +27,7 @@ _BLOCK = 512
 _SHAPES = {
     "kmap": '("kmap", page)',
     "kunmap": '("kunmap", page)',
+    MIGRATED_KUNMAP: f'("{MIGRATED_KUNMAP}", page)',
     "access": '("access", page, n, write)',
     "compute": '("compute", cycles)',
 }
@@ -41,7 +43,7 @@ def check_op(op: Any) -> tuple | str:
         return f"expected an op tuple such as {_SHAPES['kmap']}, got {op!r}"
     code = op[0]
     if code not in _SHAPES:
-        return f"unknown op {code!r} in {tuple(op)!r} (expected one of kmap, access, kunmap, compute)"
+        return f"unknown op {code!r} in {tuple(op)!r} (expected one of {', '.join(_SHAPES)})"
     n_fields = 4 if code == "access" else 2
     if len(op) != n_fields:
         return f"{tuple(op)!r} has {len(op)} items; {code} is {_SHAPES[code]}"

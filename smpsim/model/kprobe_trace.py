@@ -22,7 +22,10 @@ header, other events, lost-event markers) is counted as unused. docs/workloads.m
   page. A kunmap of a page with none (the trace started while it was held) is skipped and counted. A
   kunmap on another CPU than its kmap (the task migrated) is replayed on the CPU that made it: in the
   kernel kunmap_high is not per-CPU (it drops the slot's count under kmap_lock, whichever CPU calls it),
-  and so is the model's kunmap of a page the CPU does not hold (model/cpu.py). Such kunmaps are counted.
+  and so is the model's. It is the op MIGRATED_KUNMAP, which differs from a kunmap in one way: the replay
+  keeps each CPU's own timing, so the kmapping CPU may be later in the model than in the trace; while the
+  page has no holder, the kunmap waits for the next kmap of it (model/coordinator.py), as the migrated
+  task could not have called kunmap before its kmap returned. Such kunmaps are counted.
 
 Each CPU process reads the file itself, lazily: ``blocks(cfg, cpu)`` streams the whole file (the hold
 counts need every CPU's lines) and keeps only its CPU's operations, a block at a time. Memory is the
@@ -39,6 +42,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
+from smpsim.model.messages import MIGRATED_KUNMAP
 from smpsim.model.workloads import WorkloadError
 
 if TYPE_CHECKING:
@@ -93,8 +97,8 @@ def _settings(cfg: "Config") -> tuple[str, int, int]:
 
 def _calls(path: str, mhz: int, page_bytes: int, cpus: int, stats: TraceStats | None = None
            ) -> Iterator[tuple[int, int, str, int, int]]:
-    """(line, cpu, "kmap"|"kunmap", page, cycles since the first call) of every call replayed, in file
-    order; skipped kunmaps and unused lines only go to ``stats``."""
+    """(line, cpu, op, page, cycles since the first call) of every call replayed, in file order (op:
+    "kmap", "kunmap" or MIGRATED_KUNMAP); skipped kunmaps and unused lines only go to ``stats``."""
     holders: dict[int, list[int]] = {}  # page -> CPUs of its kmaps not yet kunmapped (pages held now only)
     origin: int | None = None
     try:
@@ -150,6 +154,7 @@ def _calls(path: str, mhz: int, page_bytes: int, cpus: int, stats: TraceStats | 
                     mine.reverse()
                 else:
                     mine.pop(0)  # the oldest hold of another CPU: the task that migrated
+                    op = MIGRATED_KUNMAP
                     if stats is not None:
                         stats.migrated += 1
                         if stats.first_migrated is None:
