@@ -46,6 +46,12 @@ def test_the_sample_counts_what_it_replays_and_skips():
     assert stats.cpus == {0, 1, 2, 3}
 
 
+def test_the_docs_show_what_the_sample_prints():
+    cfg = api.load(SAMPLES / "trace.toml")
+    shown = api.check_workload(cfg).replace(str(SAMPLE), "docs/samples/kmap.trace")
+    assert f"\n{shown}\n" in (SAMPLES.parent / "workloads.md").read_text()
+
+
 def test_each_cpu_gets_its_calls_with_the_gaps_as_compute():
     cfg = api.load(SAMPLES / "trace.toml")
     page = 0xc1f4b020 // 32
