@@ -6,6 +6,7 @@ unrelated lines; these tests replay it as a user would."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -195,3 +196,45 @@ def test_inline_and_distributed_replay_the_same(tmp_path):
         assert a.summary["counters"]["kmaps"] == 400
         assert a.summary["counters"]["wraps"] > 0  # 16 slots: the replay wraps the ring
         assert a.summary["digest"] == b.summary["digest"]
+
+
+# ---- a replaced CPU process gets the same operations from its own copy -----------------------------------
+def test_cpus_restored_from_snapshots_replay_the_same(tmp_path):
+    """A replacement regenerates its program from the file and skips to its pc (Program.seek)."""
+    from smpsim.engines import inline
+    from smpsim.engines.recorder import Recorder
+    from test_respawn import RestoringEngine
+
+    _long_trace(tmp_path / "t.trace", 300)
+    cfg = api.load({"machine": {"cpus": 4, "last_pkmap": 16},
+                    "workload": {"kind": "trace", "trace": str(tmp_path / "t.trace")}})
+    want = inline.run(cfg).summary
+    engine = RestoringEngine(cfg, Recorder(cfg, None, "inline"))
+    engine.drive()
+    got = engine.core.close()
+    assert engine.restored > 0 and got["digest"] == want["digest"]
+
+
+@pytest.mark.timeout(180)
+def test_a_killed_cpu_process_is_replaced_and_replays_the_same(tmp_path, smpsim_cmd, subprocess_env):
+    from test_respawn import _events, _kill, _wait
+
+    _long_trace(tmp_path / "t.trace", 3000)
+    (tmp_path / "t.toml").write_text('[machine]\ncpus = 4\nlast_pkmap = 16\n\n'
+                                     '[workload]\nkind = "trace"\ntrace = "t.trace"\n')
+    want = api.run_config(api.load(tmp_path / "t.toml")).summary
+    run = tmp_path / "run"
+    proc = subprocess.Popen([*smpsim_cmd, "launch", "--config", str(tmp_path / "t.toml"), "--out", str(run),
+                             "--checkpoint-every", "300"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=subprocess_env)
+    try:
+        _wait(lambda: len(_events(run, "checkpoint")) >= 3, "3 checkpoints")
+        _kill(run, 2)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert [f["cpu"] for f in summary["faults"]["first"]] == [2]
+    assert summary["digest"] == want["digest"]
