@@ -238,3 +238,11 @@ def test_a_killed_cpu_process_is_replaced_and_replays_the_same(tmp_path, smpsim_
     summary = json.loads((run / "summary.json").read_text())
     assert [f["cpu"] for f in summary["faults"]["first"]] == [2]
     assert summary["digest"] == want["digest"]
+
+
+def test_a_model_error_names_the_trace_line():
+    """kmap_local cannot replay a migrated hold: the error says so and names the line of that kunmap."""
+    with pytest.raises(smpsim.model.errors.ModelError,
+                       match=r"CPU 2, operation #1 \(kunmap_migrated\).*migrated.*\(trace line 18\)") as e:
+        smpsim.run(SAMPLES / "trace.toml", overrides={"policy.name": "kmap-local"})
+    assert e.value.run.summary["status"] == "error"

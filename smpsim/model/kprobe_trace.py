@@ -223,3 +223,13 @@ def line_of(cfg: "Config", cpu: int, position: int) -> int | None:
             return lineno
         index += 1
     return None
+
+
+def locate(cfg: "Config", err: Exception) -> None:
+    """Add the trace line to a model error raised at a CPU's operation (read again: nothing per op is kept)."""
+    cpu, position = getattr(err, "cpu", None), getattr(err, "position", None)
+    if cpu is None or position is None or not err.args:
+        return
+    line = line_of(cfg, cpu, position)
+    if line is not None:
+        err.args = (f"{err.args[0]} (trace line {line})", *err.args[1:])
