@@ -19,6 +19,7 @@ import pytest
 import smpsim
 from smpsim import api
 from smpsim.model import kprobe_trace, workloads
+from smpsim.model.errors import ModelError
 from smpsim.model.workloads import WorkloadError
 
 SAMPLES = Path(__file__).resolve().parents[1] / "docs" / "samples"
@@ -242,7 +243,7 @@ def test_a_killed_cpu_process_is_replaced_and_replays_the_same(tmp_path, smpsim_
 
 def test_a_model_error_names_the_trace_line():
     """kmap_local cannot replay a migrated hold: the error says so and names the line of that kunmap."""
-    with pytest.raises(smpsim.model.errors.ModelError,
+    with pytest.raises(ModelError,
                        match=r"CPU 2, operation #1 \(kunmap_migrated\).*migrated.*\(trace line 18\)") as e:
         smpsim.run(SAMPLES / "trace.toml", overrides={"policy.name": "kmap-local"})
     assert e.value.run.summary["status"] == "error"
