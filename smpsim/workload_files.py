@@ -15,6 +15,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from smpsim.config import WORKLOAD_FILE_KEYS
+
 if TYPE_CHECKING:
     from smpsim.config import Config
 
@@ -51,7 +53,7 @@ def source_sha256(cfg: "Config") -> str | None:
     path = cfg.workload_file_path()
     if path is None:
         return None
-    key = "trace" if w.kind == "trace" else "script"
+    key = WORKLOAD_FILE_KEYS[w.kind]
     try:
         return sha256_file(path)
     except FileNotFoundError:
@@ -68,8 +70,7 @@ def shipped(cfg: "Config") -> dict[str, Any]:
     data = cfg.model_dump(mode="json")
     w = data["workload"]
     if cfg.workload.kind in ("script", "trace"):
-        key = "trace" if cfg.workload.kind == "trace" else "script"
-        w[key] = str(Path(cfg.workload_file_path() or "").resolve())
+        w[WORKLOAD_FILE_KEYS[cfg.workload.kind]] = str(Path(cfg.workload_file_path() or "").resolve())
     elif cfg.workload.kind == "python" and cfg.workload.generator:
         from smpsim import usercode
 
@@ -87,7 +88,7 @@ def check_copy(cfg: "Config", who: str) -> None:
     """On a CPU process: refuse a missing copy of the workload's file, or one whose SHA-256 differs from
     the coordinator's (``workload.sha256``), before anything of it runs."""
     w = cfg.workload
-    if w.kind not in ("script", "trace", "python") or w.sha256 is None:
+    if w.kind not in WORKLOAD_FILE_KEYS or w.sha256 is None:
         return
     if w.kind == "python":
         from smpsim import usercode
@@ -101,7 +102,7 @@ def check_copy(cfg: "Config", who: str) -> None:
         where = w.generator
     else:
         path = cfg.workload_file_path()
-        key = "trace" if w.kind == "trace" else "script"
+        key = WORKLOAD_FILE_KEYS[w.kind]
         try:
             mine = sha256_file(path or "")
         except OSError as e:

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from smpsim.cli.common import handle_errors
-from smpsim.config import ConfigError
+from smpsim.config import WORKLOAD_FILE_KEYS, ConfigError
 from smpsim.experiments.sweep import load_experiment
 
 app = typer.Typer(no_args_is_help=True, help="Show or check a run configuration.")
@@ -50,7 +50,7 @@ def check(config: Annotated[Path, typer.Argument(help="TOML config (or experimen
             try:
                 note = api.check_workload(point.cfg)
             except WorkloadError as e:
-                problems.append(f"workload.{'trace' if point.cfg.workload.kind == 'trace' else 'generator'}: {e}")
+                problems.append(f"workload.{WORKLOAD_FILE_KEYS[point.cfg.workload.kind]}: {e}")
             else:
                 notes += [note] if note else []
     problems += exp.report_problems()  # smpsim sweep only warns: a --set may have swept the baseline away

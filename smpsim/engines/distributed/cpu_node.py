@@ -18,7 +18,7 @@ from collections import deque
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from smpsim.config import Config, validate
+from smpsim.config import WORKLOAD_FILE_KEYS, Config, validate
 from smpsim.engines import stopping
 from smpsim.engines.distributed import protocol as p
 from smpsim.engines.distributed.logs import process_logger
@@ -72,7 +72,7 @@ def prepare(cfg: Config) -> None:
     forked processes inherit them instead of each spending milliseconds on its own copy. So does loading
     ctypes and libc for _die_with_parent: about 9 ms of CPU (1,000 page faults) in each process otherwise."""
     _load_libc()
-    if cfg.workload.kind not in ("script", "trace", "python"):  # not a file: nothing to share
+    if cfg.workload.kind not in WORKLOAD_FILE_KEYS:  # generated: share what the first block builds
         workloads.program(cfg, 0).fill(0)
 
 
