@@ -1,6 +1,6 @@
 """Workloads written in Python (``workload.kind = "python"``, ``workload.generator = "file.py:func"``).
 
-``func(cpu, rng, cfg)`` returns an iterable (typically is a generator) of the op tuples of
+``func(cpu, rng, cfg)`` returns an iterable (typically a generator) of the op tuples of
 docs/architecture.md for CPU ``cpu``; ``rng`` is that CPU's ``random.Random(f"{seed}:{cpu}:python")``,
 seeded like the built-in kinds, and ``cfg`` the run's Config. It is consumed lazily, a block at a time,
 so memory stays flat however many operations it yields, and it is started afresh (and skipped forward)
@@ -95,7 +95,12 @@ def _where(loaded: Any, it: Any, exc: BaseException | None = None) -> str:
 
 def blocks(cfg: "Config", cpu: int) -> Iterator[list[tuple]]:
     """CPU ``cpu``'s operations, a block at a time, each checked."""
-    loaded = load(cfg)
+    from smpsim import usercode
+
+    try:  # checked before the run (api.check_workload, a CPU process's check of its copy): an edit since
+        loaded = load(cfg)
+    except usercode.UserCodeError as e:
+        raise ModelError(cpu, "generator", 0, str(e)) from None
     rng = random.Random(f"{cfg.seed}:{cpu}:python")
     spec = loaded.spec
     try:

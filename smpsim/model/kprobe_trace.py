@@ -50,12 +50,12 @@ if TYPE_CHECKING:
 
 _BLOCK = 512
 
-# TASK-PID [(TGID)] [CPU] [FLAGS] SECONDS.FRACTION: EVENT: (SYMBOL+OFF/SIZE) ARGS
+# TASK-PID [(TGID)] [CPU] [FLAGS] SECONDS.FRACTION: EVENT: (SYMBOL+OFF/SIZE) ARGS, searched for from the
+# CPU column on (a task name can hold anything); ptr: the first hex argument.
 _LINE = re.compile(
-    rb"^\s*(?:.*?)-(?:\d+)\s+(?:\(\s*[\d-]+\)\s+)?\[(?P<cpu>\d+)\]\s+(?:\S{4,6}\s+)?"
-    rb"(?P<sec>\d+)\.(?P<frac>\d+):\s+(?:\S+):\s+"
-    rb"\((?P<sym>[A-Za-z_.$][\w.$]*)\+0x[0-9a-fA-F]+/0x[0-9a-fA-F]+\)(?P<args>.*)$")
-_HEX = re.compile(rb"\b0x([0-9a-fA-F]+)\b")
+    rb"\[(?P<cpu>\d+)\]\s+(?:\S{4,6}\s+)?"
+    rb"(?P<sec>\d+)\.(?P<frac>\d+):\s+\S+:\s+"
+    rb"\((?P<sym>[A-Za-z_.$][\w.$]*)\+0x[0-9a-fA-F]+/0x[0-9a-fA-F]+\)(?:.*?\b0x(?P<ptr>[0-9a-fA-F]+)\b)?")
 _OPS = {b"kmap_high": "kmap", b"kunmap_high": "kunmap"}
 _MARK = b"map_high+"  # in every line that can be a call: a cheap test before the regex
 _NAMED = re.compile(rb"\((?:kmap_high|kunmap_high)\+")
@@ -95,12 +95,13 @@ def _settings(cfg: "Config") -> tuple[str, int, int]:
     return str(path), w.trace_clock_mhz, w.trace_page_bytes
 
 
-def _calls(path: str, mhz: int, page_bytes: int, cpus: int, stats: TraceStats | None = None
-           ) -> Iterator[tuple[int, int, str, int, int]]:
-    """(line, cpu, op, page, cycles since the first call) of every call replayed, in file order (op:
-    "kmap", "kunmap" or MIGRATED_KUNMAP); skipped kunmaps and unused lines only go to ``stats``."""
+def _calls(path: str, mhz: int, page_bytes: int, cpus: int, stats: TraceStats | None = None,
+           want: int | None = None) -> Iterator[tuple[int, int, str, int, int]]:
+    """(line, cpu, op, page, cycles since the first call) of every call replayed (only CPU ``want``'s,
+    if given), in file order (op: "kmap", "kunmap" or MIGRATED_KUNMAP); skipped kunmaps and unused lines
+    only go to ``stats``."""
     holders: dict[int, list[int]] = {}  # page -> CPUs of its kmaps not yet kunmapped (pages held now only)
-    origin: int | None = None
+    origin = -1
     try:
         f = open(path, "rb")
     except OSError as e:
@@ -109,10 +110,10 @@ def _calls(path: str, mhz: int, page_bytes: int, cpus: int, stats: TraceStats | 
         lineno = 0
         for raw in f:
             lineno += 1
-            m = _LINE.match(raw) if _MARK in raw else None
+            m = _LINE.search(raw) if _MARK in raw else None
             op = _OPS.get(m["sym"]) if m is not None else None
             if op is None:
-                if _NAMED.search(raw) and m is None:
+                if m is None and _NAMED.search(raw):
                     text = raw.decode("utf-8", "replace").strip()
                     raise WorkloadError(
                         f"{path}:{lineno}: a {'kunmap' if b'kunmap' in raw else 'kmap'}_high call that cannot be "
@@ -128,16 +129,11 @@ def _calls(path: str, mhz: int, page_bytes: int, cpus: int, stats: TraceStats | 
                     f"{path}:{lineno}: CPU {cpu} is out of range: the machine has {cpus} "
                     f"CPU{'s' if cpus != 1 else ''}; set machine.cpus to at least {cpu + 1} (the traced "
                     "machine's number of CPUs)")
-            arg = _HEX.search(m["args"])
-            if arg is None:
+            ptr = m["ptr"]
+            if ptr is None:
                 raise WorkloadError(f"{path}:{lineno}: {op} without a hex argument: the page pointer is the "
-                                 "first one (record the probe with page=$arg1, see docs/workloads.md)")
-            page = int(arg[1], 16) // page_bytes
-            frac = m["frac"][:9]
-            ns = int(m["sec"]) * 1_000_000_000 + int(frac) * 10 ** (9 - len(frac))
-            if origin is None:
-                origin = ns
-            cycles = (ns - origin) * mhz // 1000
+                                    "first one (record the probe with page=$arg1, see docs/workloads.md)")
+            page = int(ptr, 16) // page_bytes
             if op == "kmap":
                 holders.setdefault(page, []).append(cpu)
             else:
@@ -147,11 +143,13 @@ def _calls(path: str, mhz: int, page_bytes: int, cpus: int, stats: TraceStats | 
                         stats.early_kunmaps += 1
                         if stats.first_early is None:
                             stats.first_early = lineno
+                    if origin < 0:  # the trace's first call, skipped or not, starts its time
+                        origin = _ns(m)
                     continue
-                if cpu in mine:
-                    mine.reverse()  # the latest kmap of this page by this CPU
-                    mine.remove(cpu)
-                    mine.reverse()
+                if mine[-1] == cpu:  # the latest kmap of this page by this CPU (nearly always the last)
+                    mine.pop()
+                elif cpu in mine:
+                    del mine[len(mine) - 1 - mine[::-1].index(cpu)]
                 else:
                     mine.pop(0)  # the oldest hold of another CPU: the task that migrated
                     op = MIGRATED_KUNMAP
@@ -167,10 +165,19 @@ def _calls(path: str, mhz: int, page_bytes: int, cpus: int, stats: TraceStats | 
                     stats.kmaps += 1
                 else:
                     stats.kunmaps += 1
-            yield lineno, cpu, op, page, cycles
+            if origin < 0:
+                origin = _ns(m)
+            if want is None or cpu == want:
+                yield lineno, cpu, op, page, (_ns(m) - origin) * mhz // 1000
     if stats is not None:
         stats.lines = lineno
         stats.held_at_end = sum(len(h) for h in holders.values())
+
+
+def _ns(m: re.Match) -> int:
+    """The line's timestamp in nanoseconds (tracefs prints seconds with 6 digits: microseconds)."""
+    frac = m["frac"][:9]
+    return int(m["sec"]) * 1_000_000_000 + int(frac) * 10 ** (9 - len(frac))
 
 
 def scan(cfg: "Config") -> TraceStats:
@@ -196,9 +203,7 @@ def blocks(cfg: "Config", cpu: int) -> Iterator[list[tuple]]:
     path, mhz, page_bytes = _settings(cfg)
     ops: list[tuple] = []
     clock = 0
-    for _, c, op, page, cycles in _calls(path, mhz, page_bytes, cfg.machine.cpus):
-        if c != cpu:
-            continue
+    for _, _, op, page, cycles in _calls(path, mhz, page_bytes, cfg.machine.cpus, want=cpu):
         if cycles > clock:
             ops.append(("compute", cycles - clock))
             clock = cycles
@@ -214,9 +219,7 @@ def line_of(cfg: "Config", cpu: int, position: int) -> int | None:
     name it in an error; None past the end."""
     path, mhz, page_bytes = _settings(cfg)
     index, clock = 0, 0
-    for lineno, c, _, _, cycles in _calls(path, mhz, page_bytes, cfg.machine.cpus):
-        if c != cpu:
-            continue
+    for lineno, _, _, _, cycles in _calls(path, mhz, page_bytes, cfg.machine.cpus, want=cpu):
         if cycles > clock:  # the compute op before the call, as blocks() makes it
             index, clock = index + 1, cycles
         if index >= position:
