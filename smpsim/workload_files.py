@@ -84,7 +84,7 @@ class CopyMismatch(Exception):
     """This host's copy of the workload's file is missing or differs from the coordinator's."""
 
 
-def check_copy(cfg: "Config", who: str) -> None:
+def check_copy(cfg: "Config") -> None:
     """On a CPU process: refuse a missing copy of the workload's file, or one whose SHA-256 differs from
     the coordinator's (``workload.sha256``), before anything of it runs."""
     w = cfg.workload
@@ -97,7 +97,7 @@ def check_copy(cfg: "Config", who: str) -> None:
         try:
             _, mine = usercode.source_sha256(w.generator, cfg.base_dir)
         except usercode.UserCodeError as e:
-            raise CopyMismatch(f"{who}: workload.generator: {e}; give this host the same file at the same "
+            raise CopyMismatch(f"workload.generator: {e}; give this host the same file at the same "
                                "path (or install the same module)") from None
         where = w.generator
     else:
@@ -106,9 +106,9 @@ def check_copy(cfg: "Config", who: str) -> None:
         try:
             mine = sha256_file(path or "")
         except OSError as e:
-            raise CopyMismatch(f"{who}: workload.{key}: cannot read {path} on this host ({e.strerror or e}); "
+            raise CopyMismatch(f"workload.{key}: cannot read {path} on this host ({e.strerror or e}); "
                                "copy the coordinator's file to the same path") from None
         where = str(path)
     if mine != w.sha256:
-        raise CopyMismatch(f"{who}: the workload file {where} on this host has SHA-256 {mine}, but the "
+        raise CopyMismatch(f"the workload file {where} on this host has SHA-256 {mine}, but the "
                            f"coordinator's has {w.sha256}: give every host the same file")

@@ -150,9 +150,9 @@ def test_the_hash_pins_the_file_and_a_cpu_checks_its_copy(tmp_path):
     shipped = workload_files.shipped(cfg)
     assert shipped["workload"]["generator"] == f"{tmp_path.resolve() / 'gen.py'}:handoff"
     on_cpu = smpsim.config.validate(shipped)  # as a CPU process gets it: absolute path, the coordinator's hash
-    workload_files.check_copy(on_cpu, "CPU 2")
+    workload_files.check_copy(on_cpu)
     (tmp_path / "gen.py").write_text(GEN + "\n# edited\n")
-    with pytest.raises(workload_files.CopyMismatch, match="CPU 2: .*gen.py.* has SHA-256 .*but the coordinator"):
-        workload_files.check_copy(on_cpu, "CPU 2")
+    with pytest.raises(workload_files.CopyMismatch, match="gen.py.* has SHA-256 .*but the coordinator"):
+        workload_files.check_copy(on_cpu)
     with pytest.raises(ConfigError, match="the file changed since"):
         api.load(tmp_path / "gen.toml", {"workload.sha256": cfg.workload.sha256})

@@ -247,3 +247,16 @@ def test_a_model_error_names_the_trace_line():
                        match=r"CPU 2, operation #1 \(kunmap_migrated\).*migrated.*\(trace line 18\)") as e:
         smpsim.run(SAMPLES / "trace.toml", overrides={"policy.name": "kmap-local"})
     assert e.value.run.summary["status"] == "error"
+
+
+def test_a_cpu_process_whose_copy_differs_refuses_to_run(tmp_path):
+    """Nothing of the workload travels: each CPU process reads its own copy, checked by the hash the
+    coordinator's config records."""
+    shutil.copy(SAMPLE, tmp_path)
+    cfg = api.load({"machine": {"cpus": 4}, "workload": {"kind": "trace", "trace": str(tmp_path / "kmap.trace")}},
+                   engine="distributed")
+    with open(tmp_path / "kmap.trace", "a") as f:  # edited after the coordinator's config was made
+        f.write("# one more line\n")
+    with pytest.raises(ModelError, match=r"CPU \d, workload: the workload file .*kmap\.trace on this host has "
+                                         rf"SHA-256 \w+, but the coordinator's has {cfg.workload.sha256}"):
+        api.run_config(cfg)

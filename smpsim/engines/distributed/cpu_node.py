@@ -173,10 +173,10 @@ class CpuNode:
                 _, _, self.cpu_id, config = msg
                 cfg = self.preloaded or validate(config, "config from the coordinator")
                 try:  # this host's copy of the workload's file, before anything of it runs
-                    workload_files.check_copy(cfg, self.who)
+                    workload_files.check_copy(cfg)
                 except workload_files.CopyMismatch as e:
                     self._send(p.FAIL, self.cpu_id, "workload", None, str(e), None)
-                    raise CpuExit(str(e)) from None
+                    raise CpuExit(f"{self.who}: {e}") from None
                 self.cpu = Cpu(cfg, self.cpu_id, workloads.program(cfg, self.cpu_id))
                 self._stop_monitor()
                 if self.rejoin:
