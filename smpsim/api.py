@@ -81,7 +81,7 @@ def load(config: ConfigSource = None, overrides: Overrides = None, *, engine: st
         data = json.loads(json.dumps(config))  # a deep copy of plain data
         for a in sets:
             apply_override(data, a)
-        data["base_dir"] = base_dir or str(Path.cwd())  # where relative paths (script, policy file) start
+        data["base_dir"] = base_dir or str(Path.cwd())  # before validation: relative paths start here, files are hashed
         return validate(data, "config")
     path = Path(config) if config is not None else default_config_path()
     from smpsim.experiments.sweep import load_experiment
@@ -102,13 +102,28 @@ def load(config: ConfigSource = None, overrides: Overrides = None, *, engine: st
     return exp.points[point].cfg
 
 
-def check_workload(cfg: Config) -> None:
-    """Raise WorkloadError for a workload that cannot run (a script: every line checked), before a run
-    directory is made."""
-    if cfg.workload.kind == "script":
+def check_workload(cfg: Config) -> str | None:
+    """Raise WorkloadError for a workload that cannot run (a script: every line checked; a trace: read
+    once; a generator: loaded), before a run directory is made. For a trace, what it replays and leaves
+    out, in one line."""
+    kind = cfg.workload.kind
+    if kind == "script":
         from smpsim.model.workloads import check_script
 
         check_script(cfg.script_path(), cfg.machine.cpus, raise_=True)
+    elif kind == "trace":
+        from smpsim.model import kprobe_trace
+
+        return f"trace {cfg.workload_file_path()}: {kprobe_trace.scan(cfg).describe()}"
+    elif kind == "python":
+        from smpsim import usercode
+        from smpsim.model import generator
+
+        try:
+            generator.check_callable(cfg)
+        except usercode.UserCodeError as e:
+            raise WorkloadError(str(e)) from None
+    return None
 
 
 def _with_policy(overrides: Overrides, policy: type | str | None) -> list[str]:

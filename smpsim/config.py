@@ -18,7 +18,11 @@ from smpsim.model.policies import POLICY_NAMES
 # LAST_PKMAP by architecture (reference section 2).
 ARCH_LAST_PKMAP = {"i386": 1024, "i386-pae": 512, "arm": 512, "mips": 1024}
 
-WORKLOADS = ("uniform", "zipf", "stream", "shared", "pingpong", "script")
+WORKLOADS = ("uniform", "zipf", "stream", "shared", "pingpong", "script", "trace", "python")
+# The workload kinds read from a file, and the key naming it.
+WORKLOAD_FILE_KEYS = {"script": "script", "trace": "trace", "python": "generator"}
+TRACE_CLOCK_MHZ = 2500  # the cost model's cycles are at about 2.5 GHz (Cost)
+TRACE_PAGE_BYTES = 32   # sizeof(struct page) on i386 without debug options
 
 
 class _Strict(BaseModel):
@@ -99,7 +103,7 @@ class Policy(_Strict):
 
 
 class Workload(_Strict):
-    kind: Literal["uniform", "zipf", "stream", "shared", "pingpong", "script"] = "uniform"
+    kind: Literal["uniform", "zipf", "stream", "shared", "pingpong", "script", "trace", "python"] = "uniform"
     pages: int = Field(4096, ge=1, description="highmem pages the workload draws from")
     # Programs are streamed, so any length runs in the same memory; the bound only keeps values every
     # process and file format can carry (10**15 kmaps would take centuries).
@@ -116,6 +120,15 @@ class Workload(_Strict):
     hot_pages: int = Field(16, ge=1, description="shared: size of the hot set every CPU maps")
     hot_fraction: float = Field(0.8, ge=0.0, le=1.0, description="shared: fraction of kmaps to the hot set")
     script: str | None = Field(None, description="script: JSON-lines file of per-CPU operations")
+    trace: str | None = Field(None, description="trace: tracefs text of kprobes on kmap_high/kunmap_high")
+    trace_clock_mhz: int | None = Field(None, ge=1, le=10**6, description="trace: cycles per microsecond the "
+                                        f"timestamps' gaps are converted at (default {TRACE_CLOCK_MHZ})")
+    trace_page_bytes: int | None = Field(None, ge=1, le=4096, description="trace: page number = page pointer "
+                                         f"// this (default {TRACE_PAGE_BYTES}, sizeof(struct page) on i386)")
+    generator: str | None = Field(None, description="python: 'file.py:func' or 'module:func' yielding each CPU's ops")
+    sha256: str | None = Field(None, pattern="^[0-9a-f]{64}$",
+                               description="SHA-256 of the script, trace or generator source (filled in; "
+                                           "a different file is refused)")
 
 
 class Trace(_Strict):
@@ -183,15 +196,45 @@ class Config(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _script_needs_file(self) -> "Config":
-        if self.workload.kind == "script" and not self.workload.script:
-            raise ValueError("workload.kind = 'script' needs workload.script = 'FILE.jsonl'")
+    def _workload_file(self) -> "Config":
+        """A kind read from a file names it; the file's SHA-256 is recorded (so the config hash changes
+        with the file), or checked when the config already records one."""
+        w = self.workload
+        key = WORKLOAD_FILE_KEYS.get(w.kind)
+        if key is None:
+            return self
+        example = {"script": "FILE.jsonl", "trace": "FILE.trace", "generator": "file.py:func"}[key]
+        if not getattr(w, key):
+            raise ValueError(f"workload.kind = '{w.kind}' needs workload.{key} = '{example}'")
+        if w.kind == "trace":
+            if w.trace_clock_mhz is None:
+                w.trace_clock_mhz = TRACE_CLOCK_MHZ
+            if w.trace_page_bytes is None:
+                w.trace_page_bytes = TRACE_PAGE_BYTES
+        if self.base_dir is None:  # a config shipped to a CPU process: it checks its own copy against sha256
+            return self
+        from smpsim.workload_files import source_sha256
+        sha = source_sha256(self)
+        if sha is not None and w.sha256 is not None and sha != w.sha256:
+            raise ValueError(f"workload.{key}: {self.workload_file_path()} has SHA-256 {sha}, but the config "
+                             f"records {w.sha256}: the file changed since; restore it, or remove workload.sha256")
+        if sha is not None and w.sha256 is None:
+            w.sha256 = sha
         return self
 
+    def workload_file_path(self) -> Path | None:
+        """The trace or script file (a generator spec's file: smpsim.workload_files)."""
+        w = self.workload
+        name = w.trace if w.kind == "trace" else w.script
+        return self._resolve(name)
+
     def script_path(self) -> Path | None:
-        if not self.workload.script:
+        return self._resolve(self.workload.script)
+
+    def _resolve(self, name: str | None) -> Path | None:
+        if not name:
             return None
-        p = Path(self.workload.script)
+        p = Path(name)
         if not p.is_absolute() and self.base_dir:
             p = Path(self.base_dir) / p
         return p
@@ -271,9 +314,10 @@ def describe_error(err: dict[str, Any]) -> str:
         return f"{loc}: unknown key"
     given = err.get("input")
     where = f"{loc}: " if loc else ""
+    msg = err["msg"].removeprefix("Value error, ")  # our validators' messages say what and where
     if isinstance(given, dict):
-        return f"{where}{err['msg']}"
-    return f"{where}{err['msg']} (given {given!r})"
+        return f"{where}{msg}"
+    return f"{where}{msg} (given {given!r})"
 
 
 def validate(data: dict[str, Any], source: str = "config", resolve_code: bool = True) -> Config:

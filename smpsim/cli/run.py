@@ -85,6 +85,9 @@ def execute(cfg: Config, out: Path | None, respawn=None) -> None:
     and print its summary. respawn: the distributed engine's RespawnPolicy (None: its default)."""
     from smpsim import api
 
+    about = api.check_workload(cfg)  # a trace: what it replays and skips (the run checks it again, cached)
+    if about:
+        typer.echo(about, err=True)
     report(cfg, lambda progress: api.run_config(cfg, out, runs_root=None if out is not None else "runs",
                                                 progress=progress, respawn=respawn))
 

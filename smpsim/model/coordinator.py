@@ -18,7 +18,7 @@ from heapq import heappop, heappush
 from typing import Any, Final
 
 from smpsim.config import Config
-from smpsim.model.messages import INF, Done, Ipi, Progress, Request, reply
+from smpsim.model.messages import INF, MIGRATED_KUNMAP, Done, Ipi, Progress, Request, reply
 from smpsim.model.cpu import service_ipis
 from smpsim.model.errors import DeadlockError, ModelError
 from smpsim.model.policies import Flush, FlushPolicy, Guard, make_policy, next_tick, traits
@@ -97,6 +97,7 @@ class Coordinator:
         self.lb = [0] * self.ncpu                # RUNNING CPUs: no request before this time
         self.running = [(0, c) for c in range(self.ncpu)]  # heap of (lb, cpu), outdated entries skipped
         self.pkmap_map_wait: list[_Request] = []  # sleepers, in the order they went to sleep
+        self.parked: dict[int, list[_Request]] = {}  # page -> MIGRATED_KUNMAP calls waiting for its kmap
         self.events: list[tuple] = []  # trace events, tuples laid out as in events.py
         self.outbox: list[tuple[int, tuple]] = []  # (destination CPU, message)
         self.t_last = 0
@@ -153,6 +154,10 @@ class Coordinator:
                 self.computing[head.cpu] = None
             if head.op == "kmap":
                 self._kmap_high(head)
+            elif head.op == MIGRATED_KUNMAP and not self._has_holder(head.page):
+                # The replay has not made the kmap this kunmap pairs with: wait for it (_kmap_high).
+                self.parked.setdefault(head.page, []).append(head)
+                continue
             else:
                 self._kunmap_high(head)
             c = head.cpu  # the only CPU that can have become RUNNING
@@ -160,9 +165,17 @@ class Coordinator:
                 lb_c = self.lb[c]
                 if lb_c < e_lb or (lb_c == e_lb and c < e_c):
                     e_lb, e_c = lb_c, c
+        if not pending and e_lb == INF and self.parked and not self.pkmap_map_wait:
+            t, c, pc, page = min((r.t, r.cpu, r.pc, r.page) for rs in self.parked.values() for r in rs)
+            raise ModelError(c, "kunmap", pc, f"kunmap of page {page} by a task that migrated: the kmap it "
+                             "pairs with never came (no CPU can kmap the page any more)", t)
         if not pending and e_lb == INF and self.pkmap_map_wait:
             sleepers = [r.cpu for r in self.pkmap_map_wait]
             raise DeadlockError(self.t_last, sleepers, self.ring.describe())
+
+    def _has_holder(self, page: int) -> bool:
+        slot = self.ring.page_address.get(page)
+        return slot is not None and self.ring.pkmap_count[slot] > 1
 
     def bound(self) -> int:
         """No ring operation from now on starts before this time."""
@@ -256,6 +269,10 @@ class Coordinator:
         self._unlock(t)
         self.events.append((t, cpu, "kmap", page, slot, new, r.slept, t - r.t_first, r.lock_wait))
         self._reply(r, t, slot)
+        if self.parked and page in self.parked:  # migrated kunmaps that waited for a kmap of this page
+            for w in self.parked.pop(page):
+                w.t = max(w.t, t)
+                self._pend(w)
 
     def _kunmap_high(self, r: _Request) -> None:
         ring, cpu, page = self.ring, r.cpu, r.page

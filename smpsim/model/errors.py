@@ -23,6 +23,11 @@ class ModelError(Exception):
         super().__init__(f"{', '.join(where)}: {what}")
 
 
+# ModelError.op of an error in the workload itself (a generator's exception or bad op, a CPU's copy of
+# the workload's file), not in the simulated kernel.
+WORKLOAD_OPS = ("generator", "workload")
+
+
 class DeadlockError(ModelError):
     """Every CPU that still has work sleeps on pkmap_map_wait: nobody can ever kunmap again."""
 

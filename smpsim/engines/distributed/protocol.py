@@ -15,8 +15,9 @@ CPU -> coordinator
   [CKPT, seq, delivered, state]                         a checkpoint of the CPU (CpuPort.snapshot) that
                                                         includes the first `delivered` model messages
 coordinator -> CPU
-  [WELCOME, seq, cpu_id, config, ops, lines]            CPU id (assigned if asked with -1), resolved
-                                                        config; ops only for script workloads
+  [WELCOME, seq, cpu_id, config]                        CPU id (assigned if asked with -1), resolved
+                                                        config (no workload: each CPU reads its own copy
+                                                        of a script, trace or generator, checked by hash)
   [REFUSE, reason]
   [BATCH, seq, model_msgs, safe]                        replies and IPIs (arrays), and the safe-time bound
   [HB, seq]
@@ -38,7 +39,7 @@ import zmq.backend
 
 from smpsim.model import messages as mm
 
-VERSION = 1
+VERSION = 2  # 2: WELCOME no longer carries a script's operations
 
 JOIN_OP = "join"  # FAIL.op of a CPU that cannot take the run's config (a policy file that differs)
 HELLO, WELCOME, REFUSE, BATCH, HB, FAIL, BYE, END, CKPT, RESUME = (
@@ -53,7 +54,7 @@ MAX_MESSAGE_BYTES = 64 << 20  # ZMQ_MAXMSGSIZE: a peer sending a larger message 
 
 # Field types (exact: a bool is not an int here).
 INT, STR, LIST, DICT = (int,), (str,), (list,), (dict,)
-INT_OR_NONE, LIST_OR_NONE, DICT_OR_NONE = (int, type(None)), (list, type(None)), (dict, type(None))
+INT_OR_NONE, DICT_OR_NONE = (int, type(None)), (dict, type(None))
 
 # The declared shapes: kind -> the fields after the kind, (name, allowed types), per direction.
 TO_COORDINATOR: dict[str, tuple[tuple[str, tuple[type, ...]], ...]] = {
@@ -74,7 +75,7 @@ MODEL_TO_COORDINATOR: dict[type, tuple[tuple[type, ...], ...]] = {
 REQUEST_OP = (INT, STR, INT, INT)       # an item of Request.ops: gap, op, page, pc
 _REQUEST_OP_TYPES = tuple(t for (t,) in REQUEST_OP)  # (each field has one type)
 TO_CPU: dict[str, tuple[tuple[str, tuple[type, ...]], ...]] = {
-    WELCOME: (("seq", INT), ("cpu", INT), ("config", DICT), ("ops", LIST_OR_NONE), ("lines", LIST_OR_NONE)),
+    WELCOME: (("seq", INT), ("cpu", INT), ("config", DICT)),
     REFUSE: (("reason", STR),),
     BATCH: (("seq", INT), ("msgs", LIST), ("safe", INT)),
     HB: (("seq", INT),),
