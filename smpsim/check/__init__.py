@@ -77,8 +77,10 @@ class _Workspace:
         self.dir = Path(self._tmp.name)
 
     def script(self, ops: Sequence[Op]) -> Path:
-        text = script_text(ops)
-        path = self.dir / f"{hashlib.sha256(text.encode()).hexdigest()[:20]}.jsonl"
+        return self.file(script_text(ops), ".jsonl")
+
+    def file(self, text: str, suffix: str) -> Path:
+        path = self.dir / f"{hashlib.sha256(text.encode()).hexdigest()[:20]}{suffix}"
         if not path.exists():
             path.write_text(text)
         return path
@@ -102,7 +104,7 @@ def _policy_keys(policy: PolicyArg) -> tuple[str, dict[str, Any]]:
 
 
 def _config(policy: PolicyArg, keys: dict[str, Any], script: Sequence[Op] | None, overrides: Sequence[str],
-            ws: _Workspace, source: str = "policy check") -> Config:
+            ws: _Workspace, source: str = "policy check", trace: str = "") -> Config:
     data: dict[str, Any] = {}
     for a in overrides:
         apply_override(data, a)
@@ -111,6 +113,8 @@ def _config(policy: PolicyArg, keys: dict[str, Any], script: Sequence[Op] | None
     if script is not None:
         set_key(data, "workload.kind", "script")
         set_key(data, "workload.script", str(ws.script(script)))
+    if trace:
+        set_key(data, "workload.trace", str(ws.file(trace, ".trace")))
     data["base_dir"] = os.getcwd()  # a relative policy file is relative to where the check was started
     return validate(data, source)
 
@@ -162,7 +166,7 @@ def check_policy(policy: PolicyArg, *, seed: int = 1, budget: float = DEFAULT_BU
         ran: list[tuple[Case, Outcome]] = []
         for i, case in enumerate(cases):
             progress(f"case {i + 1}/{len(cases)}: {case.name}")
-            cfg = _config(policy, case.keys, case.script or None, overrides, ws)
+            cfg = _config(policy, case.keys, case.script or None, overrides, ws, trace=case.trace)
             out = _run(cfg, case.engine)
             inline = run_inline(cfg) if case.engine == "distributed" and out.failure is None else None
             failed = _case_failure(case, out, inline)
@@ -233,7 +237,8 @@ def cost_line(policy: PolicyArg, ran: list[tuple[Case, Outcome]], overrides: Seq
     mine = values([o for _, o in ran])
     parts = []
     for base in (b for b in BASELINES if b != policy):
-        theirs = values([run_inline(_config(base, c.keys, c.script or None, overrides, ws)) for c, _ in ran])
+        theirs = values([run_inline(_config(base, c.keys, c.script or None, overrides, ws, trace=c.trace))
+                         for c, _ in ran])
         parts.append(f"vs {base}: {saving(mine, theirs)}")
     return f"cost on the same {len(ran)} cases, {'; '.join(parts)}"
 

@@ -22,6 +22,32 @@ class Case:
     keys: dict[str, Any]         # dotted config keys
     script: tuple[Op, ...] = ()  # the lines of a script workload
     engine: str = "inline"
+    trace: str = ""              # the text of a trace workload (tracefs, kprobes on kmap_high / kunmap_high)
+
+
+TRACE_PAGE_BYTES = 32  # workload.trace_page_bytes: page = pointer / this
+
+
+def kprobe_trace(cpus: int, rounds: int, pages: int, seed: int = 0) -> str:
+    """A trace as tracefs writes it for kprobes on kmap_high and kunmap_high (docs/workloads.md): each
+    CPU's task kmaps a page shared with the other CPUs, 2 to 9 microseconds apart, and kunmaps it on the
+    same CPU; some lines are other events, as in a real trace."""
+    import random
+
+    rng = random.Random(f"{seed}:trace")
+    lines = ["# tracer: nop", "#", "#           TASK-PID     CPU#  |||||  TIMESTAMP  FUNCTION"]
+    t = 100.0
+    for r in range(rounds):
+        for cpu in range(cpus):
+            page = rng.randrange(pages)
+            task = f"{'dd' if cpu % 2 else 'tar'}-{1400 + cpu}"
+            for event, probe in (("kmap", "kmap_high+0x0/0x170"), ("kunmap", "kunmap_high+0x0/0xa0")):
+                t += rng.randrange(2, 10) / 1e6
+                lines.append(f"{task:>22} [{cpu:03d}] ..... {t:12.6f}: {event}: ({probe}) "
+                             f"page=0x{0xc1000000 + page * TRACE_PAGE_BYTES:08x}")
+            if r % 7 == 0:
+                lines.append(f"{task:>22} [{cpu:03d}] d..2. {t:12.6f}: sched_switch: prev_comm={task}")
+    return "\n".join(lines) + "\n"
 
 
 def _gen(kind: str, cpus: int, ring: int, kmaps: int = 150, **more: Any) -> dict[str, Any]:
@@ -81,6 +107,11 @@ CASES: tuple[Case, ...] = (
          _gen("uniform", 3, 8, **{"workload.nesting": 3, "workload.pages": 64, "workload.think": 0,
                                        "workload.hold": 3000})),
     Case("idle CPUs: shared, 8 CPUs, 2 active, ring 16", _gen("shared", 8, 16, **{"workload.active_cpus": 2})),
+    Case("python generator: neighbours, 3 CPUs, ring 8",
+         _gen("python", 3, 8, **{"workload.generator": "smpsim.check.generators:neighbours"})),
+    Case("kprobe trace: 4 CPUs, ring 8", {"machine.cpus": 4, "machine.last_pkmap": 8, "workload.kind": "trace",
+                                          "workload.trace_page_bytes": TRACE_PAGE_BYTES},
+         trace=kprobe_trace(4, 60, 24)),
     Case("distributed engine: shared, 2 CPUs, ring 8", _gen("shared", 2, 8, kmaps=40), engine="distributed"),
     Case("distributed engine: pingpong, 3 CPUs, ring 8", _gen("pingpong", 3, 8, kmaps=30),
          engine="distributed"),
