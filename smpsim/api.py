@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from smpsim.config import Config, ConfigError, apply_override, default_config_path, validate
+from smpsim.inputs import file_problem
 from smpsim.model.workloads import WorkloadError
 from smpsim.trace.errors import TraceError
 from smpsim.trace.rundir import CONFIG_NAME
@@ -103,13 +104,23 @@ def load(config: ConfigSource = None, overrides: Overrides = None, *, engine: st
     return exp.points[point].cfg
 
 
+def script_file_problem(path: Path) -> str | None:
+    """Why a workload script cannot be opened (missing, a directory, a FIFO, a device), or None: checked
+    before open(), which would wait forever for a FIFO's writer."""
+    why = file_problem(path)
+    return None if why is None else f"workload.script: {path}: {why}; give a JSON-lines file"
+
+
 def check_workload(cfg: Config) -> None:
     """Raise WorkloadError for a workload that cannot run (a script: every line checked), before a run
     directory is made."""
     if cfg.workload.kind == "script":
         from smpsim.model.workloads import check_script
 
-        check_script(cfg.script_path(), cfg.machine.cpus, raise_=True)
+        path = cfg.script_path()
+        if (why := script_file_problem(path)) is not None:
+            raise WorkloadError(why)
+        check_script(path, cfg.machine.cpus, raise_=True)
 
 
 def run(config: ConfigSource = None, *, engine: str | None = None, overrides: Overrides = None,

@@ -32,14 +32,15 @@ def check(config: Annotated[Path, typer.Argument(help="TOML config (or experimen
           set_: SetOpt = None) -> None:
     """Validate a config file, every point of its sweep table and every line of a workload script: print
     ``ok``, or every problem (exit 2)."""
+    from smpsim.api import script_file_problem
     from smpsim.model.workloads import check_script
 
     exp = load_experiment(config, set_ or ())
     problems: list[str] = []
     for path, cpus in dict.fromkeys((p.cfg.script_path(), p.cfg.machine.cpus) for p in exp.points
                                     if p.cfg.workload.kind == "script"):
-        if not path.is_file():
-            problems.append(f"workload.script: file not found ({path})")
+        if (why := script_file_problem(path)) is not None:
+            problems.append(why)
         else:
             problems += [f"workload.script: {x}" for x in check_script(path, cpus)]
     problems += exp.report_problems()  # smpsim sweep only warns: a --set may have swept the baseline away

@@ -254,5 +254,20 @@ POLICIES: dict[str, type[FlushPolicy]] = {
 POLICY_NAMES: tuple[str, ...] = tuple(POLICIES)
 
 
+def unknown_policy(name: str) -> str:
+    """The message for a policy name that is not registered: the closest one, and the choices."""
+    from smpsim.inputs import did_you_mean, quote
+
+    return f"no policy {quote(name)}{did_you_mean(name, POLICIES)} (the policies: {', '.join(POLICIES)})"
+
+
+def policy_class(name: str) -> type[FlushPolicy]:
+    """The registered policy called ``name``; ValueError saying the closest name when there is none."""
+    try:
+        return POLICIES[name]
+    except KeyError:
+        raise ValueError(unknown_policy(name)) from None
+
+
 def make_policy(cfg) -> FlushPolicy:
-    return POLICIES[cfg.policy.name](cfg)
+    return policy_class(cfg.policy.name)(cfg)
