@@ -9,10 +9,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from cli_helpers import invoke, user_error
-from smpsim.engines import inline
+
 from smpsim.config import load_config
+from smpsim.engines import inline
 from smpsim.inputs import QUOTE_CHARS
 from smpsim.model.policies import policy_class
 
@@ -204,3 +204,109 @@ def test_quoted_dotted_sweep_keys_are_accepted():
 def test_quoted_keys_work_outside_the_sweep_too():
     r = invoke("config", "show", "--set", '"machine"."cpus"=16', "--set", "report.baseline.'policy.name'=eager")
     assert r.exit_code == 0 and "cpus = 16" in r.stdout, r.output
+
+
+# ---- finding 7: queries stop --------------------------------------------------------------------------------
+
+SLOW = "SELECT count(*) FROM range(1000000000) a, range(1000000000) b WHERE a.range + b.range = 7"
+
+
+def _spill_dirs(tmp: Path) -> list[Path]:
+    return sorted(tmp.glob("smpsim-query-*"))
+
+
+def _cpu_seconds(proc) -> float:
+    import psutil
+
+    try:
+        t = psutil.Process(proc.pid).cpu_times()
+    except psutil.Error:
+        return 0.0
+    return t.user + t.system
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("signum, code, name", [(2, 130, "SIGINT"), (15, 143, "SIGTERM")])
+def test_a_signal_cancels_a_running_query(a_run, tmp_path, smpsim_cmd, subprocess_env, signum, code, name):
+    """Before the fix, a cross join ran on after two SIGINTs (DuckDB holds the main thread until the query
+    ends) and only SIGTERM stopped it, silently."""
+    import subprocess
+    import time
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    proc = subprocess.Popen([*smpsim_cmd, "query", a_run, SLOW], env={**subprocess_env,
+                            "TMPDIR": str(tmp)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # The query has started once its spill directory exists and DuckDB is burning CPU.
+        deadline = time.monotonic() + 30
+        while not _spill_dirs(tmp) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        busy = _cpu_seconds(proc) + 0.5
+        while _cpu_seconds(proc) < busy and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()
+        sent = time.monotonic()
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == code, err
+    assert err.startswith(f"error: query cancelled (interrupted by {name}); nothing was written"), err
+    assert "Traceback" not in err and out == ""
+    assert time.monotonic() - sent < 15
+    assert _spill_dirs(tmp) == []
+
+
+@pytest.mark.timeout(60)
+def test_a_query_stops_at_its_timeout(a_run, tmp_path, monkeypatch):
+    import tempfile
+    import time
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    start = time.monotonic()
+    err = user_error(invoke("query", a_run, SLOW, "--timeout", "0.5"))
+    assert err.startswith("error: query failed: stopped after 0.5 s (--timeout)") and "--timeout 0" in err, err
+    assert time.monotonic() - start < 20
+    assert _spill_dirs(tmp_path) == []
+
+
+def test_the_memory_limit_defaults_to_a_quarter_of_ram_and_spills_to_a_removed_directory(a_run, tmp_path,
+                                                                                           monkeypatch):
+    import tempfile
+
+    import psutil
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    r = invoke("query", a_run, "SELECT current_setting('memory_limit') AS m, current_setting('temp_directory') AS d",
+               "--format", "json")
+    (row,) = __import__("json").loads(r.stdout)
+    value, unit = row["m"].split()
+    quarter = psutil.virtual_memory().total / 4 / {"MiB": 2**20, "GiB": 2**30, "TiB": 2**40}[unit]
+    assert abs(float(value) - quarter) <= 0.02 * quarter, (row, quarter)
+    assert Path(row["d"]).parent == tmp_path and Path(row["d"]).name.startswith("smpsim-query-")
+    # More than the limit holds: DuckDB spills into that directory, and it is gone afterwards.
+    r = invoke("query", a_run, "SELECT count(*) FROM (SELECT range FROM range(5000000) ORDER BY hash(range))",
+               "--memory-limit", "30MB", "--format", "csv")
+    assert r.exit_code == 0 and r.stdout.splitlines()[1] == "5000000", r.output
+    assert _spill_dirs(tmp_path) == []
+
+
+def test_a_bad_memory_limit_and_running_out_are_named(a_run):
+    err = user_error(invoke("query", a_run, "SELECT 1", "--memory-limit", "lots"))
+    assert "--memory-limit 'lots': not a size" in err, err
+    err = user_error(invoke("query", a_run, "SELECT string_agg(repeat('x', 100), ',') FROM range(3000000)",
+                            "--memory-limit", "20MB"))
+    assert "Out of Memory" in err and "raise it with --memory-limit" in err and "SET " not in err, err
+
+
+@pytest.mark.parametrize("sql", ["SELECT * FROM glob('{spill}/*')", "COPY (SELECT 1) TO '{spill}/x.csv'",
+                                 "SET temp_directory = '/tmp'", "SET memory_limit = '100GB'"])
+def test_the_spill_directory_is_out_of_the_sandbox_s_reach(a_run, tmp_path, monkeypatch, sql):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    err = user_error(invoke("query", a_run, sql.format(spill=tmp_path / "smpsim-query-x")))
+    assert "disabled" in err or "locked" in err or "read-only" in err, err
