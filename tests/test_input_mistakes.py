@@ -189,6 +189,12 @@ def test_set_without_equals_names_the_missing_equals(tmp_path, command):
     assert "file not found" not in err
 
 
+@pytest.mark.parametrize("args", [["launch"], ["sweep", EXPERIMENT]])
+def test_set_without_equals_is_named_where_the_value_is_an_extra_argument(args):
+    err = user_error(invoke(*args, "--set", "machine.cpus", "16"))
+    assert "unexpected extra argument" in err and "--set machine.cpus has no '=': write --set machine.cpus=16" in err
+
+
 def test_quoted_dotted_sweep_keys_are_accepted():
     quoted = invoke("config", "show", EXPERIMENT, "--set", 'sweep."machine.cpus"=[8, 32]')
     bare = invoke("config", "show", EXPERIMENT, "--set", "sweep.machine.cpus=[8, 32]")
