@@ -6,14 +6,14 @@ user fixing a config file needs; hand-written checks would drift from the schema
 
 from __future__ import annotations
 
-import sys
 import tomllib
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from smpsim.inputs import MAX_NESTING, did_you_mean, file_problem, nesting_problem, quote, undecodable
+from smpsim.inputs import (MAX_NESTING, TOO_DEEP, TOO_LONG_INTEGER, did_you_mean, file_problem, nesting_problem,
+                           quote, undecodable)
 from smpsim.model.policies import POLICY_NAMES
 
 # LAST_PKMAP by architecture (reference section 2).
@@ -277,10 +277,9 @@ def parse_value(text: str, key: str = "value") -> Any:
     except tomllib.TOMLDecodeError:
         return text
     except RecursionError:
-        raise ConfigError("--set", [f"{key}: nested more than {MAX_NESTING} levels deep"]) from None
+        raise ConfigError("--set", [f"{key}: {TOO_DEEP}"]) from None
     except ValueError:  # int() past sys.get_int_max_str_digits()
-        raise ConfigError("--set", [f"{key}: an integer of more than {sys.get_int_max_str_digits():,} digits "
-                                    f"(given {quote(text)})"]) from None
+        raise ConfigError("--set", [f"{key}: {TOO_LONG_INTEGER} (given {quote(text)})"]) from None
     if (deep := nesting_problem(value)) is not None:
         raise ConfigError("--set", [f"{key}: {deep}"])
     return value
@@ -363,9 +362,9 @@ def read_toml(path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(str(path), [f"not valid TOML: {e}"]) from None
     except RecursionError:
-        raise ConfigError(str(path), [f"tables or lists nested more than {MAX_NESTING} levels deep"]) from None
+        raise ConfigError(str(path), [f"tables or lists {TOO_DEEP}"]) from None
     except ValueError:  # int() past sys.get_int_max_str_digits()
-        raise ConfigError(str(path), [f"an integer of more than {sys.get_int_max_str_digits():,} digits"]) from None
+        raise ConfigError(str(path), [TOO_LONG_INTEGER]) from None
     if (deep := nesting_problem(table)) is not None:
         raise ConfigError(str(path), [deep])
     return table

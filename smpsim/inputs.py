@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import os
 import stat
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,9 @@ QUOTE_CHARS = 200
 # Config data (tables, lists) nested deeper than this is refused before anything recurses into it: a real
 # config is 2 levels deep (machine.cpus), a sweep or report key 4; thousands would blow Python's stack.
 MAX_NESTING = 16
+TOO_DEEP = f"nested more than {MAX_NESTING} levels deep"
+# Python refuses to convert longer digit strings (sys.get_int_max_str_digits); no config value comes close.
+TOO_LONG_INTEGER = f"an integer of more than {sys.get_int_max_str_digits():,} digits"
 
 _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
           (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
@@ -55,15 +59,15 @@ def file_problem(path: str | Path) -> str | None:
     return None
 
 
-def nesting_problem(value: Any, limit: int = MAX_NESTING) -> str | None:
-    """Where tables or lists in ``value`` nest deeper than ``limit`` (a dotted path), or None. Iterative, so
-    it cannot itself run out of stack."""
+def nesting_problem(value: Any) -> str | None:
+    """Where tables or lists in ``value`` nest deeper than MAX_NESTING (a dotted path), or None. Iterative,
+    so it cannot itself run out of stack."""
     stack: list[tuple[Any, str, int]] = [(value, "", 0)]
     while stack:
         node, where, depth = stack.pop()
-        if depth > limit:
+        if depth > MAX_NESTING:
             where = where if len(where) <= QUOTE_CHARS else where[:QUOTE_CHARS] + "..."
-            return f"{where or 'the value'}: nested more than {limit} levels deep"
+            return f"{where or 'the value'}: {TOO_DEEP}"
         if isinstance(node, dict):
             stack += [(v, f"{where}.{k}" if where else str(k), depth + 1) for k, v in node.items()]
         elif isinstance(node, list):
