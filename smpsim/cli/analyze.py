@@ -251,10 +251,10 @@ def query(
     from smpsim.analysis.load import open_trace
     from smpsim.analysis.query import QueryError, spill_directory
     from smpsim.analysis.query import query as run_query
-    from smpsim.engines.stopping import exit_code_of
+    from smpsim.engines.stopping import exit_code_of, raising_on_signals
 
-    try:
-        with spill_directory() as spill, open_trace(run) as tr:  # the trace closes first, then spill goes
+    try:  # SIGTERM too unwinds, so the spill directory goes whenever the query is stopped
+        with raising_on_signals(), spill_directory() as spill, open_trace(run) as tr:  # trace closes first
             _truncation_warning(tr.meta)
             cols, rows = run_query(tr, sql, timeout=timeout, memory_limit=memory_limit, spill_dir=spill)
     except QueryError as e:
