@@ -12,8 +12,8 @@ from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from smpsim.inputs import (MAX_NESTING, TOO_DEEP, TOO_LONG_INTEGER, did_you_mean, file_problem, nesting_problem,
-                           quote, undecodable)
+from smpsim.inputs import (MAX_NESTING, TOO_DEEP, TOO_LONG_INTEGER, cut, did_you_mean, file_problem,
+                           nesting_problem, quote, undecodable)
 from smpsim.model.policies import POLICY_NAMES
 
 # LAST_PKMAP by architecture (reference section 2).
@@ -215,7 +215,7 @@ def validate_report(table: Any, source: str) -> Report:
         report = Report.model_validate(table)
     except ValidationError as e:
         raise ConfigError(source, [f"[report] {describe_error(x)}" for x in e.errors()]) from None
-    problems = [f"[report] baseline.{k}: {why}" for k in report.baseline if (why := config_key_problem(k))]
+    problems = [f"[report] baseline.{cut(k)}: {why}" for k in report.baseline if (why := config_key_problem(k))]
     problems += [f"[report] by: {quote(k)}: {why}" for k in report.by if (why := config_key_problem(k))]
     problems += [f"[report] by: {quote(k)} is also in baseline; a key either picks the baseline or groups"
                  for k in report.by if k in report.baseline]
@@ -253,9 +253,9 @@ def describe_error(err: dict[str, Any]) -> str:
     """One pydantic error as ``dotted.key: what is wrong (given value)``."""
     loc = ".".join(str(p) for p in err["loc"])
     if err["type"] == "extra_forbidden":
-        return f"{loc}: {unknown_key(loc)}"
+        return f"{cut(loc)}: {unknown_key(loc)}"
     given = err.get("input")
-    where = f"{loc}: " if loc else ""
+    where = f"{cut(loc)}: " if loc else ""
     if isinstance(given, dict):
         return f"{where}{err['msg']}"
     hint = did_you_mean(given, choices) if (choices := _choices(err["loc"])) else ""
@@ -277,11 +277,11 @@ def parse_value(text: str, key: str = "value") -> Any:
     except tomllib.TOMLDecodeError:
         return text
     except RecursionError:
-        raise ConfigError("--set", [f"{key}: {TOO_DEEP}"]) from None
+        raise ConfigError("--set", [f"{cut(key)}: {TOO_DEEP}"]) from None
     except ValueError:  # int() past sys.get_int_max_str_digits()
-        raise ConfigError("--set", [f"{key}: {TOO_LONG_INTEGER} (given {quote(text)})"]) from None
+        raise ConfigError("--set", [f"{cut(key)}: {TOO_LONG_INTEGER} (given {quote(text)})"]) from None
     if (deep := nesting_problem(value)) is not None:
-        raise ConfigError("--set", [f"{key}: {deep}"])
+        raise ConfigError("--set", [f"{cut(key)}: {deep}"])
     return value
 
 
@@ -298,10 +298,10 @@ def split_assignment(assignment: str, config: str | Path | None = None) -> tuple
             in_quote = ch
         elif ch == "=":
             return _dotted_key(assignment[:i].strip()), assignment[i + 1:].strip()
-    key = assignment.strip()
+    key = cut(assignment.strip())
     fix = f"--set {key}=VALUE"
     if config is not None and not Path(config).exists():
-        fix = f"--set {key}={config} (the word after it, {quote(str(config))}, was taken as the config file)"
+        fix = f"--set {key}={cut(str(config))} (the word after it, {quote(str(config))}, was taken as the config file)"
     raise ConfigError("--set", [f"{quote(key)}: expected key=value, and there is no '='; write {fix}"])
 
 

@@ -29,7 +29,11 @@ _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
 
 def quote(value: Any) -> str:
     """repr(value), cut to its first QUOTE_CHARS characters with the full length said."""
-    text = repr(value)
+    return cut(repr(value))
+
+
+def cut(text: str) -> str:
+    """Text the user gave (a key, a name), cut to its first QUOTE_CHARS characters with the full length said."""
     if len(text) <= QUOTE_CHARS:
         return text
     return f"{text[:QUOTE_CHARS]}... ({len(text):,} characters)"

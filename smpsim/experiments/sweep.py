@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from smpsim.config import (Config, ConfigError, Report, apply_override, check_assignments, default_config_path,
                            describe_error, dotted, parse_value, read_toml, set_key, split_assignment, to_toml,
                            unknown_key, validate_report)
-from smpsim.inputs import quote
+from smpsim.inputs import cut, quote
 from smpsim.metrics import group
 from smpsim.trace.rundir import config_hash
 
@@ -152,7 +152,7 @@ def _parse_sweep(table: Any, sweep_sets: list[tuple[str, Any]], problems: list[s
     entries: dict[str, Any] = {}
     for key, value in dotted({k: v for k, v in table.items() if k != "mode"}):
         if key in entries:
-            problems.append(f"[sweep] {key}: given twice")
+            problems.append(f"[sweep] {cut(key)}: given twice")
         entries[key] = value
     for key, value in sweep_sets:
         if key == "mode":
@@ -165,9 +165,9 @@ def _parse_sweep(table: Any, sweep_sets: list[tuple[str, Any]], problems: list[s
     values: dict[str, list] = {}
     for key, value in entries.items():
         if not isinstance(value, list):
-            problems.append(f"[sweep] {key}: expected a list of values, e.g. [1, 2] (given {quote(value)})")
+            problems.append(f"[sweep] {cut(key)}: expected a list of values, e.g. [1, 2] (given {quote(value)})")
         elif not value:
-            problems.append(f"[sweep] {key}: empty list; give at least one value")
+            problems.append(f"[sweep] {cut(key)}: empty list; give at least one value")
         else:
             values[key] = value
     if mode == "zip" and len({len(v) for v in values.values()}) > 1:
@@ -209,9 +209,9 @@ def _problem(err: dict[str, Any], keys: list[str]) -> str:
     loc = ".".join(str(x) for x in err["loc"])
     for key in keys:
         if err["type"] == "extra_forbidden" and (key == loc or key.startswith(loc + ".")):
-            return f"[sweep] {key}: {unknown_key(key)}"
+            return f"[sweep] {cut(key)}: {unknown_key(key)}"
         if key.startswith(loc + "."):
-            return f"[sweep] {key}: {loc} is not a table"
+            return f"[sweep] {cut(key)}: {cut(loc)} is not a table"
         if loc == key or loc.startswith(key + "."):
             return f"[sweep] {describe_error(err)}"
     return describe_error(err)
