@@ -298,6 +298,9 @@ def split_assignment(assignment: str, config: str | Path | None = None) -> tuple
             in_quote = ch
         elif ch == "=":
             return _dotted_key(assignment[:i].strip()), assignment[i + 1:].strip()
+    if "=" in assignment:  # an unbalanced quote in the key: its first '=' then
+        key, _, text = assignment.partition("=")
+        return key.strip(), text.strip()
     key = cut(assignment.strip())
     fix = f"--set {key}=VALUE"
     if config is not None and not Path(config).exists():
