@@ -86,13 +86,17 @@ def test_a_config_that_is_not_utf8_is_named_with_its_line(tmp_path):
         assert str(cfg) in err and "line 2" in err and "UTF-8" in err and "internal error" not in err, err
 
 
-def test_a_binary_summary_is_named(a_run, tmp_path):
+@pytest.mark.parametrize("content, words", [(bytes(range(256)) * 4, "UTF-8"),
+                                             (b"[" * 100_000, "nested too deeply"),
+                                             (b'{"events": ' + b"1" * 5000 + b"}", "an integer of more than")])
+def test_a_damaged_summary_is_named(a_run, tmp_path, content, words):
     run = tmp_path / "run"
     shutil.copytree(a_run, run)
-    (run / "summary.json").write_bytes(bytes(range(256)) * 4)
+    (run / "summary.json").write_bytes(content)
     for args in (["analyze", run], ["query", run, "SELECT 1"], ["compare", run, a_run]):
         err = user_error(invoke(*args))
-        assert f"{run / 'summary.json'}" in err and "UTF-8" in err and "internal error" not in err, err
+        assert f"{run / 'summary.json'}" in err and words in err and "internal error" not in err, err
+        assert len(err) < 1000
 
 
 def test_a_run_config_with_bad_bytes_does_not_stop_the_analysis(a_run, tmp_path):

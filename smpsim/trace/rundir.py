@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from smpsim.config import Config, to_toml
-from smpsim.inputs import QUOTE_CHARS, undecodable
+from smpsim.inputs import TOO_LONG_INTEGER, undecodable
 from smpsim.trace.errors import TraceError
 
 CONFIG_NAME = "config.toml"
@@ -152,10 +152,12 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         data = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as e:
         raise TraceError(f"{path}: {undecodable(raw, e)}; the run wrote JSON here, so the file is damaged") from None
+    except json.JSONDecodeError as e:
+        raise TraceError(f"{path}: not valid JSON ({e})") from None
     except RecursionError:
         raise TraceError(f"{path}: not valid JSON (nested too deeply)") from None
-    except ValueError as e:  # JSONDecodeError, or an integer too long to convert
-        raise TraceError(f"{path}: not valid JSON ({str(e)[:QUOTE_CHARS]})") from None
+    except ValueError:  # int() past sys.get_int_max_str_digits()
+        raise TraceError(f"{path}: not valid JSON here ({TOO_LONG_INTEGER})") from None
     if not isinstance(data, dict):
         raise TraceError(f"{path}: expected a JSON object")
     return data
