@@ -107,6 +107,10 @@ def check_workload(cfg: Config) -> str | None:
     once; a generator: loaded), before a run directory is made. For a trace, what it replays and leaves
     out, in one line."""
     kind = cfg.workload.kind
+    from smpsim.workload_files import file_problem_of
+
+    if (why := file_problem_of(cfg)) is not None:
+        raise WorkloadError(why)
     if kind == "script":
         from smpsim.model.workloads import check_script
 
