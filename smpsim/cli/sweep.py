@@ -128,9 +128,9 @@ def _finish(rows: list[dict[str, Any]], params: list[str], meta: dict[str, Any],
             fail(f"{plot}: cannot write the figure: {e.strerror or e}")
     bad = [r for r in rows if r["status"] != "ok"]
     if bad:
-        why = "; ".join(f"point {r['point']} ({r['status']}: {r['error'] or 'no run'})" for r in bad[:5])
+        why = "; ".join(f"point {r['point']} ({r['status']}: {r['error'] or 'no run'})" for r in bad[:20])
         fail(f"{len(bad)} of {len(rows)} points did not finish with a result: {why}"
-             f"{'; ...' if len(bad) > 5 else ''}. Points that failed or were interrupted run again when the "
+             f"{f'; ... (every point in {paths[0]})' if len(bad) > 20 else ''}. Points that failed or were interrupted run again when the "
              "same command is repeated; a point stopped by the model (error) is deterministic: see its "
              "run directory's summary.json", EXIT_RUN_FAILED)
 

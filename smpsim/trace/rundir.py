@@ -191,15 +191,6 @@ def run_files(path: Path) -> tuple[list[Path], list[str]]:
     return ours, foreign
 
 
-def remove_run(path: Path) -> None:
-    """Remove the run in ``path`` by name (not its lock); TraceError naming anything else there."""
-    ours, foreign = run_files(path)
-    if foreign:
-        raise TraceError(f"{path}: holds {_shown(foreign)}, which a run does not write; remove them or "
-                         "choose another --out")
-    _remove(path, [p for p in ours if p.name != LOCK_NAME])
-
-
 def _remove(path: Path, files: list[Path]) -> None:
     for p in files:
         p.unlink(missing_ok=True)
@@ -325,6 +316,7 @@ def atomic_file(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
     except OSError as e:
         raise TraceWriteError(str(path), e) from None
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # as open() would make it (mkstemp's is 0600)
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as f:
             yield f
             f.flush()
@@ -338,6 +330,12 @@ def atomic_file(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
         if isinstance(e, OSError):
             raise TraceWriteError(str(path), e) from None
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: Path, text: str) -> None:
