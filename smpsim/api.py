@@ -143,13 +143,15 @@ def run_config(cfg: Config, out: str | Path | None = None, *, runs_root: str | P
     else:
         tmp = tempfile.TemporaryDirectory(prefix="smpsim-run-")
         path, created = Path(tmp.name), False
+    claimed = False
     try:
         with claim_run_dir(path, cfg, lock=out is not None, wait=wait, on_wait=on_wait):
+            claimed = True
             result = run_engine(cfg, path, progress, respawn=respawn)
     except BaseException as e:
         if created and isinstance(e, _USER_MISTAKES) and not _recorded(path):
             shutil.rmtree(path, ignore_errors=True)  # failed before simulating: nothing to keep
-        else:
+        elif claimed:  # (not a directory refused, or waited for: that is another run's)
             e.run = Run(path, _tmp=tmp)  # type: ignore[attr-defined]
         raise
     return Run(path, result.summary, _tmp=tmp)
@@ -190,7 +192,7 @@ class Run:
     @property
     def config(self) -> Config:
         from smpsim.config import load_config
-        from smpsim.trace.rundir import CONFIG_NAME, LOCK_NAME
+        from smpsim.trace.rundir import CONFIG_NAME
 
         return load_config(self.path / CONFIG_NAME)
 

@@ -165,6 +165,22 @@ def test_a_damaged_finished_point_is_run_again(tmp_path, damage):
     assert _p99(out) == clean
 
 
+def test_a_point_damaged_after_its_check_is_an_unfinished_row_not_a_crash(tmp_path):
+    """A sweep stopped before it ran a damaged point again still writes its table."""
+    from smpsim.experiments import results
+
+    exp, points = _sweep_file(tmp_path)
+    out = tmp_path / "out"
+    assert invoke("sweep", exp, "--out", out).exit_code == 0
+    part = out / points[1].name / "trace" / "part-00001.parquet"
+    data = bytearray(part.read_bytes())
+    data[200:260] = bytes(b ^ 0x5A for b in data[200:260])
+    part.write_bytes(bytes(data))
+    row = results.row(points[1], out / points[1].name)
+    assert row["status"] == "unfinished" and str(part) in row["error"] and row["kmaps"] is None
+    assert results.row(points[0], out / points[0].name)["status"] == "ok"
+
+
 # -------------------------------------------------------------------------------------- 6: a full disk
 
 class _FullDisk:

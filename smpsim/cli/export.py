@@ -71,6 +71,8 @@ def _check_output(output: Path, force: bool) -> None:
                  "wrote: write the export elsewhere")
     if output.is_dir():
         fail(f"--output {output}: is a directory; give a file name")
+    if not output.parent.is_dir():
+        fail(f"--output {output}: no directory {output.parent}; create it first")
     if output.exists() and not force:
         fail(f"--output {output}: exists; give --force to replace it, or another file name")
 

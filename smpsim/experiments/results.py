@@ -40,8 +40,13 @@ def row(point: Point, run_dir: Path, failure: str | None = None) -> dict[str, An
     "ok"; error: why the run stopped. The ratio columns are filled in by ``with_ratios``."""
     summary = read_summary(run_dir) if is_finished(run_dir, point.hash) else None
     status = summary.get("status", "error") if summary else "unfinished"
+    values: dict[str, Any] = {}
+    if status == "ok":
+        try:
+            values = headline(facts_from_summary(summary, *distributions(run_dir)))
+        except TraceError as e:  # damaged since the sweep checked it (or it was stopped before): run again
+            summary, status, failure = None, "unfinished", str(e)
     r: dict[str, Any] = {"point": point.index, **point.params, "status": status}
-    values = headline(facts_from_summary(summary, *distributions(run_dir))) if status == "ok" else {}
     r.update({m.key: values.get(m.key) for m in METRICS})
     r["digest"] = summary.get("digest") if summary else None
     r["run"] = run_dir.name
