@@ -2,10 +2,11 @@
 
 A sweep point runs in a worker process of a pool (fork: workers start in milliseconds and inherit the
 loaded modules). A point whose run directory already holds a finished run of the same config is not run
-again, so an interrupted sweep resumes where it stopped. On SIGINT or SIGTERM the sweep process cancels the
-points not started and asks its workers to stop theirs (SIGUSR1 for the user's SIGTERM, SIGUSR2 for SIGINT,
-so each point records the user's signal; a Ctrl-C on a terminal reaches them anyway): each writes what its point ran, as `smpsim run` would, and runs no further point. Workers ignore
-Ctrl-C between points and die with the sweep process, so none outlives it.
+again once its trace reads back whole (checked in a worker), so an interrupted sweep resumes where it
+stopped. On SIGINT or SIGTERM the sweep process cancels the points not started and asks its workers to stop
+theirs (SIGUSR1 for the user's SIGTERM, SIGUSR2 for SIGINT, so each point records the user's signal; a
+Ctrl-C on a terminal reaches them anyway): each writes what its point ran, as `smpsim run` would, and runs
+no further point. Workers ignore Ctrl-C between points and die with the sweep process, so none outlives it.
 """
 
 from __future__ import annotations
@@ -80,7 +81,6 @@ class SweepReport:
     ran: list[int] = field(default_factory=list)      # points run now
     skipped: list[int] = field(default_factory=list)  # points found finished
     errors: dict[int, str] = field(default_factory=dict)  # point -> why it has no finished run
-    damaged: dict[int, str] = field(default_factory=dict)  # finished points run again: why
     interrupted: int | None = None  # the signal that stopped the sweep
 
 
@@ -114,7 +114,6 @@ def run_sweep(exp: Experiment, points: list[Point], out: Path, jobs: int,
                     pt = futures[fut]
                     outcome = fut.result()
                     if outcome.damaged is not None:
-                        report.damaged[pt.index] = outcome.damaged
                         on_warning(f"point {pt.index} ({out / pt.name}): a finished run, but {outcome.damaged}; "
                                    "running it again")
                     (report.skipped if outcome.skipped else report.ran).append(pt.index)
