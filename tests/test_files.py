@@ -294,12 +294,12 @@ def test_results_are_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 3 MiB tmpfs (root only)."""
+    """A 512 KiB tmpfs (root only)."""
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
     mnt = tmp_path / "small"
     mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)], capture_output=True, text=True)
     if r.returncode != 0:
         pytest.skip(f"mount -t tmpfs refused: {r.stderr.strip()}")
     try:
@@ -312,14 +312,14 @@ def small_disk(tmp_path):
 def test_run_on_a_full_tmpfs(small_disk, smpsim_cmd, subprocess_env):
     out = small_disk / "r"
     r = subprocess.run([*smpsim_cmd, "run", "--out", str(out), "--set", "workload.kmaps_per_cpu=200000",
-                        "--set", "trace.part_events=20000"], capture_output=True, text=True, env=subprocess_env,
+                        "--set", "trace.part_events=10000"], capture_output=True, text=True, env=subprocess_env,
                        timeout=100)
     assert r.returncode == 1, r.stderr
     assert r.stderr.startswith("error: no space left on device while writing the trace part ") and "Traceback" not in r.stderr
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == json.loads((out / "provenance.json").read_text())["status"] == "error"
-    assert summary["trace"]["events"] == 20000 * summary["trace"]["parts"] > 0
+    assert summary["trace"]["events"] == 10000 * summary["trace"]["parts"] > 0
 
 
 # ------------------------------------------------------------------------- 9: one sweep per directory
