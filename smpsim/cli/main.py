@@ -68,6 +68,18 @@ def set_without_equals(argv: list[str]) -> str:
     return ""
 
 
+def _one_line_warnings() -> None:
+    """A library's Python warning (a truncated run read somewhere) as the CLI's one ``warning:`` line, never
+    Python's ``file:line: Category: ...`` format."""
+    import warnings
+
+    from smpsim.cli.common import warn
+
+    warnings.showwarning = lambda message, *args, **kwargs: warn(str(message))
+
+
+_one_line_warnings()
+
 app = typer.Typer(
     cls=_Group,
     name="smpsim",
