@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from smpsim.trace.errors import TraceError
-from smpsim.trace.rundir import CONFIG_NAME, PROVENANCE_NAME, SUMMARY_NAME, TRACE_DIR, read_config_data, read_summary
+from smpsim.trace.rundir import PROVENANCE_NAME, SUMMARY_NAME, TRACE_DIR, read_config_data, read_summary
 from smpsim.trace.schema import FIELD_NAMES, REQUIRED, SCHEMA
 from smpsim.trace.writer import PART_PREFIX, PART_SUFFIX, part_name
 
