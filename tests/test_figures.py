@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -253,7 +252,7 @@ def test_compare_plot_every_run_its_own_line_and_legend_entry():
 # ------------------------------------------------------------------------------------------- analyze
 
 @pytest.fixture(scope="module")
-def run64(tmp_path_factory):
+def run12(tmp_path_factory):
     """A 12-CPU linux-2.4 run whose ring wraps every so often, in a directory named as `smpsim run` names
     them."""
     out = tmp_path_factory.mktemp("runs") / RUN_DIR_NAME
@@ -264,12 +263,12 @@ def run64(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def analysed(run64):
+def analysed(run12):
     from smpsim.analysis.load import open_trace
     from smpsim.analysis.metrics import analyze
     from smpsim.analysis.plots import analysis_figures
 
-    with open_trace(run64) as tr:
+    with open_trace(run12) as tr:
         a = analyze(tr)
         figs = analysis_figures(tr, a)
         t = np.asarray(tr.numpy("SELECT t FROM events WHERE ev = 'flush'")["t"])
@@ -335,9 +334,9 @@ def test_round_bins_and_the_bin_option():
     assert even_bins(460_000_000, t).width == 50_000_000 and auto_bins(460_000_000).width == 5_000_000
 
 
-def test_analyze_bin_and_format_options(run64, tmp_path):
+def test_analyze_bin_and_format_options(run12, tmp_path):
     out = tmp_path / "fig"
-    r = invoke("analyze", run64, "--plot", out, "--bin", "20us", "--format", "svg,pdf")
+    r = invoke("analyze", run12, "--plot", out, "--bin", "20us", "--format", "svg,pdf")
     assert r.exit_code == 0, r.output
     names = {p.name for p in out.iterdir()}
     assert names == {f"{n}.{f}" for n in ("ipi_heatmap", "timeline", "latency_cdf", "hit_rate")
@@ -346,8 +345,8 @@ def test_analyze_bin_and_format_options(run64, tmp_path):
         "{http://www.w3.org/2000/svg}text"))
     assert "per 20 µs" in words and "virtual time (µs)" in words and RUN_DIR_NAME not in words
     assert 'src="data:image/png;base64,' in (out / "report.html").read_text()
-    assert "--bin" in user_error(invoke("analyze", run64, "--plot", out, "--bin", "soon"))
-    assert "add --plot" in user_error(invoke("analyze", run64, "--bin", "20us"))
-    assert "gif" in user_error(invoke("analyze", run64, "--plot", out, "--format", "png,gif"))
-    assert "add --plot" in user_error(invoke("compare", run64, run64, "--format", "svg"))
-    assert "at most" in user_error(invoke("analyze", run64, "--plot", out, "--bin", "1"))
+    assert "--bin" in user_error(invoke("analyze", run12, "--plot", out, "--bin", "soon"))
+    assert "add --plot" in user_error(invoke("analyze", run12, "--bin", "20us"))
+    assert "gif" in user_error(invoke("analyze", run12, "--plot", out, "--format", "png,gif"))
+    assert "add --plot" in user_error(invoke("compare", run12, run12, "--format", "svg"))
+    assert "at most" in user_error(invoke("analyze", run12, "--plot", out, "--bin", "1"))

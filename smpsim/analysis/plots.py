@@ -345,6 +345,11 @@ def _ci(r: dict[str, Any], key: str) -> tuple[float, float] | None:
     return (lo, hi) if _number(lo) and _number(hi) else None
 
 
+def _per(keys: list[str], cats: list[Any] | None) -> str:
+    """What the series of a sweep figure are: ", a line per policy.name" (markers over categories)."""
+    return f", {'a line' if cats is None else 'markers'} per {', '.join(keys)}" if keys else ""
+
+
 def _seeds_note(ok: list[dict[str, Any]]) -> str:
     seeds = sorted({int(r["seeds"]) for r in ok if _number(r.get("seeds"))})
     if not seeds or seeds[-1] <= 1:
@@ -411,8 +416,7 @@ def sweep_figure(rows: list[dict[str, Any]], params: list[str], key: str, x: str
         _panel(ax, key, lines, x, cats)
         ax.set_xlabel(x)
         ax.set_ylabel(m.axis_label)
-        title(ax, f"{m.label} against {x}" + (f", a line per {', '.join(keys)}" if keys else "")
-                  + _seeds_note(ok))
+        title(ax, f"{m.label} against {x}" + _per(keys, cats) + _seeds_note(ok))
         if len(lines) > 1:
             legend(fig, title_=", ".join(keys))
     return fig
@@ -429,8 +433,7 @@ def headline_figure(rows: list[dict[str, Any]], params: list[str], x: str | None
             title(ax, BY_KEY[key].axis_label, width=22)
         for ax in axes[-2:]:
             ax.set_xlabel(x)
-        title(fig, f"The headline metrics against {x}" + (f", a line per {', '.join(keys)}" if keys else "")
-                   + _seeds_note(ok))
+        title(fig, f"The headline metrics against {x}" + _per(keys, cats) + _seeds_note(ok))
         if len(lines) > 1:
             legend(fig, title_=", ".join(keys))
     return fig

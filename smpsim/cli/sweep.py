@@ -52,7 +52,7 @@ def sweep(
                  "--shard or --set")
         rows, meta = results.collect(collect)
         paths = results.write(rows, meta["params"], meta, collect / "results")
-        figures.check(rows, meta["params"], meta)
+        figures.check(meta["params"], meta["experiment"])
         _finish(rows, meta["params"], meta, f"{len(rows)} points of {meta['experiment']} collected", paths, figures)
         return
     if experiment is None:
@@ -69,7 +69,7 @@ def sweep(
     exp = load_experiment(experiment, set_ or ())
     for problem in exp.report_problems():
         warn(f"{experiment}: {problem}: those points get no saving line")
-    figures.check([], exp.keys, {}, str(experiment))
+    figures.check(exp.keys, str(experiment))
     try:
         with _Progress(console()) as advance:
             done = api.run_sweep(experiment, set_, out=out, jobs=jobs, shard=part, on_point=advance)
@@ -90,16 +90,20 @@ class Figures:
     def __init__(self, out: Path | None, x: str | None, formats: list[str]) -> None:
         self.out, self.x, self.formats = out, x, formats
 
-    def check(self, rows: list[dict[str, Any]], params: list[str], meta: dict[str, Any], where: str = "") -> None:
+    def check(self, params: list[str], source: str) -> None:
         if self.out is not None and self.x is not None and self.x not in params:
-            src = where or meta.get("experiment") or "the sweep"
-            fail(f"--x {self.x}: not a swept key of {src}; its swept keys are {', '.join(params) or 'none'}")
+            fail(f"--x {self.x}: not a swept key of {source}; its swept keys are {', '.join(params) or 'none'}")
 
-    def write(self, rows: list[dict[str, Any]], params: list[str], by: list[str]) -> None:
+    def write(self, table: Path, params: list[str], by: list[str]) -> None:
+        """Draw from the results table as written (every column it has: the seeds' confidence intervals
+        too)."""
         if self.out is None:
             return
+        import pyarrow.parquet as pq
+
         from smpsim.analysis.plots import write_sweep_figures
 
+        rows = pq.read_table(table).to_pylist()
         try:
             paths = write_sweep_figures(rows, params, self.out, self.formats, self.x, by)
         except ValueError as e:
@@ -152,7 +156,7 @@ def _finish(rows: list[dict[str, Any]], params: list[str], meta: dict[str, Any],
         fail(f"{e}: {done} of {len(rows)} points have finished runs; the points it stopped kept what they "
              "ran (status \"interrupted\"); the same command runs the rest", e.exit_code)
     if ok:
-        figures.write(rows, params, by)
+        figures.write(paths[1], params, by)
     bad = [r for r in rows if r["status"] != "ok"]
     if bad:
         why = "; ".join(f"point {r['point']} ({r['status']}: {r['error'] or 'no run'})" for r in bad[:5])
