@@ -235,7 +235,7 @@ def compare(
         from smpsim.analysis.plots import compare_figure
 
         fig = compare_figure([r["label"] for r in doc["runs"]], [r["group"] for r in doc["runs"]], cycles,
-                             doc["varying"])
+                             [*doc["varying"], *doc["by"]])
         try:
             plot.mkdir(parents=True, exist_ok=True)
             written = save(fig, plot, "kmap_latency_cdf", formats)
