@@ -91,8 +91,14 @@ class Figures:
         self.out, self.x, self.formats = out, x, formats
 
     def check(self, params: list[str], source: str) -> None:
-        if self.out is not None and self.x is not None and self.x not in params:
-            fail(f"--x {self.x}: not a swept key of {source}; its swept keys are {', '.join(params) or 'none'}")
+        if self.out is None:
+            return
+        from smpsim.analysis.plots import sweep_layout
+
+        try:
+            sweep_layout([], params, self.x)
+        except ValueError as e:
+            fail(f"{source}: {e}")
 
     def write(self, table: Path, params: list[str], by: list[str]) -> None:
         """Draw from the results table as written (every column it has: the seeds' confidence intervals
