@@ -8,16 +8,23 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
+from smpsim.inputs import (MAX_NESTING, TOO_DEEP, TOO_LONG_INTEGER, cut, did_you_mean, file_problem,
+                           nesting_problem, quote, undecodable)
 from smpsim.model.policies import POLICY_NAMES
 
 # LAST_PKMAP by architecture (reference section 2).
 ARCH_LAST_PKMAP = {"i386": 1024, "i386-pae": 512, "arm": 512, "mips": 1024}
 
-WORKLOADS = ("uniform", "zipf", "stream", "shared", "pingpong", "script")
+WORKLOADS = ("uniform", "zipf", "stream", "shared", "pingpong", "script", "trace", "python")
+# The workload kinds read from a file, and the key naming it.
+WORKLOAD_FILE_KEYS = {"script": "script", "trace": "trace", "python": "generator"}
+TRACE_CLOCK_MHZ = 2500  # the cost model's cycles are at about 2.5 GHz (Cost)
+TRACE_PAGE_BYTES = 32   # sizeof(struct page) on i386 without debug options
 
 
 class _Strict(BaseModel):
@@ -76,7 +83,25 @@ class Cost(_Strict):
 
 
 class Policy(_Strict):
-    name: Literal[POLICY_NAMES] = Field("linux-2.4", description="flush policy (smpsim.model.policies)")
+    name: str = Field("linux-2.4", min_length=1,
+                      description="flush policy: a built-in name, a name registered by an installed package, "
+                                  "'package.module:Class' or 'path/to/file.py:Class' (relative to the config's "
+                                  "folder); docs/policies.md")
+    @field_validator("name")
+    @classmethod
+    def _known_name(cls, name: str) -> str:
+        """A name that is neither built in, a spec nor registered is wrong whatever else the config says
+        (Config._policy_resolves loads the others, once the rest of the config is valid)."""
+        from smpsim.model.policies import check_name
+
+        problem = check_name(name)
+        if problem:
+            raise PydanticCustomError("policy", "{m}", {"m": problem})
+        return name
+
+    sha256: str | None = Field(None, pattern="^[0-9a-f]{64}$",
+                               description="SHA-256 of the policy's source file (not for built-ins): filled in "
+                                           "when the config is resolved; a copy with another hash is refused")
     flush_ceiling: int = Field(33, ge=0, description="tlb_single_page_flush_ceiling: larger ranges flush all [R11]")
     lazy_max: int | None = Field(None, ge=1, description="vmap-lazy: slots awaiting a flush that trigger a purge; "
                                  "default lazy_max_pages() scaled to the ring (docs/policies.md)")
@@ -84,7 +109,7 @@ class Policy(_Strict):
 
 
 class Workload(_Strict):
-    kind: Literal["uniform", "zipf", "stream", "shared", "pingpong", "script"] = "uniform"
+    kind: Literal["uniform", "zipf", "stream", "shared", "pingpong", "script", "trace", "python"] = "uniform"
     pages: int = Field(4096, ge=1, description="highmem pages the workload draws from")
     # Programs are streamed, so any length runs in the same memory; the bound only keeps values every
     # process and file format can carry (10**15 kmaps would take centuries).
@@ -101,6 +126,15 @@ class Workload(_Strict):
     hot_pages: int = Field(16, ge=1, description="shared: size of the hot set every CPU maps")
     hot_fraction: float = Field(0.8, ge=0.0, le=1.0, description="shared: fraction of kmaps to the hot set")
     script: str | None = Field(None, description="script: JSON-lines file of per-CPU operations")
+    trace: str | None = Field(None, description="trace: tracefs text of kprobes on kmap_high/kunmap_high")
+    trace_clock_mhz: int | None = Field(None, ge=1, le=10**6, description="trace: cycles per microsecond the "
+                                        f"timestamps' gaps are converted at (default {TRACE_CLOCK_MHZ})")
+    trace_page_bytes: int | None = Field(None, ge=1, le=4096, description="trace: page number = page pointer "
+                                         f"// this (default {TRACE_PAGE_BYTES}, sizeof(struct page) on i386)")
+    generator: str | None = Field(None, description="python: 'file.py:func' or 'module:func' yielding each CPU's ops")
+    sha256: str | None = Field(None, pattern="^[0-9a-f]{64}$",
+                               description="SHA-256 of the script, trace or generator source (filled in; "
+                                           "a different file is refused)")
 
 
 class Trace(_Strict):
@@ -145,15 +179,73 @@ class Config(_Strict):
         return {**data, "cost": {**presets.costs(name, data.get("base_dir")), **cost}}
 
     @model_validator(mode="after")
-    def _script_needs_file(self) -> "Config":
-        if self.workload.kind == "script" and not self.workload.script:
-            raise ValueError("workload.kind = 'script' needs workload.script = 'FILE.jsonl'")
+    def _policy_resolves(self, info: ValidationInfo) -> "Config":
+        """Load a policy from outside the package (once per process and file content), check it is one,
+        and record its source's hash: the config hash covers the code that runs."""
+        if self.policy.name in POLICY_NAMES:
+            if self.policy.sha256 is not None:
+                raise PydanticCustomError("policy", "policy.sha256: a built-in policy has no source hash to pin")
+            return self
+        if info.context and info.context.get("resolve_code") is False:
+            return self
+        from smpsim.model.policies import resolve
+        from smpsim.usercode import UserCodeError, definition, raised_at
+
+        try:
+            r = resolve(self.policy.name, self.base_dir, self.policy.sha256)
+        except UserCodeError as e:
+            raise PydanticCustomError("policy", "policy.name: {m}", {"m": e.describe()}) from None
+        try:
+            r.cls(self)
+        except Exception as e:  # the user's __init__: name where it failed
+            file, line = raised_at(e, (r.file,) if r.file else ())
+            file, line = (file, line) if file else definition(r.cls)
+            raise PydanticCustomError("policy", "policy.name: {m}", {"m": (
+                f"{r.spec!r} ({file}:{line}): {r.cls.__qualname__}(cfg) raised {type(e).__name__}: {e}")}) from None
+        if self.policy.sha256 != r.sha256:
+            self.policy.sha256 = r.sha256
         return self
 
+    @model_validator(mode="after")
+    def _workload_file(self) -> "Config":
+        """A kind read from a file names it; the file's SHA-256 is recorded (so the config hash changes
+        with the file), or checked when the config already records one."""
+        w = self.workload
+        key = WORKLOAD_FILE_KEYS.get(w.kind)
+        if key is None:
+            return self
+        example = {"script": "FILE.jsonl", "trace": "FILE.trace", "generator": "file.py:func"}[key]
+        if not getattr(w, key):
+            raise ValueError(f"workload.kind = '{w.kind}' needs workload.{key} = '{example}'")
+        if w.kind == "trace":
+            if w.trace_clock_mhz is None:
+                w.trace_clock_mhz = TRACE_CLOCK_MHZ
+            if w.trace_page_bytes is None:
+                w.trace_page_bytes = TRACE_PAGE_BYTES
+        if self.base_dir is None:  # a config shipped to a CPU process: it checks its own copy against sha256
+            return self
+        from smpsim.workload_files import source_sha256
+        sha = source_sha256(self)
+        if sha is not None and w.sha256 is not None and sha != w.sha256:
+            raise ValueError(f"workload.{key}: {self.workload_file_path()} has SHA-256 {sha}, but the config "
+                             f"records {w.sha256}: the file changed since; restore it, or remove workload.sha256")
+        if sha is not None and w.sha256 is None:
+            w.sha256 = sha
+        return self
+
+    def workload_file_path(self) -> Path | None:
+        """The trace or script file (a generator spec's file: smpsim.workload_files)."""
+        w = self.workload
+        name = w.trace if w.kind == "trace" else w.script
+        return self._resolve(name)
+
     def script_path(self) -> Path | None:
-        if not self.workload.script:
+        return self._resolve(self.workload.script)
+
+    def _resolve(self, name: str | None) -> Path | None:
+        if not name:
             return None
-        p = Path(self.workload.script)
+        p = Path(name)
         if not p.is_absolute() and self.base_dir:
             p = Path(self.base_dir) / p
         return p
@@ -177,11 +269,41 @@ def config_key_problem(key: str) -> str | None:
         if fields is None:
             return f"{'.'.join(parts[:i])} is not a table"
         if part not in fields or part == "base_dir":
-            return "not a config key (smpsim config show lists them)"
+            return f"not a config key{did_you_mean(key, config_keys())} (smpsim config show lists them)"
         model = fields[part].annotation
     if getattr(model, "model_fields", None) is not None:
         return "a table, not a key; name one of its keys"
     return None
+
+
+def config_keys() -> list[str]:
+    """Every dotted key of a run's config, tables included (``machine``, ``machine.cpus``, ...)."""
+    keys: list[str] = []
+    stack: list[tuple[str, Any]] = [("", Config)]
+    while stack:
+        prefix, model = stack.pop()
+        for name, field in model.model_fields.items():
+            if name != "base_dir":
+                keys.append(prefix + name)
+                if getattr(field.annotation, "model_fields", None) is not None:
+                    stack.append((f"{prefix}{name}.", field.annotation))
+    return keys
+
+
+def unknown_key(key: str) -> str:
+    """The message for an unknown dotted key, with the closest real one."""
+    return f"unknown key{did_you_mean(key, config_keys())}"
+
+
+def _choices(loc: tuple) -> tuple | None:
+    """The values a Literal field at ``loc`` takes (None for any other field)."""
+    model: Any = Config
+    for part in loc:
+        fields = getattr(model, "model_fields", None)
+        if fields is None or part not in fields:
+            return None
+        model = fields[part].annotation
+    return get_args(model) if get_origin(model) is Literal else None
 
 
 def validate_report(table: Any, source: str) -> Report:
@@ -192,9 +314,9 @@ def validate_report(table: Any, source: str) -> Report:
         report = Report.model_validate(table)
     except ValidationError as e:
         raise ConfigError(source, [f"[report] {describe_error(x)}" for x in e.errors()]) from None
-    problems = [f"[report] baseline.{k}: {why}" for k in report.baseline if (why := config_key_problem(k))]
-    problems += [f"[report] by: {k!r}: {why}" for k in report.by if (why := config_key_problem(k))]
-    problems += [f"[report] by: {k!r} is also in baseline; a key either picks the baseline or groups"
+    problems = [f"[report] baseline.{cut(k)}: {why}" for k in report.baseline if (why := config_key_problem(k))]
+    problems += [f"[report] by: {quote(k)}: {why}" for k in report.by if (why := config_key_problem(k))]
+    problems += [f"[report] by: {quote(k)} is also in baseline; a key either picks the baseline or groups"
                  for k in report.by if k in report.baseline]
     if report.by and not report.baseline:
         problems.append("[report] by needs a baseline, e.g. baseline = {\"policy.name\" = \"eager\"}")
@@ -230,60 +352,129 @@ def describe_error(err: dict[str, Any]) -> str:
     """One pydantic error as ``dotted.key: what is wrong (given value)``."""
     loc = ".".join(str(p) for p in err["loc"])
     if err["type"] == "extra_forbidden":
-        return f"{loc}: unknown key"
+        return f"{cut(loc)}: {unknown_key(loc)}"
     given = err.get("input")
-    where = f"{loc}: " if loc else ""
+    where = f"{cut(loc)}: " if loc else ""
+    msg = err["msg"].removeprefix("Value error, ")  # our validators' messages say what and where
     if isinstance(given, dict):
-        return f"{where}{err['msg']}"
-    return f"{where}{err['msg']} (given {given!r})"
+        return f"{where}{msg}"
+    hint = did_you_mean(given, choices) if (choices := _choices(err["loc"])) else ""
+    return f"{where}{msg} (given {quote(given)}){hint}"
 
 
-def validate(data: dict[str, Any], source: str = "config") -> Config:
+def validate(data: dict[str, Any], source: str = "config", resolve_code: bool = True) -> Config:
+    """A Config from raw data. ``resolve_code=False`` leaves a policy from outside the package unloaded
+    (reading a recorded run's config, which may name a file that is not there)."""
     try:
-        return Config.model_validate(data)
+        return Config.model_validate(data, context={"resolve_code": resolve_code})
     except ValidationError as e:
         raise ConfigError(source, [describe_error(x) for x in e.errors()]) from None
 
 
-def parse_value(text: str) -> Any:
-    """A --set value: TOML syntax when it parses (numbers, booleans, lists, quoted strings), else a bare string."""
+def parse_value(text: str, key: str = "value") -> Any:
+    """A --set value: TOML syntax when it parses (numbers, booleans, lists, quoted strings), else a bare string.
+    Values nested too deeply or integers too long to convert are a ConfigError naming ``key``."""
     try:
-        return tomllib.loads(f"v = {text}")["v"]
+        value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+    except RecursionError:
+        raise ConfigError("--set", [f"{cut(key)}: {TOO_DEEP}"]) from None
+    except ValueError:  # int() past sys.get_int_max_str_digits()
+        raise ConfigError("--set", [f"{cut(key)}: {TOO_LONG_INTEGER} (given {quote(text)})"]) from None
+    if (deep := nesting_problem(value)) is not None:
+        raise ConfigError("--set", [f"{cut(key)}: {deep}"])
+    return value
+
+
+def split_assignment(assignment: str, config: str | Path | None = None) -> tuple[str, str]:
+    """(dotted key, value text) of ``KEY=VALUE``. KEY is a TOML key, so parts may be quoted: quotes are
+    dropped (``sweep."machine.cpus"`` is ``sweep.machine.cpus``, as in a [sweep] table). Without ``=``, a
+    ConfigError naming it (``config``: the positional argument, which the shell may have given as the value:
+    ``--set machine.cpus 16``)."""
+    in_quote = None
+    for i, ch in enumerate(assignment):
+        if in_quote:
+            in_quote = None if ch == in_quote else in_quote
+        elif ch in "\"'":
+            in_quote = ch
+        elif ch == "=":
+            return _dotted_key(assignment[:i].strip()), assignment[i + 1:].strip()
+    if "=" in assignment:  # an unbalanced quote in the key: its first '=' then
+        key, _, text = assignment.partition("=")
+        return key.strip(), text.strip()
+    key = cut(assignment.strip())
+    fix = f"--set {key}=VALUE"
+    if config is not None and not Path(config).exists():
+        fix = f"--set {key}={cut(str(config))} (the word after it, {quote(str(config))}, was taken as the config file)"
+    raise ConfigError("--set", [f"{quote(key)}: expected key=value, and there is no '='; write {fix}"])
+
+
+def _dotted_key(key: str) -> str:
+    """A TOML key (bare or quoted parts) as the dotted key; unchanged when it is not valid TOML."""
+    try:
+        node = tomllib.loads(f"{key} = 0")
+    except (tomllib.TOMLDecodeError, RecursionError):
+        return key
+    parts = []
+    while isinstance(node, dict) and len(node) == 1:
+        (name, node), = node.items()
+        parts.append(name)
+    return ".".join(parts) if parts and node == 0 else key
+
+
+def check_assignments(overrides: list[str] | tuple[str, ...], config: str | Path | None = None) -> None:
+    """Every --set has its '=' (checked before the config file is read: see split_assignment)."""
+    for a in overrides:
+        split_assignment(a, config)
 
 
 def apply_override(data: dict[str, Any], assignment: str) -> None:
-    if "=" not in assignment:
-        raise ConfigError("--set", [f"{assignment!r}: expected key=value, e.g. machine.cpus=8"])
-    key, _, text = assignment.partition("=")
-    set_key(data, key.strip(), parse_value(text.strip()))
+    key, text = split_assignment(assignment)
+    set_key(data, key, parse_value(text, key))
 
 
 def set_key(data: dict[str, Any], key: str, value: Any, source: str = "--set") -> None:
     """Set a dotted key (``machine.cpus``) in raw config data, creating tables on the way."""
     parts = key.split(".")
     if not all(parts):
-        raise ConfigError(source, [f"{key!r}: not a dotted key"])
+        raise ConfigError(source, [f"{quote(key)}: not a dotted key"])
+    if len(parts) > MAX_NESTING:
+        raise ConfigError(source, [f"{quote(key)}: {unknown_key(key)}"])
     node = data
     for p in parts[:-1]:
         child = node.setdefault(p, {})
         if not isinstance(child, dict):
-            raise ConfigError(source, [f"{key}: {p} is not a table"])
+            raise ConfigError(source, [f"{quote(key)}: {p} is not a table"])
         node = child
     node[parts[-1]] = value
+    if parts == ["policy", "name"]:
+        node.pop("sha256", None)  # the hash belongs to the name it was resolved from
 
 
 def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file as data; anything but a regular file of UTF-8 TOML nested at most MAX_NESTING deep is a
+    ConfigError naming the file (a FIFO or device is refused before it is opened)."""
+    if (why := file_problem(path)) is not None:
+        raise ConfigError(str(path), [f"{why}; give a TOML file" if why.startswith("is ") else why])
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(str(path), ["file not found"]) from None
-    except IsADirectoryError:
-        raise ConfigError(str(path), ["is a directory, not a TOML file"]) from None
+            data = f.read()
+    except OSError as e:
+        raise ConfigError(str(path), [f"cannot read: {e.strerror or e}"]) from None
+    try:
+        table = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(str(path), [f"{undecodable(data, e)}; a config is a UTF-8 TOML file"]) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(str(path), [f"not valid TOML: {e}"]) from None
+    except RecursionError:
+        raise ConfigError(str(path), [f"tables or lists {TOO_DEEP}"]) from None
+    except ValueError:  # int() past sys.get_int_max_str_digits()
+        raise ConfigError(str(path), [TOO_LONG_INTEGER]) from None
+    if (deep := nesting_problem(table)) is not None:
+        raise ConfigError(str(path), [deep])
+    return table
 
 
 def default_config_path() -> Path:
@@ -295,8 +486,10 @@ def default_config_path() -> Path:
     raise ConfigError("default config", ["configs/default.toml not found"])
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                resolve_code: bool = True) -> Config:
     """Read a TOML config (the default one when path is None), apply --set overrides, validate."""
+    check_assignments(overrides, path)
     p = Path(path) if path is not None else default_config_path()
     data = read_toml(p)
     data.pop("sweep", None)  # sweeps are expanded by smpsim.experiments, not by a single run
@@ -304,8 +497,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     for a in overrides:
         apply_override(data, a)
     data["base_dir"] = str(p.resolve().parent)  # relative paths (workload.script, machine.preset) start here
-    cfg = validate(data, str(p))
-    return cfg
+    return validate(data, str(p), resolve_code)
 
 
 def to_toml(cfg: Config) -> str:

@@ -12,14 +12,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import tomllib
 from pathlib import Path
 from typing import Any
 
 from smpsim.config import NOT_SIMULATED, dotted
 from smpsim.metrics import METRICS, Group, describe, fmt, fmt_metric, group, saving_lines
 from smpsim.trace.errors import TraceError
-from smpsim.trace.rundir import CONFIG_NAME, PROVENANCE_NAME, SUMMARY_NAME, TRACE_DIR
+from smpsim.trace.rundir import CONFIG_NAME, PROVENANCE_NAME, SUMMARY_NAME, TRACE_DIR, read_config_data
 
 WIDTH = 100  # a printed table fits this many columns (its value columns are split into blocks)
 
@@ -67,17 +66,17 @@ def _sweep_order(path: Path) -> tuple:
 
 def run_config(path: Path) -> dict[str, Any]:
     """A run's resolved config (config.toml) as dotted key -> value; {} when it has none."""
-    try:
-        with open(Path(path) / CONFIG_NAME, "rb") as f:
-            return dict(dotted(tomllib.load(f)))
-    except (OSError, tomllib.TOMLDecodeError):
-        return {}
+    return dict(dotted(read_config_data(path)))
+
+
+# Keys that follow another (policy.sha256 is the source of policy.name's file): not parameters of a run.
+FOLLOWERS = ("policy.sha256",)
 
 
 def differing(configs: list[dict[str, Any]]) -> list[str]:
     """The config keys whose values are not the same in every run, in config order; keys that change
     nothing simulated (the engine, its transport: the same digest either way) are no difference."""
-    keys = [k for k in dict.fromkeys(k for c in configs for k in c) if k not in NOT_SIMULATED]
+    keys = [k for k in dict.fromkeys(k for c in configs for k in c) if k not in FOLLOWERS + NOT_SIMULATED]
     return [k for k in keys if len({json.dumps(c.get(k)) for c in configs}) > 1]
 
 
@@ -91,7 +90,7 @@ def compare(paths: list[Path], analyses: list[dict[str, Any]], baseline: dict[st
     configs = [run_config(p) for p in paths]
     vary = [k for k in differing(configs) if k not in by]
     params = [{k: c.get(k) for k in vary} for c in configs]
-    labels = [describe(p) for p in params]
+    labels = [describe(p, a["run"].get("policy")) for p, a in zip(params, analyses)]
     keyed = [(label, *(json.dumps(c.get(k)) for k in by)) for label, c in zip(labels, configs)]
     if len(set(keyed)) < len(keyed):  # the same config twice: name them apart, by number if need be
         named = fallback is not None and len(set(fallback)) == len(fallback) and not any(
@@ -107,7 +106,7 @@ def compare(paths: list[Path], analyses: list[dict[str, Any]], baseline: dict[st
         groups = [Group({}, list(range(len(paths))), 0)]
     base_of = {i: g.base for g in groups for i in g.members}
     group_of = {i: g.label for g in groups for i in g.members}
-    runs = [{"label": label, "run": str(p), "params": prm, "policy": c.get("policy.name"),
+    runs = [{"label": label, "run": str(p), "params": prm, "policy": a["run"].get("policy") or c.get("policy.name"),
              "workload": c.get("workload.kind"), "cpus": c.get("machine.cpus"), "truncated": a["run"]["truncated"],
              "group": group_of[i], "baseline": base_of.get(i)}
             for i, (label, p, prm, c, a) in enumerate(zip(labels, paths, params, configs, analyses))]

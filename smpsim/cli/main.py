@@ -19,7 +19,7 @@ except ImportError:  # pragma: no cover - older typer on Click
 
 from smpsim import __version__
 from smpsim.cli import analyze
-from smpsim.cli import bench, calibrate, config_cmd, distributed, export, keygen, run, sweep
+from smpsim.cli import bench, calibrate, config_cmd, distributed, export, keygen, policy, run, sweep
 from smpsim.cli.common import EXIT_USAGE
 
 # typer's Abort, and Click's where typer still runs on Click (typer's own copy of Click has none)
@@ -39,7 +39,8 @@ class _Group(TyperGroup):
             sys.exit(EXIT_USAGE)
         except click_exceptions.UsageError as e:
             sys.stdout.flush()
-            print(f"error: {usage_message(e)}", file=sys.stderr)
+            print(f"error: {usage_message(e)}{set_without_equals(sys.argv[1:] if args is None else list(args))}",
+                  file=sys.stderr)
             sys.exit(EXIT_USAGE)
         except click_exceptions.ClickException as e:
             print(f"error: {e.format_message()}", file=sys.stderr)
@@ -56,6 +57,15 @@ def usage_message(e: Any) -> str:
     text = text[:1].lower() + text[1:]
     where = e.ctx.command_path if e.ctx is not None else "smpsim"
     return f"{text.rstrip('.')} (`{where} --help` shows the usage)"
+
+
+def set_without_equals(argv: list[str]) -> str:
+    """A hint for the likely cause of a usage error: ``--set KEY VALUE`` (the value became an extra argument)."""
+    for flag, key, after in zip(argv, argv[1:], [*argv[2:], None]):
+        if flag in ("--set", "-s") and "=" not in key:
+            value = after if after is not None and not after.startswith("-") else "VALUE"
+            return f"; --set {key} has no '=': write --set {key}={value}"
+    return ""
 
 
 app = typer.Typer(
@@ -98,6 +108,7 @@ app.command("bench")(bench.bench)
 app.command("sweep")(sweep.sweep)
 app.command("calibrate")(calibrate.calibrate)
 app.add_typer(config_cmd.app, name="config")
+app.add_typer(policy.app, name="policy")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,8 +20,10 @@ import pyarrow.parquet as pq
 
 from smpsim.experiments.runner import is_finished
 from smpsim.experiments.sweep import Experiment, Point
-from smpsim.metrics import (METRICS, RATIO_COLUMNS, Group, describe, facts_from_summary, group, headline, ratios)
+from smpsim.metrics import (METRICS, POLICY_KEY, RATIO_COLUMNS, Group, describe, facts_from_summary, group,
+                            headline, ratios)
 from smpsim.metrics import saving_lines as metric_saving_lines
+from smpsim.model.policies import label as policy_label
 from smpsim.trace.errors import TraceError
 from smpsim.trace.rundir import read_summary
 
@@ -30,7 +32,9 @@ SHARD_GLOB = "results-shard-*-of-*.parquet"
 
 
 def columns(params: list[str]) -> list[str]:
-    return ["point", *params, "status", *(m.key for m in METRICS), "baseline_point", *RATIO_COLUMNS,
+    # With policy.name swept, "policy" is each point's policy by its own name (policy.name may be a spec).
+    own = ["policy"] if POLICY_KEY in params else []
+    return ["point", *params, *own, "status", *(m.key for m in METRICS), "baseline_point", *RATIO_COLUMNS,
             "digest", "run", "error"]
 
 
@@ -41,6 +45,8 @@ def row(point: Point, run_dir: Path, failure: str | None = None) -> dict[str, An
     summary = read_summary(run_dir) if is_finished(run_dir, point.hash) else None
     status = summary.get("status", "error") if summary else "unfinished"
     r: dict[str, Any] = {"point": point.index, **point.params, "status": status}
+    if POLICY_KEY in point.params:
+        r["policy"] = summary.get("policy") if summary else policy_label(point.cfg)
     values = headline(facts_from_summary(summary, *distributions(run_dir))) if status == "ok" else {}
     r.update({m.key: values.get(m.key) for m in METRICS})
     r["digest"] = summary.get("digest") if summary else None
@@ -98,7 +104,7 @@ def saving_lines(rows: list[dict[str, Any]], params: list[str], meta: dict[str, 
         b = base_of[r["point"]]
         g = groups.setdefault(b, Group({k: r[k] for k in by}, [], index.get(b)))
         g.members.append(i)
-    labels = [describe({k: r[k] for k in params if k not in by}) for r in ok]
+    labels = [describe({k: r[k] for k in params if k not in by}, r.get("policy")) for r in ok]
     return [line["text"] for line in metric_saving_lines(labels, ok, list(groups.values()))]
 
 

@@ -11,7 +11,6 @@ present, or a corrupt part.
 from __future__ import annotations
 
 import re
-import tomllib
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from smpsim.trace.errors import TraceError
-from smpsim.trace.rundir import CONFIG_NAME, SUMMARY_NAME, TRACE_DIR, read_summary
+from smpsim.trace.rundir import SUMMARY_NAME, TRACE_DIR, read_config_data, read_summary
 from smpsim.trace.schema import FIELD_NAMES, REQUIRED, SCHEMA
 from smpsim.trace.writer import PART_PREFIX, PART_SUFFIX, part_name
 
@@ -132,11 +131,7 @@ def _expected_parts(path: Path, summary: dict[str, Any]) -> int | None:
 
 def _config_trace(path: Path) -> dict[str, Any]:
     """The [trace] table of RUN/config.toml ({} when it cannot be read)."""
-    try:
-        with open(path / CONFIG_NAME, "rb") as f:
-            trace = tomllib.load(f).get("trace", {})
-    except (OSError, tomllib.TOMLDecodeError):
-        return {}
+    trace = read_config_data(path).get("trace", {})
     return trace if isinstance(trace, dict) else {}
 
 

@@ -16,11 +16,13 @@ import hashlib
 import json
 import os
 import tempfile
+import tomllib
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from smpsim.config import Config, to_toml
+from smpsim.inputs import TOO_LONG_INTEGER, undecodable
 from smpsim.trace.errors import TraceError
 
 CONFIG_NAME = "config.toml"
@@ -119,6 +121,16 @@ def write_provenance(run_dir: str | Path, provenance: dict[str, Any]) -> Path:
     return _write_json(Path(run_dir) / PROVENANCE_NAME, provenance)
 
 
+def read_config_data(run_dir: str | Path) -> dict[str, Any]:
+    """RUN/config.toml as raw data; {} when it is missing or unreadable (damaged bytes included): the
+    analysis then goes on without it, as for a run that has none."""
+    try:
+        with open(Path(run_dir) / CONFIG_NAME, "rb") as f:
+            return tomllib.load(f)
+    except (OSError, ValueError, RecursionError):  # TOMLDecodeError and UnicodeDecodeError are ValueErrors
+        return {}
+
+
 def read_provenance(run_dir: str | Path) -> dict[str, Any] | None:
     """provenance.json as a dict, None when there is none (the run did not finish)."""
     return _read_json(Path(run_dir) / PROVENANCE_NAME)
@@ -131,15 +143,21 @@ def _write_json(path: Path, data: dict[str, Any]) -> Path:
 
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         return None
     except OSError as e:
         raise TraceError(f"{path}: cannot read: {e.strerror}") from None
     try:
-        data = json.loads(text)
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise TraceError(f"{path}: {undecodable(raw, e)}; the run wrote JSON here, so the file is damaged") from None
     except json.JSONDecodeError as e:
         raise TraceError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise TraceError(f"{path}: not valid JSON (nested too deeply)") from None
+    except ValueError:  # int() past sys.get_int_max_str_digits()
+        raise TraceError(f"{path}: not valid JSON here ({TOO_LONG_INTEGER})") from None
     if not isinstance(data, dict):
         raise TraceError(f"{path}: expected a JSON object")
     return data
