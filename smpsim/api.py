@@ -7,6 +7,7 @@ run.summary["counters"]["ipis"]       # summary.json as a dict
 run.events                            # the trace as a pyarrow Table (docs/trace-format.md)
 run.sql("SELECT count(*) AS n FROM events WHERE ev = 'ipi'")   # DuckDB SQL -> pyarrow Table
 run.analyze()                         # the document of `smpsim analyze --json`
+run.path                              # the run directory (temporary unless ``out`` was given)
 smpsim.open_run("runs/...")           # a recorded run, the same object
 smpsim.sweep("configs/ring-size.toml")  # the results table of an experiment (pyarrow Table)
 ```
@@ -204,11 +205,28 @@ class Run:
     """A run directory: its summary, its events, SQL over them and the analysis."""
 
     def __init__(self, path: Path, summary: dict[str, Any] | None = None, *, _tmp: Any = None):
-        self.path, self._summary, self._tmp = Path(path), summary, _tmp
+        self._path, self._summary, self._tmp = Path(path), summary, _tmp
+
+    @property
+    def path(self) -> Path:
+        """The run directory: config.toml, summary.json, provenance.json, trace/ and logs/
+        (docs/trace-format.md). For a run made without ``out`` it is a temporary directory, removed by
+        ``close()``: copy what you need to keep, or pass ``out``."""
+        return self._path
 
     def __repr__(self) -> str:
+        """What ran and its headline in one line (a notebook shows this, not the events):
+        ``<smpsim.Run linux-2.4, uniform, 8 CPUs: ok; kmaps 8,000; IPIs per 1000 kmaps 1.024; ...>``."""
+        from smpsim.metrics import BY_KEY, facts_from_summary, fmt, headline
+
         s = self.summary
-        return f"<smpsim.Run {self.path} status={s.get('status')!r} digest={str(s.get('digest'))[:12]}>"
+        if not s:
+            return f"<smpsim.Run {self.path}: no summary (unfinished)>"
+        keys = ("kmaps", "ipis_per_1000_kmaps", "stall_per_flush")
+        values = headline(facts_from_summary(s), keys) if "counters" in s else {}
+        shown = "; ".join(BY_KEY[k].show(values.get(k)) for k in keys)
+        return (f"<smpsim.Run {s.get('policy')}, {s.get('workload')}, {fmt(s.get('cpus'))} CPUs: "
+                f"{s.get('status')}; {shown}; digest {str(s.get('digest'))[:12]}; {self.path}>")
 
     @property
     def summary(self) -> dict[str, Any]:

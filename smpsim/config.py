@@ -57,6 +57,10 @@ class Tlb(_Strict):
         return self
 
 
+# The clock the cycle costs assume (about 2.5 GHz): how figures show cycles as microseconds.
+CYCLES_PER_US = 2500
+
+
 class Cost(_Strict):
     """Integer cycles at about 2.5 GHz; sources are kernel-pkmap.md section 4 keys."""
 
@@ -141,6 +145,11 @@ class Trace(_Strict):
 class Run(_Strict):
     engine: Literal["inline", "distributed"] = "inline"
     transport: Literal["ipc", "tcp"] = "ipc"
+
+
+# Keys that choose how a run is executed or recorded, not what is simulated: any value gives the same events
+# and digest (tests/test_determinism.py), so they never tell two runs' results apart (smpsim compare).
+NOT_SIMULATED = ("run.engine", "run.transport", "trace.part_events")
 
 
 class Config(_Strict):

@@ -58,6 +58,18 @@ class Metric:
     saving: tuple[str, str, str] | None = None
     always: bool = True
     ratio_column: bool = False  # results.csv has KEY_ratio: the value over its baseline's
+    unit: str = ""  # of the value, for axes and inline text ("cycles"); a fraction's is "%"
+
+    @property
+    def axis_label(self) -> str:
+        """The label with its unit, as a figure's axis shows it: "initiator stall per flush (cycles)"."""
+        unit = "%" if self.kind == "fraction" else self.unit
+        return f"{self.label} ({unit})" if unit and f"({unit})" not in self.label else self.label
+
+    def show(self, v: Any) -> str:
+        """The label, the value and its unit: "initiator stall per flush 12,345 cycles"."""
+        unit = f" {self.unit}" if self.unit and v is not None and f"({self.unit})" not in self.label else ""
+        return f"{self.label} {fmt(v, self.kind)}{unit}"
 
 
 def _c(key: str) -> Callable[[Facts], Any]:
@@ -81,17 +93,18 @@ METRICS: tuple[Metric, ...] = (
     Metric("stall_cycles", "initiator stall (cycles)", "count", _c("stall_cycles")),
     Metric("stall_per_1000_kmaps", "initiator stall per 1000 kmaps", "number",
            lambda f: per_1000(f["counters"]["stall_cycles"], f["counters"]["kmaps"]),
-           saving=("initiator stall", "less", "more"), ratio_column=True),
+           saving=("initiator stall", "less", "more"), ratio_column=True, unit="cycles"),
     Metric("stall_per_flush", "initiator stall per flush", "number",
-           lambda f: ratio(f["counters"]["stall_cycles"], f["counters"]["flushes"], digits=1), ratio_column=True),
-    Metric("stall_p99_cycles", "initiator stall p99", "count", lambda f: _dist(f, "stall", "p99")),
+           lambda f: ratio(f["counters"]["stall_cycles"], f["counters"]["flushes"], digits=1), ratio_column=True,
+           unit="cycles"),
+    Metric("stall_p99_cycles", "initiator stall p99", "count", lambda f: _dist(f, "stall", "p99"), unit="cycles"),
     Metric("kmap_mean_cycles", "mean kmap latency (cycles)", "number",
            lambda f: ratio(f["counters"]["kmap_cycles"], f["counters"]["kmaps"], digits=1),
-           saving=("mean kmap latency", "lower", "higher"), ratio_column=True),
+           saving=("mean kmap latency", "lower", "higher"), ratio_column=True, unit="cycles"),
     Metric("kmap_p99_cycles", "kmap latency p99", "count", lambda f: _dist(f, "kmap_latency", "p99"),
-           ratio_column=True),
+           ratio_column=True, unit="cycles"),
     Metric("lock_wait_mean_cycles", "mean kmap_lock wait", "number",
-           lambda f: ratio(f["counters"]["lock_wait_cycles"], f["counters"]["kmaps"], digits=1)),
+           lambda f: ratio(f["counters"]["lock_wait_cycles"], f["counters"]["kmaps"], digits=1), unit="cycles"),
     Metric("lock_utilisation", "kmap_lock utilisation", "fraction",
            lambda f: (f.get("kmap_lock") or {}).get("utilisation")),
     Metric("tlb_hit_rate", "TLB hit rate", "fraction",
@@ -100,7 +113,7 @@ METRICS: tuple[Metric, ...] = (
            lambda f: _per_cpu_mean(f, "flush_misses"), saving=("TLB refills after flushes", "fewer", "more"),
            always=False, ratio_column=True),
     Metric("flush_miss_cycles_per_cpu", "flush-induced miss cycles per CPU", "number",
-           lambda f: _per_cpu_mean(f, "flush_miss_cycles")),
+           lambda f: _per_cpu_mean(f, "flush_miss_cycles"), unit="cycles"),
     Metric("sleeps", "sleeps on pkmap_map_wait", "count", _c("sleeps"),
            saving=("sleeps on pkmap_map_wait", "fewer", "more"), always=False),
     Metric("stale", "stale uses", "count", _c("stale"),

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from smpsim.config import dotted
+from smpsim.config import NOT_SIMULATED, dotted
 from smpsim.metrics import METRICS, Group, describe, fmt, fmt_metric, group, saving_lines
 from smpsim.trace.errors import TraceError
 from smpsim.trace.rundir import CONFIG_NAME, PROVENANCE_NAME, SUMMARY_NAME, TRACE_DIR, read_config_data
@@ -74,8 +74,9 @@ FOLLOWERS = ("policy.sha256",)
 
 
 def differing(configs: list[dict[str, Any]]) -> list[str]:
-    """The config keys whose values are not the same in every run, in config order."""
-    keys = [k for k in dict.fromkeys(k for c in configs for k in c) if k not in FOLLOWERS]
+    """The config keys whose values are not the same in every run, in config order; keys that change
+    nothing simulated (the engine, its transport: the same digest either way) are no difference."""
+    keys = [k for k in dict.fromkeys(k for c in configs for k in c) if k not in FOLLOWERS + NOT_SIMULATED]
     return [k for k in keys if len({json.dumps(c.get(k)) for c in configs}) > 1]
 
 
