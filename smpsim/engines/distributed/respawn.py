@@ -155,8 +155,7 @@ class CatchUp:
 
 
 # ---- the replacement process ----------------------------------------------------------------------------
-def spawn_cpu(address: str, cpu: int, run_id: str, token: str, log_dir: str | None,
-              checkpoint_ops: int) -> subprocess.Popen:
+def spawn_cpu(address: str, cpu: int, run_id: str, token: str, log_dir: str | None) -> subprocess.Popen:
     """Start a replacement CPU process: a new interpreter (forking the coordinator, which has threads and
     a ZeroMQ context by now, is not safe). What it needs comes on its stdin, the token never on its
     command line. Its own process group: a Ctrl-C at the terminal is for launch, which stops the CPUs
@@ -168,7 +167,7 @@ def spawn_cpu(address: str, cpu: int, run_id: str, token: str, log_dir: str | No
                              "child_main; child_main()"], stdin=subprocess.PIPE, env=env, close_fds=True, process_group=0)
     assert proc.stdin is not None
     proc.stdin.write(json.dumps({"address": address, "cpu": cpu, "run_id": run_id, "token": token,
-                                 "log_dir": log_dir, "checkpoint_ops": checkpoint_ops}).encode())
+                                 "log_dir": log_dir}).encode())
     proc.stdin.close()
     return proc
 
@@ -177,7 +176,7 @@ def child_main() -> None:
     from smpsim.engines.distributed import cpu_node
     a = json.loads(sys.stdin.read())
     sys.exit(cpu_node.cpu_main(a["address"], a["cpu"], a["run_id"], a["token"], a["log_dir"],
-                               child_of_launch=True, checkpoint_ops=a["checkpoint_ops"], rejoin=True))
+                               child_of_launch=True))
 
 
 class Child:
