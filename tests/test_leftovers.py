@@ -171,7 +171,7 @@ def test_the_open_files_asked_for_are_enough(soft, hard, tmp_path, private_tmp, 
     """A soft limit below the need is raised (the hard one allows it); and the need itself, as the hard
     limit, is enough for the run: the measured figure is not too small."""
     tmp, env = private_tmp
-    cpus = 24
+    cpus = 16
     need = FDS_BASE + FDS_PER_CPU_PROCESS * cpus
     soft, hard = soft or need, hard or need
     r = subprocess.run([*smpsim_cmd, "launch", "--cpus", str(cpus), "--out", str(tmp_path / "run"),

@@ -69,8 +69,9 @@ def coordinator(
         "--key", envvar="SMPSIM_KEY", help="this coordinator's key pair, NAME.key_secret from `smpsim keygen`: "
                                            "CurveZMQ encryption and authentication")] = None,
     allow: Annotated[Optional[Path], typer.Option(
-        "--allow", envvar="SMPSIM_ALLOW", help="the CPUs' public keys: a directory of NAME.key files, or a "
-                                               "file of Z85 keys one per line")] = None,
+        "--allow", envvar="SMPSIM_ALLOW", help="the CPUs' public keys, each for one CPU id: a file of `KEY "
+                                               "CPU_ID` lines (keygen's allowed.keys), or a directory of "
+                                               "cpu-N.key files")] = None,
     insecure: InsecureOpt = False,
     out: OutOpt = None,
     join_timeout: JoinTimeoutOpt = JOIN_TIMEOUT_S,

@@ -325,6 +325,9 @@ class CoordinatorNode:
             if self.running and self.store is not None and self.replace_cpu is None:
                 # A restarted CPU (a pod) whose predecessor may have died or hung without its connection
                 # closing yet: admitted once that one is lost (5 s of silence), refused if it still answers.
+                earlier = self.claims.get(cpu)
+                if earlier is not None:
+                    self._refuse(earlier[0], f"another process asked to join as CPU {cpu} since", **earlier[1])
                 self.claims[cpu] = (ident, who, time.monotonic())
                 if self.log:
                     self.log.info("waiting for the predecessor", **who, predecessor=self.hosts[cpu])

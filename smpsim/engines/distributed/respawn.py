@@ -1,13 +1,15 @@
 """Replacing a lost CPU process: checkpoints, the coordinator's record since, and the replacement's catch-up.
 
-Every ``checkpoint_ops`` operations (or model messages received) a CPU of `smpsim launch` sends its state
+Every ``checkpoint_ops`` operations (or model messages received; the coordinator's WELCOME says how many) a
+CPU sends its state
 (CpuPort.snapshot: plain data, never pickled) right after a batch, as a CKPT message. The link is ordered,
 so the coordinator knows exactly what it had received from the CPU when the CPU took it; the state says how
 many model messages the CPU had received. The coordinator keeps the latest checkpoint per CPU and the batches
 it has sent to that CPU since (dropped at the next checkpoint: memory stays bounded).
 
-When launch sees a CPU process die, it starts a new one for the same CPU id; only a CPU id whose process
-is known dead may join again. The new process restores the checkpoint (or starts afresh if there is none
+When launch sees a CPU process die, it starts a new one for the same CPU id; under `smpsim coordinator`
+the CPU's own restart (a pod's) joins again. Only a CPU id whose process is known lost (dead, disconnected
+or silent) may join again. The new process restores the checkpoint (or starts afresh if there is none
 yet), gets the batches sent since, and applies them one at a time, each once it has run as far as it could:
 a delivery the transport could have made, so it runs on exactly as the lost process did. What it sends
 again that the coordinator already has is dropped once, by counting model messages and trace events
