@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from smpsim.config import Config, ConfigError, apply_override, default_config_path, validate
+from smpsim.engines.distributed.limits import ensure_open_files
 from smpsim.model.workloads import WorkloadError
 from smpsim.trace.errors import TraceError
 from smpsim.trace.rundir import CONFIG_NAME, LOCK_NAME
@@ -165,6 +166,8 @@ def run_config(cfg: Config, out: str | Path | None = None, *, runs_root: str | P
     from smpsim.trace.rundir import claim_run_dir, default_run_dir
 
     check_workload(cfg)
+    if cfg.run.engine == "distributed":
+        ensure_open_files(cfg.machine.cpus, "a distributed run")  # before the run directory: nothing ran
     tmp = None
     if out is not None:
         path = Path(out)

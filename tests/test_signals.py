@@ -270,8 +270,9 @@ def test_join_timeout_must_be_positive():
 def test_cpus_of_an_aborted_run_exit_nonzero(tmp_path, smpsim_cmd, subprocess_env):
     addr = f"tcp://127.0.0.1:{free_port()}"
     out = tmp_path / "run"
+    # --no-respawn: otherwise the coordinator would wait for CPU 1's restart (tests/test_pods.py)
     coord = subprocess.Popen([*smpsim_cmd, "coordinator", "--listen", addr, "--token", "t", "--out", str(out), "--set",
-                              "machine.cpus=2", "--set", "workload.kmaps_per_cpu=20000"],
+                              "machine.cpus=2", "--set", "workload.kmaps_per_cpu=20000", "--no-respawn"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=subprocess_env)
     cpus = [subprocess.Popen([*smpsim_cmd, "cpu", "--coordinator", addr, "--token", "t", "--cpu-id", str(c)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=subprocess_env)

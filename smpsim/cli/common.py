@@ -110,6 +110,9 @@ def classify(exc: BaseException) -> tuple[int, str] | None:
         return EXIT_RUN_FAILED, f"kernel BUG in the simulated model: {exc}"
     if isinstance(exc, RunAborted):
         return EXIT_RUN_FAILED, f"the distributed run stopped: {exc}"
+    limit_error = _loaded_class("smpsim.engines.distributed.limits", "LimitError")
+    if limit_error and isinstance(exc, limit_error):
+        return EXIT_USAGE, str(exc)
     return None
 
 

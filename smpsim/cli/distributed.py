@@ -70,18 +70,26 @@ def coordinator(
         "--key", envvar="SMPSIM_KEY", help="this coordinator's key pair, NAME.key_secret from `smpsim keygen`: "
                                            "CurveZMQ encryption and authentication")] = None,
     allow: Annotated[Optional[Path], typer.Option(
-        "--allow", envvar="SMPSIM_ALLOW", help="the CPUs' public keys: a directory of NAME.key files, or a "
-                                               "file of Z85 keys one per line")] = None,
+        "--allow", envvar="SMPSIM_ALLOW", help="the CPUs' public keys, each for one CPU id: a file of `KEY "
+                                               "CPU_ID` lines (keygen's allowed.keys), or a directory of "
+                                               "cpu-N.key files")] = None,
     insecure: InsecureOpt = False,
     out: OutOpt = None,
     join_timeout: JoinTimeoutOpt = JOIN_TIMEOUT_S,
+    no_respawn: NoRespawnOpt = False,
+    max_respawns: MaxRespawnsOpt = MAX_RESPAWNS,
+    checkpoint_every: CheckpointOpt = CHECKPOINT_OPS,
 ) -> None:
-    """Serve a run to CPU processes that join from this or other hosts (`smpsim cpu`)."""
+    """Serve a run to CPU processes that join from this or other hosts (`smpsim cpu`). A CPU process that is
+    lost may be restarted (by hand, or by its orchestrator) with the same id: it resumes from that CPU's last
+    checkpoint (--no-respawn: the run stops)."""
     _check_join_timeout(join_timeout)
+    respawn = respawn_policy(no_respawn, max_respawns, checkpoint_every)
     from smpsim import api
     from smpsim.engines.distributed import protocol as p
     from smpsim.engines.distributed import security
     from smpsim.engines.distributed.launch import serve_coordinator
+    from smpsim.engines.distributed.limits import FDS_PER_CPU_CONNECTION, ensure_open_files
     from smpsim.experiments.provenance import recorded
     from smpsim.trace.rundir import claim_run_dir, default_run_dir
 
@@ -98,6 +106,7 @@ def coordinator(
     except OSError as e:
         fail(f"--token-file {token_file}: cannot write it ({e.strerror})", EXIT_USAGE)
     cfg = api.load(config, set_)
+    ensure_open_files(cfg.machine.cpus, "a coordinator", FDS_PER_CPU_CONNECTION)  # before the run directory
     out_dir = out if out is not None else default_run_dir(cfg)
     how = []
     if curve is not None:
@@ -116,7 +125,7 @@ def coordinator(
             report(cfg, lambda status: recorded(
                 cfg, out_dir, lambda: serve_coordinator(cfg, out_dir, listen, token, progress=status,
                                                         on_listening=listening, curve=curve,
-                                                        join_timeout=join_timeout),
+                                                        join_timeout=join_timeout, respawn=respawn),
                 "distributed", processes=cfg.machine.cpus + 1, hosts=None), out_dir)
     except p.AddressError as e:
         fail(str(e), EXIT_USAGE)

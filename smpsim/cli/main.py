@@ -105,6 +105,8 @@ def main(
         "--version", callback=_version, is_eager=True, help="print the version and exit")] = False,
 ) -> None:
     """smpsim: the pkmap ring, kmap_lock, per-CPU TLBs and TLB shootdowns, in virtual cycles."""
+    from smpsim.engines.distributed import sockdir
+    sockdir.clean_orphans()  # what a launch killed outright (SIGKILL) left in the temporary directory
 
 
 app.command("run")(run.run)
