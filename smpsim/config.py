@@ -429,9 +429,30 @@ def check_assignments(overrides: list[str] | tuple[str, ...], config: str | Path
         split_assignment(a, config)
 
 
+# Keys whose value names a file. In a config file a relative path starts at the file's folder; given on a
+# command line (--set, overrides), it starts where the user typed it, as any shell argument does.
+PATH_KEYS = ("policy.name", "workload.script", "workload.trace", "workload.generator", "machine.preset")
+
+
 def apply_override(data: dict[str, Any], assignment: str) -> None:
     key, text = split_assignment(assignment)
-    set_key(data, key, parse_value(text, key))
+    value = parse_value(text, key)
+    set_key(data, key, cwd_relative(key, value) if key in PATH_KEYS else value)
+
+
+def cwd_relative(key: str, value: Any) -> Any:
+    """A relative file named by a command-line value, made absolute against the working directory; names
+    (a built-in policy or preset, a module spec) are left as they are."""
+    if not isinstance(value, str) or not value:
+        return value
+    from smpsim.usercode import absolute, is_file_target, is_spec
+    if is_spec(value):
+        return absolute(value)
+    if key == "machine.preset" and not is_file_target(value) and not value.endswith(".toml"):
+        return value  # a built-in preset's name
+    if key in ("policy.name", "workload.generator"):
+        return value  # a registered name, not a file
+    return str(Path(value).expanduser().absolute())
 
 
 def set_key(data: dict[str, Any], key: str, value: Any, source: str = "--set") -> None:

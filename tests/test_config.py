@@ -118,3 +118,18 @@ def test_to_toml_round_trips():
     cfg = load_config(None, ["workload.kind=script", "workload.script=ops.jsonl"])
     again = validate(tomllib.loads(to_toml(cfg)))
     assert again == Config.model_validate(cfg.model_dump())
+
+
+def test_a_relative_file_given_with_set_starts_at_the_working_directory(tmp_path, monkeypatch):
+    """A file named on the command line is where the user typed it, not beside the default config."""
+    from smpsim.config import load_config
+
+    (tmp_path / "mypolicy.py").write_text("import smpsim\n\nclass Mine(smpsim.Policy):\n    pass\n")
+    (tmp_path / "ops.jsonl").write_text('{"cpu": 0, "ops": []}\n')
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(None, ["policy.name=mypolicy.py:Mine", "workload.script=ops.jsonl"])
+    assert cfg.policy.name == f"{tmp_path / 'mypolicy.py'}:Mine"
+    assert cfg.workload.script == str(tmp_path / "ops.jsonl")
+    # names stay names
+    cfg = load_config(None, ["policy.name=eager", "machine.preset=kvm-guest"])
+    assert (cfg.policy.name, cfg.machine.preset) == ("eager", "kvm-guest")
