@@ -85,10 +85,16 @@ class Workload(_Strict):
     # Programs are streamed, so any length runs in the same memory; the bound only keeps values every
     # process and file format can carry (10**15 kmaps would take centuries).
     kmaps_per_cpu: int = Field(1000, ge=0, le=10**15, description="kmap/kunmap pairs per CPU")
+    # Scaled with the machine (None: not; kmaps_per_cpu and think are used as given). A sweep over
+    # machine.cpus keeps the total work and the offered load on kmap_lock fixed with them.
+    kmaps_total: int | None = Field(None, ge=0, le=10**15, description="kmap/kunmap pairs of the whole "
+                                    "machine: sets kmaps_per_cpu = kmaps_total // machine.cpus")
     accesses_per_kmap: int = Field(4, ge=1, description="access operations while a page is held")
     access_burst: int = Field(8, ge=1, description="accesses per access operation")
     hold: int = Field(200, ge=0, description="mean compute cycles between accesses while holding")
     think: int = Field(2000, ge=0, description="mean compute cycles between kmaps")
+    think_per_cpu: int | None = Field(None, ge=0, description="sets think = think_per_cpu * machine.cpus, "
+                                      "so the offered load on kmap_lock is the same at every CPU count")
     nesting: int = Field(1, ge=1, le=64, description="pages held at once")
     active_cpus: int | None = Field(None, ge=0, description="only CPUs 0..active_cpus-1 kmap; the others "
                                     "are idle (default: all)")
@@ -134,6 +140,23 @@ class Config(_Strict):
             return data
         from smpsim import presets
         return {**data, "cost": {**presets.costs(name, data.get("base_dir")), **cost}}
+
+    @model_validator(mode="after")
+    def _scaled_with_cpus(self) -> "Config":
+        """kmaps_total and think_per_cpu set the per-CPU keys; a per-CPU key given as well must agree (a
+        resolved config.toml holds both)."""
+        w, n = self.workload, self.machine.cpus
+        for key, scaled, value in (("kmaps_per_cpu", "kmaps_total", None if w.kmaps_total is None
+                                    else w.kmaps_total // n),
+                                   ("think", "think_per_cpu", None if w.think_per_cpu is None
+                                    else w.think_per_cpu * n)):
+            if value is None:
+                continue
+            if key in w.model_fields_set and getattr(w, key) != value:
+                raise ValueError(f"workload.{key} = {getattr(w, key)} disagrees with workload.{scaled} "
+                                 f"(which makes it {value} at machine.cpus = {n}); give one of the two")
+            setattr(w, key, value)
+        return self
 
     @model_validator(mode="after")
     def _script_needs_file(self) -> "Config":

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib.util
 
 # Importable module -> the extra that installs it.
-EXTRA_OF = {"duckdb": "analysis", "numpy": "analysis", "matplotlib": "analysis"}
+EXTRA_OF = {"duckdb": "analysis", "numpy": "analysis", "matplotlib": "analysis", "scipy": "analysis"}
 
 
 class MissingExtra(ImportError):

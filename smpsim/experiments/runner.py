@@ -64,22 +64,22 @@ def is_finished(run_dir: Path, hash_: str) -> bool:
 
 @dataclass
 class SweepReport:
-    ran: list[int] = field(default_factory=list)      # points run now
-    skipped: list[int] = field(default_factory=list)  # points found finished
-    errors: dict[int, str] = field(default_factory=dict)  # point -> why it has no finished run
+    ran: list[Point] = field(default_factory=list)      # runs (point, seed) run now
+    skipped: list[Point] = field(default_factory=list)  # runs found finished
+    errors: dict[str, str] = field(default_factory=dict)  # a run's config hash -> why it has no finished run
     interrupted: int | None = None  # the signal that stopped the sweep
 
 
 def run_sweep(exp: Experiment, points: list[Point], out: Path, jobs: int,
               on_point: Callable[[], None] = lambda: None) -> SweepReport:
-    """Run the points not yet finished under out/<point name>/, jobs at a time; on_point() after each
-    point (finished ones included), first called once the worker processes are forked, so that the caller
-    may start threads (a progress bar) then."""
+    """Run the points (each (point, seed) run of Experiment.runs) not yet finished under out/<point name>/,
+    jobs at a time; on_point() after each (finished ones included), first called once the worker processes
+    are forked, so that the caller may start threads (a progress bar) then."""
     report = SweepReport()
     todo = []
     for pt in points:
         if is_finished(out / pt.name, pt.hash):
-            report.skipped.append(pt.index)
+            report.skipped.append(pt)
         else:
             todo.append(pt)
     if not todo:
@@ -92,7 +92,8 @@ def run_sweep(exp: Experiment, points: list[Point], out: Path, jobs: int,
                                    initializer=_init_worker, initargs=(os.getpid(),))
         try:
             futures = {pool.submit(_run_point, pt.cfg, out / pt.name,
-                                   {"experiment": str(exp.path), "point": pt.index, "params": pt.params}): pt
+                                   {"experiment": str(exp.path), "point": pt.index, "params": pt.params,
+                                    **({"seed": pt.seed} if exp.replicated else {})}): pt
                        for pt in todo}
             for _ in report.skipped:
                 on_point()
@@ -104,9 +105,9 @@ def run_sweep(exp: Experiment, points: list[Point], out: Path, jobs: int,
                         continue
                     pt = futures[fut]
                     error = fut.result()
-                    report.ran.append(pt.index)
+                    report.ran.append(pt)
                     if error is not None:
-                        report.errors[pt.index] = error
+                        report.errors[pt.hash] = error
                     on_point()
                 if report.interrupted is None and stopping.received() is not None:
                     report.interrupted = stopping.received()
