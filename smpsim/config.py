@@ -105,6 +105,13 @@ class Workload(_Strict):
     script: str | None = Field(None, description="script: JSON-lines file of per-CPU operations")
 
 
+# workload key -> (the key that sets it from the CPU count, how)
+SCALED_WITH_CPUS: dict[str, tuple[str, Any]] = {
+    "kmaps_per_cpu": ("kmaps_total", lambda total, cpus: total // cpus),
+    "think": ("think_per_cpu", lambda per_cpu, cpus: per_cpu * cpus),
+}
+
+
 class Trace(_Strict):
     enabled: bool = True
     part_events: int = Field(200_000, ge=1, description="events per Parquet part")
@@ -146,12 +153,11 @@ class Config(_Strict):
         """kmaps_total and think_per_cpu set the per-CPU keys; a per-CPU key given as well must agree (a
         resolved config.toml holds both)."""
         w, n = self.workload, self.machine.cpus
-        for key, scaled, value in (("kmaps_per_cpu", "kmaps_total", None if w.kmaps_total is None
-                                    else w.kmaps_total // n),
-                                   ("think", "think_per_cpu", None if w.think_per_cpu is None
-                                    else w.think_per_cpu * n)):
-            if value is None:
+        for key, (scaled, derive) in SCALED_WITH_CPUS.items():
+            given = getattr(w, scaled)
+            if given is None:
                 continue
+            value = derive(given, n)
             if key in w.model_fields_set and getattr(w, key) != value:
                 raise ValueError(f"workload.{key} = {getattr(w, key)} disagrees with workload.{scaled} "
                                  f"(which makes it {value} at machine.cpus = {n}); give one of the two")
@@ -322,8 +328,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return cfg
 
 
-def to_toml(cfg: Config) -> str:
-    """The resolved config as TOML, every default filled in (written to each run directory)."""
+def to_toml(cfg: Config, per_point: bool = False) -> str:
+    """The resolved config as TOML, every default filled in (written to each run directory).
+    ``per_point``: it stands for every point of a sweep, so a key set from the CPU count
+    (SCALED_WITH_CPUS) is a comment, the value at this point's count."""
     data = cfg.model_dump(mode="json", exclude_none=True)
     lines: list[str] = []
     for k, v in data.items():
@@ -332,7 +340,12 @@ def to_toml(cfg: Config) -> str:
     for k, v in data.items():
         if isinstance(v, dict):
             lines.append(f"\n[{k}]")
-            lines += [f"{kk} = {_toml_value(vv)}" for kk, vv in v.items()]
+            for kk, vv in v.items():
+                scaled = SCALED_WITH_CPUS.get(kk, ("",))[0] if k == "workload" else ""
+                if per_point and scaled in v:
+                    lines.append(f"# {kk} = {_toml_value(vv)}    # from {scaled} at this point's machine.cpus")
+                else:
+                    lines.append(f"{kk} = {_toml_value(vv)}")
     return "\n".join(lines) + "\n"
 
 

@@ -277,12 +277,13 @@ def _change(m: Metric, v: Any, base: Any, ci: RatioCI | None = None) -> str | No
 
     if big >= 2:
         text = f"{fmt_times(big)} {word} {noun}"
-        interval = bounds and f"{_times(bounds[0])}–{_times(bounds[1])}"
+        ends = bounds and (_times(bounds[0]), _times(bounds[1]), "")
     else:
         text = f"{_pct(pct(big))}% {word} {noun}"
-        interval = bounds and f"{_pct(pct(bounds[0]))}–{_pct(pct(bounds[1]))}%"
-    if ci is not None and interval:
-        text += f" (95% CI {interval}; {n} seeds)"
+        ends = bounds and (_pct(pct(bounds[0])), _pct(pct(bounds[1])), "%")
+    if ci is not None and ends:
+        text += (f" (the same in all {n} seeds)" if ends[0] == ends[1]
+                 else f" (95% CI {ends[0]}–{ends[1]}{ends[2]}; {n} seeds)")
     return text
 
 

@@ -45,4 +45,5 @@ def check(config: Annotated[Path, typer.Argument(help="TOML config (or experimen
     problems += exp.report_problems()  # smpsim sweep only warns: a --set may have swept the baseline away
     if problems:
         raise ConfigError(str(config), list(dict.fromkeys(problems)))
-    typer.echo("ok" if not exp.values else f"ok: a sweep of {len(exp.points)} points")
+    runs = f" x {len(exp.seeds)} seeds ({len(exp.runs())} runs)" if exp.replicated else ""
+    typer.echo("ok" if not exp.values else f"ok: a sweep of {len(exp.points)} points{runs}")

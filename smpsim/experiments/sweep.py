@@ -123,7 +123,7 @@ class Experiment:
 
     def to_toml(self) -> str:
         """A resolved experiment file: the first point's config (every default filled in) and the sweep."""
-        text = to_toml(self.points[0].cfg)
+        text = to_toml(self.points[0].cfg, per_point=True)
         if not self.values:
             return text
         lines = [f"\n# {len(self.points)} points; the swept keys above show the first point's values",
