@@ -57,12 +57,12 @@ def find_runs(path: str | Path) -> list[Path]:
 
 
 def _sweep_order(path: Path) -> tuple:
-    """(experiment, point) from provenance.json for a sweep's point, so points keep the sweep's order."""
+    """(experiment, point, seed) from provenance.json for a sweep's run, so runs keep the sweep's order."""
     try:
         sweep = json.loads((path / PROVENANCE_NAME).read_text())["sweep"]
-        return (0, str(sweep["experiment"]), int(sweep["point"]), str(path))
+        return (0, str(sweep["experiment"]), int(sweep["point"]), int(sweep.get("seed") or 0), str(path))
     except (OSError, ValueError, KeyError, TypeError):
-        return (1, "", 0, str(path))
+        return (1, "", 0, 0, str(path))
 
 
 def run_config(path: Path) -> dict[str, Any]:
