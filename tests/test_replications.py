@@ -118,6 +118,11 @@ def test_a_replicated_sweep_summarises_each_point_with_intervals_and_paired_rati
     assert any(x.startswith("seeds ") and x.split()[1:] == ["3", "3"] for x in r.stdout.splitlines())
     assert any(x.startswith("mean kmap latency (cycles)") and "±" in x for x in r.stdout.splitlines())
     assert "2 points: 6 runs run, 0 runs already finished" in r.stdout
+    # compare on the sweep directory pairs each run with its baseline's run of the same seed
+    c = invoke("compare", out)
+    assert c.exit_code == 0, c.output
+    assert [x.split(":")[0].strip() for x in c.stdout.splitlines() if " vs " in x] == [
+        f"linux-2.4 vs eager (seed={s})" for s in (1, 2, 3)]
 
 
 def test_more_seeds_later_runs_only_the_missing_ones(tmp_path):

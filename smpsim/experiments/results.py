@@ -224,8 +224,14 @@ def read_meta(path: Path) -> dict[str, Any]:
 
 
 def report_of(directory: Path) -> dict[str, Any] | None:
-    """The [report] table (baseline, by) of the sweep whose results table is in directory, if any."""
-    return read_meta(directory / "results.parquet").get("report") or None
+    """The [report] table (baseline, by) of the sweep whose results table is in directory, if any. For
+    points run with several seeds ``by`` gains ``seed``: each run is compared with its baseline point's run
+    of the same seed (``smpsim sweep`` prints the summary over the seeds)."""
+    meta = read_meta(directory / "results.parquet")
+    rep = meta.get("report")
+    if rep and meta.get("seeds") and rep.get("baseline"):
+        return {**rep, "by": [*rep.get("by", []), "seed"]}
+    return rep or None
 
 
 def collect(directory: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:

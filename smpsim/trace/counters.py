@@ -140,17 +140,20 @@ class Counters:
         self._sleep_episodes(groups)
 
     def _sleep_episodes(self, groups: dict[str, tuple[list[int], list[tuple]]]) -> None:
-        """Time asleep, per episode as ``smpsim analyze`` has it: from a CPU's first ``wait`` after its
-        previous kmap to its next kmap (which has slept set). Waits are rare: the kmap column is scanned."""
-        seq = []
+        """Time asleep, per episode as ``smpsim analyze`` has it (SLEEP_EPISODES_SQL): from a CPU's first
+        ``wait`` after its previous kmap to its next kmap. Nothing to do while no CPU sleeps."""
+        since = self._slept_since
+        if "wait" not in groups and not since:
+            return
+        seq: list[tuple[int, int, int, bool]] = []
+        cpus = set(since)
         if "wait" in groups:
             pos, cols = groups["wait"]
             seq += zip(pos, cols[0], cols[1], repeat(True))
+            cpus.update(cols[1])
         if "kmap" in groups:
             pos, cols = groups["kmap"]
-            slept = list(compress(range(len(pos)), cols[_POS["kmap"]["slept"]]))
-            seq += [(pos[i], cols[0][i], cols[1][i], False) for i in slept]
-        since = self._slept_since
+            seq += [(p, t, c, False) for p, t, c in zip(pos, cols[0], cols[1]) if c in cpus]
         for _, t, cpu, is_wait in sorted(seq):  # batch order: the canonical order
             if is_wait:
                 since.setdefault(cpu, t)
