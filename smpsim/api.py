@@ -81,9 +81,8 @@ def load(config: ConfigSource = None, overrides: Overrides = None, *, engine: st
         data = json.loads(json.dumps(config))  # a deep copy of plain data
         for a in sets:
             apply_override(data, a)
-        cfg = validate(data, "config")
-        cfg.base_dir = base_dir or str(Path.cwd())
-        return cfg
+        data["base_dir"] = base_dir or str(Path.cwd())  # before validation: relative paths start here, files are hashed
+        return validate(data, "config")
     path = Path(config) if config is not None else default_config_path()
     from smpsim.experiments.sweep import load_experiment
 
@@ -103,23 +102,50 @@ def load(config: ConfigSource = None, overrides: Overrides = None, *, engine: st
     return exp.points[point].cfg
 
 
-def check_workload(cfg: Config) -> None:
-    """Raise WorkloadError for a workload that cannot run (a script: every line checked), before a run
-    directory is made."""
-    if cfg.workload.kind == "script":
+def check_workload(cfg: Config) -> str | None:
+    """Raise WorkloadError for a workload that cannot run (a script: every line checked; a trace: read
+    once; a generator: loaded), before a run directory is made. For a trace, what it replays and leaves
+    out, in one line."""
+    kind = cfg.workload.kind
+    if kind == "script":
         from smpsim.model.workloads import check_script
 
         check_script(cfg.script_path(), cfg.machine.cpus, raise_=True)
+    elif kind == "trace":
+        from smpsim.model import kprobe_trace
+
+        return f"trace {cfg.workload_file_path()}: {kprobe_trace.scan(cfg).describe()}"
+    elif kind == "python":
+        from smpsim import usercode
+        from smpsim.model import generator
+
+        try:
+            generator.check_callable(cfg)
+        except usercode.UserCodeError as e:
+            raise WorkloadError(str(e)) from None
+    return None
+
+
+def _with_policy(overrides: Overrides, policy: type | str | None) -> list[str]:
+    """overrides plus policy.name for ``policy``: a Policy subclass (registered in this process by its
+    spec, so a class from a script or notebook runs too) or a name or spec."""
+    sets = _override_strings(overrides)
+    if policy is not None:
+        from smpsim.model.policies import spec_of
+
+        sets.append(f"policy.name={json.dumps(spec_of(policy) if isinstance(policy, type) else policy)}")
+    return sets
 
 
 def run(config: ConfigSource = None, *, engine: str | None = None, overrides: Overrides = None,
         out: str | Path | None = None, transport: str | None = None, point: int | None = None,
-        progress: Callable[[dict], None] | None = None) -> "Run":
+        progress: Callable[[dict], None] | None = None, policy: type | str | None = None) -> "Run":
     """Run a config (see ``load``) and return the Run. ``out``: the run directory (default: a temporary
-    one, removed with the Run). A run that stops (kernel BUG, deadlock, a process died) raises; its
+    one, removed with the Run). ``policy``: a smpsim.Policy subclass (or a policy name or spec) instead of
+    the config's policy.name. A run that stops (kernel BUG, deadlock, a process died) raises; its
     exception's ``run`` attribute is the Run up to the failure."""
-    return run_config(load(config, overrides, engine=engine, transport=transport, point=point), out,
-                      progress=progress)
+    return run_config(load(config, _with_policy(overrides, policy), engine=engine, transport=transport,
+                           point=point), out, progress=progress)
 
 
 def run_config(cfg: Config, out: str | Path | None = None, *, runs_root: str | Path | None = None,
@@ -190,7 +216,7 @@ class Run:
         from smpsim.config import load_config
         from smpsim.trace.rundir import CONFIG_NAME
 
-        return load_config(self.path / CONFIG_NAME)
+        return load_config(self.path / CONFIG_NAME, resolve_code=False)  # its policy file may not be here
 
     @property
     def events(self):
@@ -305,10 +331,11 @@ def run_sweep(experiment: str | Path, overrides: Overrides = None, *, out: str |
 
 
 def sweep(experiment: str | Path, overrides: Overrides = None, *, out: str | Path | None = None,
-          jobs: int | None = None):
+          jobs: int | None = None, policy: type | str | None = None):
     """Run an experiment (see ``run_sweep``) and return its results table (a pyarrow Table, one row per
-    point: parameters, status, metrics, digest)."""
-    done = run_sweep(experiment, overrides, out=out, jobs=jobs)
+    point: parameters, status, metrics, digest). ``policy``: a smpsim.Policy subclass (or a name or spec)
+    for every point, as ``run`` takes it; to compare policies, sweep policy.name over names and specs."""
+    done = run_sweep(experiment, _with_policy(overrides, policy), out=out, jobs=jobs)
     if done.interrupted is not None:  # the table is written; the caller asked to stop
         from smpsim.engines.stopping import Interrupted
 

@@ -10,14 +10,19 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from smpsim.model.policies import POLICY_NAMES
 
 # LAST_PKMAP by architecture (reference section 2).
 ARCH_LAST_PKMAP = {"i386": 1024, "i386-pae": 512, "arm": 512, "mips": 1024}
 
-WORKLOADS = ("uniform", "zipf", "stream", "shared", "pingpong", "script")
+WORKLOADS = ("uniform", "zipf", "stream", "shared", "pingpong", "script", "trace", "python")
+# The workload kinds read from a file, and the key naming it.
+WORKLOAD_FILE_KEYS = {"script": "script", "trace": "trace", "python": "generator"}
+TRACE_CLOCK_MHZ = 2500  # the cost model's cycles are at about 2.5 GHz (Cost)
+TRACE_PAGE_BYTES = 32   # sizeof(struct page) on i386 without debug options
 
 
 class _Strict(BaseModel):
@@ -72,7 +77,25 @@ class Cost(_Strict):
 
 
 class Policy(_Strict):
-    name: Literal[POLICY_NAMES] = Field("linux-2.4", description="flush policy (smpsim.model.policies)")
+    name: str = Field("linux-2.4", min_length=1,
+                      description="flush policy: a built-in name, a name registered by an installed package, "
+                                  "'package.module:Class' or 'path/to/file.py:Class' (relative to the config's "
+                                  "folder); docs/policies.md")
+    @field_validator("name")
+    @classmethod
+    def _known_name(cls, name: str) -> str:
+        """A name that is neither built in, a spec nor registered is wrong whatever else the config says
+        (Config._policy_resolves loads the others, once the rest of the config is valid)."""
+        from smpsim.model.policies import check_name
+
+        problem = check_name(name)
+        if problem:
+            raise PydanticCustomError("policy", "{m}", {"m": problem})
+        return name
+
+    sha256: str | None = Field(None, pattern="^[0-9a-f]{64}$",
+                               description="SHA-256 of the policy's source file (not for built-ins): filled in "
+                                           "when the config is resolved; a copy with another hash is refused")
     flush_ceiling: int = Field(33, ge=0, description="tlb_single_page_flush_ceiling: larger ranges flush all [R11]")
     lazy_max: int | None = Field(None, ge=1, description="vmap-lazy: slots awaiting a flush that trigger a purge; "
                                  "default lazy_max_pages() scaled to the ring (docs/policies.md)")
@@ -80,7 +103,7 @@ class Policy(_Strict):
 
 
 class Workload(_Strict):
-    kind: Literal["uniform", "zipf", "stream", "shared", "pingpong", "script"] = "uniform"
+    kind: Literal["uniform", "zipf", "stream", "shared", "pingpong", "script", "trace", "python"] = "uniform"
     pages: int = Field(4096, ge=1, description="highmem pages the workload draws from")
     # Programs are streamed, so any length runs in the same memory; the bound only keeps values every
     # process and file format can carry (10**15 kmaps would take centuries).
@@ -103,6 +126,15 @@ class Workload(_Strict):
     hot_pages: int = Field(16, ge=1, description="shared: size of the hot set every CPU maps")
     hot_fraction: float = Field(0.8, ge=0.0, le=1.0, description="shared: fraction of kmaps to the hot set")
     script: str | None = Field(None, description="script: JSON-lines file of per-CPU operations")
+    trace: str | None = Field(None, description="trace: tracefs text of kprobes on kmap_high/kunmap_high")
+    trace_clock_mhz: int | None = Field(None, ge=1, le=10**6, description="trace: cycles per microsecond the "
+                                        f"timestamps' gaps are converted at (default {TRACE_CLOCK_MHZ})")
+    trace_page_bytes: int | None = Field(None, ge=1, le=4096, description="trace: page number = page pointer "
+                                         f"// this (default {TRACE_PAGE_BYTES}, sizeof(struct page) on i386)")
+    generator: str | None = Field(None, description="python: 'file.py:func' or 'module:func' yielding each CPU's ops")
+    sha256: str | None = Field(None, pattern="^[0-9a-f]{64}$",
+                               description="SHA-256 of the script, trace or generator source (filled in; "
+                                           "a different file is refused)")
 
 
 # workload key -> (the key that sets it from the CPU count, how)
@@ -165,15 +197,73 @@ class Config(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _script_needs_file(self) -> "Config":
-        if self.workload.kind == "script" and not self.workload.script:
-            raise ValueError("workload.kind = 'script' needs workload.script = 'FILE.jsonl'")
+    def _policy_resolves(self, info: ValidationInfo) -> "Config":
+        """Load a policy from outside the package (once per process and file content), check it is one,
+        and record its source's hash: the config hash covers the code that runs."""
+        if self.policy.name in POLICY_NAMES:
+            if self.policy.sha256 is not None:
+                raise PydanticCustomError("policy", "policy.sha256: a built-in policy has no source hash to pin")
+            return self
+        if info.context and info.context.get("resolve_code") is False:
+            return self
+        from smpsim.model.policies import resolve
+        from smpsim.usercode import UserCodeError, definition, raised_at
+
+        try:
+            r = resolve(self.policy.name, self.base_dir, self.policy.sha256)
+        except UserCodeError as e:
+            raise PydanticCustomError("policy", "policy.name: {m}", {"m": e.describe()}) from None
+        try:
+            r.cls(self)
+        except Exception as e:  # the user's __init__: name where it failed
+            file, line = raised_at(e, (r.file,) if r.file else ())
+            file, line = (file, line) if file else definition(r.cls)
+            raise PydanticCustomError("policy", "policy.name: {m}", {"m": (
+                f"{r.spec!r} ({file}:{line}): {r.cls.__qualname__}(cfg) raised {type(e).__name__}: {e}")}) from None
+        if self.policy.sha256 != r.sha256:
+            self.policy.sha256 = r.sha256
         return self
 
+    @model_validator(mode="after")
+    def _workload_file(self) -> "Config":
+        """A kind read from a file names it; the file's SHA-256 is recorded (so the config hash changes
+        with the file), or checked when the config already records one."""
+        w = self.workload
+        key = WORKLOAD_FILE_KEYS.get(w.kind)
+        if key is None:
+            return self
+        example = {"script": "FILE.jsonl", "trace": "FILE.trace", "generator": "file.py:func"}[key]
+        if not getattr(w, key):
+            raise ValueError(f"workload.kind = '{w.kind}' needs workload.{key} = '{example}'")
+        if w.kind == "trace":
+            if w.trace_clock_mhz is None:
+                w.trace_clock_mhz = TRACE_CLOCK_MHZ
+            if w.trace_page_bytes is None:
+                w.trace_page_bytes = TRACE_PAGE_BYTES
+        if self.base_dir is None:  # a config shipped to a CPU process: it checks its own copy against sha256
+            return self
+        from smpsim.workload_files import source_sha256
+        sha = source_sha256(self)
+        if sha is not None and w.sha256 is not None and sha != w.sha256:
+            raise ValueError(f"workload.{key}: {self.workload_file_path()} has SHA-256 {sha}, but the config "
+                             f"records {w.sha256}: the file changed since; restore it, or remove workload.sha256")
+        if sha is not None and w.sha256 is None:
+            w.sha256 = sha
+        return self
+
+    def workload_file_path(self) -> Path | None:
+        """The trace or script file (a generator spec's file: smpsim.workload_files)."""
+        w = self.workload
+        name = w.trace if w.kind == "trace" else w.script
+        return self._resolve(name)
+
     def script_path(self) -> Path | None:
-        if not self.workload.script:
+        return self._resolve(self.workload.script)
+
+    def _resolve(self, name: str | None) -> Path | None:
+        if not name:
             return None
-        p = Path(self.workload.script)
+        p = Path(name)
         if not p.is_absolute() and self.base_dir:
             p = Path(self.base_dir) / p
         return p
@@ -253,14 +343,17 @@ def describe_error(err: dict[str, Any]) -> str:
         return f"{loc}: unknown key"
     given = err.get("input")
     where = f"{loc}: " if loc else ""
+    msg = err["msg"].removeprefix("Value error, ")  # our validators' messages say what and where
     if isinstance(given, dict):
-        return f"{where}{err['msg']}"
-    return f"{where}{err['msg']} (given {given!r})"
+        return f"{where}{msg}"
+    return f"{where}{msg} (given {given!r})"
 
 
-def validate(data: dict[str, Any], source: str = "config") -> Config:
+def validate(data: dict[str, Any], source: str = "config", resolve_code: bool = True) -> Config:
+    """A Config from raw data. ``resolve_code=False`` leaves a policy from outside the package unloaded
+    (reading a recorded run's config, which may name a file that is not there)."""
     try:
-        return Config.model_validate(data)
+        return Config.model_validate(data, context={"resolve_code": resolve_code})
     except ValidationError as e:
         raise ConfigError(source, [describe_error(x) for x in e.errors()]) from None
 
@@ -292,6 +385,8 @@ def set_key(data: dict[str, Any], key: str, value: Any, source: str = "--set") -
             raise ConfigError(source, [f"{key}: {p} is not a table"])
         node = child
     node[parts[-1]] = value
+    if parts == ["policy", "name"]:
+        node.pop("sha256", None)  # the hash belongs to the name it was resolved from
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -315,7 +410,8 @@ def default_config_path() -> Path:
     raise ConfigError("default config", ["configs/default.toml not found"])
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                resolve_code: bool = True) -> Config:
     """Read a TOML config (the default one when path is None), apply --set overrides, validate."""
     p = Path(path) if path is not None else default_config_path()
     data = read_toml(p)
@@ -324,8 +420,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     for a in overrides:
         apply_override(data, a)
     data["base_dir"] = str(p.resolve().parent)  # relative paths (workload.script, machine.preset) start here
-    cfg = validate(data, str(p))
-    return cfg
+    return validate(data, str(p), resolve_code)
 
 
 def to_toml(cfg: Config, per_point: bool = False) -> str:

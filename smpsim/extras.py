@@ -1,5 +1,6 @@
 """Optional dependencies: the core install runs simulations (a CPU process, the coordinator, ``smpsim
-run``); analysis and plotting (DuckDB, matplotlib) come with the ``analysis`` extra. A command that needs a
+run``); analysis and plotting (DuckDB, matplotlib) and ``smpsim policy check`` (Hypothesis) come with the
+``analysis`` extra. A command that needs a
 missing one says which install command brings it (``handle_errors`` maps the ImportError here). Keep this
 table in step with pyproject.toml's extras."""
 
@@ -8,7 +9,8 @@ from __future__ import annotations
 import importlib.util
 
 # Importable module -> the extra that installs it.
-EXTRA_OF = {"duckdb": "analysis", "numpy": "analysis", "matplotlib": "analysis", "scipy": "analysis"}
+EXTRA_OF = {"duckdb": "analysis", "numpy": "analysis", "matplotlib": "analysis", "hypothesis": "analysis",
+            "scipy": "analysis"}
 
 
 class MissingExtra(ImportError):

@@ -349,11 +349,17 @@ def run_summary_rows(summary: dict[str, Any], run_dir: Any, policy: str | None =
 
 # ------------------------------------------------------------------------------------------- baselines
 
-def describe(params: dict[str, Any]) -> str:
+POLICY_KEY = "policy.name"
+
+
+def describe(params: dict[str, Any], policy: str | None = None) -> str:
     """A run's label from its parameters: a word as itself ("eager"), anything else as short_key=value
-    ("last_pkmap=16", "cpus=8")."""
+    ("last_pkmap=16", "cpus=8"). ``policy``: the policy's own name (summary.json's), shown for policy.name,
+    whose value for a policy from outside the package is a spec with a path."""
     out = []
     for k, v in params.items():
+        if k == POLICY_KEY and policy:
+            v = policy
         if isinstance(v, str) and v and not _numberlike(v):
             out.append(v)
         else:

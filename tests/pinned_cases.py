@@ -12,7 +12,6 @@ import json
 import sys
 from pathlib import Path
 
-POLICIES = ["linux-2.4", "linux-2.6", "eager", "kmap-local", "no-ipi", "no-flush"]
 WORKLOADS = ["uniform", "zipf", "stream", "shared", "pingpong", "script"]
 
 # A script where CPUs share pages and reuse slots of a small ring (written next to the config at test time).
@@ -34,9 +33,11 @@ def script_lines(cpus: int = 4) -> list[dict]:
 
 def cases() -> dict[str, dict]:
     """name -> config overrides (dotted keys) on the schema defaults of the day the values were pinned."""
+    from smpsim.model.policies import POLICY_NAMES  # every built-in policy, from the registry
+
     out: dict[str, dict] = {}
     small = {"workload.kmaps_per_cpu": 150, "workload.pages": 300, "machine.last_pkmap": 64}
-    for pol in POLICIES:
+    for pol in POLICY_NAMES:
         for wl in ("uniform", "shared", "pingpong"):
             out[f"{pol}-{wl}-4cpu"] = {**small, "machine.cpus": 4, "policy.name": pol, "workload.kind": wl}
     for wl in ("zipf", "stream", "script"):  # uniform, shared and pingpong are above
@@ -51,6 +52,9 @@ def cases() -> dict[str, dict]:
     out["sleeps-small-ring"] = {"machine.cpus": 8, "machine.last_pkmap": 16, "workload.nesting": 3,
                                 "workload.kmaps_per_cpu": 120, "workload.pages": 200}
     out["sleeps-small-ring-2.6"] = {**out["sleeps-small-ring"], "policy.name": "linux-2.6"}
+    # Sleeps with slots waiting for a purge (vmap-lazy's rescue) or for the other CPUs' ticks (latr).
+    out["sleeps-small-ring-vmap-lazy"] = {**out["sleeps-small-ring"], "policy.name": "vmap-lazy"}
+    out["sleeps-small-ring-latr"] = {**out["sleeps-small-ring"], "policy.name": "latr", "policy.tick": 20_000}
     out["nesting-4"] = {"machine.cpus": 4, "workload.nesting": 4, "workload.kmaps_per_cpu": 200,
                         "workload.kind": "zipf", "machine.last_pkmap": 32}
     out["linux-2.6-range"] = {"machine.cpus": 4, "policy.name": "linux-2.6", "machine.last_pkmap": 24,

@@ -13,14 +13,17 @@ from pathlib import Path
 import pytest
 
 from pinned_cases import cases, config_for, observe
+from smpsim.config import dotted
 from smpsim.engines import inline
+from smpsim.model.policies import POLICY_NAMES
 
 PINNED = json.loads((Path(__file__).parent / "data" / "pinned_counters.json").read_text())
 
 # The distributed engine is slower to start: a subset covering every policy family, sleeps, scripts and
 # many processes.
 DISTRIBUTED = ["linux-2.4-uniform-2cpu", "linux-2.4-uniform-32cpu", "sleeps-small-ring", "no-ipi-shared-4cpu",
-               "linux-2.4-script-kind", "kmap-local-uniform-4cpu", "eager-shared-8cpu", "linux-2.6-range"]
+               "linux-2.4-script-kind", "kmap-local-uniform-4cpu", "eager-shared-8cpu", "linux-2.6-range",
+               "sleeps-small-ring-latr"]
 
 
 def _diff(got: dict, want: dict) -> str:
@@ -39,7 +42,18 @@ def _diff(got: dict, want: dict) -> str:
 
 
 def test_cases_match_pinned_file():
+    """The file pins the cases of pinned_cases.py: the same names, and each stored config has every
+    override of its case (a case edited without re-pinning would otherwise test the old config)."""
     assert sorted(cases()) == sorted(PINNED), "re-pin with: python tests/pinned_cases.py > tests/data/pinned_counters.json"
+    for name, overrides in cases().items():
+        stored = dict(dotted(PINNED[name]["config"]))
+        wrong = {k: (stored.get(k), v) for k, v in overrides.items() if stored.get(k) != v}
+        assert not wrong, f"{name}: pinned config differs from its case (pinned, case): {wrong}"
+
+
+def test_every_built_in_policy_is_pinned():
+    pinned = {case["config"]["policy"]["name"] for case in PINNED.values()}
+    assert set(POLICY_NAMES) <= pinned, f"not pinned: {sorted(set(POLICY_NAMES) - pinned)}"
 
 
 @pytest.mark.parametrize("name", sorted(PINNED))

@@ -31,13 +31,14 @@ def _cfg(policy, kind="uniform", cpus=4, ring=32, kmaps=120, nesting=1, trace=Tr
 
 
 def test_config_takes_policy_names_from_the_registry():
-    assert tuple(policies.POLICIES) == policies.POLICY_NAMES
-    for name in policies.POLICY_NAMES:
-        assert validate({"policy": {"name": name}}).policy.name == name
+    for name, cls in policies.POLICIES.items():  # each registered under its own name, a Policy
+        assert issubclass(cls, policies.Policy) and cls.name == name
+        cfg = validate({"policy": {"name": name}})
+        assert type(policies.make_policy(cfg)) is cls
     with pytest.raises(ConfigError) as ei:
         validate({"policy": {"name": "linux-9"}})
     msg = str(ei.value)
-    assert "policy.name" in msg and all(f"'{n}'" in msg for n in policies.POLICY_NAMES), msg
+    assert "policy.name: 'linux-9'" in msg and all(n in msg for n in policies.POLICY_NAMES), msg
 
 
 # ---- vmap-lazy ------------------------------------------------------------------------------------------

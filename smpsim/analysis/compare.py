@@ -74,9 +74,13 @@ def run_config(path: Path) -> dict[str, Any]:
         return {}
 
 
+# Keys that follow another (policy.sha256 is the source of policy.name's file): not parameters of a run.
+FOLLOWERS = ("policy.sha256",)
+
+
 def differing(configs: list[dict[str, Any]]) -> list[str]:
     """The config keys whose values are not the same in every run, in config order."""
-    keys = list(dict.fromkeys(k for c in configs for k in c))
+    keys = [k for k in dict.fromkeys(k for c in configs for k in c) if k not in FOLLOWERS]
     return [k for k in keys if len({json.dumps(c.get(k)) for c in configs}) > 1]
 
 
@@ -90,7 +94,7 @@ def compare(paths: list[Path], analyses: list[dict[str, Any]], baseline: dict[st
     configs = [run_config(p) for p in paths]
     vary = [k for k in differing(configs) if k not in by]
     params = [{k: c.get(k) for k in vary} for c in configs]
-    labels = [describe(p) for p in params]
+    labels = [describe(p, a["run"].get("policy")) for p, a in zip(params, analyses)]
     keyed = [(label, *(json.dumps(c.get(k)) for k in by)) for label, c in zip(labels, configs)]
     if len(set(keyed)) < len(keyed):  # the same config twice: name them apart, by number if need be
         named = fallback is not None and len(set(fallback)) == len(fallback) and not any(
@@ -107,7 +111,7 @@ def compare(paths: list[Path], analyses: list[dict[str, Any]], baseline: dict[st
     base_of = {i: g.base for g in groups for i in g.members}
     group_of = {i: g.label for g in groups for i in g.members}
     found = [a.get("confounders") or [] for a in analyses]
-    runs = [{"label": label, "run": str(p), "params": prm, "policy": c.get("policy.name"),
+    runs = [{"label": label, "run": str(p), "params": prm, "policy": a["run"].get("policy") or c.get("policy.name"),
              "workload": c.get("workload.kind"), "cpus": c.get("machine.cpus"), "truncated": a["run"]["truncated"],
              "group": group_of[i], "baseline": base_of.get(i), "confounders": found[i]}
             for i, (label, p, prm, c, a) in enumerate(zip(labels, paths, params, configs, analyses))]

@@ -87,8 +87,13 @@ def classify(exc: BaseException) -> tuple[int, str] | None:
     deadlock = _loaded_class("smpsim.model.errors", "DeadlockError")
     if deadlock and isinstance(exc, deadlock):
         return EXIT_RUN_FAILED, f"the simulation stopped: {exc}"
+    policy_error = _loaded_class("smpsim.model.errors", "PolicyError")
+    if policy_error and isinstance(exc, policy_error):  # the user's policy, not the kernel or the engine
+        return EXIT_RUN_FAILED, f"the policy stopped the run: {exc}"
     model_error = _loaded_class("smpsim.model.errors", "ModelError")
     if model_error and isinstance(exc, model_error):
+        if getattr(exc, "op", None) in (_loaded_class("smpsim.model.errors", "WORKLOAD_OPS") or ()):
+            return EXIT_RUN_FAILED, f"the workload stopped the run: {exc}"
         return EXIT_RUN_FAILED, f"kernel BUG in the simulated model: {exc}"
     if isinstance(exc, RunAborted):
         return EXIT_RUN_FAILED, f"the distributed run stopped: {exc}"

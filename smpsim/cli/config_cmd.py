@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from smpsim.cli.common import handle_errors
-from smpsim.config import ConfigError
+from smpsim.config import WORKLOAD_FILE_KEYS, ConfigError
 from smpsim.experiments.sweep import load_experiment
 
 app = typer.Typer(no_args_is_help=True, help="Show or check a run configuration.")
@@ -30,9 +30,11 @@ def show(config: ConfigArg = None, set_: SetOpt = None) -> None:
 @handle_errors
 def check(config: Annotated[Path, typer.Argument(help="TOML config (or experiment) file to validate")],
           set_: SetOpt = None) -> None:
-    """Validate a config file, every point of its sweep table and every line of a workload script: print
-    ``ok``, or every problem (exit 2)."""
-    from smpsim.model.workloads import check_script
+    """Validate a config file, every point of its sweep table, every line of a workload script or trace
+    and a workload generator's spec: print ``ok`` (a trace: what it replays, on stderr), or every problem
+    (exit 2)."""
+    from smpsim import api
+    from smpsim.model.workloads import WorkloadError, check_script
 
     exp = load_experiment(config, set_ or ())
     problems: list[str] = []
@@ -42,8 +44,19 @@ def check(config: Annotated[Path, typer.Argument(help="TOML config (or experimen
             problems.append(f"workload.script: file not found ({path})")
         else:
             problems += [f"workload.script: {x}" for x in check_script(path, cpus)]
+    notes: list[str] = []
+    for point in exp.points:  # a trace is read once, a generator loaded (each once: both are cached)
+        if point.cfg.workload.kind in ("trace", "python"):
+            try:
+                note = api.check_workload(point.cfg)
+            except WorkloadError as e:
+                problems.append(f"workload.{WORKLOAD_FILE_KEYS[point.cfg.workload.kind]}: {e}")
+            else:
+                notes += [note] if note else []
     problems += exp.report_problems()  # smpsim sweep only warns: a --set may have swept the baseline away
     if problems:
         raise ConfigError(str(config), list(dict.fromkeys(problems)))
+    for note in dict.fromkeys(notes):
+        typer.echo(note, err=True)
     runs = f" x {len(exp.seeds)} seeds ({len(exp.runs())} runs)" if exp.replicated else ""
     typer.echo("ok" if not exp.values else f"ok: a sweep of {len(exp.points)} points{runs}")

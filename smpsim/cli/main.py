@@ -19,7 +19,7 @@ except ImportError:  # pragma: no cover - older typer on Click
 
 from smpsim import __version__
 from smpsim.cli import analyze
-from smpsim.cli import bench, calibrate, config_cmd, distributed, export, keygen, run, sweep
+from smpsim.cli import bench, calibrate, config_cmd, distributed, export, keygen, policy, run, sweep
 from smpsim.cli.common import EXIT_USAGE
 
 # typer's Abort, and Click's where typer still runs on Click (typer's own copy of Click has none)
@@ -98,6 +98,7 @@ app.command("bench")(bench.bench)
 app.command("sweep")(sweep.sweep)
 app.command("calibrate")(calibrate.calibrate)
 app.add_typer(config_cmd.app, name="config")
+app.add_typer(policy.app, name="policy")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -42,5 +42,9 @@ class RunProgress:
 
 
 def total_kmaps(cfg: Any) -> int | None:
-    """The kmaps a run will do: CPUs x kmaps per CPU (unknown for a script workload)."""
-    return None if cfg.workload.kind == "script" else cfg.machine.cpus * cfg.workload.kmaps_per_cpu
+    """The kmaps a run will do: CPUs x kmaps per CPU (unknown for a workload read from a file)."""
+    from smpsim.config import WORKLOAD_FILE_KEYS
+
+    if cfg.workload.kind in WORKLOAD_FILE_KEYS:
+        return None
+    return cfg.machine.cpus * cfg.workload.kmaps_per_cpu

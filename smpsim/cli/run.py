@@ -85,6 +85,9 @@ def execute(cfg: Config, out: Path | None, respawn=None) -> None:
     and print its summary. respawn: the distributed engine's RespawnPolicy (None: its default)."""
     from smpsim import api
 
+    about = api.check_workload(cfg)  # a trace: what it replays and skips (the run checks it again, cached)
+    if about:
+        typer.echo(about, err=True)
     report(cfg, lambda progress: api.run_config(cfg, out, runs_root=None if out is not None else "runs",
                                                 progress=progress, respawn=respawn))
 
@@ -117,7 +120,7 @@ def print_summary(summary: dict[str, Any], run_dir: Path | None, con: Any = None
     """What ran, its headline figures and the next command (smpsim.metrics.run_summary_rows)."""
     from smpsim.metrics import run_summary_rows
 
-    what = (cfg.policy.name, cfg.machine.cpus, cfg.workload.kind) if cfg is not None else ()
+    what = (summary.get("policy") or cfg.policy.name, cfg.machine.cpus, cfg.workload.kind) if cfg is not None else ()
     rows = run_summary_rows(summary, run_dir, *what)
     if con is None:
         width = max(len(label) for label, _ in rows)

@@ -12,6 +12,7 @@ from smpsim import __version__
 from smpsim.config import Config
 from smpsim.engines.stopping import status_of
 from smpsim.metrics import confounders, facts_from_summary
+from smpsim.model.policies import label as policy_label
 from smpsim.trace.columns import by_type
 from smpsim.trace.counters import Counters
 from smpsim.trace.merge import CanonicalMerger
@@ -92,7 +93,9 @@ class Recorder:
             "engine": self.engine,
             "seed": self.cfg.seed,
             "cpus": self.cfg.machine.cpus,
-            "policy": self.cfg.policy.name,
+            "policy": policy_label(self.cfg),
+            **({} if self.cfg.policy.sha256 is None else {"policy_spec": self.cfg.policy.name,
+                                                          "policy_sha256": self.cfg.policy.sha256}),
             "workload": self.cfg.workload.kind,
             "last_pkmap": self.cfg.machine.ring_size,
             "config_hash": config_hash(self.cfg),

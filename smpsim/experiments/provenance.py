@@ -73,6 +73,7 @@ def recorded(cfg: Config, run_dir: Path | None, body: Callable[[], Any], engine:
             return
         write_provenance(run_dir, {
             "config_hash": config_hash(cfg),
+            **({"policy": policy_source(cfg)} if cfg.policy.sha256 is not None else {}),
             "seed": cfg.seed,
             "smpsim_version": __version__,
             "model_path": native.path()["path"],  # compiled or pure Python (smpsim/native.py): speed only
@@ -103,6 +104,18 @@ def recorded(cfg: Config, run_dir: Path | None, body: Callable[[], Any], engine:
         raise
     write(result.summary)
     return result
+
+
+def policy_source(cfg: Config) -> dict[str, Any]:
+    """A policy from outside the package: its spec, the file this host loaded and that file's SHA-256."""
+    from smpsim.model.policies import resolve
+    from smpsim.usercode import UserCodeError
+
+    try:
+        file = resolve(cfg.policy.name, cfg.base_dir, cfg.policy.sha256).file
+    except UserCodeError:
+        file = None
+    return {"spec": cfg.policy.name, "file": file, "sha256": cfg.policy.sha256}
 
 
 FINISHED = ("ok", "error")  # statuses of a finished run (see the module's doc)

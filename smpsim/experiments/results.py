@@ -21,9 +21,10 @@ import pyarrow.parquet as pq
 
 from smpsim.experiments.runner import is_finished
 from smpsim.experiments.sweep import Experiment, Point
-from smpsim.metrics import (METRICS, RATIO_COLUMNS, Group, confounders, describe, facts_from_summary, group,
-                            headline, marks, ratios)
+from smpsim.metrics import (METRICS, POLICY_KEY, RATIO_COLUMNS, Group, confounders, describe, facts_from_summary,
+                            group, headline, marks, ratios)
 from smpsim.metrics import saving_lines as metric_saving_lines
+from smpsim.model.policies import label as policy_label
 from smpsim.trace.errors import TraceError
 from smpsim.trace.rundir import read_summary
 
@@ -35,18 +36,23 @@ CI = ("_ci95_lo", "_ci95_hi")  # a summarised column's interval: KEY_ci95_lo, KE
 SEEDS_TABLE = "results-seeds"  # one row per (point, seed) of a sweep run with several seeds
 
 
+def _own(params: list[str]) -> list[str]:
+    # With policy.name swept, "policy" is each point's policy by its own name (policy.name may be a spec).
+    return ["policy"] if POLICY_KEY in params else []
+
+
 def columns(params: list[str], seed: bool = False) -> list[str]:
     """One row per run: the point's (or, with ``seed``, each seed's of a replicated point)."""
-    return ["point", *(["seed"] if seed else []), *params, "status", *(m.key for m in METRICS), "baseline_point",
-            *RATIO_COLUMNS, "digest", "run", "error", "confounders"]
+    return ["point", *(["seed"] if seed else []), *params, *_own(params), "status", *(m.key for m in METRICS),
+            "baseline_point", *RATIO_COLUMNS, "digest", "run", "error", "confounders"]
 
 
 def summary_columns(params: list[str]) -> list[str]:
     """One row per point run with several seeds: each metric's and ratio's mean with its 95% interval."""
     with_ci = [c for m in METRICS for c in (m.key, *(m.key + x for x in CI))]
     ratio_ci = [c for k in RATIO_COLUMNS for c in (k, *(k + x for x in CI))]
-    return ["point", *params, "status", "seeds", *with_ci, "baseline_point", *ratio_ci, "digest", "run", "error",
-            "confounders"]
+    return ["point", *params, *_own(params), "status", "seeds", *with_ci, "baseline_point", *ratio_ci, "digest",
+            "run", "error", "confounders"]
 
 
 def row(point: Point, run_dir: Path, failure: str | None = None, seed: bool = False) -> dict[str, Any]:
@@ -59,6 +65,8 @@ def row(point: Point, run_dir: Path, failure: str | None = None, seed: bool = Fa
     status = summary.get("status", "error") if summary else "unfinished"
     r: dict[str, Any] = {"point": point.index, **({"seed": point.seed} if seed else {}), **point.params,
                          "status": status}
+    if POLICY_KEY in point.params:
+        r["policy"] = summary.get("policy") if summary else policy_label(point.cfg)
     facts = facts_from_summary(summary, *distributions(run_dir)) if status == "ok" else None
     values = headline(facts) if facts is not None else {}
     r.update({m.key: values.get(m.key) for m in METRICS})
@@ -122,7 +130,7 @@ def summarise(rows: list[dict[str, Any]], params: list[str]) -> list[dict[str, A
     for p, rs in by_point.items():
         ok = [r for r in rs if r["status"] == "ok"]
         bad = [r for r in rs if r["status"] != "ok"]
-        s: dict[str, Any] = {"point": p, **{k: rs[0][k] for k in params},
+        s: dict[str, Any] = {"point": p, **{k: rs[0][k] for k in params + _own(params)},
                              "status": bad[0]["status"] if bad else "ok", "seeds": len(ok)}
         for m in METRICS:
             s[m.key], s[m.key + CI[0]], s[m.key + CI[1]] = mean_ci([r[m.key] for r in ok])
@@ -161,7 +169,7 @@ def saving_lines(rows: list[dict[str, Any]], params: list[str], meta: dict[str, 
         b = base_of[r["point"]]
         g = groups.setdefault(b, Group({k: r[k] for k in by}, [], index.get(b)))
         g.members.append(i)
-    labels = [describe({k: r[k] for k in params if k not in by}) for r in ok]
+    labels = [describe({k: r[k] for k in params if k not in by}, r.get("policy")) for r in ok]
     cis = [r["_cis"] for r in ok] if any("_cis" in r for r in ok) else None
     return [line["text"] for line in metric_saving_lines(labels, ok, list(groups.values()),
                                                          [r.get("confounders") or "" for r in ok], cis)]

@@ -43,13 +43,20 @@ def run_config(cfg: Config, run_dir: Path | None, progress: Callable[[dict], Non
     """Run cfg with the engine it names (or ``engine``) into run_dir, then write run_dir/provenance.json.
     respawn: the distributed engine's RespawnPolicy (None: its default)."""
     engine = engine or cfg.run.engine
-    if engine == "distributed":
-        from smpsim.engines.distributed.launch import run_distributed
-        return recorded(cfg, run_dir, lambda: run_distributed(cfg, run_dir, transport or cfg.run.transport,
-                                                              progress=progress, respawn=respawn),
-                        engine, processes=cfg.machine.cpus + 1, sweep=sweep)
-    from smpsim.engines.inline import run
-    return recorded(cfg, run_dir, lambda: run(cfg, run_dir, progress=progress), engine, processes=1, sweep=sweep)
+    try:
+        if engine == "distributed":
+            from smpsim.engines.distributed.launch import run_distributed
+            return recorded(cfg, run_dir, lambda: run_distributed(cfg, run_dir, transport or cfg.run.transport,
+                                                                  progress=progress, respawn=respawn),
+                            engine, processes=cfg.machine.cpus + 1, sweep=sweep)
+        from smpsim.engines.inline import run
+        return recorded(cfg, run_dir, lambda: run(cfg, run_dir, progress=progress), engine, processes=1,
+                        sweep=sweep)
+    except ModelError as e:
+        if cfg.workload.kind == "trace":  # name the trace line (a script's is named by the engine core)
+            from smpsim.model import kprobe_trace
+            kprobe_trace.locate(cfg, e)
+        raise
 
 
 def is_finished(run_dir: Path, hash_: str) -> bool:

@@ -18,10 +18,10 @@ from heapq import heappop, heappush
 from typing import Any, Final
 
 from smpsim.config import Config
-from smpsim.model.messages import INF, Done, Ipi, Progress, Request, reply
+from smpsim.model.messages import INF, MIGRATED_KUNMAP, Done, Ipi, Progress, Request, reply
 from smpsim.model.cpu import service_ipis
 from smpsim.model.errors import DeadlockError, ModelError
-from smpsim.model.policies import Flush, FlushPolicy, make_policy, next_tick
+from smpsim.model.policies import Flush, FlushPolicy, Guard, make_policy, next_tick, traits
 from smpsim.model.ring import PkmapRing
 
 # How far (cycles) a CPU that never takes kmap_lock may run ahead of the slowest: nothing else keeps such
@@ -75,12 +75,13 @@ class Coordinator:
         # ring.free_ahead(), asked at every step, kept until a call that can change it (-1: ask again):
         # only a new mapping (the cursor moves, a wrap), a policy's teardown or a deferred release do.
         self.free_ahead = -1
-        self.policy = make_policy(cfg)
-        self.uses_ring, self.flushes_only_at_wrap = self.policy.uses_ring, self.policy.flushes_only_at_wrap
-        # Hooks the policy leaves as FlushPolicy's no-ops are not called at every kmap / kunmap.
-        kind = type(self.policy)
-        self.tracks_holds = kind.kmapped is not FlushPolicy.kmapped or kind.kunmapped is not FlushPolicy.kunmapped
-        self.flushes_at_unmap = kind.unmap_flush is not FlushPolicy.unmap_flush
+        self.policy: FlushPolicy = make_policy(cfg, self.ring)
+        # The policy's traits (policies.traits): hooks it leaves as no-ops are not called at every kmap.
+        kind = traits(self.policy)
+        self.uses_ring, self.flushes_only_at_wrap = kind.uses_ring, kind.flushes_only_at_wrap
+        self.tracks_holds, self.flushes_at_unmap = kind.tracks_holds, kind.flushes_at_unmap
+        # A policy from outside the package: its flushes are checked against its lookahead.
+        self.guard: Guard | None = self.policy if isinstance(self.policy, Guard) else None
         self.lock_free_at = 0
         self.lock_owned_from = 0
         self.lock_held_cycles = 0                # kmap_lock held (hand-offs included), for its utilisation
@@ -96,6 +97,7 @@ class Coordinator:
         self.lb = [0] * self.ncpu                # RUNNING CPUs: no request before this time
         self.running = [(0, c) for c in range(self.ncpu)]  # heap of (lb, cpu), outdated entries skipped
         self.pkmap_map_wait: list[_Request] = []  # sleepers, in the order they went to sleep
+        self.parked: dict[int, list[_Request]] = {}  # page -> MIGRATED_KUNMAP calls waiting for its kmap
         self.events: list[tuple] = []  # trace events, tuples laid out as in events.py
         self.outbox: list[tuple[int, tuple]] = []  # (destination CPU, message)
         self.t_last = 0
@@ -152,6 +154,10 @@ class Coordinator:
                 self.computing[head.cpu] = None
             if head.op == "kmap":
                 self._kmap_high(head)
+            elif head.op == MIGRATED_KUNMAP and not self._has_holder(head.page):
+                # The replay has not made the kmap this kunmap pairs with: wait for it (_kmap_high).
+                self.parked.setdefault(head.page, []).append(head)
+                continue
             else:
                 self._kunmap_high(head)
             c = head.cpu  # the only CPU that can have become RUNNING
@@ -159,9 +165,17 @@ class Coordinator:
                 lb_c = self.lb[c]
                 if lb_c < e_lb or (lb_c == e_lb and c < e_c):
                     e_lb, e_c = lb_c, c
+        if not pending and e_lb == INF and self.parked and not self.pkmap_map_wait:
+            t, c, pc, page = min((r.t, r.cpu, r.pc, r.page) for rs in self.parked.values() for r in rs)
+            raise ModelError(c, "kunmap", pc, f"kunmap of page {page} by a task that migrated: the kmap it "
+                             "pairs with never came (no CPU can kmap the page any more)", t)
         if not pending and e_lb == INF and self.pkmap_map_wait:
             sleepers = [r.cpu for r in self.pkmap_map_wait]
             raise DeadlockError(self.t_last, sleepers, self.ring.describe())
+
+    def _has_holder(self, page: int) -> bool:
+        slot = self.ring.page_address.get(page)
+        return slot is not None and self.ring.pkmap_count[slot] > 1
 
     def bound(self) -> int:
         """No ring operation from now on starts before this time."""
@@ -255,6 +269,10 @@ class Coordinator:
         self._unlock(t)
         self.events.append((t, cpu, "kmap", page, slot, new, r.slept, t - r.t_first, r.lock_wait))
         self._reply(r, t, slot)
+        if self.parked and page in self.parked:  # migrated kunmaps that waited for a kmap of this page
+            for w in self.parked.pop(page):
+                w.t = max(w.t, t)
+                self._pend(w)
 
     def _kunmap_high(self, r: _Request) -> None:
         ring, cpu, page = self.ring, r.cpu, r.page
@@ -346,6 +364,8 @@ class Coordinator:
 
     def _flush(self, t: int, initiator: int, flush: Flush, r: _Request) -> int:
         """Run a flush starting at t under kmap_lock; returns when the initiator resumes."""
+        if self.guard is not None:
+            self.guard.check_flush(t, initiator, flush)
         c = self.cost
         vpns = flush.vpns
         work = c.full_flush if vpns is None else c.invlpg * len(vpns)

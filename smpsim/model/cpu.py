@@ -13,9 +13,9 @@ from typing import Any, Final
 
 from smpsim.config import Config
 from smpsim.model import messages as m
-from smpsim.model.messages import INF, Done, Ipi, Progress, Reply, Request, request
+from smpsim.model.messages import INF, MIGRATED_KUNMAP, Done, Ipi, Progress, Reply, Request, request
 from smpsim.model.errors import ModelError
-from smpsim.model.policies import make_policy
+from smpsim.model.policies import make_policy, traits
 from smpsim.model.tlb import Tlb
 from smpsim.model.workloads import Program
 
@@ -63,7 +63,7 @@ class Cpu:
         self.c_invlpg, self.c_pte = c.invlpg, c.pte_write
         self.tlb = Tlb(cfg.tlb.entries, cfg.tlb.ways, cfg.tlb.background)
         self.policy = make_policy(cfg)
-        self.uses_ring = self.policy.uses_ring  # read at every ring call
+        self.uses_ring = traits(self.policy).uses_ring  # read at every ring call
         self.local_slots = cfg.machine.kmap_local_slots
         self.held: dict[int, list[int]] = {}      # page -> vpns this CPU holds it at (one per nested kmap)
         self.use: dict[int, list[int]] = {}       # page -> [slot, n, writes, hits, misses] since its kmap
@@ -110,8 +110,11 @@ class Cpu:
                 self.clock = clock + cycles
             elif code == "access":
                 self._access(op[1], op[2], op[3])
-            elif code == "kmap" or code == "kunmap":
+            elif code == "kmap" or code == "kunmap" or code == MIGRATED_KUNMAP:
                 if not self.uses_ring:
+                    if code == MIGRATED_KUNMAP:  # kmap_local pins the task to its CPU (migrate_disable)
+                        raise self._error(code, f"kunmap_local of page {op[1]} by a task that migrated since "
+                                                "its kmap: kmap_local mappings are per-CPU and forbid that")
                     self._kmap_local(op[1]) if code == "kmap" else self._kunmap_local(op[1])
                 else:
                     if code == "kunmap" and op[1] in self.held:
@@ -149,7 +152,7 @@ class Cpu:
             if code == "compute":
                 cycles: int = op[1]
                 gap += cycles
-            elif code == "kmap" or code == "kunmap":
+            elif code == "kmap" or code == "kunmap" or code == MIGRATED_KUNMAP:
                 items.append((gap, code, op[1], j))
                 gap, last = 0, j
                 if len(items) >= MAX_CHAIN:

@@ -23,6 +23,11 @@ class ModelError(Exception):
         super().__init__(f"{', '.join(where)}: {what}")
 
 
+# ModelError.op of an error in the workload itself (a generator's exception or bad op, a CPU's copy of
+# the workload's file), not in the simulated kernel.
+WORKLOAD_OPS = ("generator", "workload")
+
+
 class DeadlockError(ModelError):
     """Every CPU that still has work sleeps on pkmap_map_wait: nobody can ever kunmap again."""
 
@@ -32,3 +37,13 @@ class DeadlockError(ModelError):
         super().__init__(None, "kmap_high", None,
                          f"deadlock: CPUs {sleepers} all sleep on pkmap_map_wait and no CPU can kunmap; "
                          f"{ring_state}", t)
+
+
+class PolicyError(ModelError):
+    """A policy broke its contract (docs/policies.md) or raised in a hook: names the policy, the hook and
+    where in the policy's source (file, line). Not an engine bug, and not the workload's fault."""
+
+    def __init__(self, cpu: int | None, hook: str, what: str, policy: str = "", file: str | None = None,
+                 line: int | None = None, t: int | None = None):
+        self.policy, self.hook, self.file, self.line = policy, hook, file, line
+        super().__init__(cpu, hook, None, what, t)

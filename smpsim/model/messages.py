@@ -10,12 +10,17 @@ from typing import Any, Final, NamedTuple
 # it, a time stays a machine word, where 2**62 took the slow path of a boxed int at every comparison.
 INF: Final = (1 << 62) - 1
 
+# The op of a kunmap by a task that kmapped the page on another CPU and migrated (a kprobe trace's): a
+# kunmap_high like any other, except that the replay may not run it before the kmap it pairs with, so
+# while the page has no holder it waits for the next kmap of the page (model/coordinator.py).
+MIGRATED_KUNMAP: Final = "kunmap_migrated"
+
 
 # ---- CPU -> coordinator -------------------------------------------------------------------------------
 class Request(NamedTuple):
     """kmap_high / kunmap_high calls that only compute separates: one round trip for all of them.
 
-    ops: ((gap, op, page, pc), ...): op "kmap" or "kunmap" at program position pc; gap is the compute
+    ops: ((gap, op, page, pc), ...): op "kmap", "kunmap" or MIGRATED_KUNMAP at program position pc; gap is the compute
     cycles between the previous item's return (for the first item: 0) and this call, before IPI handlers
     stretch it. after: the least cycles from the last item's return to the CPU's next ring request (INF:
     none), the lookahead that lets the coordinator grant other CPUs' requests meanwhile."""

@@ -11,7 +11,8 @@ A workload is, for each CPU, a finite sequence of operations in program order (d
 Everything here is pure: a CPU's stream depends only on (cfg, cpu), so a CPU process can rebuild its
 own stream alone with ``program``. A Program generates the operations as the CPU consumes them and holds
 only a bounded window of them, so memory does not grow with ``kmaps_per_cpu``; ``build_cpu`` lists a
-whole stream (for tests and tools). Randomness comes from ``random.Random(f"{seed}:{cpu}:{kind}")``
+whole stream (for tests and tools). Kinds ``trace`` and ``python`` live in kprobe_trace.py and
+generator.py (not compiled: they run at the speed of the file or the user's code). Randomness comes from ``random.Random(f"{seed}:{cpu}:{kind}")``
 (string seeds are hashed with SHA-512, not with the salted ``hash()``), so streams are identical across
 processes and Python runs. The only I/O is reading the script file of the ``script`` workload.
 
@@ -135,13 +136,20 @@ class Program:
 
 
 def program(cfg: Config, cpu: int) -> Program:
-    """The operations of ``cpu``, streamed (a script file is read and checked here, in full)."""
+    """The operations of ``cpu``, streamed (a script file is read and checked here, in full; a trace is
+    read as the CPU consumes it)."""
     ncpus = cfg.machine.cpus
     if not (isinstance(cpu, int) and 0 <= cpu < ncpus):
         raise ValueError(f"cpu {cpu!r} out of range [0, {ncpus})")
     kind = cfg.workload.kind
     if kind == "script":
         return Program(_script_blocks(_script_cpu(cfg, cpu)))
+    if kind == "trace":  # read lazily from the file (model/kprobe_trace.py)
+        from smpsim.model import kprobe_trace
+        return Program(kprobe_trace.blocks(cfg, cpu))
+    if kind == "python":  # the user's generator, checked op by op (model/generator.py)
+        from smpsim.model import generator
+        return Program(generator.blocks(cfg, cpu))
     active = cfg.workload.active_cpus
     if active is not None and cpu >= active:  # an idle CPU: it never kmaps, but it still gets IPIs
         return Program(iter(()))

@@ -24,6 +24,7 @@ from smpsim.engines.distributed.security import same_token
 from smpsim.engines.recorder import Recorder
 from smpsim.engines.stopping import RunAborted
 from smpsim.model import messages as mm
+from smpsim import workload_files
 from smpsim.model import workloads
 from smpsim.model.coordinator import Coordinator
 from smpsim.model.errors import ModelError
@@ -77,12 +78,9 @@ class CoordinatorNode:
         self.t_created = t_start if t_start is not None else time.monotonic()  # start-up counts from here
         self.t_all_joined: float | None = None
         self.last_liveness = 0.0
-        self.config_dict = cfg.model_dump(mode="json")
-        self.script: list | None = None
-        if cfg.workload.kind == "script":  # CPUs on other hosts may not have the file: ship the ops
-            self.script = [workloads.build_cpu(cfg, c) for c in range(self.n)]
-        self.core = Core(Coordinator(cfg), Recorder(cfg, run_dir, "distributed"),
-                         [lines for _, lines in self.script] if self.script is not None else None)
+        # No workload travels: each CPU process reads its own copy of a file, checked by its SHA-256.
+        self.config_dict = workload_files.shipped(cfg)
+        self.core = Core(Coordinator(cfg), Recorder(cfg, run_dir, "distributed"), workloads.script_lines(cfg))
         self.rec = self.core.rec
         self.horizon = self.core.horizon  # how far each CPU has got (for fault messages)
         # Replacing lost CPU processes (launch only: replace_cpu starts a new process for a CPU id).
@@ -195,6 +193,8 @@ class CoordinatorNode:
             _, _, c, op, pos, what, t = msg
             if c not in (cpu, None):
                 raise ValueError(f"a failure reported for CPU {c}")
+            if op == p.JOIN_OP:
+                raise RunAborted(what, cpu, "config refused")
             raise ModelError(c, op, pos, what, t)
         elif kind == p.BYE:
             self._bye(cpu, msg)
@@ -265,8 +265,7 @@ class CoordinatorNode:
         self.by_ident[ident] = cpu
         self.hosts[cpu] = f"{who['host']} pid {who['pid']}"
         self.last_heard[cpu] = time.monotonic()
-        ops, lines = self.script[cpu] if self.script is not None else (None, None)
-        self._send(cpu, p.WELCOME, cpu, self.config_dict, ops, lines)
+        self._send(cpu, p.WELCOME, cpu, self.config_dict)
 
     def _hello(self, ident: bytes, msg: list) -> None:
         _, version, run_id, cpu, pid, host, token = msg

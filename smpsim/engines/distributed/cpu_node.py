@@ -18,10 +18,11 @@ from collections import deque
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from smpsim.config import Config, validate
+from smpsim.config import WORKLOAD_FILE_KEYS, Config, ConfigError, validate
 from smpsim.engines import stopping
 from smpsim.engines.distributed import protocol as p
 from smpsim.engines.distributed.logs import process_logger
+from smpsim import workload_files
 from smpsim.model import workloads
 from smpsim.engines.core import CpuPort, Down
 from smpsim.model.cpu import Cpu
@@ -71,7 +72,7 @@ def prepare(cfg: Config) -> None:
     forked processes inherit them instead of each spending milliseconds on its own copy. So does loading
     ctypes and libc for _die_with_parent: about 9 ms of CPU (1,000 page faults) in each process otherwise."""
     _load_libc()
-    if cfg.workload.kind != "script":
+    if cfg.workload.kind not in WORKLOAD_FILE_KEYS:  # generated: share what the first block builds
         workloads.program(cfg, 0).fill(0)
 
 
@@ -169,13 +170,19 @@ class CpuNode:
             if msg[0] == p.REFUSE:
                 raise CpuExit(f"{self.who}: refused by the coordinator: {msg[1]}")
             if msg[0] == p.WELCOME:
-                _, _, self.cpu_id, config, ops, lines = msg
-                cfg = self.preloaded or validate(config, "config from the coordinator")
-                if ops is None:
-                    prog = workloads.program(cfg, self.cpu_id)
-                else:
-                    prog = workloads.Program.of([tuple(o) for o in ops])
-                self.cpu = Cpu(cfg, self.cpu_id, prog)
+                _, _, self.cpu_id, config = msg
+                try:
+                    cfg = self.preloaded or validate(config, "config from the coordinator")
+                except ConfigError as e:  # e.g. this host's copy of the policy file is not the coordinator's
+                    self._send(p.FAIL, self.cpu_id, p.JOIN_OP, None, f"CPU {self.cpu_id} cannot take the run's "
+                                                                     f"config on {socket.gethostname()}: {e}", None)
+                    raise CpuExit(f"{self.who}: cannot take the coordinator's config: {e}") from None
+                try:  # this host's copy of the workload's file, before anything of it runs
+                    workload_files.check_copy(cfg)
+                except workload_files.CopyMismatch as e:
+                    self._send(p.FAIL, self.cpu_id, "workload", None, str(e), None)
+                    raise CpuExit(f"{self.who}: {e}") from None
+                self.cpu = Cpu(cfg, self.cpu_id, workloads.program(cfg, self.cpu_id))
                 self._stop_monitor()
                 if self.rejoin:
                     self._resume(timeout - (time.monotonic() - t0))

@@ -9,13 +9,15 @@ CPU -> coordinator
   [HELLO, version, run_id, cpu_id, pid, host, token]    cpu_id -1: take the lowest free id
   [BATCH, seq, model_msgs, events, horizon, ipis_seen]   model messages (messages.to_wire arrays), events
   [HB, seq]                                             heartbeat
-  [FAIL, seq, cpu, op, position, what, t]               a ModelError raised on the CPU
+  [FAIL, seq, cpu, op, position, what, t]               a ModelError raised on the CPU (op JOIN_OP: it
+                                                        cannot take the config it was welcomed with)
   [BYE, seq, maxrss_kb]                                 leaving; the process's peak RSS
   [CKPT, seq, delivered, state]                         a checkpoint of the CPU (CpuPort.snapshot) that
                                                         includes the first `delivered` model messages
 coordinator -> CPU
-  [WELCOME, seq, cpu_id, config, ops, lines]            CPU id (assigned if asked with -1), resolved
-                                                        config; ops only for script workloads
+  [WELCOME, seq, cpu_id, config]                        CPU id (assigned if asked with -1), resolved
+                                                        config (no workload: each CPU reads its own copy
+                                                        of a script, trace or generator, checked by hash)
   [REFUSE, reason]
   [BATCH, seq, model_msgs, safe]                        replies and IPIs (arrays), and the safe-time bound
   [HB, seq]
@@ -37,8 +39,9 @@ import zmq.backend
 
 from smpsim.model import messages as mm
 
-VERSION = 1
+VERSION = 2  # 2: WELCOME no longer carries a script's operations
 
+JOIN_OP = "join"  # FAIL.op of a CPU that cannot take the run's config (a policy file that differs)
 HELLO, WELCOME, REFUSE, BATCH, HB, FAIL, BYE, END, CKPT, RESUME = (
     "hello", "welcome", "refuse", "batch", "hb", "fail", "bye", "end", "ckpt", "resume")
 
@@ -51,7 +54,7 @@ MAX_MESSAGE_BYTES = 64 << 20  # ZMQ_MAXMSGSIZE: a peer sending a larger message 
 
 # Field types (exact: a bool is not an int here).
 INT, STR, LIST, DICT = (int,), (str,), (list,), (dict,)
-INT_OR_NONE, LIST_OR_NONE, DICT_OR_NONE = (int, type(None)), (list, type(None)), (dict, type(None))
+INT_OR_NONE, DICT_OR_NONE = (int, type(None)), (dict, type(None))
 
 # The declared shapes: kind -> the fields after the kind, (name, allowed types), per direction.
 TO_COORDINATOR: dict[str, tuple[tuple[str, tuple[type, ...]], ...]] = {
@@ -72,7 +75,7 @@ MODEL_TO_COORDINATOR: dict[type, tuple[tuple[type, ...], ...]] = {
 REQUEST_OP = (INT, STR, INT, INT)       # an item of Request.ops: gap, op, page, pc
 _REQUEST_OP_TYPES = tuple(t for (t,) in REQUEST_OP)  # (each field has one type)
 TO_CPU: dict[str, tuple[tuple[str, tuple[type, ...]], ...]] = {
-    WELCOME: (("seq", INT), ("cpu", INT), ("config", DICT), ("ops", LIST_OR_NONE), ("lines", LIST_OR_NONE)),
+    WELCOME: (("seq", INT), ("cpu", INT), ("config", DICT)),
     REFUSE: (("reason", STR),),
     BATCH: (("seq", INT), ("msgs", LIST), ("safe", INT)),
     HB: (("seq", INT),),
