@@ -303,10 +303,13 @@ class SweepResult:
     rows: list[dict[str, Any]]
     params: list[str]
     paths: tuple[Path, Path]
-    ran: list[int]
-    skipped: list[int]
+    ran: list  # points run now: their indices; (point, seed) pairs when points run with several seeds
+    skipped: list  # the same, found finished
     total: int  # points in the experiment (more than rows when a shard ran)
     interrupted: int | None = None  # the signal that stopped the sweep (its points kept what they ran)
+    # Points run with several seeds: one row per (point, seed) and its table files (rows: their summary)
+    seed_rows: list[dict[str, Any]] | None = None
+    seed_paths: tuple[Path, Path] | None = None
 
     @property
     def table(self):
@@ -338,6 +341,8 @@ def run_sweep(experiment: str | Path, overrides: Overrides = None, *, out: str |
         need(module)
     experiment = Path(experiment)
     exp = load_experiment(experiment, _override_strings(overrides))
+    if exp.replicated:
+        need("scipy")  # the intervals of points run with several seeds
     if jobs is None:
         jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     elif jobs < 1:
@@ -348,16 +353,20 @@ def run_sweep(experiment: str | Path, overrides: Overrides = None, *, out: str |
     except OSError as e:
         raise TraceError(f"{out}: cannot create the sweep directory: {e.strerror}") from None
     points = exp.shard(*shard) if shard else list(exp.points)
+    runs = exp.runs(points)
     base = out / (f"results-shard-{shard[0]}-of-{shard[1]}" if shard else "results")
     lock = out / (f".smpsim-shard-{shard[0]}-of-{shard[1]}.lock" if shard else LOCK_NAME)  # shards share out
     with dir_lock(lock, wait, on_wait):
-        report = run_points(exp, points, out, jobs, lambda: on_point(len(points)),
+        report = run_points(exp, runs, out, jobs, lambda: on_point(len(runs)),
                             on_warning or (lambda message: warnings.warn(message, stacklevel=3)))
         from smpsim.experiments import results  # pyarrow and numpy start threads: not before forking the workers
 
-        rows = [results.row(pt, out / pt.name, report.errors.get(pt.index)) for pt in points]
-        paths = results.write(rows, exp.keys, results.metadata(exp, shard), base)
-    return SweepResult(rows, exp.keys, paths, report.ran, report.skipped, len(exp.points), report.interrupted)
+        rows = [results.row(r, out / r.name, report.errors.get(r.hash), exp.replicated) for r in runs]
+        written = results.write(rows, exp.keys, results.metadata(exp, shard), base)
+    key = (lambda r: (r.index, r.seed)) if exp.replicated else (lambda r: r.index)
+    return SweepResult(written.rows, exp.keys, written.paths, [key(r) for r in report.ran],
+                       [key(r) for r in report.skipped], len(exp.points), report.interrupted, written.seed_rows,
+                       written.seed_paths)
 
 
 def sweep(experiment: str | Path, overrides: Overrides = None, *, out: str | Path | None = None,

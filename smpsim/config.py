@@ -114,10 +114,16 @@ class Workload(_Strict):
     # Programs are streamed, so any length runs in the same memory; the bound only keeps values every
     # process and file format can carry (10**15 kmaps would take centuries).
     kmaps_per_cpu: int = Field(1000, ge=0, le=10**15, description="kmap/kunmap pairs per CPU")
+    # Scaled with the machine (None: not; kmaps_per_cpu and think are used as given). A sweep over
+    # machine.cpus keeps the total work and the offered load on kmap_lock fixed with them.
+    kmaps_total: int | None = Field(None, ge=0, le=10**15, description="kmap/kunmap pairs of the whole "
+                                    "machine: sets kmaps_per_cpu = kmaps_total // machine.cpus")
     accesses_per_kmap: int = Field(4, ge=1, description="access operations while a page is held")
     access_burst: int = Field(8, ge=1, description="accesses per access operation")
     hold: int = Field(200, ge=0, description="mean compute cycles between accesses while holding")
     think: int = Field(2000, ge=0, description="mean compute cycles between kmaps")
+    think_per_cpu: int | None = Field(None, ge=0, description="sets think = think_per_cpu * machine.cpus, "
+                                      "so the offered load on kmap_lock is the same at every CPU count")
     nesting: int = Field(1, ge=1, le=64, description="pages held at once")
     active_cpus: int | None = Field(None, ge=0, description="only CPUs 0..active_cpus-1 kmap; the others "
                                     "are idle (default: all)")
@@ -135,6 +141,13 @@ class Workload(_Strict):
     sha256: str | None = Field(None, pattern="^[0-9a-f]{64}$",
                                description="SHA-256 of the script, trace or generator source (filled in; "
                                            "a different file is refused)")
+
+
+# workload key -> (the key that sets it from the CPU count, how)
+SCALED_WITH_CPUS: dict[str, tuple[str, Any]] = {
+    "kmaps_per_cpu": ("kmaps_total", lambda total, cpus: total // cpus),
+    "think": ("think_per_cpu", lambda per_cpu, cpus: per_cpu * cpus),
+}
 
 
 class Trace(_Strict):
@@ -177,6 +190,22 @@ class Config(_Strict):
             return data
         from smpsim import presets
         return {**data, "cost": {**presets.costs(name, data.get("base_dir")), **cost}}
+
+    @model_validator(mode="after")
+    def _scaled_with_cpus(self) -> "Config":
+        """kmaps_total and think_per_cpu set the per-CPU keys; a per-CPU key given as well must agree (a
+        resolved config.toml holds both)."""
+        w, n = self.workload, self.machine.cpus
+        for key, (scaled, derive) in SCALED_WITH_CPUS.items():
+            given = getattr(w, scaled)
+            if given is None:
+                continue
+            value = derive(given, n)
+            if key in w.model_fields_set and getattr(w, key) != value:
+                raise ValueError(f"workload.{key} = {getattr(w, key)} disagrees with workload.{scaled} "
+                                 f"(which makes it {value} at machine.cpus = {n}); give one of the two")
+            setattr(w, key, value)
+        return self
 
     @model_validator(mode="after")
     def _policy_resolves(self, info: ValidationInfo) -> "Config":
@@ -521,8 +550,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return validate(data, str(p), resolve_code)
 
 
-def to_toml(cfg: Config) -> str:
-    """The resolved config as TOML, every default filled in (written to each run directory)."""
+def to_toml(cfg: Config, per_point: bool = False) -> str:
+    """The resolved config as TOML, every default filled in (written to each run directory).
+    ``per_point``: it stands for every point of a sweep, so a key set from the CPU count
+    (SCALED_WITH_CPUS) is a comment, the value at this point's count."""
     data = cfg.model_dump(mode="json", exclude_none=True)
     lines: list[str] = []
     for k, v in data.items():
@@ -531,7 +562,12 @@ def to_toml(cfg: Config) -> str:
     for k, v in data.items():
         if isinstance(v, dict):
             lines.append(f"\n[{k}]")
-            lines += [f"{kk} = {_toml_value(vv)}" for kk, vv in v.items()]
+            for kk, vv in v.items():
+                scaled = SCALED_WITH_CPUS.get(kk, ("",))[0] if k == "workload" else ""
+                if per_point and scaled in v:
+                    lines.append(f"# {kk} = {_toml_value(vv)}    # from {scaled} at this point's machine.cpus")
+                else:
+                    lines.append(f"{kk} = {_toml_value(vv)}")
     return "\n".join(lines) + "\n"
 
 

@@ -10,7 +10,7 @@ import importlib.util
 
 # Importable module -> the extra that installs it.
 EXTRA_OF = {"duckdb": "analysis", "numpy": "analysis", "matplotlib": "analysis", "hypothesis": "analysis",
-            "pandas": "analysis"}
+            "pandas": "analysis", "scipy": "analysis"}
 
 
 class MissingExtra(ImportError):

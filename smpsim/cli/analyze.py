@@ -18,7 +18,7 @@ import typer
 
 from smpsim.analysis import QUERY_MEMORY_LIMIT, QUERY_TIMEOUT
 from smpsim.cli.common import EXIT_USAGE, console, fail, handle_errors, warn
-from smpsim.metrics import fmt as _fmt
+from smpsim.metrics import fmt as _fmt, marks
 
 RunArg = Annotated[Path, typer.Argument(help="run directory (RUN/summary.json, RUN/trace/)", show_default=False)]
 # --format of the commands that draw (analyze, compare, sweep): which files --plot writes.
@@ -247,8 +247,9 @@ def compare(
     else:
         header, blocks = layout(doc)
         width = table_width()
-        lines = metrics_table(header, [{m["key"]: m["values"][i] for m in doc["metrics"]}
-                                       for i in range(len(doc["runs"]))], blocks, width)
+        lines = metrics_table(header, [{**{m["key"]: m["values"][i] for m in doc["metrics"]},
+                                        "confounders": marks(r["confounders"])}
+                                       for i, r in enumerate(doc["runs"])], blocks, width)
         against = ", ".join(f"{k}={v}" for k, v in spec.items()) or doc["runs"][0]["label"]
         lines += savings_block(against + (f", by {', '.join(by or ())}" if by else ""),
                                [s["text"] for s in doc["savings"]], width)

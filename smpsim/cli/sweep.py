@@ -54,9 +54,10 @@ def sweep(
             fail("--collect DIR merges the results of shards that already ran: give it no EXPERIMENT, "
                  "--shard or --set")
         rows, meta = results.collect(collect)
-        paths = results.write(rows, meta["params"], meta, collect / "results")
+        written = results.write(rows, meta["params"], meta, collect / "results")
         figures.check(meta["params"], meta["experiment"])
-        _finish(rows, meta["params"], meta, f"{len(rows)} points of {meta['experiment']} collected", paths, figures)
+        _finish(written.rows, meta["params"], meta, f"{len(written.rows)} points of {meta['experiment']} collected",
+                written.paths, figures, seed_paths=written.seed_paths)
         return
     if experiment is None:
         fail("give an experiment to run (smpsim sweep configs/lazy-vs-eager.toml), or --collect DIR to merge "
@@ -83,9 +84,10 @@ def sweep(
              else f"{len(done.rows)} points")
     from smpsim.experiments.results import read_meta
 
+    runs = " runs" if done.seed_rows is not None else ""
     _finish(done.rows, done.params, read_meta(done.paths[1]),
-            f"{which}: {len(done.ran)} run, {len(done.skipped)} already finished", done.paths, figures,
-            done.interrupted)
+            f"{which}: {len(done.ran)}{runs} run, {len(done.skipped)}{runs} already finished", done.paths, figures,
+            done.interrupted, done.seed_paths)
 
 
 class Figures:
@@ -135,7 +137,8 @@ def _parse_shard(text: str) -> tuple[int, int]:
 
 
 def _finish(rows: list[dict[str, Any]], params: list[str], meta: dict[str, Any], what: str,
-            paths: tuple[Path, Path], figures: "Figures", interrupted: int | None = None) -> None:
+            paths: tuple[Path, Path], figures: "Figures", interrupted: int | None = None,
+            seed_paths: tuple[Path, Path] | None = None) -> None:
     """Print the metrics of the points (metrics as rows, one block per [report] group), each point's
     saving over its baseline, and where the table was written; exit 1 when a point has no successful run,
     128 + the signal when the sweep was stopped by one."""
@@ -147,6 +150,8 @@ def _finish(rows: list[dict[str, Any]], params: list[str], meta: dict[str, Any],
     ok = [r for r in rows if r["status"] == "ok"]
     by = [k for k in (meta.get("report") or {}).get("by", []) if k in params]
     header = [(k, [r[k] for r in ok]) for k in params if k not in by] or [("point", [r["point"] for r in ok])]
+    if ok and "seeds" in ok[0]:  # points run with several seeds: each value is a mean, ±half its 95% CI
+        header.append(("seeds", [r["seeds"] for r in ok]))
     blocks: dict[tuple, list[int]] = {}
     for i, r in enumerate(ok):
         blocks.setdefault(tuple(r[k] for k in by), []).append(i)
@@ -159,7 +164,8 @@ def _finish(rows: list[dict[str, Any]], params: list[str], meta: dict[str, Any],
         against = ", ".join(f"{k}={v}" for k, v in rep["baseline"].items())
         lines += savings_block(against + (f", by {', '.join(rep['by'])}" if rep["by"] else ""), savings, width)
     typer.echo("\n".join(lines))
-    typer.echo(f"{what}; results in {paths[0]} and {paths[1]}")
+    per_seed = f" (each seed's run: {seed_paths[0]} and {seed_paths[1]})" if seed_paths else ""
+    typer.echo(f"{what}; results in {paths[0]} and {paths[1]}{per_seed}")
     if interrupted is not None:
         e = Interrupted(interrupted)
         done = sum(r["status"] in FINISHED for r in rows)

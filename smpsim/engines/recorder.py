@@ -11,6 +11,7 @@ from pathlib import Path
 from smpsim import __version__
 from smpsim.config import Config
 from smpsim.engines.stopping import status_of
+from smpsim.metrics import confounders, facts_from_summary
 from smpsim.model.policies import label as policy_label
 from smpsim.trace.columns import by_type
 from smpsim.trace.counters import Counters
@@ -118,6 +119,7 @@ class Recorder:
         if lock_held_cycles is not None:  # held / elapsed: above ~0.5 the lock, not the flush, dominates
             held, t_end = lock_held_cycles, summary["t_end"]
             summary["kmap_lock"] = {"held_cycles": held, "utilisation": round(held / t_end, 4) if t_end else 0.0}
+        summary["confounders"] = confounders(facts_from_summary(summary))
         if error is not None and not isinstance(error, TraceWriteError):  # up to which the trace is complete
             summary["t_reached"] = reached if reached is not None else 0
         if self.fault_count:

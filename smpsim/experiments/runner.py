@@ -85,19 +85,19 @@ def damage(run_dir: Path) -> str | None:
 
 @dataclass
 class SweepReport:
-    ran: list[int] = field(default_factory=list)      # points run now
-    skipped: list[int] = field(default_factory=list)  # points found finished
-    errors: dict[int, str] = field(default_factory=dict)  # point -> why it has no finished run
+    ran: list[Point] = field(default_factory=list)      # runs (point, seed) run now
+    skipped: list[Point] = field(default_factory=list)  # runs found finished
+    errors: dict[str, str] = field(default_factory=dict)  # a run's config hash -> why it has no finished run
     interrupted: int | None = None  # the signal that stopped the sweep
 
 
 def run_sweep(exp: Experiment, points: list[Point], out: Path, jobs: int,
               on_point: Callable[[], None] = lambda: None,
               on_warning: Callable[[str], None] = lambda message: None) -> SweepReport:
-    """Run the points not yet finished under out/<point name>/, jobs at a time; on_point() after each
-    point (finished ones included), first called once the worker processes are forked, so that the caller
-    may start threads (a progress bar) then. A finished point whose trace does not read back whole is run
-    again, with on_warning(why)."""
+    """Run the points (each (point, seed) run of Experiment.runs) not yet finished under out/<point name>/,
+    jobs at a time; on_point() after each (finished ones included), first called once the worker processes
+    are forked, so that the caller may start threads (a progress bar) then. A finished run whose trace does
+    not read back whole is run again, with on_warning(why)."""
     report = SweepReport()
     if not points:
         return report
@@ -109,13 +109,14 @@ def run_sweep(exp: Experiment, points: list[Point], out: Path, jobs: int,
                                    initializer=_init_worker, initargs=(os.getpid(),))
         try:
             futures = {pool.submit(_run_point, pt.cfg, out / pt.name,
-                                   {"experiment": str(exp.path), "point": pt.index, "params": pt.params},
+                                   {"experiment": str(exp.path), "point": pt.index, "params": pt.params,
+                                    **({"seed": pt.seed} if exp.replicated else {})},
                                    is_finished(out / pt.name, pt.hash)): pt
                        for pt in points}
             pending = set(futures)
             while pending:
                 done, pending = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
-                for fut in sorted(done, key=lambda f: futures[f].index):
+                for fut in sorted(done, key=lambda f: (futures[f].index, futures[f].seed)):
                     if fut.cancelled():
                         continue
                     pt = futures[fut]
@@ -123,9 +124,9 @@ def run_sweep(exp: Experiment, points: list[Point], out: Path, jobs: int,
                     if outcome.damaged is not None:
                         on_warning(f"point {pt.index} ({out / pt.name}): a finished run, but {outcome.damaged}; "
                                    "running it again")
-                    (report.skipped if outcome.skipped else report.ran).append(pt.index)
+                    (report.skipped if outcome.skipped else report.ran).append(pt)
                     if outcome.error is not None:
-                        report.errors[pt.index] = outcome.error
+                        report.errors[pt.hash] = outcome.error
                     on_point()
                 if report.interrupted is None and stopping.received() is not None:
                     report.interrupted = stopping.received()
