@@ -5,7 +5,8 @@ Events (print formats of include/trace/events/vmalloc.h, Linux 6.x):
   alloc_vmap_area: va_start: <decimal> size=<bytes> align=... vstart=0x... vend=0x... failed=<0|1>
   free_vmap_area_noflush: va_start=0x<hex> nr_lazy=<pages> nr_lazy_max=<pages>
   purge_vmap_area_lazy: start=0x<hex> end=0x<hex> num_purged=<areas>
-and ipi:ipi_send_cpu / ipi_send_cpumask, the flush IPIs a purge sends from its own task before it logs.
+and ipi:ipi_send_cpu / ipi_send_cpumask with a callback: the function-call IPIs a purge's
+flush_tlb_kernel_range sends from the purging task just before the purge logs.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ def parse_vmap(text: str, source: str = "trace") -> list[VEvent]:
         base = dict(ns=int(secs) * 1_000_000_000 + int(frac.ljust(9, "0")[:9]), cpu=int(m["cpu"]),
                     pid=int(m["pid"]))
         if name in IPI_SEND:
+            if "callback=0x0 " in rest + " ":
+                continue  # a reschedule IPI, not a function call (a flush's IPIs call a function)
             c = _CPUS.search(rest)
             out.append(VEvent("ipi", targets=_cpulist(c["cpus"]) if c else (), **base))
             continue

@@ -89,7 +89,8 @@ def calibrate_vmap(sizes: str, maps: int | None, pace_us: int, keep: Path | None
             failures.append(f"{label}: the kernel's nr_lazy_max is {r.kernel_limit}, the model's "
                             f"lazy_max_pages({r.ncpus}) {r.limit}")
         if not counts_agree:
-            failures.append(f"{label}: {diff}")
+            failures.append(f"{label}: the kernel purged {len(r.measured)} times, the model {len(r.modelled)}; "
+                            f"first difference: {diff}")
         report.append((label, h, r, diff))
     if as_json:
         typer.echo(json.dumps([{"recording": label, "kernel": h["kernel"], "ncpus": r.ncpus,
