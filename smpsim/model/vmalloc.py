@@ -65,7 +65,9 @@ class LazyVmap:
         self.limit = lazy_max_pages(ncpus)
         self.lazy_nr = lazy_pages
         self._unknown_areas = lazy_areas
-        self._lazy: dict[int, int] = {}   # start -> pages, areas waiting for a purge
+        # (start, pages) of the areas waiting for a purge: a list, as a replayed trace may reuse an address the
+        # kernel had purged already (its drain runs later than here)
+        self._lazy: list[tuple[int, int]] = []
         self._busy: dict[int, int] = {}   # start -> pages, allocated areas
         self.steps = 0
 
@@ -85,15 +87,15 @@ class LazyVmap:
         if size is None:
             raise ValueError(f"free of the area at {start:#x}: not allocated in this replay and no size given")
         self.lazy_nr += size
-        self._lazy[start] = self._lazy.get(start, 0) + size
+        self._lazy.append((start, size))
         self.steps += 1
         return self.purge() if self.lazy_nr > self.limit else None
 
     def purge(self) -> Purge:
         """__purge_vmap_area_lazy(): every lazy area goes, after one range flush over all of them."""
         known = self._lazy and not self._unknown_areas  # the span of areas of unknown address is unknown
-        start = min(self._lazy) if known else None
-        end = max(s + (p << PAGE_SHIFT) for s, p in self._lazy.items()) if known else None
+        start = min(s for s, _ in self._lazy) if known else None
+        end = max(s + (p << PAGE_SHIFT) for s, p in self._lazy) if known else None
         p = Purge(self.steps - 1, len(self._lazy) + self._unknown_areas, self.lazy_nr, start, end,
                   purge_ipis(self.ncpus))
         self._lazy.clear()
