@@ -169,3 +169,46 @@ def test_live_purges_on_this_kernel_agree_with_the_model(smpsim_cmd, subprocess_
 def test_without_root_it_exits_2_naming_root(monkeypatch):
     monkeypatch.setattr("smpsim.calibrate.vmap_host.os.geteuid", lambda: 1000)
     assert user_error(invoke("calibrate", "--vmap")).startswith("error: smpsim calibrate --vmap needs root")
+
+
+def test_cli_replay_json_gives_each_purge_measured_and_modelled():
+    import json
+    res = invoke("calibrate", "--replay", SAMPLE, "--json")
+    assert res.exit_code == 0, res.output
+    (rec,) = json.loads(res.stdout)
+    assert (rec["ncpus"], rec["lazy_max_pages"], rec["kernel_nr_lazy_max"]) == (2, 16384, 16384)
+    assert [p["areas"] for p in rec["purges"]] == [[89, 87], [32, 32], [32, 32]]
+    assert rec["summary"]["purges"] == [3, 3]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(_live() is not None, reason=str(_live()))
+def test_sigterm_while_recording_removes_the_tracefs_instance(smpsim_cmd, subprocess_env):
+    import signal
+    import time
+    p = subprocess.Popen([*smpsim_cmd, "calibrate", "--vmap", "--sizes", "64", "--maps", "20000"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env)
+    try:
+        inst = TRACEFS / "instances" / f"smpsim-vmap-{p.pid}"
+        deadline = time.monotonic() + 30
+        while not inst.exists() and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)  # polling for the instance the command creates, bounded
+        assert inst.exists(), "the recording did not start"
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(timeout=10)
+    assert p.returncode == 143, err
+    assert err.startswith("error: interrupted by SIGTERM") and "instance was removed" in err
+    assert not inst.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not (TRACEFS / "events" / "vmalloc").is_dir(),
+                    reason="needs root and tracefs with the vmalloc events (to reach the bpf check)")
+def test_without_the_bpf_syscall_it_exits_2_naming_it(monkeypatch):
+    monkeypatch.setattr("smpsim.calibrate.vmap_host._bpf_nr", lambda: 100_000)  # no such syscall: ENOSYS
+    msg = user_error(invoke("calibrate", "--vmap", "--sizes", "1024"))
+    assert "bpf(BPF_MAP_CREATE)" in msg and "CONFIG_BPF_SYSCALL" in msg
+    assert not list((TRACEFS / "instances").glob("smpsim-vmap-*"))
