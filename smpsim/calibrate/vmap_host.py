@@ -12,14 +12,17 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from smpsim.calibrate.host import CalibrationError, _Instance, find_tracefs
 from smpsim.calibrate.trace import _cpulist
 from smpsim.calibrate.vmap import VEvent, header, parse_vmap
-from smpsim.engines.stopping import raising_on_signals
+from smpsim.engines.stopping import STOP_SIGNALS, raising_on_signals
 from smpsim.model.vmalloc import PAGE_SIZE
 
 VMAP_EVENTS = ("vmalloc/alloc_vmap_area", "vmalloc/free_vmap_area_noflush", "vmalloc/purge_vmap_area_lazy")
@@ -125,12 +128,29 @@ def check_host(tracefs: str | None = None) -> Path:
     return root
 
 
+@contextmanager
+def _private_instance(root: Path, name: str) -> Iterator[_Instance]:
+    """A tracefs instance removed however the block ends: a signal right after its mkdir included, and with
+    the stop signals held back while it is removed."""
+    inst = _Instance(root, name)
+    try:
+        inst.__enter__()
+        yield inst
+    finally:
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            if inst.dir.exists():
+                inst.__exit__(None, None, None)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
 def record(sizes_kib: list[int], maps: list[int], tracefs: str | None = None, pace_us: int = 1000) -> list[Recording]:
     """Per size, trace ``maps`` map creations and closes, waiting until each map's area is freed."""
     root = check_host(tracefs)
     kernel, ncpus, pid = os.uname().release, online_cpus(), os.getpid()
     out = []
-    with raising_on_signals(), _Instance(root, f"smpsim-vmap-{pid}") as inst:
+    with raising_on_signals(), _private_instance(root, f"smpsim-vmap-{pid}") as inst:
         inst.write("tracing_on", "0")
         inst.write("trace_clock", "mono")
         inst.write("buffer_size_kb", "4096")
