@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from smpsim.calibrate.trace import _LINE, IPI_SEND, _CPUS, _cpulist
 from smpsim.model.vmalloc import PAGE_SHIFT, LazyVmap, Purge, lazy_max_pages
@@ -63,7 +64,7 @@ def parse_vmap(text: str, source: str = "trace") -> list[VEvent]:
             continue
         name, rest = m["event"], m["rest"]
         secs, _, frac = m["ts"].partition(".")
-        base = dict(ns=int(secs) * 1_000_000_000 + int(frac.ljust(9, "0")[:9]), cpu=int(m["cpu"]),
+        base: dict[str, Any] = dict(ns=int(secs) * 1_000_000_000 + int(frac.ljust(9, "0")[:9]), cpu=int(m["cpu"]),
                     pid=int(m["pid"]))
         if name in IPI_SEND:
             if "callback=0x0 " in rest + " ":
@@ -123,11 +124,11 @@ class Replay:
         for i in range(max(len(self.measured), len(self.modelled))):
             m = self.measured[i] if i < len(self.measured) else None
             p = self.modelled[i] if i < len(self.modelled) else None
-            if m is None:
+            if m is None and p is not None:
                 return f"purge {i + 1}: the model purges {p.areas} areas ({p.pages} pages); the kernel did not"
-            if p is None:
+            if p is None and m is not None:
                 return f"purge {i + 1}: the kernel purged {m.areas} areas; the model does not purge again"
-            if m.areas != p.areas:
+            if m is not None and p is not None and m.areas != p.areas:
                 return f"purge {i + 1}: the kernel purged {m.areas} areas, the model {p.areas}"
         return None
 
@@ -146,6 +147,14 @@ def replay(events: list[VEvent], ncpus: int, pre_pages: int = 0, pre_areas: int 
     pending_ipis: dict[int, int] = {}
     crossed: int | None = None   # frees since the one that crossed the kernel's limit
     open_purge: dict | None = None  # a kernel purge whose pages await the next free
+
+    def close(after: int | None) -> None:
+        """The open kernel purge, its pages read as vmap_lazy_nr before it minus ``after`` it (None: unknown)."""
+        assert open_purge is not None
+        before = open_purge.pop("before")
+        pages = before - after if before is not None and after is not None else None
+        measured.append(Measured(pages=pages, **open_purge))
+
     for e in events:
         if e.kind == "ipi":
             pending_ipis[e.pid] = pending_ipis.get(e.pid, 0) + len(e.targets)
@@ -160,7 +169,7 @@ def replay(events: list[VEvent], ncpus: int, pre_pages: int = 0, pre_areas: int 
                 size = max(1, e.nr_lazy - (prev_nr if prev_nr is not None else model.lazy_nr))
             area_pages[size] = area_pages.get(size, 0) + 1
             if open_purge is not None:
-                measured.append(Measured(pages=open_purge.pop("before") - (e.nr_lazy - size), **open_purge))
+                close(e.nr_lazy - size)
                 open_purge = None
             if crossed is not None:
                 crossed += 1
@@ -172,12 +181,11 @@ def replay(events: list[VEvent], ncpus: int, pre_pages: int = 0, pre_areas: int 
                 modelled.append(p)
         elif e.kind == "purge":
             if open_purge is not None:
-                measured.append(Measured(pages=None, **{k: v for k, v in open_purge.items() if k != "before"}))
-            open_purge = dict(areas=e.areas, start=e.addr, end=e.end, ipis=ipis, late=crossed,
-                              before=prev_nr if prev_nr is not None else 0)
+                close(None)
+            open_purge = dict(areas=e.areas, start=e.addr, end=e.end, ipis=ipis, late=crossed, before=prev_nr)
             crossed, prev_nr = None, None
     if open_purge is not None:
-        measured.append(Measured(pages=None, **{k: v for k, v in open_purge.items() if k != "before"}))
+        close(None)
     return Replay(measured, modelled, ncpus, lazy_max_pages(ncpus), frees[0].nr_lazy_max if frees else None,
                   len(frees), inferred, pre_pages, pre_areas, area_pages)
 
