@@ -154,8 +154,14 @@ def record(sizes_kib: list[int], maps: list[int], tracefs: str | None = None, pa
         inst.write("tracing_on", "0")
         inst.write("trace_clock", "mono")
         inst.write("buffer_size_kb", "4096")
-        for e in (*VMAP_EVENTS, *IPI_EVENTS):
+        for e in VMAP_EVENTS:
             inst.enable(e)
+        for e in IPI_EVENTS:
+            if inst.enable(e):  # function-call IPIs only: reschedule IPIs (no callback) would fill the buffer
+                try:
+                    inst.write(f"events/{e}/filter", "callback != 0")
+                except OSError:
+                    pass  # an older kernel without the field: the parser skips them instead
         for kib, n in zip(sizes_kib, maps):
             inst.write("trace", "")  # empty the buffer of the previous size
             pre_areas, pre_pages = unpurged()
