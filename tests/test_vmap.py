@@ -133,9 +133,11 @@ def test_cli_replay_names_the_line_of_a_truncated_event(tmp_path):
     assert "line 1: not a trace saved by smpsim calibrate --vmap" in user_error(invoke("calibrate", "--replay", bad))
 
 
-def test_bad_sizes_are_refused_before_anything_runs():
+def test_bad_sizes_are_refused_before_anything_runs(tmp_path):
     msg = user_error(invoke("calibrate", "--vmap", "--sizes", "16,1024"))
     assert "multiple of 4 KiB from 40" in msg and "[16]" in msg
+    assert "--keep DIR" in user_error(invoke("calibrate", "--vmap", "--out", tmp_path / "x.toml"))
+    assert not (tmp_path / "x.toml").exists()
 
 
 def _live() -> str | None:

@@ -32,6 +32,8 @@ def calibrate(
     With --vmap: hold vmalloc's lazy purge against the model (exit 1 when the purge counts differ)."""
     if vmap or replay:
         from smpsim.cli.calibrate_vmap import calibrate_vmap
+        if out is not None:
+            fail("--out writes a cost preset, which --vmap does not make; keep its traces with --keep DIR")
         calibrate_vmap(sizes, maps, pace_us, keep, replay or [], tracefs, as_json)
         return
     from smpsim.calibrate import CalibrationError, figures, measure, preset_toml
