@@ -38,6 +38,8 @@ def calibrate(
         return
     from smpsim.calibrate import CalibrationError, figures, measure, preset_toml
 
+    if out is not None and out.exists():  # checked before measuring: never write over a file we did not make
+        fail(f"--out {out}: exists; remove it or name a new file for the preset")
     try:
         m = measure(munmaps, tracefs)
     except CalibrationError as e:
@@ -47,7 +49,13 @@ def calibrate(
     figs = figures(m)
     text = preset_toml(m, ghz)
     if out is not None:
-        out.write_text(text)
+        try:
+            with open(out, "x") as f:  # exclusive: a file made meanwhile is not replaced either
+                f.write(text)
+        except FileExistsError:
+            fail(f"--out {out}: exists; remove it or name a new file for the preset")
+        except OSError as e:
+            fail(f"--out {out}: cannot write it ({e.strerror or e})")
     if as_json:
         typer.echo(json.dumps({"kernel": m.kernel, "munmaps": m.munmaps, "ipi_sends": m.pairs.ipi_sends,
                                "sends_without_remote_flush": m.pairs.unpaired, "figures": figs}, indent=2))
