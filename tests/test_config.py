@@ -35,14 +35,17 @@ def test_a_path_set_on_the_default_config_is_relative_to_the_working_directory(t
 
     (tmp_path / "mine.py").write_text("from smpsim import Policy\n\nclass Mine(Policy):\n    name = 'mine'\n")
     (tmp_path / "ops.jsonl").write_text('{"cpu": 0, "op": "kmap", "page": 1}\n')
+    preset = next((ROOT / "smpsim" / "presets").glob("*.toml"))  # as `smpsim calibrate --out host.toml` writes
+    (tmp_path / "host.toml").write_text(preset.read_text())
     monkeypatch.chdir(tmp_path)
-    sets = ["policy.name=mine.py:Mine", "workload.kind=script", "workload.script=ops.jsonl"]
+    sets = ["policy.name=mine.py:Mine", "workload.kind=script", "workload.script=ops.jsonl",
+            "machine.preset=host.toml"]
     for cfg in (load_config(None, sets), load_experiment(None, sets).points[0].cfg):
         assert cfg.base_dir == str(tmp_path)
         assert cfg.policy.sha256 is not None and cfg.workload.sha256 is not None
     (tmp_path / "sub").mkdir()
     with pytest.raises(ConfigError) as e:  # a config file's own folder still wins
-        load_config(write(tmp_path / "sub", ""), sets)
+        load_config(write(tmp_path / "sub", ""), sets[:1])
     assert "file not found" in str(e.value) and str(tmp_path / "sub" / "mine.py") in str(e.value)
 
 
