@@ -29,8 +29,9 @@ def test_default_config_is_the_packaged_one_and_valid():
 
 
 def test_a_path_set_on_the_default_config_is_relative_to_the_working_directory(tmp_path, monkeypatch):
-    """`smpsim run --set policy.name=mine.py:Mine` (no config file) finds mine.py where the user is, not in
-    the folder of the packaged default config; an experiment's points likewise."""
+    """`smpsim run --set policy.name=mine.py:Mine` (no config file; api.load) finds mine.py where the user
+    is, not in the folder of the packaged default config; `config show` (load_experiment) likewise."""
+    from smpsim import api
     from smpsim.experiments.sweep import load_experiment
 
     (tmp_path / "mine.py").write_text("from smpsim import Policy\n\nclass Mine(Policy):\n    name = 'mine'\n")
@@ -40,7 +41,7 @@ def test_a_path_set_on_the_default_config_is_relative_to_the_working_directory(t
     monkeypatch.chdir(tmp_path)
     sets = ["policy.name=mine.py:Mine", "workload.kind=script", "workload.script=ops.jsonl",
             "machine.preset=host.toml"]
-    for cfg in (load_config(None, sets), load_experiment(None, sets).points[0].cfg):
+    for cfg in (load_config(None, sets), load_experiment(None, sets).points[0].cfg, api.load(None, sets)):
         assert cfg.base_dir == str(tmp_path)
         assert cfg.policy.sha256 is not None and cfg.workload.sha256 is not None
     (tmp_path / "sub").mkdir()
