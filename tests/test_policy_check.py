@@ -167,3 +167,16 @@ def test_naive_policy_class_is_unsafe():
     v = check_policy(_Naive.load(), workloads=50)
     assert not v.safe and v.failure.kind == "stale use"
     assert any("did not reach CPU" in line for line in v.failure.explanation)
+
+
+def test_a_broken_contract_is_a_policy_error_not_a_kernel_bug(tmp_path):
+    """A wrap that forgets to return the torn slots (a newcomer's first mistake) is the policy's error, named
+    with its hook and line; the simulated kernel did not BUG."""
+    (tmp_path / "forgot.py").write_text(
+        "from smpsim import Policy\n\n\nclass Forgot(Policy):\n    def wrap(self, ring, cpu):\n"
+        "        torn = ring.flush_all_zero_pkmaps()\n"
+        "        return self.flush('all', None, self.others(cpu), len(torn))\n")
+    r = invoke("policy", "check", f"{tmp_path / 'forgot.py'}:Forgot", "--workloads", 1, "--out", tmp_path / "ce")
+    assert r.exit_code == 1, r.output
+    assert "UNSAFE: policy error in " in r.stdout and "kernel BUG" not in r.stdout
+    assert "forgot.py:5): wrap returned Flush(" in r.stdout

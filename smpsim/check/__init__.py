@@ -9,7 +9,7 @@ v.write("counterexample/")                            # the script and the confi
 
 First the fixed cases (smpsim.check.cases), then script workloads generated and shrunk by Hypothesis
 (smpsim.check.search). A failure is a stale use (the oracle: an access that reached another page than the
-one kmapped), a kernel BUG, a deadlock, or an exception out of the policy. A failing fixed case is
+one kmapped), a kernel BUG, a deadlock, or a policy error (an exception or a broken contract). A failing fixed case is
 shrunk to a short script; the search's failure, shrunk by Hypothesis, replaces it when shorter.
 """
 
