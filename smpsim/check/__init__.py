@@ -240,7 +240,7 @@ def cost_line(policy: PolicyArg, ran: list[tuple[Case, Outcome]], overrides: Seq
         theirs = values([run_inline(_config(base, c.keys, c.script or None, overrides, ws, trace=c.trace))
                          for c, _ in ran])
         parts.append(f"vs {base}: {saving(mine, theirs)}")
-    return f"cost on the same {len(ran)} cases, {'; '.join(parts)}"
+    return f"cost on the {len(ran)} cases run inline, {'; '.join(parts)}"
 
 
 def counterexample_problem(out: Path) -> str | None:
