@@ -29,7 +29,7 @@ from typing import Any
 from smpsim.config import Config, ConfigError, apply_override, default_config_path, validate
 from smpsim.model.workloads import WorkloadError
 from smpsim.trace.errors import TraceError
-from smpsim.trace.rundir import CONFIG_NAME
+from smpsim.trace.rundir import CONFIG_NAME, LOCK_NAME
 
 # Mistakes that stop a run before it simulates anything: their run directory is not kept.
 _USER_MISTAKES = (ConfigError, WorkloadError, TraceError)
@@ -107,6 +107,10 @@ def check_workload(cfg: Config) -> str | None:
     once; a generator: loaded), before a run directory is made. For a trace, what it replays and leaves
     out, in one line."""
     kind = cfg.workload.kind
+    from smpsim.workload_files import file_problem_of
+
+    if (why := file_problem_of(cfg)) is not None:
+        raise WorkloadError(why)
     if kind == "script":
         from smpsim.model.workloads import check_script
 
@@ -149,31 +153,35 @@ def run(config: ConfigSource = None, *, engine: str | None = None, overrides: Ov
 
 
 def run_config(cfg: Config, out: str | Path | None = None, *, runs_root: str | Path | None = None,
-               progress: Callable[[dict], None] | None = None, respawn=None) -> "Run":
+               progress: Callable[[dict], None] | None = None, respawn=None, wait: bool = False,
+               on_wait: Callable[[str], None] | None = None) -> "Run":
     """Run a resolved config into ``out``, or a new ``runs_root/<UTC time>-<hash>``, or a temporary
     directory. A run that fails before simulating (a bad script, an unusable directory) leaves no run
     directory behind. ``respawn``: the distributed engine's RespawnPolicy (default: replace lost CPU
-    processes)."""
+    processes). ``out`` is taken as smpsim.trace.rundir.claim_run_dir says: empty, or an unfinished run of
+    the same config; in use by another process, it is an error, or with ``wait`` waited for."""
     from smpsim.experiments.runner import run_config as run_engine
-    from smpsim.trace.rundir import create_run_dir, default_run_dir
+    from smpsim.trace.rundir import claim_run_dir, default_run_dir
 
     check_workload(cfg)
     tmp = None
     if out is not None:
         path = Path(out)
         created = not path.exists()
-        create_run_dir(path, cfg)
     elif runs_root is not None:
         path, created = default_run_dir(cfg, runs_root), True
     else:
         tmp = tempfile.TemporaryDirectory(prefix="smpsim-run-")
         path, created = Path(tmp.name), False
+    claimed = False
     try:
-        result = run_engine(cfg, path, progress, respawn=respawn)
+        with claim_run_dir(path, cfg, lock=out is not None, wait=wait, on_wait=on_wait):
+            claimed = True
+            result = run_engine(cfg, path, progress, respawn=respawn)
     except BaseException as e:
         if created and isinstance(e, _USER_MISTAKES) and not _recorded(path):
             shutil.rmtree(path, ignore_errors=True)  # failed before simulating: nothing to keep
-        else:
+        elif claimed:  # (not a directory refused, or waited for: that is another run's)
             e.run = Run(path, _tmp=tmp)  # type: ignore[attr-defined]
         raise
     return Run(path, result.summary, _tmp=tmp)
@@ -181,7 +189,7 @@ def run_config(cfg: Config, out: str | Path | None = None, *, runs_root: str | P
 
 def _recorded(path: Path) -> bool:
     """The run directory holds something besides its config.toml (a summary, trace parts, logs)."""
-    return any(p.is_file() and p.name != CONFIG_NAME for p in path.rglob("*"))
+    return any(p.is_file() and p.name not in (CONFIG_NAME, LOCK_NAME) for p in path.rglob("*"))
 
 
 def open_run(path: str | Path) -> "Run":
@@ -288,15 +296,22 @@ class SweepResult:
 
 def run_sweep(experiment: str | Path, overrides: Overrides = None, *, out: str | Path | None = None,
               jobs: int | None = None, shard: tuple[int, int] | None = None,
-              on_point: Callable[[int], None] = lambda total: None) -> SweepResult:
+              on_point: Callable[[int], None] = lambda total: None, wait: bool = False,
+              on_wait: Callable[[str], None] | None = None,
+              on_warning: Callable[[str], None] | None = None) -> SweepResult:
     """Run an experiment's points not yet finished under ``out`` (default ``runs/<experiment name>``),
     ``jobs`` at a time (default: the usable cores), and write its results table. ``on_point(total)`` after
-    each point (total: the points to run), first once the worker processes are forked."""
+    each point (total: the points to run), first once the worker processes are forked. One sweep (or shard)
+    per directory at a time: another holding it is an error, or with ``wait`` waited for (``on_wait(message)``
+    once). ``on_warning(message)``: a finished point run again because its trace did not read back whole
+    (default: a Python warning)."""
     import os
+    import warnings
 
     from smpsim.experiments.runner import run_sweep as run_points
     from smpsim.experiments.sweep import load_experiment
     from smpsim.extras import need
+    from smpsim.trace.rundir import LOCK_NAME, dir_lock
 
     for module in ("duckdb", "numpy"):  # the results table's figures: known before any point runs
         need(module)
@@ -312,12 +327,15 @@ def run_sweep(experiment: str | Path, overrides: Overrides = None, *, out: str |
     except OSError as e:
         raise TraceError(f"{out}: cannot create the sweep directory: {e.strerror}") from None
     points = exp.shard(*shard) if shard else list(exp.points)
-    report = run_points(exp, points, out, jobs, lambda: on_point(len(points)))
-    from smpsim.experiments import results  # pyarrow and numpy start threads: not before forking the workers
-
-    rows = [results.row(pt, out / pt.name, report.errors.get(pt.index)) for pt in points]
     base = out / (f"results-shard-{shard[0]}-of-{shard[1]}" if shard else "results")
-    paths = results.write(rows, exp.keys, results.metadata(exp, shard), base)
+    lock = out / (f".smpsim-shard-{shard[0]}-of-{shard[1]}.lock" if shard else LOCK_NAME)  # shards share out
+    with dir_lock(lock, wait, on_wait):
+        report = run_points(exp, points, out, jobs, lambda: on_point(len(points)),
+                            on_warning or (lambda message: warnings.warn(message, stacklevel=3)))
+        from smpsim.experiments import results  # pyarrow and numpy start threads: not before forking the workers
+
+        rows = [results.row(pt, out / pt.name, report.errors.get(pt.index)) for pt in points]
+        paths = results.write(rows, exp.keys, results.metadata(exp, shard), base)
     return SweepResult(rows, exp.keys, paths, report.ran, report.skipped, len(exp.points), report.interrupted)
 
 

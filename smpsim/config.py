@@ -9,11 +9,13 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from smpsim.inputs import (MAX_NESTING, TOO_DEEP, TOO_LONG_INTEGER, cut, did_you_mean, file_problem,
+                           nesting_problem, quote, undecodable)
 from smpsim.model.policies import POLICY_NAMES
 
 # LAST_PKMAP by architecture (reference section 2).
@@ -259,11 +261,41 @@ def config_key_problem(key: str) -> str | None:
         if fields is None:
             return f"{'.'.join(parts[:i])} is not a table"
         if part not in fields or part == "base_dir":
-            return "not a config key (smpsim config show lists them)"
+            return f"not a config key{did_you_mean(key, config_keys())} (smpsim config show lists them)"
         model = fields[part].annotation
     if getattr(model, "model_fields", None) is not None:
         return "a table, not a key; name one of its keys"
     return None
+
+
+def config_keys() -> list[str]:
+    """Every dotted key of a run's config, tables included (``machine``, ``machine.cpus``, ...)."""
+    keys: list[str] = []
+    stack: list[tuple[str, Any]] = [("", Config)]
+    while stack:
+        prefix, model = stack.pop()
+        for name, field in model.model_fields.items():
+            if name != "base_dir":
+                keys.append(prefix + name)
+                if getattr(field.annotation, "model_fields", None) is not None:
+                    stack.append((f"{prefix}{name}.", field.annotation))
+    return keys
+
+
+def unknown_key(key: str) -> str:
+    """The message for an unknown dotted key, with the closest real one."""
+    return f"unknown key{did_you_mean(key, config_keys())}"
+
+
+def _choices(loc: tuple) -> tuple | None:
+    """The values a Literal field at ``loc`` takes (None for any other field)."""
+    model: Any = Config
+    for part in loc:
+        fields = getattr(model, "model_fields", None)
+        if fields is None or part not in fields:
+            return None
+        model = fields[part].annotation
+    return get_args(model) if get_origin(model) is Literal else None
 
 
 def validate_report(table: Any, source: str) -> Report:
@@ -274,9 +306,9 @@ def validate_report(table: Any, source: str) -> Report:
         report = Report.model_validate(table)
     except ValidationError as e:
         raise ConfigError(source, [f"[report] {describe_error(x)}" for x in e.errors()]) from None
-    problems = [f"[report] baseline.{k}: {why}" for k in report.baseline if (why := config_key_problem(k))]
-    problems += [f"[report] by: {k!r}: {why}" for k in report.by if (why := config_key_problem(k))]
-    problems += [f"[report] by: {k!r} is also in baseline; a key either picks the baseline or groups"
+    problems = [f"[report] baseline.{cut(k)}: {why}" for k in report.baseline if (why := config_key_problem(k))]
+    problems += [f"[report] by: {quote(k)}: {why}" for k in report.by if (why := config_key_problem(k))]
+    problems += [f"[report] by: {quote(k)} is also in baseline; a key either picks the baseline or groups"
                  for k in report.by if k in report.baseline]
     if report.by and not report.baseline:
         problems.append("[report] by needs a baseline, e.g. baseline = {\"policy.name\" = \"eager\"}")
@@ -312,13 +344,14 @@ def describe_error(err: dict[str, Any]) -> str:
     """One pydantic error as ``dotted.key: what is wrong (given value)``."""
     loc = ".".join(str(p) for p in err["loc"])
     if err["type"] == "extra_forbidden":
-        return f"{loc}: unknown key"
+        return f"{cut(loc)}: {unknown_key(loc)}"
     given = err.get("input")
-    where = f"{loc}: " if loc else ""
+    where = f"{cut(loc)}: " if loc else ""
     msg = err["msg"].removeprefix("Value error, ")  # our validators' messages say what and where
     if isinstance(given, dict):
         return f"{where}{msg}"
-    return f"{where}{msg} (given {given!r})"
+    hint = did_you_mean(given, choices) if (choices := _choices(err["loc"])) else ""
+    return f"{where}{msg} (given {quote(given)}){hint}"
 
 
 def validate(data: dict[str, Any], source: str = "config", resolve_code: bool = True) -> Config:
@@ -330,31 +363,81 @@ def validate(data: dict[str, Any], source: str = "config", resolve_code: bool = 
         raise ConfigError(source, [describe_error(x) for x in e.errors()]) from None
 
 
-def parse_value(text: str) -> Any:
-    """A --set value: TOML syntax when it parses (numbers, booleans, lists, quoted strings), else a bare string."""
+def parse_value(text: str, key: str = "value") -> Any:
+    """A --set value: TOML syntax when it parses (numbers, booleans, lists, quoted strings), else a bare string.
+    Values nested too deeply or integers too long to convert are a ConfigError naming ``key``."""
     try:
-        return tomllib.loads(f"v = {text}")["v"]
+        value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+    except RecursionError:
+        raise ConfigError("--set", [f"{cut(key)}: {TOO_DEEP}"]) from None
+    except ValueError:  # int() past sys.get_int_max_str_digits()
+        raise ConfigError("--set", [f"{cut(key)}: {TOO_LONG_INTEGER} (given {quote(text)})"]) from None
+    if (deep := nesting_problem(value)) is not None:
+        raise ConfigError("--set", [f"{cut(key)}: {deep}"])
+    return value
+
+
+def split_assignment(assignment: str, config: str | Path | None = None) -> tuple[str, str]:
+    """(dotted key, value text) of ``KEY=VALUE``. KEY is a TOML key, so parts may be quoted: quotes are
+    dropped (``sweep."machine.cpus"`` is ``sweep.machine.cpus``, as in a [sweep] table). Without ``=``, a
+    ConfigError naming it (``config``: the positional argument, which the shell may have given as the value:
+    ``--set machine.cpus 16``)."""
+    in_quote = None
+    for i, ch in enumerate(assignment):
+        if in_quote:
+            in_quote = None if ch == in_quote else in_quote
+        elif ch in "\"'":
+            in_quote = ch
+        elif ch == "=":
+            return _dotted_key(assignment[:i].strip()), assignment[i + 1:].strip()
+    if "=" in assignment:  # an unbalanced quote in the key: its first '=' then
+        key, _, text = assignment.partition("=")
+        return key.strip(), text.strip()
+    key = cut(assignment.strip())
+    fix = f"--set {key}=VALUE"
+    if config is not None and not Path(config).exists():
+        fix = f"--set {key}={cut(str(config))} (the word after it, {quote(str(config))}, was taken as the config file)"
+    raise ConfigError("--set", [f"{quote(key)}: expected key=value, and there is no '='; write {fix}"])
+
+
+def _dotted_key(key: str) -> str:
+    """A TOML key (bare or quoted parts) as the dotted key; unchanged when it is not valid TOML."""
+    try:
+        node = tomllib.loads(f"{key} = 0")
+    except (tomllib.TOMLDecodeError, RecursionError):
+        return key
+    parts = []
+    while isinstance(node, dict) and len(node) == 1:
+        (name, node), = node.items()
+        parts.append(name)
+    return ".".join(parts) if parts and node == 0 else key
+
+
+def check_assignments(overrides: list[str] | tuple[str, ...], config: str | Path | None = None) -> None:
+    """Every --set has its '=' (checked before the config file is read: see split_assignment)."""
+    for a in overrides:
+        split_assignment(a, config)
 
 
 def apply_override(data: dict[str, Any], assignment: str) -> None:
-    if "=" not in assignment:
-        raise ConfigError("--set", [f"{assignment!r}: expected key=value, e.g. machine.cpus=8"])
-    key, _, text = assignment.partition("=")
-    set_key(data, key.strip(), parse_value(text.strip()))
+    key, text = split_assignment(assignment)
+    set_key(data, key, parse_value(text, key))
 
 
 def set_key(data: dict[str, Any], key: str, value: Any, source: str = "--set") -> None:
     """Set a dotted key (``machine.cpus``) in raw config data, creating tables on the way."""
     parts = key.split(".")
     if not all(parts):
-        raise ConfigError(source, [f"{key!r}: not a dotted key"])
+        raise ConfigError(source, [f"{quote(key)}: not a dotted key"])
+    if len(parts) > MAX_NESTING:
+        raise ConfigError(source, [f"{quote(key)}: {unknown_key(key)}"])
     node = data
     for p in parts[:-1]:
         child = node.setdefault(p, {})
         if not isinstance(child, dict):
-            raise ConfigError(source, [f"{key}: {p} is not a table"])
+            raise ConfigError(source, [f"{quote(key)}: {p} is not a table"])
         node = child
     node[parts[-1]] = value
     if parts == ["policy", "name"]:
@@ -362,15 +445,28 @@ def set_key(data: dict[str, Any], key: str, value: Any, source: str = "--set") -
 
 
 def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file as data; anything but a regular file of UTF-8 TOML nested at most MAX_NESTING deep is a
+    ConfigError naming the file (a FIFO or device is refused before it is opened)."""
+    if (why := file_problem(path)) is not None:
+        raise ConfigError(str(path), [f"{why}; give a TOML file" if why.startswith("is ") else why])
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(str(path), ["file not found"]) from None
-    except IsADirectoryError:
-        raise ConfigError(str(path), ["is a directory, not a TOML file"]) from None
+            data = f.read()
+    except OSError as e:
+        raise ConfigError(str(path), [f"cannot read: {e.strerror or e}"]) from None
+    try:
+        table = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(str(path), [f"{undecodable(data, e)}; a config is a UTF-8 TOML file"]) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(str(path), [f"not valid TOML: {e}"]) from None
+    except RecursionError:
+        raise ConfigError(str(path), [f"tables or lists {TOO_DEEP}"]) from None
+    except ValueError:  # int() past sys.get_int_max_str_digits()
+        raise ConfigError(str(path), [TOO_LONG_INTEGER]) from None
+    if (deep := nesting_problem(table)) is not None:
+        raise ConfigError(str(path), [deep])
+    return table
 
 
 def default_config_path() -> Path:
@@ -392,6 +488,7 @@ def base_dir_of(path: str | Path | None) -> str:
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
                 resolve_code: bool = True) -> Config:
     """Read a TOML config (the default one when path is None), apply --set overrides, validate."""
+    check_assignments(overrides, path)
     p = Path(path) if path is not None else default_config_path()
     data = read_toml(p)
     data.pop("sweep", None)  # sweeps are expanded by smpsim.experiments, not by a single run

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from smpsim.config import WORKLOAD_FILE_KEYS
+from smpsim.inputs import file_problem
 
 if TYPE_CHECKING:
     from smpsim.config import Config
@@ -54,6 +55,8 @@ def source_sha256(cfg: "Config") -> str | None:
     if path is None:
         return None
     key = WORKLOAD_FILE_KEYS[w.kind]
+    if (why := file_problem_of(cfg)) is not None and not why.endswith("file not found"):
+        raise ValueError(why)  # a FIFO, a device, a directory: never opened (open() blocks on a FIFO)
     try:
         return sha256_file(path)
     except FileNotFoundError:
@@ -62,6 +65,14 @@ def source_sha256(cfg: "Config") -> str | None:
         raise ValueError(f"workload.trace: file not found ({path})") from None
     except OSError as e:
         raise ValueError(f"workload.{key}: cannot read {path}: {e.strerror or e}") from None
+
+
+def file_problem_of(cfg: "Config") -> str | None:
+    """Why a workload's script or trace file cannot be opened (missing, a directory, a FIFO, a device), or
+    None: checked with stat, before anything opens it."""
+    path = cfg.workload_file_path() if cfg.workload.kind in ("script", "trace") else None
+    why = None if path is None else file_problem(path)
+    return None if why is None else f"workload.{WORKLOAD_FILE_KEYS[cfg.workload.kind]}: {path}: {why}"
 
 
 def shipped(cfg: "Config") -> dict[str, Any]:

@@ -179,7 +179,8 @@ def test_sweep_interrupted_keeps_its_points(tmp_path, smpsim_cmd, subprocess_env
     assert sorted(d.name for d in out.iterdir() if d.is_dir()) == sorted(pt.name for pt in points)
     for pt in points:
         run = out / pt.name
-        assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["status"] == "interrupted" and summary["error"] == "interrupted by SIGTERM"  # the user's
         assert json.loads((run / "provenance.json").read_text())["status"] == "interrupted"
         events = list(iter_events(open_run(run, warn=False)))
         want = list(iter_events(open_run(inline.run(pt.cfg, tmp_path / f"ref-{pt.index}").run_dir)))

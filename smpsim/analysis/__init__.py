@@ -10,4 +10,9 @@
 - ``query``    SQL over ``events``
 - ``chrome``   Chrome Trace Event JSON for Perfetto
 - ``synth``    a large valid run made quickly (benchmarks)
+
+The defaults of ``smpsim query`` live here, where the CLI reads them without importing DuckDB.
 """
+
+QUERY_TIMEOUT = 60.0          # seconds a query may run; 0 for no limit
+QUERY_MEMORY_LIMIT = "25%"    # DuckDB's syntax: a share of this machine's memory, or 4GB, 512MiB, ...

@@ -12,14 +12,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import tomllib
 from pathlib import Path
 from typing import Any
 
 from smpsim.config import dotted
 from smpsim.metrics import METRICS, Group, describe, fmt, fmt_metric, group, saving_lines
 from smpsim.trace.errors import TraceError
-from smpsim.trace.rundir import CONFIG_NAME, PROVENANCE_NAME, SUMMARY_NAME, TRACE_DIR
+from smpsim.trace.rundir import CONFIG_NAME, PROVENANCE_NAME, SUMMARY_NAME, TRACE_DIR, read_config_data
 
 WIDTH = 100  # a printed table fits this many columns (its value columns are split into blocks)
 
@@ -67,11 +66,7 @@ def _sweep_order(path: Path) -> tuple:
 
 def run_config(path: Path) -> dict[str, Any]:
     """A run's resolved config (config.toml) as dotted key -> value; {} when it has none."""
-    try:
-        with open(Path(path) / CONFIG_NAME, "rb") as f:
-            return dict(dotted(tomllib.load(f)))
-    except (OSError, tomllib.TOMLDecodeError):
-        return {}
+    return dict(dotted(read_config_data(path)))
 
 
 # Keys that follow another (policy.sha256 is the source of policy.name's file): not parameters of a run.

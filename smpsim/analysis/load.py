@@ -12,7 +12,6 @@ canonical order (use ORDER BY seq: a scan's row order is not guaranteed).
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import pyarrow.parquet as pq
 from smpsim.model.policies import POLICIES
 from smpsim.trace.errors import TraceError
 from smpsim.trace.reader import RunDir, iter_tables, open_run, read_part
-from smpsim.trace.rundir import CONFIG_NAME
+from smpsim.trace.rundir import read_config_data
 from smpsim.trace.schema import FIELD_NAMES, SCHEMA
 
 
@@ -176,8 +175,4 @@ def _meta(run: RunDir) -> RunMeta:
 
 
 def _config(path: Path) -> dict[str, Any]:
-    try:
-        with open(path / CONFIG_NAME, "rb") as f:
-            return tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError):
-        return {}
+    return read_config_data(path)

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from smpsim.analysis import QUERY_MEMORY_LIMIT, QUERY_TIMEOUT
 from smpsim.cli.common import EXIT_USAGE, console, fail, handle_errors, warn
 from smpsim.metrics import fmt as _fmt
 
@@ -235,21 +236,31 @@ def query(
     run: RunArg,
     sql: Annotated[str, typer.Argument(help='SQL over the table "events" (DuckDB dialect)', show_default=False)],
     format: Annotated[QueryFormat, typer.Option("--format", "-f", help="output format")] = QueryFormat.table,
+    timeout: Annotated[float, typer.Option(
+        "--timeout", min=0, metavar="SECONDS", help="cancel the query after this long; 0 for no limit")] = QUERY_TIMEOUT,
+    memory_limit: Annotated[str, typer.Option(
+        "--memory-limit", metavar="SIZE",
+        help="DuckDB's memory for the query (e.g. 4GB, 512MiB, 25% of RAM); beyond it, it spills to a "
+             "temporary directory removed at the end")] = QUERY_MEMORY_LIMIT,
 ) -> None:
     """Run SQL (DuckDB) over a run's trace: the events are the table "events".
 
-    The columns are the trace fields of docs/trace-format.md; seq is the canonical order.
+    The columns are the trace fields of docs/trace-format.md; seq is the canonical order. Ctrl-C cancels
+    a running query.
     """
     from smpsim.analysis.load import open_trace
-    from smpsim.analysis.query import QueryError
+    from smpsim.analysis.query import QueryError, spill_directory
     from smpsim.analysis.query import query as run_query
+    from smpsim.engines.stopping import exit_code_of, raising_on_signals
 
-    with open_trace(run) as tr:
-        _truncation_warning(tr.meta)
-        try:
-            cols, rows = run_query(tr, sql)
-        except QueryError as e:
-            fail(f"query failed: {e}")
+    try:  # SIGTERM too unwinds, so the spill directory goes whenever the query is stopped
+        with raising_on_signals(), spill_directory() as spill, open_trace(run) as tr:  # trace closes first
+            _truncation_warning(tr.meta)
+            cols, rows = run_query(tr, sql, timeout=timeout, memory_limit=memory_limit, spill_dir=spill)
+    except QueryError as e:
+        fail(f"query failed: {e}")
+    except KeyboardInterrupt as e:
+        fail(f"query cancelled ({e or 'interrupted'}); nothing was written", exit_code_of(e))
     if format is QueryFormat.json:
         typer.echo(json.dumps([dict(zip(cols, r)) for r in rows], indent=1, default=str))
     elif format is QueryFormat.csv:

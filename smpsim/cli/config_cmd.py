@@ -35,18 +35,19 @@ def check(config: Annotated[Path, typer.Argument(help="TOML config (or experimen
     (exit 2)."""
     from smpsim import api
     from smpsim.model.workloads import WorkloadError, check_script
+    from smpsim.workload_files import file_problem_of
 
     exp = load_experiment(config, set_ or ())
-    problems: list[str] = []
+    # A script or trace that is missing, a FIFO, a device or a directory: named, never opened.
+    odd = {p.cfg.workload_file_path(): why for p in exp.points if (why := file_problem_of(p.cfg))}
+    problems: list[str] = list(odd.values())
     for path, cpus in dict.fromkeys((p.cfg.script_path(), p.cfg.machine.cpus) for p in exp.points
                                     if p.cfg.workload.kind == "script"):
-        if not path.is_file():
-            problems.append(f"workload.script: file not found ({path})")
-        else:
+        if path not in odd:
             problems += [f"workload.script: {x}" for x in check_script(path, cpus)]
     notes: list[str] = []
     for point in exp.points:  # a trace is read once, a generator loaded (each once: both are cached)
-        if point.cfg.workload.kind in ("trace", "python"):
+        if point.cfg.workload.kind in ("trace", "python") and point.cfg.workload_file_path() not in odd:
             try:
                 note = api.check_workload(point.cfg)
             except WorkloadError as e:

@@ -11,8 +11,8 @@ import typer
 
 from smpsim.cli.common import EXIT_USAGE, fail, handle_errors
 from smpsim.cli.config_cmd import SetOpt
-from smpsim.cli.run import (CheckpointOpt, MaxRespawnsOpt, NoRespawnOpt, OutOpt, PointOpt, TransportOpt, execute,
-                            report, respawn_policy)
+from smpsim.cli.run import (CheckpointOpt, MaxRespawnsOpt, NoRespawnOpt, OutOpt, PointOpt, TransportOpt, WaitOpt,
+                            execute, report, respawn_policy)
 from smpsim.engines.distributed.respawn import CHECKPOINT_OPS, MAX_RESPAWNS
 from smpsim.engines.distributed.protocol import JOIN_TIMEOUT_S
 
@@ -41,6 +41,7 @@ def launch(
     no_respawn: NoRespawnOpt = False,
     max_respawns: MaxRespawnsOpt = MAX_RESPAWNS,
     checkpoint_every: CheckpointOpt = CHECKPOINT_OPS,
+    wait: WaitOpt = False,
 ) -> None:
     """Run a config on one OS process per CPU plus a coordinator, on this host. A CPU process that dies is
     replaced: the new one resumes from that CPU's last checkpoint (--no-respawn: the run stops)."""
@@ -51,7 +52,7 @@ def launch(
     if cpus is not None:
         overrides.append(f"machine.cpus={cpus}")
     execute(api.load(config, overrides, engine="distributed", transport=transport and transport.value,
-                     point=point), out, respawn)
+                     point=point), out, respawn, wait)
 
 
 @handle_errors
@@ -82,7 +83,7 @@ def coordinator(
     from smpsim.engines.distributed import security
     from smpsim.engines.distributed.launch import serve_coordinator
     from smpsim.experiments.provenance import recorded
-    from smpsim.trace.rundir import create_run_dir, default_run_dir
+    from smpsim.trace.rundir import claim_run_dir, default_run_dir
 
     try:
         listen = p.check_address(listen)
@@ -97,7 +98,7 @@ def coordinator(
     except OSError as e:
         fail(f"--token-file {token_file}: cannot write it ({e.strerror})", EXIT_USAGE)
     cfg = api.load(config, set_)
-    out_dir = create_run_dir(out if out is not None else default_run_dir(cfg), cfg)
+    out_dir = out if out is not None else default_run_dir(cfg)
     how = []
     if curve is not None:
         how.append(f"CurveZMQ, {len(curve.allowed)} CPU keys allowed")
@@ -111,11 +112,12 @@ def coordinator(
               + "".join(f"; {h}" for h in how), file=sys.stderr, flush=True)
 
     try:
-        report(cfg, lambda status: recorded(
-            cfg, out_dir, lambda: serve_coordinator(cfg, out_dir, listen, token, progress=status,
-                                                    on_listening=listening, curve=curve,
-                                                    join_timeout=join_timeout),
-            "distributed", processes=cfg.machine.cpus + 1, hosts=None), out_dir)
+        with claim_run_dir(out_dir, cfg, lock=out is not None):
+            report(cfg, lambda status: recorded(
+                cfg, out_dir, lambda: serve_coordinator(cfg, out_dir, listen, token, progress=status,
+                                                        on_listening=listening, curve=curve,
+                                                        join_timeout=join_timeout),
+                "distributed", processes=cfg.machine.cpus + 1, hosts=None), out_dir)
     except p.AddressError as e:
         fail(str(e), EXIT_USAGE)
 

@@ -39,7 +39,8 @@ class _Group(TyperGroup):
             sys.exit(EXIT_USAGE)
         except click_exceptions.UsageError as e:
             sys.stdout.flush()
-            print(f"error: {usage_message(e)}", file=sys.stderr)
+            print(f"error: {usage_message(e)}{set_without_equals(sys.argv[1:] if args is None else list(args))}",
+                  file=sys.stderr)
             sys.exit(EXIT_USAGE)
         except click_exceptions.ClickException as e:
             print(f"error: {e.format_message()}", file=sys.stderr)
@@ -57,6 +58,27 @@ def usage_message(e: Any) -> str:
     where = e.ctx.command_path if e.ctx is not None else "smpsim"
     return f"{text.rstrip('.')} (`{where} --help` shows the usage)"
 
+
+def set_without_equals(argv: list[str]) -> str:
+    """A hint for the likely cause of a usage error: ``--set KEY VALUE`` (the value became an extra argument)."""
+    for flag, key, after in zip(argv, argv[1:], [*argv[2:], None]):
+        if flag in ("--set", "-s") and "=" not in key:
+            value = after if after is not None and not after.startswith("-") else "VALUE"
+            return f"; --set {key} has no '=': write --set {key}={value}"
+    return ""
+
+
+def _one_line_warnings() -> None:
+    """A library's Python warning (a truncated run read somewhere) as the CLI's one ``warning:`` line, never
+    Python's ``file:line: Category: ...`` format."""
+    import warnings
+
+    from smpsim.cli.common import warn
+
+    warnings.showwarning = lambda message, *args, **kwargs: warn(str(message))
+
+
+_one_line_warnings()
 
 app = typer.Typer(
     cls=_Group,

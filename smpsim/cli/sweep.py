@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from smpsim.cli.common import EXIT_RUN_FAILED, console, fail, handle_errors, warn
+from smpsim.cli.common import EXIT_RUN_FAILED, console, fail, handle_errors, say, warn
 from smpsim.cli.config_cmd import SetOpt
 from smpsim.engines.stopping import Interrupted
 from smpsim.experiments.provenance import FINISHED
@@ -33,6 +33,9 @@ def sweep(
     plot: Annotated[Optional[Path], typer.Option(
         "--plot", metavar="DIR", help="also write flush_stall.png (initiator stall against the swept key) "
         "into DIR", show_default=False)] = None,
+    wait: Annotated[bool, typer.Option(
+        "--wait", help="when another sweep (or the same shard) is using --out, wait until it has finished "
+        "instead of stopping")] = False,
 ) -> None:
     """Run every point of an experiment (finished points are skipped) and print its results table."""
     if collect is not None:
@@ -60,7 +63,8 @@ def sweep(
         warn(f"{experiment}: {problem}: those points get no saving line")
     try:
         with _Progress(console()) as advance:
-            done = api.run_sweep(experiment, set_, out=out, jobs=jobs, shard=part, on_point=advance)
+            done = api.run_sweep(experiment, set_, out=out, jobs=jobs, shard=part, on_point=advance, wait=wait,
+                                 on_wait=say, on_warning=warn)
     except SweepError as e:
         fail(str(e), EXIT_RUN_FAILED)
     which = (f"shard {part[0]}/{part[1]}: {len(done.rows)} of {done.total} points" if part
@@ -124,9 +128,9 @@ def _finish(rows: list[dict[str, Any]], params: list[str], meta: dict[str, Any],
             fail(f"{plot}: cannot write the figure: {e.strerror or e}")
     bad = [r for r in rows if r["status"] != "ok"]
     if bad:
-        why = "; ".join(f"point {r['point']} ({r['status']}: {r['error'] or 'no run'})" for r in bad[:5])
+        why = "; ".join(f"point {r['point']} ({r['status']}: {r['error'] or 'no run'})" for r in bad[:20])
         fail(f"{len(bad)} of {len(rows)} points did not finish with a result: {why}"
-             f"{'; ...' if len(bad) > 5 else ''}. Points that failed or were interrupted run again when the "
+             f"{f'; ... (every point in {paths[0]})' if len(bad) > 20 else ''}. Points that failed or were interrupted run again when the "
              "same command is repeated; a point stopped by the model (error) is deterministic: see its "
              "run directory's summary.json", EXIT_RUN_FAILED)
 

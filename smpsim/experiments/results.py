@@ -25,7 +25,7 @@ from smpsim.metrics import (METRICS, POLICY_KEY, RATIO_COLUMNS, Group, describe,
 from smpsim.metrics import saving_lines as metric_saving_lines
 from smpsim.model.policies import label as policy_label
 from smpsim.trace.errors import TraceError
-from smpsim.trace.rundir import read_summary
+from smpsim.trace.rundir import atomic_file, read_summary
 
 META_KEY = b"smpsim.sweep"
 SHARD_GLOB = "results-shard-*-of-*.parquet"
@@ -44,10 +44,15 @@ def row(point: Point, run_dir: Path, failure: str | None = None) -> dict[str, An
     "ok"; error: why the run stopped. The ratio columns are filled in by ``with_ratios``."""
     summary = read_summary(run_dir) if is_finished(run_dir, point.hash) else None
     status = summary.get("status", "error") if summary else "unfinished"
+    values: dict[str, Any] = {}
+    if status == "ok":
+        try:
+            values = headline(facts_from_summary(summary, *distributions(run_dir)))
+        except TraceError as e:  # damaged since the sweep checked it (or it was stopped before): run again
+            summary, status, failure = None, "unfinished", str(e)
     r: dict[str, Any] = {"point": point.index, **point.params, "status": status}
     if POLICY_KEY in point.params:
         r["policy"] = summary.get("policy") if summary else policy_label(point.cfg)
-    values = headline(facts_from_summary(summary, *distributions(run_dir))) if status == "ok" else {}
     r.update({m.key: values.get(m.key) for m in METRICS})
     r["digest"] = summary.get("digest") if summary else None
     r["run"] = run_dir.name
@@ -61,9 +66,9 @@ def distributions(run_dir: Path) -> tuple[dict[str, Any] | None, dict[str, Any] 
     import pyarrow.compute as pc
 
     from smpsim.analysis.metrics import distribution
-    from smpsim.trace.reader import read_table
+    from smpsim.trace.reader import open_run, read_table
 
-    table = read_table(run_dir, ["ev", "cycles", "stall"])
+    table = read_table(open_run(run_dir, warn=False), ["ev", "cycles", "stall"])
     if table.num_rows == 0:
         return None, None
     return (distribution(table.filter(pc.equal(table["ev"], "kmap"))["cycles"].to_numpy()),
@@ -121,15 +126,17 @@ def write(rows: list[dict[str, Any]], params: list[str], meta: dict[str, Any], b
     cols = columns(params)
     rows = with_ratios(rows, {int(k): v for k, v in (meta.get("baselines") or {}).items()})
     csv_path, pq_path = base.with_suffix(".csv"), base.with_suffix(".parquet")
-    try:
-        with open(csv_path, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(cols)
-            w.writerows([["" if r[c] is None else r[c] for c in cols] for r in rows])
-        table = pa.table({c: [r[c] for r in rows] for c in cols})
-        pq.write_table(table.replace_schema_metadata({META_KEY: json.dumps(meta)}), pq_path)
-    except OSError as e:
-        raise TraceError(f"{e.filename or base}: cannot write the results: {e.strerror or e}") from None
+    # Each replaced whole or not at all (a full disk leaves the previous table, never a 0-byte one).
+    with atomic_file(csv_path) as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        w.writerows([["" if r[c] is None else r[c] for c in cols] for r in rows])
+    table = pa.table({c: [r[c] for r in rows] for c in cols})
+    with atomic_file(pq_path, "wb") as f:
+        try:
+            pq.write_table(table.replace_schema_metadata({META_KEY: json.dumps(meta)}), f)
+        except pa.ArrowException as e:
+            raise OSError(str(e)) from None
     return csv_path, pq_path
 
 

@@ -27,8 +27,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from smpsim.config import (Config, ConfigError, Report, apply_override, base_dir_of, default_config_path,
-                           describe_error, dotted, parse_value, read_toml, set_key, to_toml, validate_report)
+from smpsim.config import (Config, ConfigError, Report, apply_override, base_dir_of, check_assignments,
+                           default_config_path, describe_error, dotted, parse_value, read_toml, set_key,
+                           split_assignment, to_toml, unknown_key, validate_report)
+from smpsim.inputs import cut, quote
 from smpsim.metrics import group
 from smpsim.trace.rundir import config_hash
 
@@ -104,6 +106,7 @@ class Experiment:
 def load_experiment(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Experiment:
     """Read an experiment (the default config when path is None), apply --set overrides, expand and
     validate every point."""
+    check_assignments(overrides, path)
     p = Path(path) if path is not None else default_config_path()
     data = read_toml(p)
     table = data.pop("sweep", {})
@@ -111,13 +114,12 @@ def load_experiment(path: str | Path | None = None, overrides: list[str] | tuple
     problems: list[str] = []
     pinned, sweep_sets = set(), []
     for a in overrides:
-        key, eq, text = a.partition("=")
-        key = key.strip()
-        if eq and key.startswith(SWEEP_PREFIX):
-            sweep_sets.append((key[len(SWEEP_PREFIX):], parse_value(text.strip())))
-        elif eq and key.startswith(REPORT_PREFIX):
+        key, text = split_assignment(a)
+        if key.startswith(SWEEP_PREFIX):
+            sweep_sets.append((key[len(SWEEP_PREFIX):], parse_value(text, key)))
+        elif key.startswith(REPORT_PREFIX):
             report_table = dict(report_table or {})
-            set_key(report_table, key[len(REPORT_PREFIX):], parse_value(text.strip()))
+            set_key(report_table, key[len(REPORT_PREFIX):], parse_value(text, key))
         else:
             apply_override(data, a)
             pinned.add(key)
@@ -144,13 +146,13 @@ def load_experiment(path: str | Path | None = None, overrides: list[str] | tuple
 
 def _parse_sweep(table: Any, sweep_sets: list[tuple[str, Any]], problems: list[str]) -> tuple[str, dict[str, list]]:
     if not isinstance(table, dict):
-        problems.append(f"sweep: expected a table of dotted keys and lists of values (given {table!r})")
+        problems.append(f"sweep: expected a table of dotted keys and lists of values (given {quote(table)})")
         table = {}
     mode = table.get("mode", "product")
     entries: dict[str, Any] = {}
     for key, value in dotted({k: v for k, v in table.items() if k != "mode"}):
         if key in entries:
-            problems.append(f"[sweep] {key}: given twice")
+            problems.append(f"[sweep] {cut(key)}: given twice")
         entries[key] = value
     for key, value in sweep_sets:
         if key == "mode":
@@ -158,14 +160,14 @@ def _parse_sweep(table: Any, sweep_sets: list[tuple[str, Any]], problems: list[s
         else:
             entries[key] = value
     if mode not in MODES:
-        problems.append(f"[sweep] mode: expected 'product' or 'zip' (given {mode!r})")
+        problems.append(f"[sweep] mode: expected 'product' or 'zip' (given {quote(mode)})")
         mode = "product"
     values: dict[str, list] = {}
     for key, value in entries.items():
         if not isinstance(value, list):
-            problems.append(f"[sweep] {key}: expected a list of values, e.g. [1, 2] (given {value!r})")
+            problems.append(f"[sweep] {cut(key)}: expected a list of values, e.g. [1, 2] (given {quote(value)})")
         elif not value:
-            problems.append(f"[sweep] {key}: empty list; give at least one value")
+            problems.append(f"[sweep] {cut(key)}: empty list; give at least one value")
         else:
             values[key] = value
     if mode == "zip" and len({len(v) for v in values.values()}) > 1:
@@ -208,9 +210,9 @@ def _problem(err: dict[str, Any], keys: list[str]) -> str:
     loc = ".".join(str(x) for x in err["loc"])
     for key in keys:
         if err["type"] == "extra_forbidden" and (key == loc or key.startswith(loc + ".")):
-            return f"[sweep] {key}: unknown key"
+            return f"[sweep] {cut(key)}: {unknown_key(key)}"
         if key.startswith(loc + "."):
-            return f"[sweep] {key}: {loc} is not a table"
+            return f"[sweep] {cut(key)}: {cut(loc)} is not a table"
         if loc == key or loc.startswith(key + "."):
             return f"[sweep] {describe_error(err)}"
     return describe_error(err)

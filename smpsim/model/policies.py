@@ -353,9 +353,11 @@ def check_name(name: str) -> str | None:
     found = registered()
     if name in found:
         return None
-    known = ", ".join([*POLICY_NAMES, *sorted(found)])
-    return (f"{name!r}: not a policy name (built-in or registered: {known}), nor a spec "
-            "'package.module:Class' or 'path/to/file.py:Class'")
+    from smpsim.inputs import did_you_mean, quote
+
+    names = [*POLICY_NAMES, *sorted(found)]
+    return (f"{quote(name)}: not a policy name{did_you_mean(name, names)} (built-in or registered: "
+            f"{', '.join(names)}), nor a spec 'package.module:Class' or 'path/to/file.py:Class'")
 
 
 def spec_of(cls: type) -> str:

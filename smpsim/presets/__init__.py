@@ -10,6 +10,8 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+from smpsim.inputs import file_problem, quote
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -19,14 +21,14 @@ def builtin() -> list[str]:
 
 def path_of(name: str, base_dir: str | None = None) -> Path:
     """A built-in preset's file, or a preset file's path (relative to the config's directory)."""
-    if (HERE / f"{name}.toml").is_file() and "/" not in name:
+    if "/" not in name and file_problem(HERE / f"{name}.toml") is None:
         return HERE / f"{name}.toml"
     p = Path(name)
     if not p.is_absolute() and base_dir:
         p = Path(base_dir) / p
-    if not p.is_file():
-        raise ValueError(f"machine.preset: no preset {name!r}: use one of {', '.join(builtin())} or the path of "
-                         f"a preset file written by `smpsim calibrate --out FILE`")
+    if (why := file_problem(p)) is not None:  # stat, not open: a FIFO would block
+        raise ValueError(f"machine.preset: no preset {quote(name)} ({why}): use one of {', '.join(builtin())} "
+                         "or the path of a preset file written by `smpsim calibrate --out FILE`")
     return p
 
 

@@ -28,6 +28,7 @@ from smpsim import workload_files
 from smpsim.model import workloads
 from smpsim.model.coordinator import Coordinator
 from smpsim.model.errors import ModelError
+from smpsim.trace.errors import TraceWriteError
 
 
 IDLE_WAIT_MS = 20  # an idle coordinator waits this long in recv (RCVTIMEO) before its liveness checks
@@ -444,7 +445,7 @@ class CoordinatorNode:
                 if self.progress is not None and now - last_progress > 0.25:
                     last_progress = now
                     self.progress(self.core.progress())
-        except (ModelError, RunAborted, stopping.Interrupted) as e:
+        except (ModelError, RunAborted, stopping.Interrupted, TraceWriteError) as e:
             self.refused.flush()
             status = stopping.status_of(e)
             lost = None
