@@ -88,7 +88,7 @@ def load(config: ConfigSource = None, overrides: Overrides = None, *, engine: st
     path = Path(config) if config is not None else default_config_path()
     from smpsim.experiments.sweep import load_experiment
 
-    exp = load_experiment(path, sets)
+    exp = load_experiment(config, sets)  # None: the default config, its relative paths from the working directory
     n = len(exp.points)
     if point is None:
         if exp.values:

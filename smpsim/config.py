@@ -6,6 +6,7 @@ user fixing a config file needs; hand-written checks would drift from the schema
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -536,6 +537,13 @@ def default_config_path() -> Path:
     raise ConfigError("default config", ["configs/default.toml not found"])
 
 
+def base_dir_of(path: str | Path | None) -> str:
+    """Where a config's relative paths (workload.script, machine.preset, a policy file) start: its file's
+    folder; for the default config (path None), the working directory, as it names no file itself and a
+    path given with --set is the user's."""
+    return str(Path(path).resolve().parent) if path is not None else os.getcwd()
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
                 resolve_code: bool = True) -> Config:
     """Read a TOML config (the default one when path is None), apply --set overrides, validate."""
@@ -546,7 +554,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     data.pop("report", None)  # how smpsim sweep compares the points: nothing a run uses
     for a in overrides:
         apply_override(data, a)
-    data["base_dir"] = str(p.resolve().parent)  # relative paths (workload.script, machine.preset) start here
+    data["base_dir"] = base_dir_of(path)
     return validate(data, str(p), resolve_code)
 
 

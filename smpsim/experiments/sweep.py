@@ -31,9 +31,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from smpsim.config import (Config, ConfigError, Report, apply_override, check_assignments, default_config_path,
-                           describe_error, dotted, parse_value, read_toml, set_key, split_assignment, to_toml,
-                           unknown_key, validate_report)
+from smpsim.config import (Config, ConfigError, Report, apply_override, base_dir_of, check_assignments,
+                           default_config_path, describe_error, dotted, parse_value, read_toml, set_key,
+                           split_assignment, to_toml, unknown_key, validate_report)
 from smpsim.inputs import cut, quote
 from smpsim.metrics import group
 from smpsim.trace.rundir import config_hash
@@ -173,7 +173,7 @@ def load_experiment(path: str | Path | None = None, overrides: list[str] | tuple
         except ConfigError as e:
             problems += [f"[sweep] {x}" for x in e.problems]
             del values[key]
-    points = _expand(data, mode, values, p, problems)
+    points = _expand(data, mode, values, base_dir_of(path), problems)
     report = None
     if report_table is not None:
         try:
@@ -234,7 +234,8 @@ def _parse_sweep(table: Any, sweep_sets: list[tuple[str, Any]], problems: list[s
     return mode, values
 
 
-def _expand(data: dict[str, Any], mode: str, values: dict[str, list], path: Path, problems: list[str]) -> list[Point]:
+def _expand(data: dict[str, Any], mode: str, values: dict[str, list], base_dir: str,
+            problems: list[str]) -> list[Point]:
     keys = list(values)
     combos = zip(*values.values()) if mode == "zip" else itertools.product(*values.values())
     points: list[Point] = []
@@ -244,7 +245,7 @@ def _expand(data: dict[str, Any], mode: str, values: dict[str, list], path: Path
         try:
             for key, value in zip(keys, combo):
                 set_key(d, key, value, "[sweep]")
-            d["base_dir"] = str(path.resolve().parent)  # relative paths (script, preset) start here
+            d["base_dir"] = base_dir
             cfg = Config.model_validate(d)
         except ConfigError as e:  # e.g. both machine and machine.cpus swept
             problems += [f"[sweep] {x}" for x in e.problems]
@@ -252,7 +253,7 @@ def _expand(data: dict[str, Any], mode: str, values: dict[str, list], path: Path
         except ValidationError as e:
             problems += [_problem(err, keys) for err in e.errors()]
             continue
-        cfg.base_dir = str(path.resolve().parent)
+        cfg.base_dir = base_dir
         point = Point(index, {k: _resolved(cfg, k) for k in keys}, cfg, config_hash(cfg))
         if point.hash in seen:
             problems.append(f"[sweep] points {seen[point.hash].index} and {index} are the same config "
