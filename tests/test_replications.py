@@ -46,6 +46,10 @@ def test_t_interval_and_the_log_scale_summary_of_ratios():
     m, lo, hi = mean_ci([1, 2, 3])
     assert m == 2 and hi - m == pytest.approx(4.302653 / math.sqrt(3), rel=1e-6) and m - lo == hi - m
     assert mean_ci([5.0]) == (5.0, None, None) and mean_ci([None, 4, 4]) == (4.0, 4.0, 4.0)
+    # seeds that agree give the value itself, not a mean with rounding noise (0.854 ±1.11e-16 was printed)
+    same = 7 / 8.197
+    assert mean_ci([same] * 5) == (same, same, same)
+    assert ratio_ci([same] * 5) == (same, same, same)
     # ratios multiply: 4x and 1/4x summarise to 1, and the interval of r is the inverse of that of 1/r
     c, lo, hi = ratio_ci([4.0, 0.25])
     assert c == pytest.approx(1.0)

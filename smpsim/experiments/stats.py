@@ -37,6 +37,8 @@ def mean_ci(values: Sequence[float | None]) -> Interval:
     m = math.fsum(xs) / len(xs)
     if len(xs) < 2:
         return m, None, None
+    if all(x == xs[0] for x in xs):  # every seed agrees: the interval is the value itself, not rounding noise
+        return xs[0], xs[0], xs[0]
     s = math.sqrt(math.fsum((x - m) ** 2 for x in xs) / (len(xs) - 1))
     half = _t(len(xs)) * s / math.sqrt(len(xs))
     return m, m - half, m + half
