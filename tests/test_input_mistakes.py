@@ -237,26 +237,34 @@ def _cpu_seconds(proc) -> float:
     return t.user + t.system
 
 
+def _busy_query(a_run, tmp: Path, smpsim_cmd, subprocess_env):
+    """`smpsim query` of a cross join with TMPDIR=tmp, returned once it runs: its spill directory exists and
+    DuckDB is burning CPU."""
+    import subprocess
+    import time
+
+    proc = subprocess.Popen([*smpsim_cmd, "query", a_run, SLOW], env={**subprocess_env,
+                            "TMPDIR": str(tmp)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not _spill_dirs(tmp) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    busy = _cpu_seconds(proc) + 0.5
+    while _cpu_seconds(proc) < busy and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return proc
+
+
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("signum, code, name", [(2, 130, "SIGINT"), (15, 143, "SIGTERM")])
 def test_a_signal_cancels_a_running_query(a_run, tmp_path, smpsim_cmd, subprocess_env, signum, code, name):
     """Before the fix, a cross join ran on after two SIGINTs (DuckDB holds the main thread until the query
     ends) and only SIGTERM stopped it, silently."""
-    import subprocess
     import time
 
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    proc = subprocess.Popen([*smpsim_cmd, "query", a_run, SLOW], env={**subprocess_env,
-                            "TMPDIR": str(tmp)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _busy_query(a_run, tmp, smpsim_cmd, subprocess_env)
     try:
-        # The query has started once its spill directory exists and DuckDB is burning CPU.
-        deadline = time.monotonic() + 30
-        while not _spill_dirs(tmp) and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        busy = _cpu_seconds(proc) + 0.5
-        while _cpu_seconds(proc) < busy and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
         assert proc.poll() is None, proc.communicate()
         sent = time.monotonic()
         proc.send_signal(signum)
@@ -269,6 +277,31 @@ def test_a_signal_cancels_a_running_query(a_run, tmp_path, smpsim_cmd, subproces
     assert err.startswith(f"error: query cancelled (interrupted by {name}); nothing was written"), err
     assert "Traceback" not in err and out == ""
     assert time.monotonic() - sent < 15
+    assert _spill_dirs(tmp) == []
+
+
+@pytest.mark.timeout(90)
+def test_the_spill_directory_of_a_killed_query_is_removed_by_the_next_command(a_run, tmp_path, smpsim_cmd,
+                                                                              subprocess_env):
+    """SIGKILL runs no clean-up: the directory is named after its process, and the next smpsim command that
+    finds that process gone removes it."""
+    import subprocess
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    proc = _busy_query(a_run, tmp, smpsim_cmd, subprocess_env)
+    try:
+        assert proc.poll() is None, proc.communicate()
+        proc.kill()
+        proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert len(_spill_dirs(tmp)) == 1
+    r = subprocess.run([*smpsim_cmd, "config", "check", "configs/default.toml"], env={**subprocess_env,
+                       "TMPDIR": str(tmp)}, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
     assert _spill_dirs(tmp) == []
 
 
@@ -322,3 +355,11 @@ def test_the_spill_directory_is_out_of_the_sandbox_s_reach(a_run, tmp_path, monk
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     err = user_error(invoke("query", a_run, sql.format(spill=tmp_path / "smpsim-query-x")))
     assert "disabled" in err or "locked" in err or "read-only" in err, err
+
+
+def test_a_token_file_that_is_not_text_is_named(tmp_path):
+    """Before: `internal error: UnicodeDecodeError` (exit 1)."""
+    bad = tmp_path / "token"
+    bad.write_bytes(b"\xff\xfe\x00bad")
+    err = user_error(invoke("cpu", "--coordinator", "tcp://127.0.0.1:1", "--cpu-id", "0", "--token-file", str(bad)))
+    assert f"--token-file {bad}: not a run token" in err and "UnicodeDecodeError" not in err

@@ -16,7 +16,7 @@ to ``memory_limit`` (a quarter of RAM by default), spilling what does not fit.
 
 from __future__ import annotations
 
-import tempfile
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -42,8 +42,13 @@ class QueryError(Exception):
 def spill_directory() -> Iterator[str]:
     """A private temporary directory for DuckDB to spill into, removed with everything in it at the end
     (close the connection first: DuckDB keeps its spill files open until then)."""
-    with tempfile.TemporaryDirectory(prefix="smpsim-query-") as d:
+    from smpsim.engines.distributed import sockdir  # named after this process: a SIGKILLed query's is removed later
+
+    d = sockdir.make("query")
+    try:
         yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def lock_down(tr: Trace, memory_limit: str | None = QUERY_MEMORY_LIMIT, spill_dir: str | None = None) -> None:

@@ -74,6 +74,9 @@ def read_token_file(path: Path) -> str:
         token = Path(path).read_text().strip()
     except OSError as e:
         raise SecurityError(f"--token-file {path}: cannot read it ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise SecurityError(f"--token-file {path}: not a run token (byte {e.start} is not UTF-8 text); give the "
+                            "file `smpsim coordinator --token-file` wrote") from None
     if not token:
         raise SecurityError(f"--token-file {path} is empty")
     return token

@@ -1,5 +1,5 @@
-"""Where `smpsim launch` (and each distributed sweep point) puts its ipc socket: a private temporary directory
-named after the process that owns it, so that one left by a process killed outright (SIGKILL runs no
+"""Where `smpsim launch` (and each distributed sweep point) puts its ipc socket, and `smpsim query` its
+spill files: a private temporary directory named after the process that owns it, so that one left by a process killed outright (SIGKILL runs no
 clean-up) is recognised and removed by the next smpsim command (clean_orphans)."""
 
 from __future__ import annotations
@@ -10,16 +10,17 @@ import shutil
 import stat
 import tempfile
 
-# smpsim-PID-XXXXXXXX (mkdtemp's 8 characters): short, for an ipc path is limited to 107 bytes
+# smpsim-PID-XXXXXXXX (mkdtemp's 8 characters): short, for an ipc path is limited to 107 bytes; another use
+# names itself before the pid (smpsim-query-PID-XXXXXXXX)
 _PREFIX = "smpsim-"
-_NAME = re.compile(re.escape(_PREFIX) + r"(\d+)-[a-z0-9_]{8}")
+_NAME = re.compile(re.escape(_PREFIX) + r"(?:[a-z]+-)?(\d+)-[a-z0-9_]{8}")
 
 
-def make() -> str:
+def make(use: str = "") -> str:
     """A new socket directory of this process, readable by its user only (mkdtemp makes it 0700: the
     socket's privacy rests on that). Orphans of earlier runs are removed first."""
     clean_orphans()
-    path = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-")
+    path = tempfile.mkdtemp(prefix=f"{_PREFIX}{use + '-' if use else ''}{os.getpid()}-")
     os.chmod(path, 0o700)
     return path
 
