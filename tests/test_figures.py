@@ -19,7 +19,7 @@ from cli_helpers import invoke, user_error
 from smpsim.analysis.figstyle import COLUMN, MIN_FONT, Bins, auto_bins, even_bins, parse_bins
 from smpsim.metrics import BY_KEY
 
-CPUS = (2, 8, 32, 64, 256)
+CPUS = (2, 8, 32, 64, 128, 256)  # configs/scaling.toml's crowd at the right end
 POLICIES = ("linux-2.4", "linux-2.6", "eager", "tlb-gen", "vmap-lazy")
 RUN_DIR_NAME = "20261207-093351-7c877175"  # what `smpsim run` names a run directory
 
@@ -83,6 +83,12 @@ def assert_legible(fig) -> None:
         e = t.get_window_extent(r)
         assert box.x0 - 1 <= e.x0 and e.x1 <= box.x1 + 1 and box.y0 - 1 <= e.y0 and e.y1 <= box.y1 + 1, \
             f"cut off: {t.get_text()!r}"
+    for ax in fig.axes:  # tick labels of one axis never run into each other ("64128256")
+        shown = {id(t) for t in texts(fig)}
+        labels = [t for t in ax.get_xticklabels() if id(t) in shown]
+        boxes = sorted((t.get_window_extent(r) for t in labels), key=lambda b: b.x0)
+        for a, b in zip(boxes, boxes[1:]):
+            assert a.x1 <= b.x0 + 0.5, f"x tick labels overlap in {ax.get_title()!r}"
     legends = list(fig.legends) + [ax.get_legend() for ax in fig.axes if ax.get_legend()]
     for lg in legends:
         e = lg.get_window_extent(r)
@@ -193,7 +199,7 @@ def test_x_is_the_key_asked_for_and_other_keys_make_the_lines():
     ax = fig.axes[0]
     assert ax.get_xlabel() == "policy.name"
     assert [t.get_text() for t in ax.get_xticklabels()] == list(POLICIES)  # categories, in sweep order
-    assert len(series(fig)) == 10 and all(line.get_linestyle() == "None" for line in series(fig).values())
+    assert len(series(fig)) == 2 * len(CPUS) and all(line.get_linestyle() == "None" for line in series(fig).values())
     with pytest.raises(ValueError, match="workload.pages: not a swept key"):
         sweep_figure(rows, params, "ipis_per_1000_kmaps", x="workload.pages")
 

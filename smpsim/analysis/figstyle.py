@@ -152,13 +152,19 @@ def time_axis(ax: Any, bins: "Bins") -> None:
     ax.set_xlabel(bins.time_label())
 
 
+CROWDED_CHARS = 8  # x tick labels longer than this in all are turned upright, so they cannot run together
+
+
 def ticks_at(ax: Any, axis: str, values: list[Any]) -> None:
     """Ticks at the swept values themselves when there are few of them."""
     vals = sorted(set(values))
     if len(vals) <= 10:
-        (ax.set_xticks if axis == "x" else ax.set_yticks)(vals, [fmt(v) for v in vals])
+        labels = [fmt(v) for v in vals]
+        (ax.set_xticks if axis == "x" else ax.set_yticks)(vals, labels)
         if axis == "x":
             ax.xaxis.set_minor_locator(_null())
+            if sum(map(len, labels)) > CROWDED_CHARS:  # 2 ... 256 CPUs ran together as "64128256" in a panel
+                ax.tick_params(axis="x", labelrotation=90)
 
 
 def _null():
