@@ -10,6 +10,7 @@ import resource
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -179,3 +180,24 @@ def test_the_open_files_asked_for_are_enough(soft, hard, tmp_path, private_tmp, 
                        capture_output=True, text=True, env=env, timeout=100, preexec_fn=_with_open_files(soft, hard))
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "ok"
+
+
+def test_a_zombie_owner_holds_no_socket_directory(private_tmp):
+    """A killed owner not yet reaped still answers kill(pid, 0); its directory is an orphan all the same."""
+    from smpsim.engines.distributed import sockdir
+
+    tmp, _ = private_tmp
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        d = tmp / f"smpsim-{child.pid}-abcdefgh"
+        d.mkdir()
+        assert sockdir._alive(child.pid)
+        child.kill()
+        wait_for(lambda: psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE, 10, "the child to be a zombie")
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(tempfile, "tempdir", str(tmp))
+            assert str(d) in sockdir.clean_orphans()
+        assert not d.exists()
+    finally:
+        child.kill()
+        child.wait(10)

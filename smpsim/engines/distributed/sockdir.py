@@ -32,7 +32,13 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:  # another user's process holds that pid now
         return True
-    return True
+    try:  # a zombie (killed, not yet reaped) answers kill(0) but holds no socket
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):
+        return True
 
 
 def clean_orphans() -> list[str]:
