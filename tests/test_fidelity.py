@@ -4,61 +4,24 @@ BUG()s, and replays of generated runs through an independent reference model (re
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from smpsim.config import validate
 from smpsim.engines.inline import run
 from smpsim.model.errors import DeadlockError, ModelError
 from smpsim.trace.reader import TruncatedRunWarning, open_run
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import reference_highmem as ref  # noqa: E402
+import reference_highmem as ref
+from script_helpers import A, C, K, U, run_script, script_cfg, scripts, write_script
 
 RING = ("kmap", "kunmap", "wrap", "flush", "wait", "wake")
 
 
 # ---- helpers ------------------------------------------------------------------------------------------
-
-def write_script(path: Path, ops: list) -> Path:
-    """ops: dicts (one JSON line each) or strings (written verbatim, e.g. comments)."""
-    path.write_text("".join((o if isinstance(o, str) else json.dumps(o)) + "\n" for o in ops))
-    return path
-
-
-def K(cpu, page):
-    return {"cpu": cpu, "op": "kmap", "page": page}
-
-
-def U(cpu, page):
-    return {"cpu": cpu, "op": "kunmap", "page": page}
-
-
-def A(cpu, page, n=4, write=False):
-    return {"cpu": cpu, "op": "access", "page": page, "n": n, "write": write}
-
-
-def C(cpu, cycles):
-    return {"cpu": cpu, "op": "compute", "cycles": cycles}
-
-
-def script_cfg(script: Path, cpus=1, ring=8, policy="linux-2.4", **machine):
-    return validate({"machine": {"cpus": cpus, "last_pkmap": ring, **machine}, "policy": {"name": policy},
-                     "workload": {"kind": "script", "script": str(script)}})
-
-
-def run_script(tmp_path: Path, ops: list, **kw):
-    cfg = script_cfg(write_script(tmp_path / "ops.jsonl", ops), **kw)
-    out = tmp_path / "run"
-    res = run(cfg, out)
-    assert res.summary["status"] == "ok"
-    return cfg, ref.load_events(out)
-
 
 def shape(events: list[dict]) -> list[tuple]:
     """The ring events in a compact form to compare with hand-written expectations."""
@@ -429,35 +392,6 @@ def test_replay_detects_a_wrong_slot(tmp_path):
 
 
 # ---- property: random small scripts ---------------------------------------------------------------------
-
-@st.composite
-def scripts(draw):
-    ncpu = draw(st.integers(1, 4))
-    ring = draw(st.one_of(st.integers(4, 6), st.integers(4, 16)))  # small rings wrap and fill up
-    policy = draw(st.sampled_from(ref.RING_POLICIES))
-    npages = draw(st.integers(2, 2 * ring + 4))
-    max_hold = draw(st.integers(1, 4))
-    ops = []
-    for cpu in range(ncpu):
-        held: list[int] = []
-        for _ in range(draw(st.integers(0, 30))):
-            choice = draw(st.sampled_from(["kmap", "kmap", "kmap", "kunmap", "kunmap", "access", "compute"]))
-            if choice == "kmap" and len(held) < max_hold:
-                p = draw(st.integers(0, npages - 1))
-                held.append(p)
-                ops.append(K(cpu, p))
-            elif choice in ("kmap", "kunmap") and held:
-                p = held.pop(draw(st.integers(0, len(held) - 1)))
-                ops.append(U(cpu, p))
-            elif choice == "access" and held:
-                ops.append(A(cpu, draw(st.sampled_from(held)), n=draw(st.integers(1, 4)),
-                             write=draw(st.booleans())))
-            else:
-                ops.append(C(cpu, draw(st.integers(0, 3000))))
-        if draw(st.booleans()):
-            ops += [U(cpu, p) for p in reversed(held)]
-    return ncpu, ring, policy, ops
-
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scripts())

@@ -17,8 +17,6 @@ happens inside it) is checked on the recorded trace.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -31,8 +29,7 @@ from smpsim.model.cpu import LOCAL_BASE
 from smpsim.model.events import to_record
 from smpsim.model.ring import PkmapRing
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import reference_highmem as ref  # noqa: E402
+import reference_highmem as ref
 
 
 class Violation(AssertionError):

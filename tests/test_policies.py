@@ -3,9 +3,7 @@ independent reference (reference_highmem.py), the stale oracle and the distribut
 
 from __future__ import annotations
 
-import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
@@ -14,9 +12,8 @@ from smpsim.engines import inline
 from smpsim.model import policies
 from smpsim.model.errors import DeadlockError
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import reference_highmem as ref  # noqa: E402
-from test_fidelity import A, C, K, U, run_script, write_script  # noqa: E402
+import reference_highmem as ref
+from script_helpers import A, C, K, U, run_script, write_script
 
 NEW = ("vmap-lazy", "tlb-gen", "latr")
 

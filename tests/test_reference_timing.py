@@ -4,8 +4,6 @@ cycle accounting (kmap cycles, lock waits, stalls, the time an IPI adds) and kma
 from __future__ import annotations
 
 import random
-import sys
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -16,9 +14,8 @@ from smpsim.engines.inline import run
 from smpsim.model import workloads
 from smpsim.model.tlb import Tlb
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import reference_highmem as ring_ref  # noqa: E402
-import reference_timing as ref  # noqa: E402
+import reference_highmem as ring_ref
+import reference_timing as ref
 
 
 # ---- the TLB on its own --------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ pkmap (or kmap_local) address; the deliberately broken policies do once slots ge
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,8 +11,7 @@ import pytest
 from smpsim.config import validate
 from smpsim.engines.inline import run
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import reference_highmem as ref  # noqa: E402
+import reference_highmem as ref
 
 WORKLOADS = ("uniform", "zipf", "stream", "shared", "pingpong", "script")
 
