@@ -94,6 +94,8 @@ def test_linux26_flushes_the_pkmap_range(tmp_path):
 @pytest.mark.parametrize("policy,ring,full", [
     ("linux-2.4", 8, True),     # flush_tlb_all: the whole TLB, background working set included
     ("linux-2.6", 8, False),    # 8 pages <= tlb_single_page_flush_ceiling (33): per-page INVLPG
+    ("linux-2.6", 33, False),   # exactly the ceiling: still per page
+    ("linux-2.6", 34, True),    # one page above it: a full flush
     ("linux-2.6", 64, True),    # 64 pages > 33: a full flush on every CPU
 ])
 def test_wrap_flush_extent(tmp_path, policy, ring, full):

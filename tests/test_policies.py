@@ -152,6 +152,31 @@ def test_latr_slots_wait_for_every_cpus_tick(tmp_path):
     assert st.frees == 2 and Counter(st.ticks_seen) == Counter(st.ticks_owed) == Counter(ticks)
 
 
+def test_latr_next_tick_is_strictly_after():
+    assert [policies.next_tick(t, 100) for t in (0, 1, 99, 100, 101, 250)] == [100, 100, 100, 200, 200, 300]
+
+
+def test_latr_wrap_exactly_on_a_tick_waits_for_the_next_one(tmp_path):
+    """The scenario above with the tick period set to the time of the first wrap's lazy flush: that flush
+    falls exactly on a tick, which is already past for it (the other CPU may have run it before the
+    flush), so its slots are invalidated at the next tick, one period later, and freed after it."""
+    ops = [x for p in range(1, 6) for x in (K(0, p), A(0, p), U(0, p))] + [C(1, 150000)]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    _, events = _script_run(tmp_path / "a", ops, 2, 4, name="latr", tick=100000)
+    t_wrap = next(e["t"] for e in events if e["ev"] == "flush" and e["scope"] == "lazy")
+    assert 0 < t_wrap < 50000
+    c, events = _script_run(tmp_path / "b", ops, 2, 4, name="latr", tick=t_wrap)
+    lazy = [e["t"] for e in events if e["ev"] == "flush" and e["scope"] == "lazy"]
+    ticks = [(e["cpu"], e["t"]) for e in events if e["ev"] == "flush" and e["scope"] == "tick"]
+    frees = [(e["t"], e["slots"]) for e in events if e["ev"] == "free"]
+    assert lazy[0] == t_wrap and ticks[0] == (1, 2 * t_wrap)
+    assert frees[0][1] == 3 and frees[0][0] >= 2 * t_wrap  # once kmap_lock is free after that tick
+    assert c["ipis"] == 0 and c["stale"] == 0
+    st = ref.replay(events, 4, "latr", 2, tick=t_wrap)
+    assert Counter(st.ticks_seen) == Counter(st.ticks_owed)
+
+
 def test_latr_deadlock_is_still_detected(tmp_path):
     """Sleepers with nothing to free them (every slot held) are still a deadlock, not a hang."""
     ops = [K(0, 1), K(0, 2), K(0, 3)]
