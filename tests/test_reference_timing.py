@@ -80,20 +80,20 @@ CASES = [  # (policy, workload, cpus, ring, nesting, background)
 ]
 
 
-def _cfg(policy, workload, cpus, ring, nesting, background, seed=3, **cost):
+def _cfg(policy, workload, cpus, ring, nesting, background, seed=3, think=700, **cost):
     return validate({"seed": seed, "machine": {"cpus": cpus, "last_pkmap": ring},
                      "tlb": {"entries": 16, "ways": 4, "background": background},
                      "policy": {"name": policy}, "cost": cost,
                      "workload": {"kind": workload, "kmaps_per_cpu": 60, "pages": 3 * ring, "nesting": nesting,
-                                  "hot_pages": max(4, ring // 2), "accesses_per_kmap": 3, "think": 700}})
+                                  "hot_pages": max(4, ring // 2), "accesses_per_kmap": 3, "think": think}})
 
 
-def _check(cfg, tmp_path):
+def _check(cfg, tmp_path, busy=None):
     res = run(cfg, tmp_path / "run")
     assert res.summary["status"] == "ok"
     ops = [list(workloads.build_cpu(cfg, c)[0]) for c in range(cfg.machine.cpus)]
     events = ring_ref.load_events(tmp_path / "run")
-    got = ref.check_run(cfg, ops, events)
+    got = ref.check_run(cfg, ops, events, busy)
     counters = res.summary["counters"]
     for k, v in got.items():
         assert counters[k] == v, f"{k}: summary {counters[k]}, reference {v}"
@@ -107,6 +107,23 @@ def test_every_figure_matches_the_references(case, tmp_path):
     assert c["kmaps"] == case[2] * 60 and c["tlb_hits"] + c["tlb_misses"] > 0
     if case[0] in ("no-ipi", "no-flush"):
         assert c["stale"] > 0, "the broken policy was chosen to use stale translations here"
+
+
+BUSY = [  # long computes between kmaps: IPIs find their targets computing, not spinning on the lock
+    ("linux-2.4", "uniform", 4, 16, 1, 32),
+    ("linux-2.6", "uniform", 4, 40, 1, 8),     # above the flush ceiling: full flushes
+    ("linux-2.6", "shared", 4, 16, 1, 8),      # INVLPG per page
+    ("eager", "pingpong", 4, 16, 1, 8),
+    ("no-ipi", "shared", 3, 16, 1, 8),
+]
+
+
+@pytest.mark.parametrize("case", BUSY, ids=["-".join(map(str, c)) for c in BUSY])
+def test_ipis_that_reach_a_computing_cpu(case, tmp_path):
+    busy: list[int] = []
+    res, _ = _check(_cfg(*case, think=20000), tmp_path, busy)
+    if case[0] != "no-ipi":
+        assert sum(busy) >= 5 and res.summary["counters"]["ipis"] > 0, busy
 
 
 def test_costs_other_than_the_defaults(tmp_path):
