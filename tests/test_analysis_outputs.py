@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from test_analysis import analyze_json, exported, invoke, make
+from analysis_helpers import analyze_json, exported, make
+from cli_helpers import invoke
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
