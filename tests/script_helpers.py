@@ -42,6 +42,16 @@ def script_cfg(script: Path, cpus=1, ring=8, policy="linux-2.4", cost=None, poli
                      "workload": {"kind": "script", "script": str(script)}})
 
 
+def shared_pages_script(tmp_path: Path, cpus: int) -> str:
+    """A script where CPUs share pages and reuse slots of a small ring; its path."""
+    ops = []
+    for r in range(6):
+        for c in range(cpus):
+            page = (r * 3 + c) % 7
+            ops += [K(c, page), A(c, page, n=2, write=c % 2 == 0), C(c, 300 + 50 * c), U(c, page), C(c, 700)]
+    return str(write_script(tmp_path / "script.jsonl", ops))
+
+
 def run_script(tmp_path: Path, ops: list, **kw):
     cfg = script_cfg(write_script(tmp_path / "ops.jsonl", ops), **kw)
     out = tmp_path / "run"

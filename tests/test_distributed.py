@@ -27,24 +27,9 @@ from proc_helpers import dealer
 from proc_helpers import hello as _hello
 from proc_helpers import wait_for as _wait_for
 from proc_helpers import ADDR, NS
+from script_helpers import shared_pages_script as _script
 
 POLICIES = ["linux-2.4", "linux-2.6", "eager", "kmap-local", "no-ipi", "no-flush"]
-
-
-def _script(tmp_path: Path, cpus: int) -> str:
-    """A script where CPUs share pages and reuse slots of a small ring."""
-    lines = []
-    for r in range(6):
-        for c in range(cpus):
-            page = (r * 3 + c) % 7
-            lines += [{"cpu": c, "op": "kmap", "page": page},
-                      {"cpu": c, "op": "access", "page": page, "n": 2, "write": c % 2 == 0},
-                      {"cpu": c, "op": "compute", "cycles": 300 + 50 * c},
-                      {"cpu": c, "op": "kunmap", "page": page},
-                      {"cpu": c, "op": "compute", "cycles": 700}]
-    path = tmp_path / "script.jsonl"
-    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    return str(path)
 
 
 def _cfg(tmp_path, policy, workload, cpus, kmaps=30, **extra):

@@ -13,7 +13,7 @@ from smpsim.model import policies
 from smpsim.model.errors import DeadlockError
 
 import reference_highmem as ref
-from script_helpers import A, C, K, U, run_script, write_script
+from script_helpers import A, C, K, U, run_script, shared_pages_script, write_script
 
 NEW = ("vmap-lazy", "tlb-gen", "latr")
 
@@ -217,9 +217,8 @@ def test_replay_agrees_with_reference(tmp_path, policy, kind, cpus, ring, nest):
 def test_distributed_engine_equals_inline(tmp_path, policy):
     """Ticks at fixed virtual times, lazy lists, purges and targeted IPIs: the same digest both ways."""
     from smpsim.engines.distributed.launch import run_distributed
-    from test_distributed import _script
     for kind, extra, transport, ring in (("shared", {}, "ipc", 16), ("uniform", {"active_cpus": 2}, "tcp", 16),
-                                         ("script", {"script": _script(tmp_path, 4)}, "ipc", 5)):
+                                         ("script", {"script": shared_pages_script(tmp_path, 4)}, "ipc", 5)):
         cfg = _cfg(policy, kind, cpus=4, ring=ring, kmaps=40, nesting=2, trace=False, workload=extra, tick=20000)
         want = inline.run(cfg).summary
         got = run_distributed(cfg, None, transport).summary
@@ -251,7 +250,7 @@ INVARIANT_CASES = [("tlb-gen", "shared", 4, 16, 1), ("tlb-gen", "uniform", 4, 10
 def test_section7_invariants_hold_at_every_step(policy, kind, cpus, ring, nest):
     """After every coordinator step, no CPU caches a slot at count 0 (or a stale frame of a slot in use)
     unless an invalidation on its way covers it: a tlb-gen IPI, or a latr lazy list due at a tick."""
-    from test_invariants import instrumented_run
+    from invariant_helpers import instrumented_run
     cfg = _cfg(policy, kind, cpus, ring, kmaps=100, nesting=nest, tick=20000)
     violations, tracked, events = instrumented_run(cfg, max_violations=20 if policy != "latr" else 1 << 30)
     if policy == "latr":  # a lazy list is no IPI under kmap_lock: it is due at the tick, after the lock
