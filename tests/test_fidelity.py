@@ -16,6 +16,7 @@ from smpsim.model.errors import DeadlockError, ModelError
 from smpsim.trace.reader import TruncatedRunWarning, open_run
 
 import reference_highmem as ref
+from registries import RING_POLICIES
 from script_helpers import A, C, K, U, run_script, script_cfg, scripts, write_script
 
 RING = ("kmap", "kunmap", "wrap", "flush", "wait", "wake")
@@ -416,3 +417,9 @@ def test_random_scripts_replay_identically(case):
             # Every sleeper is still asleep in the reference too: all of its slots are held.
             assert stats.sleeps > stats.slept_kmaps
             assert all(c >= 2 for c in stats.ref.pkmap_count)
+
+
+def test_the_reference_replays_every_ring_policy():
+    """reference_highmem.py declares what it knows by name (it imports nothing from the model): every built-in
+    policy whose kmaps reach the ring, so the random scripts above cover each."""
+    assert sorted(ref.RING_POLICIES) == sorted(RING_POLICIES)

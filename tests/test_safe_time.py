@@ -15,8 +15,8 @@ from smpsim.engines.inline import InlineEngine
 from smpsim.engines.recorder import Recorder
 from smpsim.model.errors import DeadlockError
 from smpsim.model.messages import Ipi
-from smpsim.model.policies import POLICIES
 
+from registries import RING_POLICIES  # kmap_local sends no IPI, and random scripts break its stack order
 from script_helpers import C, K, U, script_cfg, scripts, write_script
 
 
@@ -52,9 +52,6 @@ def early_ipis(cfg) -> tuple[list[str], int]:
         downs = engine.step()
         step += 1
 
-
-# kmap_local keeps a per-CPU stack the random scripts do not respect, and sends no IPI.
-RING_POLICIES = tuple(name for name, cls in POLICIES.items() if cls.uses_ring)
 
 COSTS = st.fixed_dictionaries({}, optional={
     "lock_acquire": st.sampled_from([0, 1, 50]),

@@ -12,8 +12,9 @@ from smpsim.config import validate
 from smpsim.engines.inline import run
 
 import reference_highmem as ref
+from registries import CORRECT_POLICIES, GENERATED_WORKLOADS
 
-WORKLOADS = ("uniform", "zipf", "stream", "shared", "pingpong", "script")
+WORKLOADS = (*GENERATED_WORKLOADS, "script")
 
 
 def _script(tmp_path: Path, ncpu: int) -> Path:
@@ -50,8 +51,7 @@ def _stale_events(run_dir: Path) -> list[dict]:
 
 
 @pytest.mark.parametrize("workload", WORKLOADS)
-@pytest.mark.parametrize("policy", ["linux-2.4", "linux-2.6", "eager", "kmap-local", "vmap-lazy", "tlb-gen",
-                                    "latr"])
+@pytest.mark.parametrize("policy", CORRECT_POLICIES)
 def test_correct_policies_never_use_a_stale_translation(tmp_path, policy, workload):
     cfg = _cfg(tmp_path, policy, workload)
     res = run(cfg, tmp_path / "run")
