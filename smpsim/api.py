@@ -7,6 +7,7 @@ run.summary["counters"]["ipis"]       # summary.json as a dict
 run.events                            # the trace as a pyarrow Table (docs/trace-format.md)
 run.sql("SELECT count(*) AS n FROM events WHERE ev = 'ipi'")   # DuckDB SQL -> pyarrow Table
 run.analyze()                         # the document of `smpsim analyze --json`
+run.path                              # the run directory (temporary unless ``out`` was given)
 smpsim.open_run("runs/...")           # a recorded run, the same object
 smpsim.sweep("configs/ring-size.toml")  # the results table of an experiment (pyarrow Table)
 ```
@@ -27,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from smpsim.config import Config, ConfigError, apply_override, default_config_path, validate
+from smpsim.engines.distributed.limits import ensure_open_files
 from smpsim.model.workloads import WorkloadError
 from smpsim.trace.errors import TraceError
-from smpsim.trace.rundir import CONFIG_NAME
+from smpsim.trace.rundir import CONFIG_NAME, LOCK_NAME
 
 # Mistakes that stop a run before it simulates anything: their run directory is not kept.
 _USER_MISTAKES = (ConfigError, WorkloadError, TraceError)
@@ -86,7 +88,7 @@ def load(config: ConfigSource = None, overrides: Overrides = None, *, engine: st
     path = Path(config) if config is not None else default_config_path()
     from smpsim.experiments.sweep import load_experiment
 
-    exp = load_experiment(path, sets)
+    exp = load_experiment(config, sets)  # None: the default config, its relative paths from the working directory
     n = len(exp.points)
     if point is None:
         if exp.values:
@@ -153,31 +155,37 @@ def run(config: ConfigSource = None, *, engine: str | None = None, overrides: Ov
 
 
 def run_config(cfg: Config, out: str | Path | None = None, *, runs_root: str | Path | None = None,
-               progress: Callable[[dict], None] | None = None, respawn=None) -> "Run":
+               progress: Callable[[dict], None] | None = None, respawn=None, wait: bool = False,
+               on_wait: Callable[[str], None] | None = None) -> "Run":
     """Run a resolved config into ``out``, or a new ``runs_root/<UTC time>-<hash>``, or a temporary
     directory. A run that fails before simulating (a bad script, an unusable directory) leaves no run
     directory behind. ``respawn``: the distributed engine's RespawnPolicy (default: replace lost CPU
-    processes)."""
+    processes). ``out`` is taken as smpsim.trace.rundir.claim_run_dir says: empty, or an unfinished run of
+    the same config; in use by another process, it is an error, or with ``wait`` waited for."""
     from smpsim.experiments.runner import run_config as run_engine
-    from smpsim.trace.rundir import create_run_dir, default_run_dir
+    from smpsim.trace.rundir import claim_run_dir, default_run_dir
 
     check_workload(cfg)
+    if cfg.run.engine == "distributed":
+        ensure_open_files(cfg.machine.cpus, "a distributed run")  # before the run directory: nothing ran
     tmp = None
     if out is not None:
         path = Path(out)
         created = not path.exists()
-        create_run_dir(path, cfg)
     elif runs_root is not None:
         path, created = default_run_dir(cfg, runs_root), True
     else:
         tmp = tempfile.TemporaryDirectory(prefix="smpsim-run-")
         path, created = Path(tmp.name), False
+    claimed = False
     try:
-        result = run_engine(cfg, path, progress, respawn=respawn)
+        with claim_run_dir(path, cfg, lock=out is not None, wait=wait, on_wait=on_wait):
+            claimed = True
+            result = run_engine(cfg, path, progress, respawn=respawn)
     except BaseException as e:
         if created and isinstance(e, _USER_MISTAKES) and not _recorded(path):
             shutil.rmtree(path, ignore_errors=True)  # failed before simulating: nothing to keep
-        else:
+        elif claimed:  # (not a directory refused, or waited for: that is another run's)
             e.run = Run(path, _tmp=tmp)  # type: ignore[attr-defined]
         raise
     return Run(path, result.summary, _tmp=tmp)
@@ -185,7 +193,7 @@ def run_config(cfg: Config, out: str | Path | None = None, *, runs_root: str | P
 
 def _recorded(path: Path) -> bool:
     """The run directory holds something besides its config.toml (a summary, trace parts, logs)."""
-    return any(p.is_file() and p.name != CONFIG_NAME for p in path.rglob("*"))
+    return any(p.is_file() and p.name not in (CONFIG_NAME, LOCK_NAME) for p in path.rglob("*"))
 
 
 def open_run(path: str | Path) -> "Run":
@@ -200,11 +208,28 @@ class Run:
     """A run directory: its summary, its events, SQL over them and the analysis."""
 
     def __init__(self, path: Path, summary: dict[str, Any] | None = None, *, _tmp: Any = None):
-        self.path, self._summary, self._tmp = Path(path), summary, _tmp
+        self._path, self._summary, self._tmp = Path(path), summary, _tmp
+
+    @property
+    def path(self) -> Path:
+        """The run directory: config.toml, summary.json, provenance.json, trace/ and logs/
+        (docs/trace-format.md). For a run made without ``out`` it is a temporary directory, removed by
+        ``close()``: copy what you need to keep, or pass ``out``."""
+        return self._path
 
     def __repr__(self) -> str:
+        """What ran and its headline in one line (a notebook shows this, not the events):
+        ``<smpsim.Run linux-2.4, uniform, 8 CPUs: ok; kmaps 8,000; IPIs per 1000 kmaps 1.024; ...>``."""
+        from smpsim.metrics import BY_KEY, facts_from_summary, fmt, headline
+
         s = self.summary
-        return f"<smpsim.Run {self.path} status={s.get('status')!r} digest={str(s.get('digest'))[:12]}>"
+        if not s:
+            return f"<smpsim.Run {self.path}: no summary (unfinished)>"
+        keys = ("kmaps", "ipis_per_1000_kmaps", "stall_per_flush")
+        values = headline(facts_from_summary(s), keys) if "counters" in s else {}
+        shown = "; ".join(BY_KEY[k].show(values.get(k)) for k in keys)
+        return (f"<smpsim.Run {s.get('policy')}, {s.get('workload')}, {fmt(s.get('cpus'))} CPUs: "
+                f"{s.get('status')}; {shown}; digest {str(s.get('digest'))[:12]}; {self.path}>")
 
     @property
     def summary(self) -> dict[str, Any]:
@@ -278,10 +303,13 @@ class SweepResult:
     rows: list[dict[str, Any]]
     params: list[str]
     paths: tuple[Path, Path]
-    ran: list[int]
-    skipped: list[int]
+    ran: list  # points run now: their indices; (point, seed) pairs when points run with several seeds
+    skipped: list  # the same, found finished
     total: int  # points in the experiment (more than rows when a shard ran)
     interrupted: int | None = None  # the signal that stopped the sweep (its points kept what they ran)
+    # Points run with several seeds: one row per (point, seed) and its table files (rows: their summary)
+    seed_rows: list[dict[str, Any]] | None = None
+    seed_paths: tuple[Path, Path] | None = None
 
     @property
     def table(self):
@@ -292,20 +320,29 @@ class SweepResult:
 
 def run_sweep(experiment: str | Path, overrides: Overrides = None, *, out: str | Path | None = None,
               jobs: int | None = None, shard: tuple[int, int] | None = None,
-              on_point: Callable[[int], None] = lambda total: None) -> SweepResult:
+              on_point: Callable[[int], None] = lambda total: None, wait: bool = False,
+              on_wait: Callable[[str], None] | None = None,
+              on_warning: Callable[[str], None] | None = None) -> SweepResult:
     """Run an experiment's points not yet finished under ``out`` (default ``runs/<experiment name>``),
     ``jobs`` at a time (default: the usable cores), and write its results table. ``on_point(total)`` after
-    each point (total: the points to run), first once the worker processes are forked."""
+    each point (total: the points to run), first once the worker processes are forked. One sweep (or shard)
+    per directory at a time: another holding it is an error, or with ``wait`` waited for (``on_wait(message)``
+    once). ``on_warning(message)``: a finished point run again because its trace did not read back whole
+    (default: a Python warning)."""
     import os
+    import warnings
 
     from smpsim.experiments.runner import run_sweep as run_points
     from smpsim.experiments.sweep import load_experiment
     from smpsim.extras import need
+    from smpsim.trace.rundir import LOCK_NAME, dir_lock
 
     for module in ("duckdb", "numpy"):  # the results table's figures: known before any point runs
         need(module)
     experiment = Path(experiment)
     exp = load_experiment(experiment, _override_strings(overrides))
+    if exp.replicated:
+        need("scipy")  # the intervals of points run with several seeds
     if jobs is None:
         jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     elif jobs < 1:
@@ -316,13 +353,20 @@ def run_sweep(experiment: str | Path, overrides: Overrides = None, *, out: str |
     except OSError as e:
         raise TraceError(f"{out}: cannot create the sweep directory: {e.strerror}") from None
     points = exp.shard(*shard) if shard else list(exp.points)
-    report = run_points(exp, points, out, jobs, lambda: on_point(len(points)))
-    from smpsim.experiments import results  # pyarrow and numpy start threads: not before forking the workers
-
-    rows = [results.row(pt, out / pt.name, report.errors.get(pt.index)) for pt in points]
+    runs = exp.runs(points)
     base = out / (f"results-shard-{shard[0]}-of-{shard[1]}" if shard else "results")
-    paths = results.write(rows, exp.keys, results.metadata(exp, shard), base)
-    return SweepResult(rows, exp.keys, paths, report.ran, report.skipped, len(exp.points), report.interrupted)
+    lock = out / (f".smpsim-shard-{shard[0]}-of-{shard[1]}.lock" if shard else LOCK_NAME)  # shards share out
+    with dir_lock(lock, wait, on_wait):
+        report = run_points(exp, runs, out, jobs, lambda: on_point(len(runs)),
+                            on_warning or (lambda message: warnings.warn(message, stacklevel=3)))
+        from smpsim.experiments import results  # pyarrow and numpy start threads: not before forking the workers
+
+        rows = [results.row(r, out / r.name, report.errors.get(r.hash), exp.replicated) for r in runs]
+        written = results.write(rows, exp.keys, results.metadata(exp, shard), base)
+    key = (lambda r: (r.index, r.seed)) if exp.replicated else (lambda r: r.index)
+    return SweepResult(written.rows, exp.keys, written.paths, [key(r) for r in report.ran],
+                       [key(r) for r in report.skipped], len(exp.points), report.interrupted, written.seed_rows,
+                       written.seed_paths)
 
 
 def sweep(experiment: str | Path, overrides: Overrides = None, *, out: str | Path | None = None,

@@ -6,6 +6,7 @@ user fixing a config file needs; hand-written checks would drift from the schema
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -55,6 +56,10 @@ class Tlb(_Strict):
         if self.ways > self.entries or self.entries % self.ways:
             raise ValueError(f"ways ({self.ways}) must divide entries ({self.entries})")
         return self
+
+
+# The clock the cycle costs assume (about 2.5 GHz): how figures show cycles as microseconds.
+CYCLES_PER_US = 2500
 
 
 class Cost(_Strict):
@@ -110,10 +115,16 @@ class Workload(_Strict):
     # Programs are streamed, so any length runs in the same memory; the bound only keeps values every
     # process and file format can carry (10**15 kmaps would take centuries).
     kmaps_per_cpu: int = Field(1000, ge=0, le=10**15, description="kmap/kunmap pairs per CPU")
+    # Scaled with the machine (None: not; kmaps_per_cpu and think are used as given). A sweep over
+    # machine.cpus keeps the total work and the offered load on kmap_lock fixed with them.
+    kmaps_total: int | None = Field(None, ge=0, le=10**15, description="kmap/kunmap pairs of the whole "
+                                    "machine: sets kmaps_per_cpu = kmaps_total // machine.cpus")
     accesses_per_kmap: int = Field(4, ge=1, description="access operations while a page is held")
     access_burst: int = Field(8, ge=1, description="accesses per access operation")
     hold: int = Field(200, ge=0, description="mean compute cycles between accesses while holding")
     think: int = Field(2000, ge=0, description="mean compute cycles between kmaps")
+    think_per_cpu: int | None = Field(None, ge=0, description="sets think = think_per_cpu * machine.cpus, "
+                                      "so the offered load on kmap_lock is the same at every CPU count")
     nesting: int = Field(1, ge=1, le=64, description="pages held at once")
     active_cpus: int | None = Field(None, ge=0, description="only CPUs 0..active_cpus-1 kmap; the others "
                                     "are idle (default: all)")
@@ -133,6 +144,13 @@ class Workload(_Strict):
                                            "a different file is refused)")
 
 
+# workload key -> (the key that sets it from the CPU count, how)
+SCALED_WITH_CPUS: dict[str, tuple[str, Any]] = {
+    "kmaps_per_cpu": ("kmaps_total", lambda total, cpus: total // cpus),
+    "think": ("think_per_cpu", lambda per_cpu, cpus: per_cpu * cpus),
+}
+
+
 class Trace(_Strict):
     enabled: bool = True
     part_events: int = Field(200_000, ge=1, description="events per Parquet part")
@@ -141,6 +159,11 @@ class Trace(_Strict):
 class Run(_Strict):
     engine: Literal["inline", "distributed"] = "inline"
     transport: Literal["ipc", "tcp"] = "ipc"
+
+
+# Keys that choose how a run is executed or recorded, not what is simulated: any value gives the same events
+# and digest (tests/test_determinism.py), so they never tell two runs' results apart (smpsim compare).
+NOT_SIMULATED = ("run.engine", "run.transport", "trace.part_events")
 
 
 class Config(_Strict):
@@ -168,6 +191,22 @@ class Config(_Strict):
             return data
         from smpsim import presets
         return {**data, "cost": {**presets.costs(name, data.get("base_dir")), **cost}}
+
+    @model_validator(mode="after")
+    def _scaled_with_cpus(self) -> "Config":
+        """kmaps_total and think_per_cpu set the per-CPU keys; a per-CPU key given as well must agree (a
+        resolved config.toml holds both)."""
+        w, n = self.workload, self.machine.cpus
+        for key, (scaled, derive) in SCALED_WITH_CPUS.items():
+            given = getattr(w, scaled)
+            if given is None:
+                continue
+            value = derive(given, n)
+            if key in w.model_fields_set and getattr(w, key) != value:
+                raise ValueError(f"workload.{key} = {getattr(w, key)} disagrees with workload.{scaled} "
+                                 f"(which makes it {value} at machine.cpus = {n}); give one of the two")
+            setattr(w, key, value)
+        return self
 
     @model_validator(mode="after")
     def _policy_resolves(self, info: ValidationInfo) -> "Config":
@@ -420,9 +459,30 @@ def check_assignments(overrides: list[str] | tuple[str, ...], config: str | Path
         split_assignment(a, config)
 
 
+# Keys whose value names a file. In a config file a relative path starts at the file's folder; given on a
+# command line (--set, overrides), it starts where the user typed it, as any shell argument does.
+PATH_KEYS = ("policy.name", "workload.script", "workload.trace", "workload.generator", "machine.preset")
+
+
 def apply_override(data: dict[str, Any], assignment: str) -> None:
     key, text = split_assignment(assignment)
-    set_key(data, key, parse_value(text, key))
+    value = parse_value(text, key)
+    set_key(data, key, cwd_relative(key, value) if key in PATH_KEYS else value)
+
+
+def cwd_relative(key: str, value: Any) -> Any:
+    """A relative file named by a command-line value, made absolute against the working directory; names
+    (a built-in policy or preset, a module spec) are left as they are."""
+    if not isinstance(value, str) or not value:
+        return value
+    from smpsim.usercode import absolute, is_file_target, is_spec
+    if is_spec(value):
+        return absolute(value)
+    if key == "machine.preset" and not is_file_target(value) and not value.endswith(".toml"):
+        return value  # a built-in preset's name
+    if key in ("policy.name", "workload.generator"):
+        return value  # a registered name, not a file
+    return str(Path(value).expanduser().absolute())
 
 
 def set_key(data: dict[str, Any], key: str, value: Any, source: str = "--set") -> None:
@@ -477,6 +537,13 @@ def default_config_path() -> Path:
     raise ConfigError("default config", ["configs/default.toml not found"])
 
 
+def base_dir_of(path: str | Path | None) -> str:
+    """Where a config's relative paths (workload.script, machine.preset, a policy file) start: its file's
+    folder; for the default config (path None), the working directory, as it names no file itself and a
+    path given with --set is the user's."""
+    return str(Path(path).resolve().parent) if path is not None else os.getcwd()
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
                 resolve_code: bool = True) -> Config:
     """Read a TOML config (the default one when path is None), apply --set overrides, validate."""
@@ -487,12 +554,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     data.pop("report", None)  # how smpsim sweep compares the points: nothing a run uses
     for a in overrides:
         apply_override(data, a)
-    data["base_dir"] = str(p.resolve().parent)  # relative paths (workload.script, machine.preset) start here
+    data["base_dir"] = base_dir_of(path)
     return validate(data, str(p), resolve_code)
 
 
-def to_toml(cfg: Config) -> str:
-    """The resolved config as TOML, every default filled in (written to each run directory)."""
+def to_toml(cfg: Config, per_point: bool = False) -> str:
+    """The resolved config as TOML, every default filled in (written to each run directory).
+    ``per_point``: it stands for every point of a sweep, so a key set from the CPU count
+    (SCALED_WITH_CPUS) is a comment, the value at this point's count."""
     data = cfg.model_dump(mode="json", exclude_none=True)
     lines: list[str] = []
     for k, v in data.items():
@@ -501,7 +570,12 @@ def to_toml(cfg: Config) -> str:
     for k, v in data.items():
         if isinstance(v, dict):
             lines.append(f"\n[{k}]")
-            lines += [f"{kk} = {_toml_value(vv)}" for kk, vv in v.items()]
+            for kk, vv in v.items():
+                scaled = SCALED_WITH_CPUS.get(kk, ("",))[0] if k == "workload" else ""
+                if per_point and scaled in v:
+                    lines.append(f"# {kk} = {_toml_value(vv)}    # from {scaled} at this point's machine.cpus")
+                else:
+                    lines.append(f"{kk} = {_toml_value(vv)}")
     return "\n".join(lines) + "\n"
 
 

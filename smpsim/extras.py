@@ -9,7 +9,8 @@ from __future__ import annotations
 import importlib.util
 
 # Importable module -> the extra that installs it.
-EXTRA_OF = {"duckdb": "analysis", "numpy": "analysis", "matplotlib": "analysis", "hypothesis": "analysis"}
+EXTRA_OF = {"duckdb": "analysis", "numpy": "analysis", "matplotlib": "analysis", "hypothesis": "analysis",
+            "pandas": "analysis", "scipy": "analysis"}
 
 
 class MissingExtra(ImportError):

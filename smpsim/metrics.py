@@ -58,6 +58,18 @@ class Metric:
     saving: tuple[str, str, str] | None = None
     always: bool = True
     ratio_column: bool = False  # results.csv has KEY_ratio: the value over its baseline's
+    unit: str = ""  # of the value, for axes and inline text ("cycles"); a fraction's is "%"
+
+    @property
+    def axis_label(self) -> str:
+        """The label with its unit, as a figure's axis shows it: "initiator stall per flush (cycles)"."""
+        unit = "%" if self.kind == "fraction" else self.unit
+        return f"{self.label} ({unit})" if unit and f"({unit})" not in self.label else self.label
+
+    def show(self, v: Any) -> str:
+        """The label, the value and its unit: "initiator stall per flush 12,345 cycles"."""
+        unit = f" {self.unit}" if self.unit and v is not None and f"({self.unit})" not in self.label else ""
+        return f"{self.label} {fmt(v, self.kind)}{unit}"
 
 
 def _c(key: str) -> Callable[[Facts], Any]:
@@ -81,17 +93,18 @@ METRICS: tuple[Metric, ...] = (
     Metric("stall_cycles", "initiator stall (cycles)", "count", _c("stall_cycles")),
     Metric("stall_per_1000_kmaps", "initiator stall per 1000 kmaps", "number",
            lambda f: per_1000(f["counters"]["stall_cycles"], f["counters"]["kmaps"]),
-           saving=("initiator stall", "less", "more"), ratio_column=True),
+           saving=("initiator stall", "less", "more"), ratio_column=True, unit="cycles"),
     Metric("stall_per_flush", "initiator stall per flush", "number",
-           lambda f: ratio(f["counters"]["stall_cycles"], f["counters"]["flushes"], digits=1), ratio_column=True),
-    Metric("stall_p99_cycles", "initiator stall p99", "count", lambda f: _dist(f, "stall", "p99")),
+           lambda f: ratio(f["counters"]["stall_cycles"], f["counters"]["flushes"], digits=1), ratio_column=True,
+           unit="cycles"),
+    Metric("stall_p99_cycles", "initiator stall p99", "count", lambda f: _dist(f, "stall", "p99"), unit="cycles"),
     Metric("kmap_mean_cycles", "mean kmap latency (cycles)", "number",
            lambda f: ratio(f["counters"]["kmap_cycles"], f["counters"]["kmaps"], digits=1),
-           saving=("mean kmap latency", "lower", "higher"), ratio_column=True),
+           saving=("mean kmap latency", "lower", "higher"), ratio_column=True, unit="cycles"),
     Metric("kmap_p99_cycles", "kmap latency p99", "count", lambda f: _dist(f, "kmap_latency", "p99"),
-           ratio_column=True),
+           ratio_column=True, unit="cycles"),
     Metric("lock_wait_mean_cycles", "mean kmap_lock wait", "number",
-           lambda f: ratio(f["counters"]["lock_wait_cycles"], f["counters"]["kmaps"], digits=1)),
+           lambda f: ratio(f["counters"]["lock_wait_cycles"], f["counters"]["kmaps"], digits=1), unit="cycles"),
     Metric("lock_utilisation", "kmap_lock utilisation", "fraction",
            lambda f: (f.get("kmap_lock") or {}).get("utilisation")),
     Metric("tlb_hit_rate", "TLB hit rate", "fraction",
@@ -100,7 +113,7 @@ METRICS: tuple[Metric, ...] = (
            lambda f: _per_cpu_mean(f, "flush_misses"), saving=("TLB refills after flushes", "fewer", "more"),
            always=False, ratio_column=True),
     Metric("flush_miss_cycles_per_cpu", "flush-induced miss cycles per CPU", "number",
-           lambda f: _per_cpu_mean(f, "flush_miss_cycles")),
+           lambda f: _per_cpu_mean(f, "flush_miss_cycles"), unit="cycles"),
     Metric("sleeps", "sleeps on pkmap_map_wait", "count", _c("sleeps"),
            saving=("sleeps on pkmap_map_wait", "fewer", "more"), always=False),
     Metric("stale", "stale uses", "count", _c("stale"),
@@ -128,12 +141,76 @@ def headline(facts: Facts, keys: tuple[str, ...] | None = None) -> dict[str, Any
 def facts_from_summary(summary: dict[str, Any], kmap_latency: dict | None = None,
                        stall: dict | None = None) -> Facts:
     return {"counters": summary["counters"], "per_cpu": summary.get("per_cpu") or [],
-            "kmap_latency": kmap_latency, "stall": stall, "kmap_lock": summary.get("kmap_lock")}
+            "kmap_latency": kmap_latency, "stall": stall, "kmap_lock": summary.get("kmap_lock"),
+            "pkmap_map_wait": summary.get("pkmap_map_wait")}
 
 
 def facts_from_analysis(a: dict[str, Any]) -> Facts:
     """The facts out of ``smpsim analyze``'s dict (smpsim.analysis.metrics.analyze)."""
     return facts_from_summary(a, a["kmaps"]["latency"], a["shootdowns"]["stall"])
+
+
+# ------------------------------------------------------------------------------------------- confounders
+
+# Above these a run's kmap latency (and every saving computed from it) measures something besides the
+# flush: kmap_lock held more than half the time means a kmap mostly queues for it (an M/D/1-like queue's
+# wait grows as rho / (1 - rho), past the hold time itself at rho = 0.5+); more than half of the total kmap
+# latency spent asleep on pkmap_map_wait means the ring ran out of free slots, not the flush, set it.
+LOCK_BOUND = 0.5
+SLEEP_BOUND = 0.5
+
+
+def asleep_share(f: Facts) -> float | None:
+    """Time asleep on pkmap_map_wait (summary.json's pkmap_map_wait.asleep_cycles) over the total kmap
+    latency; None without them."""
+    asleep = (f.get("pkmap_map_wait") or {}).get("asleep_cycles")
+    return ratio(asleep, f["counters"].get("kmap_cycles"), digits=4)
+
+
+@dataclass(frozen=True)
+class Confounder:
+    key: str     # summary.json's confounders[].kind
+    mark: str    # what every summary, saving line and table row involving such a run says
+    what: str    # the measure, for the summary: "kmap_lock utilisation"
+    value: Callable[[Facts], float | None]
+    bound: float
+
+
+CONFOUNDERS: tuple[Confounder, ...] = (
+    Confounder("lock_bound", "lock-bound: includes queueing for kmap_lock", "kmap_lock utilisation",
+               lambda f: (f.get("kmap_lock") or {}).get("utilisation"), LOCK_BOUND),
+    Confounder("sleep_bound", "sleep-bound: mostly time asleep on pkmap_map_wait",
+               "share of kmap latency asleep", asleep_share, SLEEP_BOUND),
+)
+
+
+def confounders(facts: Facts) -> list[dict[str, Any]]:
+    """The confounders of one run: [{kind, mark, value, bound}] for each measure above its bound."""
+    out = []
+    for c in CONFOUNDERS:
+        try:
+            v = c.value(facts)
+        except (KeyError, TypeError):
+            v = None
+        if v is not None and v > c.bound:
+            out.append({"kind": c.key, "mark": c.mark, "value": v, "bound": c.bound})
+    return out
+
+
+def confounder_note(c: dict[str, Any]) -> str:
+    """"kmap_lock utilisation 99.8%, above 50%": the measure behind one confounder."""
+    what = {x.key: x.what for x in CONFOUNDERS}[c["kind"]]
+    return f"{what} {fmt(c['value'], 'fraction')}, above {fmt(c['bound'], 'fraction')}"
+
+
+def confounder_text(found: list[dict[str, Any]]) -> str:
+    """"lock-bound: includes queueing for kmap_lock (kmap_lock utilisation 99.8%, above 50%)"; "" for none."""
+    return "; ".join(f"{c['mark']} ({confounder_note(c)})" for c in found)
+
+
+def marks(found: list[dict[str, Any]]) -> str:
+    """The marks alone, for a table cell: "lock-bound: includes queueing for kmap_lock"; "" for none."""
+    return "; ".join(c["mark"] for c in found)
 
 
 # ------------------------------------------------------------------------------------------- formatting
@@ -168,35 +245,65 @@ def fmt_metric(key: str, v: Any) -> str:
 
 def fmt_times(r: float | None) -> str:
     """A ratio as "1,143x", "40x", "2.5x", "0.125x"; "-" for none."""
-    if r is None:
-        return "-"
-    if r >= 9.95:
-        return f"{r:,.0f}x"
-    return f"{r:.3g}x"
+    return "-" if r is None else _times(r) + "x"
+
+
+def _times(r: float) -> str:
+    return f"{r:,.0f}" if r >= 9.95 else f"{r:.3g}"
+
+
+def _pct(p: float) -> str:
+    return f"{p:.0f}" if abs(p) >= 10 else f"{p:.2g}"
+
+
+# A summarised per-seed ratio (value / baseline's, paired by seed): (centre, CI low, CI high, seeds); the
+# bounds None with one seed. smpsim.experiments.stats makes them.
+RatioCI = tuple[float, float | None, float | None, int]
 
 
 # ------------------------------------------------------------------------------------------- the saving line
 
-def _change(m: Metric, v: Any, base: Any) -> str | None:
+def _change(m: Metric, v: Any, base: Any, ci: RatioCI | None = None) -> str | None:
     """One item of a saving line: "1,143x fewer IPIs", "12% more initiator stall", "0 vs 12 stale uses";
-    None when equal (said apart) or not comparable."""
+    None when equal (said apart) or not comparable. With ``ci`` (several seeds; v and base their means) the
+    factor is the summarised per-seed ratio, followed by its interval: "1,143x fewer IPIs (95% CI
+    1,101–1,186; 5 seeds)"."""
     if not isinstance(v, (int, float)) or not isinstance(base, (int, float)):
         return None
     noun, less, more = m.saving  # type: ignore[misc]
-    if v == base:
+    if v == base and (ci is None or ci[1] == ci[2]):
         return None
     if v == 0 or base == 0:
         return f"{fmt(v, m.kind)} vs {fmt(base, m.kind)} {m.label}"
-    word, big = (less, base / v) if v < base else (more, v / base)
+    r, lo, hi, n = ci if ci is not None else (v / base, None, None, 1)
+    bounds = None if lo is None or hi is None or lo <= 0 else (lo, hi)
+    if r < 1:  # shown as the baseline over this run: "40x less"
+        word, big = less, (1 / r if ci is not None else base / v)
+        bounds = bounds and (1 / bounds[1], 1 / bounds[0])
+    else:
+        word, big = more, (r if ci is not None else v / base)
+
+    def pct(x: float) -> float:  # x: the factor as shown; one seed: exactly |v - base| / base
+        if ci is None:
+            return 100 * abs(v - base) / base
+        return 100 * (1 - 1 / x) if word == less else 100 * (x - 1)
+
     if big >= 2:
-        return f"{fmt_times(big)} {word} {noun}"
-    pct = 100 * abs(v - base) / base
-    return f"{pct:.0f}% {word} {noun}" if pct >= 10 else f"{pct:.2g}% {word} {noun}"
+        text = f"{fmt_times(big)} {word} {noun}"
+        ends = bounds and (_times(bounds[0]), _times(bounds[1]), "")
+    else:
+        text = f"{_pct(pct(big))}% {word} {noun}"
+        ends = bounds and (_pct(pct(bounds[0])), _pct(pct(bounds[1])), "%")
+    if ci is not None and ends:
+        text += (f" (the same in all {n} seeds)" if ends[0] == ends[1]
+                 else f" (95% CI {ends[0]}–{ends[1]}{ends[2]}; {n} seeds)")
+    return text
 
 
-def saving(values: dict[str, Any], base: dict[str, Any]) -> str:
+def saving(values: dict[str, Any], base: dict[str, Any], cis: dict[str, RatioCI] | None = None) -> str:
     """The comparison of one run's headline values with its baseline's, in one phrase:
-    "1,143x fewer IPIs, 40x less initiator stall, 46x lower mean kmap latency"."""
+    "1,143x fewer IPIs, 40x less initiator stall, 46x lower mean kmap latency". ``cis``: per metric key,
+    the summarised per-seed ratio of a point run with several seeds (values and base then hold means)."""
     items, same = [], []
     for m in METRICS:
         if m.saving is None:
@@ -204,7 +311,7 @@ def saving(values: dict[str, Any], base: dict[str, Any]) -> str:
         v, b = values.get(m.key), base.get(m.key)
         if not m.always and not v and not b:
             continue
-        text = _change(m, v, b)
+        text = _change(m, v, b, (cis or {}).get(m.key))
         if text is not None:
             items.append(text)
         elif v == b and v is not None:
@@ -238,6 +345,8 @@ def run_summary_rows(summary: dict[str, Any], run_dir: Any, policy: str | None =
         rows += [("policy", str(policy)), ("CPUs", fmt(cpus)), ("workload", str(workload))]
     values = headline(facts_from_summary(summary), RUN_SUMMARY) if "counters" in summary else {}
     rows += [(BY_KEY[k].label, fmt_metric(k, values.get(k))) for k in RUN_SUMMARY]
+    if summary.get("confounders"):  # the headline numbers measure more than the flush: say so next to them
+        rows.append(("confounded", confounder_text(summary["confounders"])))
     rows.append(("digest", str(summary.get("digest", "-"))))
     faults = summary.get("faults")
     if faults:  # e.g. a CPU process replaced: the run is ok, but the user should know it happened
@@ -320,9 +429,12 @@ def group(params: list[dict[str, Any]], baseline: dict[str, Any], by: list[str],
     return list(groups.values()), problems
 
 
-def saving_lines(labels: list[str], values: list[dict[str, Any]], groups: list[Group]) -> list[dict[str, Any]]:
+def saving_lines(labels: list[str], values: list[dict[str, Any]], groups: list[Group],
+                 marks: list[str] | None = None, cis: list[dict[str, RatioCI]] | None = None) -> list[dict[str, Any]]:
     """One line per run that is not a baseline, group by group: {run, baseline, group, text}, text being
-    "linux-2.4 vs eager (shared): 1,143x fewer IPIs, 40x less initiator stall, 46x lower mean kmap latency"."""
+    "linux-2.4 vs eager (shared): 1,143x fewer IPIs, 40x less initiator stall, 46x lower mean kmap latency".
+    marks[i]: run i's confounder marks ("" for none), said after the line with the run they concern;
+    cis[i]: run i's summarised per-seed ratios over its baseline (points run with several seeds)."""
     out = []
     for g in groups:
         if g.base is None:
@@ -331,6 +443,19 @@ def saving_lines(labels: list[str], values: list[dict[str, Any]], groups: list[G
             if i == g.base:
                 continue
             where = f" ({g.label})" if g.values else ""
-            out.append({"run": i, "baseline": g.base, "group": g.label,
-                        "text": f"{labels[i]} vs {labels[g.base]}{where}: {saving(values[i], values[g.base])}"})
+            text = f"{labels[i]} vs {labels[g.base]}{where}: {saving(values[i], values[g.base], cis and cis[i])}"
+            if marks:
+                text += confounded_suffix({labels[i]: marks[i], labels[g.base]: marks[g.base]})
+            out.append({"run": i, "baseline": g.base, "group": g.label, "text": text})
     return out
+
+
+def confounded_suffix(marks_by_label: dict[str, str]) -> str:
+    """"; lock-bound: includes queueing for kmap_lock (eager)" for the runs of a line that carry a mark
+    ("(both)" when every one does); "" when none."""
+    by_mark: dict[str, list[str]] = {}
+    for label, text in marks_by_label.items():
+        for mark in filter(None, text.split("; ")):
+            by_mark.setdefault(mark, []).append(label)
+    return "".join(f"; {mark} ({'both' if len(who) == len(marks_by_label) > 1 else ', '.join(who)})"
+                   for mark, who in by_mark.items())

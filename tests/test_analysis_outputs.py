@@ -260,6 +260,27 @@ def test_compare_finds_the_runs_of_a_sweep_directory(runs, tmp_path):
     assert [x["policy"] for x in json.loads(r.stdout)["runs"]] == ["no-ipi", "linux-2.4", "eager", "kmap-local"]
 
 
+def test_compare_does_not_call_the_engine_a_difference(runs, tmp_path):
+    """The same config on the distributed engine (another transport, other part sizes) gives the same
+    digest: compare shows no engine column or label, and says the runs do not differ."""
+    import smpsim
+    from test_analysis import CONFIGS
+
+    dist = tmp_path / "again"
+    cfg = {**CONFIGS["eager"], "trace": {"part_events": 5000}, "run": {"engine": "distributed", "transport": "tcp"}}
+    smpsim.run(cfg, out=dist).close()
+    assert smpsim.open_run(dist).summary["digest"] == smpsim.open_run(runs["eager"]).summary["digest"]
+    r = invoke("compare", runs["linux-2.4"], runs["eager"], dist, "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["varying"] == ["policy.name"]
+    assert [x["params"] for x in doc["runs"]] == [{"policy.name": p} for p in ("linux-2.4", "eager", "eager")]
+    r = invoke("compare", runs["eager"], dist)
+    assert r.exit_code == 0, r.output
+    assert not re.search(r"engine|transport|inline|distributed|part_events", r.stdout), r.stdout
+    assert "the same for every run" in r.stdout
+
+
 def test_compare_errors(runs, tmp_path):
     r = invoke("compare", runs["eager"])
     assert r.exit_code == 2 and "at least two runs" in r.stderr

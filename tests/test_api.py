@@ -150,3 +150,19 @@ def test_the_readme_example_names_only_real_api():
                  and getattr(n.func.value, "id", None) == "smpsim"):
         params = inspect.signature(getattr(smpsim, call.func.attr)).parameters
         assert {k.arg for k in call.keywords} <= set(params), call.func.attr
+
+
+def test_a_run_in_a_notebook_prints_one_line_and_gives_its_events_to_pandas():
+    import pandas as pd
+
+    with smpsim.run(SMALL, overrides={"policy.name": "eager"}) as run:
+        c = run.summary["counters"]
+        text = repr(run)
+        assert text.startswith("<smpsim.Run eager, shared, 3 CPUs: ok; ") and "\n" not in text
+        assert f"kmaps {c['kmaps']:,}" in text and str(run.path) in text and run.summary["digest"][:12] in text
+        assert len(text) < 250 and "seq" not in text  # a summary, not the columns
+        df = run.events.to_pandas()
+        assert isinstance(df, pd.DataFrame) and len(df) == run.summary["events"]
+        assert int((df["ev"] == "ipi").sum()) == c["ipis"] and list(df["seq"]) == list(range(len(df)))
+        assert (run.path / "summary.json").is_file()
+    assert "run directory" in smpsim.Run.path.__doc__

@@ -97,3 +97,14 @@ def test_real_calibration_writes_a_loadable_preset(smpsim_cmd, subprocess_env, t
                           text=True, env=subprocess_env, timeout=60)
     assert show.returncode == 0, show.stderr
     assert f"ipi_latency = {lat['value']}" in show.stdout.splitlines()
+
+
+def test_calibrate_never_writes_over_an_existing_out_file(smpsim_cmd, subprocess_env, tmp_path):
+    """Checked before anything is measured, so it holds without root or tracefs too."""
+    out = tmp_path / "mine.toml"
+    out.write_text("# the user's own notes\n")
+    p = subprocess.run([*smpsim_cmd, "calibrate", "--out", str(out)], capture_output=True, text=True,
+                       env=subprocess_env, timeout=60)
+    assert p.returncode == 2, p.stderr
+    assert f"--out {out}: exists" in p.stderr and "Traceback" not in p.stderr
+    assert out.read_text() == "# the user's own notes\n"

@@ -28,6 +28,28 @@ def test_default_config_is_the_packaged_one_and_valid():
     assert (cfg.workload.pages, cfg.machine.ring_size) == (8192, 256)
 
 
+def test_a_path_set_on_the_default_config_is_relative_to_the_working_directory(tmp_path, monkeypatch):
+    """`smpsim run --set policy.name=mine.py:Mine` (no config file; api.load) finds mine.py where the user
+    is, not in the folder of the packaged default config; `config show` (load_experiment) likewise."""
+    from smpsim import api
+    from smpsim.experiments.sweep import load_experiment
+
+    (tmp_path / "mine.py").write_text("from smpsim import Policy\n\nclass Mine(Policy):\n    name = 'mine'\n")
+    (tmp_path / "ops.jsonl").write_text('{"cpu": 0, "op": "kmap", "page": 1}\n')
+    preset = next((ROOT / "smpsim" / "presets").glob("*.toml"))  # as `smpsim calibrate --out host.toml` writes
+    (tmp_path / "host.toml").write_text(preset.read_text())
+    monkeypatch.chdir(tmp_path)
+    sets = ["policy.name=mine.py:Mine", "workload.kind=script", "workload.script=ops.jsonl",
+            "machine.preset=host.toml"]
+    for cfg in (load_config(None, sets), load_experiment(None, sets).points[0].cfg, api.load(None, sets)):
+        assert cfg.base_dir == str(tmp_path)
+        assert cfg.policy.sha256 is not None and cfg.workload.sha256 is not None
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(ConfigError) as e:  # a config file's own folder still wins
+        load_config(write(tmp_path / "sub", ""), sets[:1])
+    assert "file not found" in str(e.value) and str(tmp_path / "sub" / "mine.py") in str(e.value)
+
+
 def test_unknown_key_names_dotted_path(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config(write(tmp_path, "[machine]\ncpu = 4\n"))
@@ -118,3 +140,18 @@ def test_to_toml_round_trips():
     cfg = load_config(None, ["workload.kind=script", "workload.script=ops.jsonl"])
     again = validate(tomllib.loads(to_toml(cfg)))
     assert again == Config.model_validate(cfg.model_dump())
+
+
+def test_a_relative_file_given_with_set_starts_at_the_working_directory(tmp_path, monkeypatch):
+    """A file named on the command line is where the user typed it, not beside the default config."""
+    from smpsim.config import load_config
+
+    (tmp_path / "mypolicy.py").write_text("import smpsim\n\nclass Mine(smpsim.Policy):\n    pass\n")
+    (tmp_path / "ops.jsonl").write_text('{"cpu": 0, "ops": []}\n')
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(None, ["policy.name=mypolicy.py:Mine", "workload.script=ops.jsonl"])
+    assert cfg.policy.name == f"{tmp_path / 'mypolicy.py'}:Mine"
+    assert cfg.workload.script == str(tmp_path / "ops.jsonl")
+    # names stay names
+    cfg = load_config(None, ["policy.name=eager", "machine.preset=kvm-guest"])
+    assert (cfg.policy.name, cfg.machine.preset) == ("eager", "kvm-guest")

@@ -26,7 +26,7 @@ def test_compose_file_matches_the_compose_spec():
 
 def test_compose_check_can_fail(tmp_path):
     bad = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
-    bad["services"]["cpu"]["comand"] = ["cpu"]  # a typo in a key
+    bad["services"]["cpu-0"]["comand"] = ["cpu"]  # a typo in a key
     (tmp_path / "compose.yaml").write_text(yaml.safe_dump(bad))
     assert _check_compose(tmp_path / "compose.yaml").returncode != 0
 
@@ -76,8 +76,29 @@ def test_manifests_agree_on_cpus_and_address():
 
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     ccmd = compose["services"]["coordinator"]["command"]
-    assert compose["services"]["cpu"]["deploy"]["replicas"] == _cpus(ccmd)
-    assert _arg(compose["services"]["cpu"]["command"], "--coordinator").endswith(_arg(ccmd, "--listen")[-5:])
+    cpus = {name: svc for name, svc in compose["services"].items() if name != "coordinator"}
+    assert sorted(cpus) == sorted(f"cpu-{c}" for c in range(_cpus(ccmd)))
+    for name, svc in cpus.items():  # each CPU its own id and key pair: a key joins as its own id only
+        c = name.split("-")[1]
+        assert _arg(svc["command"], "--cpu-id") == c
+        assert compose["secrets"][svc["secrets"][0]]["file"].endswith(f"/cpu-{c}.key_secret")
+        assert _arg(svc["command"], "--coordinator").endswith(_arg(ccmd, "--listen")[-5:])
+
+
+def test_lost_cpus_come_back():
+    """Issue 18, finding 13: a CPU pod or container that fails is restarted with the same index (so the
+    same id and key), as often as the coordinator takes it back (--max-respawns), and never with --no-respawn."""
+    from smpsim.engines.distributed.respawn import MAX_RESPAWNS
+    sts = next(d for d in _docs(DEPLOY / "kubernetes" / "coordinator.yaml") if d["kind"] == "StatefulSet")
+    job = next(d for d in _docs(DEPLOY / "kubernetes" / "cpus.yaml") if d["kind"] == "Job")
+    assert "--no-respawn" not in sts["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "OnFailure"
+    assert job["spec"]["backoffLimit"] >= MAX_RESPAWNS * job["spec"]["completions"]
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    assert "--no-respawn" not in compose["services"]["coordinator"]["command"]
+    for name, svc in compose["services"].items():
+        if name != "coordinator":
+            assert svc["restart"] == f"on-failure:{MAX_RESPAWNS}"
 
 
 def test_deploy_commands_are_real_commands(smpsim_cmd, subprocess_env):

@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "smpsim"
-EXTRA = ("duckdb", "numpy", "matplotlib")
+EXTRA = ("duckdb", "numpy", "matplotlib", "pandas", "scipy")
 
 BLOCKER = '''
 import os, sys

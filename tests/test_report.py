@@ -1,5 +1,5 @@
 """What a user reads: the saving lines of `smpsim sweep` and `smpsim compare`, the ratio columns of the results
-table, the run summary, the figures (as matplotlib objects).
+table, the run summary, what `sweep --plot` writes (the figures themselves: tests/test_figures.py).
 
 Expected figures are computed here from the recorded counters (summary.json) or the exported events, never
 copied from an earlier run.
@@ -199,73 +199,32 @@ def test_run_summary_says_what_ran_its_rates_and_the_next_command(tmp_path):
 
 # ------------------------------------------------------------------------------------------- figures
 
-def _outside(fig, ax) -> bool:
-    """The axes' legend lies right of its plotting area (it covers no data)."""
-    fig.canvas.draw()
-    return ax.get_legend().get_window_extent().x0 >= ax.get_window_extent().x1
+def test_sweep_plot_draws_each_headline_metric_of_the_points(swept):
+    from smpsim.analysis.plots import SWEEP_METRICS, sweep_figure
 
-
-def test_sweep_figure_shows_the_stall_of_each_point(swept):
-    from smpsim.analysis.plots import sweep_figure
-
+    fig_dir = swept["root"] / "fig"
+    assert sorted(p.name for p in fig_dir.iterdir()) == sorted(f"{n}.png" for n in ("headline", *SWEEP_METRICS))
+    assert f"wrote {fig_dir / 'headline.png'}" in swept["stdout"]
     rows = pq.read_table(swept["out"] / "results.parquet").to_pylist()
-    fig = sweep_figure(rows, ["policy.name", "workload.kind"], ["workload.kind"])
-    per_flush, per_kmaps = fig.axes
-    assert per_flush.get_ylabel() == "initiator stall per flush (cycles)"
-    heights = sorted(round(p.get_height(), 1) for p in per_flush.patches if p.get_height())
-    assert heights == sorted(r["stall_per_flush"] for r in rows if r["stall_per_flush"])
-    assert [t.get_text() for t in per_flush.get_xticklabels()] == ["linux-2.4", "eager", "kmap-local"]
-    assert [t.get_text() for t in per_kmaps.get_legend().get_texts()] == ["uniform", "zipf"]
-    assert _outside(fig, per_kmaps) and (swept["root"] / "fig" / "flush_stall.png").stat().st_size > 10_000
-
-
-def test_sweep_figure_over_a_numeric_key_draws_a_line_per_other_value(swept):
-    from smpsim.analysis.plots import sweep_figure
-
-    rows = [{"status": "ok", "machine.cpus": n, "policy.name": p, "stall_per_flush": 100.0 * n + i,
-             "stall_per_1000_kmaps": 10.0 * n} for i, p in enumerate(("linux-2.4", "eager")) for n in (1, 2, 8)]
-    fig = sweep_figure(rows, ["machine.cpus", "policy.name"], [])
+    fig = sweep_figure(rows, ["policy.name", "workload.kind"], "stall_per_flush", by=["workload.kind"])
     ax = fig.axes[0]
-    assert ax.get_xlabel() == "machine.cpus" and len(ax.get_lines()) == 2
-    assert [list(line.get_xdata()) for line in ax.get_lines()] == [[1, 2, 8], [1, 2, 8]]
+    # no numeric swept key: the policies (not the [report] by key) are the categories, a series per workload
+    assert ax.get_xlabel() == "policy.name" and ax.get_ylabel() == "initiator stall per flush (cycles)"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["linux-2.4", "eager", "kmap-local"]
+    lines = {x.get_label(): x for x in ax.get_lines() if not x.get_label().startswith("_")}
+    assert sorted(lines) == ["uniform", "zipf"]
+    for kind, line in lines.items():  # kmap-local flushes nothing: no stall per flush, no point
+        assert list(line.get_ydata()) == [r["stall_per_flush"] for r in rows
+                                          if r["workload.kind"] == kind and r["stall_per_flush"] is not None]
 
 
-def test_compare_plot_has_one_cdf_per_run(swept):
-    from smpsim.analysis.plots import compare_figure
-
-    cycles = [[100, 100, 200, 900], [20, 20], [5000, 7000, 9000]]
-    fig = compare_figure(["linux-2.4", "kmap-local", "eager"], ["uniform", "uniform", "zipf"], cycles)
-    ax = fig.axes[0]
-    lines = ax.get_lines()
-    assert len(lines) == 3 and [line.get_linestyle() for line in lines] == ["-", "-", "--"]
-    labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert labels[1] == "kmap-local (uniform) (all 2 = 20)" and labels[0].startswith("linux-2.4 (uniform) (4")
-    assert lines[0].get_ydata()[-1] == 1.0 and ax.get_xscale() == "log"  # 20 ... 9000 cycles
-    assert _outside(fig, ax)
-    assert ax.get_xlabel().startswith("kmap latency")
-
-
-def test_analyze_figures_show_latencies_as_bars_when_they_take_few_values(tmp_path):
-    from smpsim.analysis.load import open_trace
-    from smpsim.analysis.metrics import analyze
-    from smpsim.analysis.plots import hit_rate_figure, latency_figure
-
-    out = tmp_path / "run"
-    assert invoke("run", "--out", out, "--set", "machine.cpus=3", "--set", "workload.kmaps_per_cpu=150",
-                  "--set", "machine.last_pkmap=32", "--set", "workload.kind=uniform").exit_code == 0
-    with open_trace(out) as tr:
-        a = analyze(tr)
-        fig = latency_figure(tr, a)
-        hr = hit_rate_figure(tr, a)
-    kmap_ax, stall_ax = fig.axes[:2]
-    assert len(kmap_ax.get_lines()) >= 1 and kmap_ax.get_xlabel() == "cycles"  # many distinct kmap latencies
-    stalls = a["shootdowns"]["by_scope"]["all"]["stall"]
-    assert stalls["p50"] == stalls["max"]  # every wrap flush stalls the same: one bar, not one vertical step
-    bars = [p.get_width() for p in stall_ax.patches]
-    assert bars == [a["counters"]["flushes"]]
-    assert [t.get_text() for t in stall_ax.get_yticklabels()] == [f"all: {stalls['max']:,} cycles"]
-    ax = hr.axes[0]
-    assert len(ax.get_lines()) == 3 and _outside(hr, ax)
+def test_sweep_plot_x_must_be_a_swept_key(tmp_path):
+    (tmp_path / "exp.toml").write_text(SMALL)
+    err = user_error(invoke("sweep", tmp_path / "exp.toml", "--out", tmp_path / "out", "--plot", tmp_path / "f",
+                            "--x", "machine.cpus"))
+    assert "--x machine.cpus: not a swept key" in err and "policy.name, workload.kind" in err
+    assert not (tmp_path / "out").exists()  # refused before any point ran
+    assert "add --plot" in user_error(invoke("sweep", tmp_path / "exp.toml", "--x", "policy.name"))
 
 
 @pytest.mark.parametrize("name", ["lazy-vs-eager", "broken-flush", "ring-size", "cpus", "refill"])

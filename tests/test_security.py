@@ -197,7 +197,7 @@ def test_keygen_makes_private_key_pairs_and_never_overwrites(tmp_path):
         public, key = zmq.auth.load_certificate(secret)
         assert len(public) == len(key) == 40
     allowed = security.load_allowed(cdir / "allowed.keys")
-    assert allowed == {zmq.auth.load_certificate(kdir / f"cpu-{c}.key")[0] for c in range(3)}
+    assert allowed == {zmq.auth.load_certificate(kdir / f"cpu-{c}.key")[0]: c for c in range(3)}
     coord_public = zmq.auth.load_certificate(cdir / "coordinator.key_secret")[0]
     assert zmq.auth.load_certificate(kdir / "coordinator.key") == (coord_public, None)
     before = (cdir / "coordinator.key_secret").read_bytes()
@@ -220,6 +220,77 @@ def test_bad_key_options_are_named(tmp_path):
     assert "holds only a public key" in user_error(invoke("coordinator", "--key", pub, "--allow", bad))
     err = user_error(invoke("cpu", "--coordinator", "tcp://10.1.2.3:5555", "--key", sec))
     assert "--key and --coordinator-key go together" in err
+
+
+def test_the_allow_list_binds_each_key_to_one_cpu_id(tmp_path):
+    """Issue 18, finding 4: each allowed key is for one CPU id (keygen writes `KEY CPU_ID`). keygen's old
+    lines (`KEY  # cpu-N`) still read as CPU N; a key without an id, or listed for two, is an error naming
+    the line and the fix."""
+    cdir, kdir, other = _keys(tmp_path, 3)
+    key = {c: zmq.auth.load_certificate(kdir / f"cpu-{c}.key")[0] for c in range(3)}
+    bound = {k: c for c, k in key.items()}
+    assert security.load_allowed(cdir / "allowed.keys") == bound
+    assert security.load_allowed(kdir, exclude=zmq.auth.load_certificate(kdir / "coordinator.key")[0]) == bound
+    old_style = tmp_path / "old.keys"
+    old_style.write_text("# CPU public keys the coordinator admits\n"
+                         + "".join(f"{key[c].decode()}  # cpu-{c}\n" for c in range(3)))
+    assert security.load_allowed(old_style) == bound
+    sec = cdir / "coordinator.key_secret"
+    bare = tmp_path / "bare.keys"
+    bare.write_text(f"# keys\n{key[0].decode()}\n")
+    err = user_error(invoke("coordinator", "--key", sec, "--allow", bare, "--out", tmp_path / "r"))
+    assert f"--allow {bare}, line 2: key {key[0].decode()} has no CPU id" in err and "KEY CPU_ID" in err
+    twice = tmp_path / "twice.keys"
+    twice.write_text(f"{key[0].decode()} 0\n{key[0].decode()} 1\n")
+    err = user_error(invoke("coordinator", "--key", sec, "--allow", twice, "--out", tmp_path / "r"))
+    assert f"line 2: key {key[0].decode()} is listed for CPU 0 and CPU 1" in err
+    err = user_error(invoke("coordinator", "--key", sec, "--allow", other, "--out", tmp_path / "r"))
+    assert "intruder.key: cannot tell which CPU id this key is for" in err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.timeout(120)
+def test_a_stolen_cpu_key_cannot_take_a_second_slot(tmp_path, smpsim_cmd, subprocess_env):
+    """Issue 18, finding 4: two `smpsim cpu` holding cpu-1's key pair, one as --cpu-id 0 and one taking
+    any id, while the real CPU 1 runs: both are refused (exit 3, saying why), the refusals are logged, and
+    the real CPU 0 joins and the run ends ok with the inline digest. Real processes, CurveZMQ."""
+    cdir, kdir, _ = _keys(tmp_path, 2)
+    out = tmp_path / "run"
+    env = {k: v for k, v in subprocess_env.items() if k != "SMPSIM_TOKEN"}
+    addr = f"tcp://127.0.0.1:{_free_port()}"
+    coord = _coordinator(smpsim_cmd, env, out, "--listen", addr, "--key", str(cdir / "coordinator.key_secret"),
+                         "--allow", str(cdir / "allowed.keys"), cpus=2, kmaps=60)
+    keys = lambda c: ("--key", str(kdir / f"cpu-{c}.key_secret"), "--coordinator-key",  # noqa: E731
+                      str(kdir / "coordinator.key"))
+    log = out / "logs" / "coordinator.log.jsonl"
+    procs = [coord]
+    try:
+        procs.append(_cpu(smpsim_cmd, env, "--coordinator", addr, "--cpu-id", "1", *keys(1)))
+        _wait_for(lambda: _log_has(log, "joined"), 60, "CPU 1 joined")
+        thief = _cpu(smpsim_cmd, env, "--coordinator", addr, "--cpu-id", "0", *keys(1))
+        procs.append(thief)
+        _, thief_err = thief.communicate(timeout=60)
+        any_id = _cpu(smpsim_cmd, env, "--coordinator", addr, *keys(1))
+        procs.append(any_id)
+        _, any_err = any_id.communicate(timeout=60)
+        procs.append(_cpu(smpsim_cmd, env, "--coordinator", addr, "--cpu-id", "0", *keys(0)))
+        (_, err), *_ = _finish(coord, *procs[1:2], procs[-1], timeout=90)
+    finally:
+        for x in procs:
+            x.kill()
+            x.wait()
+    key1 = zmq.auth.load_certificate(kdir / "cpu-1.key")[0].decode()
+    assert thief.returncode == 3 and f"CurveZMQ key {key1} is CPU 1's: refused as CPU 0" in thief_err, thief_err
+    assert any_id.returncode == 3 and "CPU 1 has already joined" in any_err, any_err
+    assert "Traceback" not in thief_err + any_err
+    assert coord.returncode == 0, err
+    assert procs[1].returncode == 0 and procs[-1].returncode == 0
+    got = json.loads((out / "summary.json").read_text())
+    assert got["digest"] == _inline_digest(2, 60)
+    entries = _log(log)
+    assert sorted(e["cpu"] for e in entries if e.get("event") == "joined") == [0, 1]
+    refused = [e for e in entries if e.get("event") == "refused"]
+    assert [e["cpu"] for e in refused] == [0, 1] and "is CPU 1's" in refused[0]["reason"]
 
 
 def _keys(tmp_path: Path, cpus: int) -> tuple[Path, Path, Path]:

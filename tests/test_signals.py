@@ -179,7 +179,8 @@ def test_sweep_interrupted_keeps_its_points(tmp_path, smpsim_cmd, subprocess_env
     assert sorted(d.name for d in out.iterdir() if d.is_dir()) == sorted(pt.name for pt in points)
     for pt in points:
         run = out / pt.name
-        assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["status"] == "interrupted" and summary["error"] == "interrupted by SIGTERM"  # the user's
         assert json.loads((run / "provenance.json").read_text())["status"] == "interrupted"
         events = list(iter_events(open_run(run, warn=False)))
         want = list(iter_events(open_run(inline.run(pt.cfg, tmp_path / f"ref-{pt.index}").run_dir)))
@@ -269,8 +270,9 @@ def test_join_timeout_must_be_positive():
 def test_cpus_of_an_aborted_run_exit_nonzero(tmp_path, smpsim_cmd, subprocess_env):
     addr = f"tcp://127.0.0.1:{free_port()}"
     out = tmp_path / "run"
+    # --no-respawn: otherwise the coordinator would wait for CPU 1's restart (tests/test_pods.py)
     coord = subprocess.Popen([*smpsim_cmd, "coordinator", "--listen", addr, "--token", "t", "--out", str(out), "--set",
-                              "machine.cpus=2", "--set", "workload.kmaps_per_cpu=20000"],
+                              "machine.cpus=2", "--set", "workload.kmaps_per_cpu=20000", "--no-respawn"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=subprocess_env)
     cpus = [subprocess.Popen([*smpsim_cmd, "cpu", "--coordinator", addr, "--token", "t", "--cpu-id", str(c)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=subprocess_env)

@@ -30,7 +30,7 @@ def copy_of_builtins(path: Path) -> Path:
     """Every built-in policy class, its source copied as it is into one user file (bases first, as the
     registry lists them), deriving from the public base class."""
     parts = ["from __future__ import annotations", "from smpsim import Flush, Policy as FlushPolicy",
-             "from smpsim.model.policies import LAZY_UNIT_PAGES, VMALLOC_AREA_PAGES, fls, next_tick", ""]
+             "from smpsim.model.policies import VMALLOC_AREA_PAGES, fls, lazy_max_pages, next_tick", ""]
     parts += [inspect.getsource(cls) for cls in policies.POLICIES.values()]
     path.write_text("\n\n".join(parts))
     return path

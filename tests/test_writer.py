@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from smpsim.trace.errors import TraceError
+from smpsim.trace.errors import TraceWriteError
 from smpsim.trace.reader import iter_events, open_run
 from smpsim.trace.rundir import write_summary
 from smpsim.trace.schema import FIELD_NAMES, SCHEMA
@@ -196,5 +196,5 @@ def test_a_part_that_cannot_be_written_is_an_error_naming_it(tmp_path):
     (tmp_path / "trace").rmdir()
     (tmp_path / "trace").write_text("not a directory")
     w.write([as_tuple(e) for e in make_events(15)])
-    with pytest.raises(TraceError, match="part-00000.parquet"):
+    with pytest.raises(TraceWriteError, match="part-00000.parquet"):
         w.close()

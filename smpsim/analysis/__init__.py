@@ -4,7 +4,8 @@
 - ``metrics``  the figures of ``smpsim analyze`` (pure functions over an opened trace -> dicts)
 - ``series``   per-time-bin aggregates for the figures
 - ``report``   the analysis as report sections (terminal and HTML)
-- ``plots``    PNG figures and the self-contained HTML report
+- ``plots``    the figures of analyze, compare and sweep, and the self-contained HTML report
+- ``figstyle`` how every figure looks (size, lettering, series styles, log axes, legends, time bins, saving)
 - ``logs``     summary of the operational logs (RUN/logs/*.log.jsonl)
 - ``compare``  run discovery below sweep directories, headline metrics side by side
 - ``query``    SQL over ``events``

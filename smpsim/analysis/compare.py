@@ -15,8 +15,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from smpsim.config import dotted
-from smpsim.metrics import METRICS, Group, describe, fmt, fmt_metric, group, saving_lines
+from smpsim.config import NOT_SIMULATED, dotted
+from smpsim.metrics import METRICS, Group, describe, fmt, fmt_metric, group, marks, saving_lines
 from smpsim.trace.errors import TraceError
 from smpsim.trace.rundir import CONFIG_NAME, PROVENANCE_NAME, SUMMARY_NAME, TRACE_DIR, read_config_data
 
@@ -56,12 +56,12 @@ def find_runs(path: str | Path) -> list[Path]:
 
 
 def _sweep_order(path: Path) -> tuple:
-    """(experiment, point) from provenance.json for a sweep's point, so points keep the sweep's order."""
+    """(experiment, point, seed) from provenance.json for a sweep's run, so runs keep the sweep's order."""
     try:
         sweep = json.loads((path / PROVENANCE_NAME).read_text())["sweep"]
-        return (0, str(sweep["experiment"]), int(sweep["point"]), str(path))
+        return (0, str(sweep["experiment"]), int(sweep["point"]), int(sweep.get("seed") or 0), str(path))
     except (OSError, ValueError, KeyError, TypeError):
-        return (1, "", 0, str(path))
+        return (1, "", 0, 0, str(path))
 
 
 def run_config(path: Path) -> dict[str, Any]:
@@ -74,8 +74,9 @@ FOLLOWERS = ("policy.sha256",)
 
 
 def differing(configs: list[dict[str, Any]]) -> list[str]:
-    """The config keys whose values are not the same in every run, in config order."""
-    keys = [k for k in dict.fromkeys(k for c in configs for k in c) if k not in FOLLOWERS]
+    """The config keys whose values are not the same in every run, in config order; keys that change
+    nothing simulated (the engine, its transport: the same digest either way) are no difference."""
+    keys = [k for k in dict.fromkeys(k for c in configs for k in c) if k not in FOLLOWERS + NOT_SIMULATED]
     return [k for k in keys if len({json.dumps(c.get(k)) for c in configs}) > 1]
 
 
@@ -105,9 +106,10 @@ def compare(paths: list[Path], analyses: list[dict[str, Any]], baseline: dict[st
         groups = [Group({}, list(range(len(paths))), 0)]
     base_of = {i: g.base for g in groups for i in g.members}
     group_of = {i: g.label for g in groups for i in g.members}
+    found = [a.get("confounders") or [] for a in analyses]
     runs = [{"label": label, "run": str(p), "params": prm, "policy": a["run"].get("policy") or c.get("policy.name"),
              "workload": c.get("workload.kind"), "cpus": c.get("machine.cpus"), "truncated": a["run"]["truncated"],
-             "group": group_of[i], "baseline": base_of.get(i)}
+             "group": group_of[i], "baseline": base_of.get(i), "confounders": found[i]}
             for i, (label, p, prm, c, a) in enumerate(zip(labels, paths, params, configs, analyses))]
     metrics = []
     for m in METRICS:
@@ -116,7 +118,7 @@ def compare(paths: list[Path], analyses: list[dict[str, Any]], baseline: dict[st
         metrics.append({"key": m.key, "label": m.label, "values": vs, "ratios": rs})
     return {"runs": runs, "varying": vary, "by": list(by),
             "groups": [{"values": g.values, "runs": g.members, "baseline": g.base} for g in groups],
-            "metrics": metrics, "savings": saving_lines(labels, values, groups)}
+            "metrics": metrics, "savings": saving_lines(labels, values, groups, [marks(f) for f in found])}
 
 
 def _ratio(value: Any, base: Any) -> float | None:
@@ -134,13 +136,21 @@ def metrics_table(header: list[tuple[str, list[Any]]], values: list[dict[str, An
     header: (name, one value per run) rows naming the columns (a swept key and each run's value of it);
     blocks: (title, runs) shown one after the other (e.g. one per group). Only the metrics that differ
     between the runs get rows; the others are said once, in a line below. Columns that do not fit are
-    continued in a further block.
+    continued in a further block. A value with KEY_ci95_lo/hi (a point run with several seeds) shows as
+    "mean ±half"; runs with ``confounders`` get a row naming them, the marks said in full below.
     """
     shown = [m for m in METRICS if len({json.dumps(v.get(m.key)) for v in values}) > 1]
     same = [m for m in METRICS if m not in shown]
-    cell = [[fmt_metric(m.key, v.get(m.key)) for m in shown] for v in values]
+    cell = [[_with_ci(m.key, v) for m in shown] for v in values]
+    found = [[x for x in (v.get("confounders") or "").split("; ") if x] for v in values]
+    legend = list(dict.fromkeys(x for f in found for x in f))
+    rows = [m.label for m in shown]
+    if legend:  # short names in the cells ("lock-bound"), the marks in full below the table
+        rows.append("confounded")
+        for c, f in zip(cell, found):
+            c.append(", ".join(dict.fromkeys(x.split(":")[0] for x in f)) or "-")
     heads = [[fmt(vals[i]) for _, vals in header] for i in range(len(values))]
-    first = max([len(m.label) for m in shown] + [len(name) for name, _ in header] + [6])
+    first = max([len(label) for label in rows] + [len(name) for name, _ in header] + [6])
     out: list[str] = []
     for title, runs in blocks:
         col = {i: max([len(x) for x in cell[i] + heads[i]] + [4]) for i in runs}
@@ -157,13 +167,23 @@ def metrics_table(header: list[tuple[str, list[Any]]], values: list[dict[str, An
                 out.append(title + (" (continued)" if k else ""))
             for h, (name, _) in enumerate(header):
                 out.append((name.ljust(first) + "".join("  " + heads[i][h].rjust(col[i]) for i in chunk)).rstrip())
-            for j, m in enumerate(shown):
-                out.append(m.label.ljust(first) + "".join("  " + cell[i][j].rjust(col[i]) for i in chunk))
+            for j, label in enumerate(rows):
+                out.append(label.ljust(first) + "".join("  " + cell[i][j].rjust(col[i]) for i in chunk))
             out.append("")
     if same and values:
         out += _wrapped("the same for every run: " + "; ".join(
             f"{m.label} {fmt_metric(m.key, values[0].get(m.key))}" for m in same), width)
+    out += [f"confounded: {x}" for x in legend]
     return out
+
+
+def _with_ci(key: str, v: dict[str, Any]) -> str:
+    """A metric's cell: "1,143", or "1,143 ±42" for a mean with its 95% interval."""
+    text = fmt_metric(key, v.get(key))
+    lo, hi = v.get(key + "_ci95_lo"), v.get(key + "_ci95_hi")
+    if lo is None or hi is None or v.get(key) is None:
+        return text
+    return f"{text} ±{fmt_metric(key, (hi - lo) / 2)}"
 
 
 def savings_block(against: str, texts: list[str], width: int = WIDTH) -> list[str]:

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from smpsim.analysis.load import Trace
-from smpsim.metrics import facts_from_analysis, headline as headline_metrics, per_1000, ratio
-from smpsim.trace.counters import Counters
+from smpsim.metrics import asleep_share, confounders, facts_from_analysis, headline as headline_metrics, per_1000, ratio
+from smpsim.trace.counters import SLEEP_EPISODES_SQL, Counters
 
 PERCENTILES = (50, 90, 99)
 STALE_EXAMPLES = 5
@@ -128,25 +128,11 @@ def kmap_lock(tr: Trace) -> dict[str, Any]:
             "held_cycles": held.get("held_cycles"), "utilisation": held.get("utilisation")}
 
 
-_SLEEP_SQL = """
-WITH s AS (
-  SELECT seq, t, cpu, ev, slept,
-         -- kmaps of this CPU up to this row (a running sum: seq is unique, so RANGE = ROWS)
-         sum(CASE WHEN ev = 'kmap' THEN 1 ELSE 0 END) OVER (PARTITION BY cpu ORDER BY seq) AS k
-  FROM events WHERE ev IN ('wait', 'kmap')
-),
-episodes AS (  -- waits of one CPU between two of its kmaps: kmaps before them = k
-  SELECT cpu, k + 1 AS kth, min(t) AS t_sleep, count(*) AS waits FROM s WHERE ev = 'wait' GROUP BY cpu, k
-)
-SELECT e.cpu, e.t_sleep, e.waits, m.t AS t_kmap, m.slept
-FROM episodes e LEFT JOIN (SELECT cpu, k AS kth, t, slept FROM s WHERE ev = 'kmap') m USING (cpu, kth)
-ORDER BY e.cpu, e.t_sleep
-"""
 
 
 def sleeps(tr: Trace, counters: dict[str, Any]) -> dict[str, Any]:
     """Sleeps on pkmap_map_wait and the time asleep (wait -> that CPU's next kmap)."""
-    rows = tr.rows(_SLEEP_SQL)
+    rows = tr.rows(SLEEP_EPISODES_SQL)
     done = [(cpu, t1 - t0) for cpu, t0, _, t1, _ in rows if t1 is not None]
     unfinished = sorted({cpu for cpu, _, _, t1, _ in rows if t1 is None})
     slept_kmaps = int(tr.one("SELECT count(*) FROM events WHERE ev = 'kmap' AND slept")[0])
@@ -209,7 +195,10 @@ def analyze(tr: Trace, logs: dict[str, Any] | None = None) -> dict[str, Any]:
     out["sleeps"] = sleeps(tr, counters)
     out["stale"] = stale(tr, counters)
     out["ring"] = ring(tr, head["t_end"])
-    out["headline"] = headline_metrics(facts_from_analysis(out))
+    facts = facts_from_analysis(out)
+    out["headline"] = headline_metrics(facts)
+    out["sleeps"]["asleep_share"] = asleep_share(facts)
+    out["confounders"] = confounders(facts)
     if logs is not None:
         out["logs"] = logs
     return out

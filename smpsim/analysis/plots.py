@@ -1,14 +1,20 @@
-"""PNG figures of a run (matplotlib, Agg: no display needed) and one self-contained HTML report.
+"""The figures of ``smpsim analyze``, ``compare`` and ``sweep`` (matplotlib Figures, no display needed) and the
+self-contained HTML report. How every figure looks (size, lettering, series styles, log axes, legends,
+saving) is smpsim.analysis.figstyle's; this module decides only what is drawn.
 
-Figures (``write_figures``):
-- ``ipi_heatmap.png``  IPIs by sending CPU (rows) and receiving CPU (columns)
-- ``timeline.png``     flushes per time bin by scope, IPIs per bin (useless ones apart), and the slots in use
-- ``latency_cdf.png``  kmap latency CDF, and the initiator stall of the flushes (a CDF per scope, or a bar
-                       per distinct stall when there are few)
-- ``hit_rate.png``     each CPU's TLB hit rate per time bin
+``smpsim analyze --plot`` (``analysis_figures``):
+- ``ipi_heatmap``  IPIs by sending CPU (rows) and receiving CPU (columns)
+- ``timeline``     flushes per time bin by scope, IPIs per bin (useless ones apart), and the slots in use
+- ``latency_cdf``  CDFs of the kmap latency and of its kmap_lock wait; the initiator stall of each flush
+                   against time
+- ``hit_rate``     each CPU's TLB hit rate per time bin (a heatmap beyond 8 CPUs)
 
-``write_html`` embeds them as base64 data: URIs next to the report's tables; the page loads nothing from
-anywhere (no scripts, fonts or stylesheets outside the file).
+``smpsim compare --plot``: ``kmap_latency_cdf``, a kmap latency CDF per run. ``smpsim sweep --plot``: each
+metric of SWEEP_METRICS against a swept key (``sweep_figures``: a figure per metric, named by its
+results.csv column, and ``headline`` with all of them).
+
+``write_html`` embeds the analyze figures as base64 data: URIs next to the report's tables; the page loads
+nothing from anywhere (no scripts, fonts or stylesheets outside the file).
 """
 
 from __future__ import annotations
@@ -16,337 +22,434 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
+import numbers
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
 from smpsim.analysis import series
+from smpsim.analysis.figstyle import (MARKERS, SCOPE_COLOURS, Bins, auto_bins, even_bins, figure, legend, legend_height,
+                                      png_bytes, save, scale, series_style, styled, ticks_at, time_axis, title)
 from smpsim.analysis.load import Trace
-from smpsim.metrics import fmt as _fmt
+from smpsim.metrics import BY_KEY, describe, fmt
 
 FIGURES = ("ipi_heatmap", "timeline", "latency_cdf", "hit_rate")
-DPI = 110
-_SCOPE_COLOURS = {"all": "#d62728", "range": "#ff7f0e", "page": "#1f77b4", "local": "#2ca02c"}
-# PNG metadata: no "Software: matplotlib <url>" chunk, so the files are deterministic and carry no URL.
-_PNG_META = {"Software": None}
-_OUTSIDE = {"loc": "upper left", "bbox_to_anchor": (1.005, 1.0), "borderaxespad": 0.0}
+# What `smpsim sweep --plot` draws against the swept key: the headline of a flush policy's cost.
+SWEEP_METRICS = ("ipis_per_1000_kmaps", "stall_per_flush", "kmap_mean_cycles", "kmap_p99_cycles",
+                 "lock_utilisation", "flush_misses_per_cpu")
+EXACT = 5000  # up to this many steps or flushes are drawn one by one; more as per-bin ranges
 
 
-def _figure(w: float, h: float):
-    from matplotlib.figure import Figure  # Agg canvas by default; pyplot (and its global state) not used
-
-    return Figure(figsize=(w, h), dpi=DPI, layout="constrained")
-
-
-def _cycles_axis(ax, label: str = "virtual time (cycles)") -> None:
-    from matplotlib.ticker import EngFormatter
-
-    ax.xaxis.set_major_formatter(EngFormatter(sep=""))
-    ax.set_xlabel(label)
-
-
-def _title(a: dict[str, Any]) -> str:
+def run_title(a: dict[str, Any]) -> str:
+    """What ran, never where it is stored: "linux-2.4, zipf, 64 CPUs"."""
     r = a["run"]
-    return (f"{Path(r['run']).name}: {r.get('policy')}, {r.get('workload')}, {r['cpus']} CPUs"
+    return (f"{r.get('policy')}, {r.get('workload')}, {fmt(r['cpus'])} CPUs"
             + (" (truncated)" if r.get("truncated") else ""))
 
 
-def ipi_heatmap(a: dict[str, Any], path: Path) -> Path:
-    m = np.array(a["ipis"]["matrix"], dtype=np.int64)
-    n = m.shape[0]
-    fig = _figure(max(5.0, min(11.0, 3 + 0.35 * n)), max(4.2, min(10.0, 2.5 + 0.33 * n)))
-    ax = fig.add_subplot()
-    im = ax.imshow(m, cmap="magma_r", interpolation="nearest", vmin=0, vmax=max(1, int(m.max())))
+# ------------------------------------------------------------------------------------------- analyze
+
+def ipi_heatmap_figure(a: dict[str, Any]):
     from matplotlib.ticker import MaxNLocator
 
-    fig.colorbar(im, ax=ax, label="IPIs", shrink=0.85, ticks=MaxNLocator(integer=True))
+    m = np.array(a["ipis"]["matrix"], dtype=np.int64)
+    n = m.shape[0]
+    fig = figure(3.4)
+    ax = fig.add_subplot()
+    ax.grid(False)
+    edges = np.arange(n + 1) - 0.5
+    # a mesh of exact cells, not a resampled image: no moire stripes at any size
+    mesh = ax.pcolormesh(edges, edges, m, cmap="magma_r", vmin=0, vmax=max(1, int(m.max())), shading="flat",
+                         edgecolors="none", antialiased=False, rasterized=n > 64)
+    ax.set_xlim(-0.5, n - 0.5)
+    ax.set_ylim(n - 0.5, -0.5)
+    ax.set_aspect("equal")
+    fig.colorbar(mesh, ax=ax, label="IPIs (count)", shrink=0.9, ticks=MaxNLocator(integer=True))
     ax.set_xlabel("receiving CPU")
     ax.set_ylabel("sending CPU (flush initiator)")
-    ip = a["ipis"]
-    ax.set_title(f"IPIs by sender and receiver: {_fmt(ip['sent'])} in all, {_fmt(ip['useless'])} useless\n{_title(a)}",
-                 fontsize=10)
-    step = max(1, n // 16)
+    step = max(1, -(-n // 8))
     ax.set_xticks(range(0, n, step))
     ax.set_yticks(range(0, n, step))
-    if n <= 16:
+    if n <= 8:
         top = max(1, int(m.max()))
         for i in range(n):
             for j in range(n):
                 if m[i, j]:
-                    ax.text(j, i, f"{_fmt(m[i, j])}", ha="center", va="center", fontsize=8,
+                    ax.text(j, i, fmt(m[i, j]), ha="center", va="center", fontsize=7,
                             color="white" if m[i, j] > top * 0.6 else "black")
     if not m.any():
         ax.text(0.5, 0.5, "no IPIs in this run", transform=ax.transAxes, ha="center", va="center")
-    fig.savefig(path, metadata=_PNG_META)
-    return path
+    ip = a["ipis"]
+    title(ax, f"IPIs by sender and receiver: {fmt(ip['sent'])} in all, {fmt(ip['useless'])} useless. "
+              f"{run_title(a)}")
+    return fig
 
 
-def timeline(tr: Trace, a: dict[str, Any], path: Path, bins: int = 200) -> Path:
-    t_end = a["t_end"]
-    tl = series.timeline(tr, t_end, bins)
+def timeline_figure(tr: Trace, a: dict[str, Any], bins: Bins):
     from smpsim.analysis.metrics import occupancy
 
+    t_end = a["t_end"]
+    tl = series.timeline(tr, t_end, bins.width)
     t, used = occupancy(tr)
-    fig = _figure(11, 7.5)
-    ax1, ax2, ax3 = fig.subplots(3, 1, sharex=True, height_ratios=[1, 1, 1.3])
-    x, w = tl["start"], tl["width"]
-    bottom = np.zeros(bins)
+    fig = figure(5.4)
+    ax1, ax2, ax3 = fig.subplots(3, 1, sharex=True, height_ratios=[1, 1, 1.2])
+    x, w = tl["start"] / bins.per, bins.width / bins.per
+    bottom = np.zeros(x.size)
     for scope, k in tl["flushes"].items():
-        ax1.bar(x, k, width=w, align="edge", bottom=bottom, color=_SCOPE_COLOURS.get(scope, "grey"),
-                label=f"{scope} ({_fmt(int(k.sum()))})", linewidth=0)
+        ax1.bar(x, k, width=w, align="edge", bottom=bottom, color=SCOPE_COLOURS.get(scope, "grey"),
+                label=f"{scope} flushes ({fmt(int(k.sum()))})", linewidth=0)
         bottom += k
-    ax1.set_ylabel(f"flushes / {_fmt(w)} cycles")
-    ax1.set_title(f"Flushes, IPIs and ring occupancy over time: {_title(a)}", fontsize=10)
-    if tl["flushes"]:
-        ax1.legend(title="flush scope", fontsize=8, **_OUTSIDE)
-    else:
+    ax1.set_ylabel(f"flushes\nper {bins.text}")
+    if not tl["flushes"]:
         ax1.text(0.5, 0.5, "no flushes", transform=ax1.transAxes, ha="center", va="center")
     useful = tl["ipis"] - tl["useless_ipis"]
     ax2.bar(x, useful, width=w, align="edge", color="#9467bd", linewidth=0,
-            label=f"dropped translations ({_fmt(int(useful.sum()))})")
+            label=f"IPIs that dropped translations ({fmt(int(useful.sum()))})")
     ax2.bar(x, tl["useless_ipis"], width=w, align="edge", bottom=useful, color="#c7c7c7", linewidth=0,
-            label=f"useless: dropped none ({_fmt(int(tl['useless_ipis'].sum()))})")
-    ax2.set_ylabel(f"IPIs / {_fmt(w)} cycles")
-    ax2.legend(fontsize=8, **_OUTSIDE)
+            label=f"useless IPIs: dropped none ({fmt(int(tl['useless_ipis'].sum()))})")
+    ax2.set_ylabel(f"IPIs\nper {bins.text}")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (ax1, ax2):
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     cap = a["ring"]["capacity"]
-    kind = "pkmap slots" if a["ring"]["slots"] == "pkmap" else "kmap_local slots (all CPUs)"
-    if used.size <= 5000:
-        ax3.step(np.r_[0, t, max(t_end, int(t[-1]) if t.size else 0)], np.r_[0, used, used[-1] if used.size else 0],
-                 where="post", color="#1f77b4", linewidth=1, label="in use")
+    kind = "pkmap slots" if a["ring"]["slots"] == "pkmap" else "kmap_local slots"
+    if used.size <= EXACT:
+        ax3.step(np.r_[0, t, max(t_end, int(t[-1]) if t.size else 0)] / bins.per,
+                 np.r_[0, used, used[-1] if used.size else 0], where="post", color="#1f77b4", linewidth=0.8,
+                 label=f"{kind} in use")
     else:
         env = series.envelope(t, used, t_end)
-        ax3.fill_between(env["start"], env["min"], env["max"], step="post", color="#1f77b4", alpha=0.35,
-                         linewidth=0, label="in use (range per bin)")
-        ax3.step(env["start"], env["last"], where="post", color="#1f77b4", linewidth=0.8)
+        ax3.fill_between(env["start"] / bins.per, env["min"], env["max"], step="post", color="#1f77b4",
+                         alpha=0.35, linewidth=0, label=f"{kind} in use (range)")
+        ax3.step(env["start"] / bins.per, env["last"], where="post", color="#1f77b4", linewidth=0.6)
     if cap:
-        ax3.axhline(cap, color="black", linestyle="--", linewidth=0.8, label=f"capacity ({_fmt(cap)})")
+        ax3.axhline(cap, color="black", linestyle="--", linewidth=0.8, label=f"capacity ({fmt(cap)})")
     wraps = np.flatnonzero(tl["wraps"])
     if wraps.size and int(tl["wraps"].sum()) <= 60:  # more would hide the occupancy
         for b in wraps:
-            ax3.axvline(x[b], color=_SCOPE_COLOURS["all"], alpha=0.25, linewidth=0.6)
-        ax3.plot([], [], color=_SCOPE_COLOURS["all"], alpha=0.5, label="ring wrap")
-    ax3.set_ylabel(f"{kind} in use")
+            ax3.axvline(x[b], color=SCOPE_COLOURS["all"], alpha=0.25, linewidth=0.6)
+        ax3.plot([], [], color=SCOPE_COLOURS["all"], alpha=0.5, label="ring wrap")
+    ax3.set_ylabel(f"{kind}\nin use")
     ax3.set_ylim(0, max(cap or 1, int(used.max()) if used.size else 1) * 1.08)
-    ax3.legend(fontsize=8, **_OUTSIDE)
-    _cycles_axis(ax3)
-    ax3.set_xlim(0, max(1, t_end))
-    fig.savefig(path, metadata=_PNG_META)
-    return path
+    time_axis(ax3, bins)
+    ax3.set_xlim(0, max(1, t_end) / bins.per)
+    title(fig, f"Flushes, IPIs and ring occupancy over time (bins of {bins.text}): {run_title(a)}")
+    legend(fig)
+    return fig
 
 
-def _cdf(ax, data: list[tuple[str, Any]], colours: list[Any]) -> None:
-    """Empirical CDFs as steps, one per (label, values); log x when the values span more than 50x. A run
-    whose values are all equal is a single step: its label says so."""
-    allv = np.concatenate([np.asarray(v, dtype=np.int64) for _, v in data]) if data else np.array([])
-    lo = int(allv.min()) if allv.size else 0
-    hi = max(1, int(allv.max())) if allv.size else 1
-    positive = allv[allv > 0]
-    log = bool(positive.size) and positive.max() > 50 * positive.min()
-    x0, x1 = (max(1, lo) / 1.5, hi * 1.5) if log else (lo - 0.05 * (hi - lo) - 1, hi * 1.05 + 1)
-    for (label, v), colour in zip(data, colours):
-        v = np.sort(np.asarray(v, dtype=np.int64))
+def _cdf(ax, data: list[tuple[str, Any, dict[str, Any]]]) -> None:
+    """Empirical CDFs as steps, one per (label, values, style), on a log axis when the values span more
+    than LOG_SPAN times. Each label says the median, or the one value all of them take."""
+    values = [np.sort(np.asarray(v, dtype=np.int64)) for _, v, _ in data]
+    allv = np.concatenate(values) if values else np.array([], dtype=np.int64)
+    for (label, _, style), v in zip(data, values):
         if not v.size:
             continue
         vals, counts = np.unique(v, return_counts=True)
-        note = f"all {_fmt(v.size)} = {_fmt(int(vals[0]))}" if vals.size == 1 else f"{_fmt(v.size)}, median {_fmt(int(v[(v.size - 1) // 2]))}"
-        ax.step(np.r_[x0, vals, x1], np.r_[0, np.cumsum(counts) / v.size, 1.0], where="post", color=colour,
-                linewidth=1.5, label=f"{label} ({note})")
-    if log:
-        ax.set_xscale("log")
-    ax.set_xlim(x0, x1)
+        note = (f"all {fmt(v.size)} = {fmt(int(vals[0]))}" if vals.size == 1
+                else f"median {fmt(int(v[(v.size - 1) // 2]))}")
+        y = np.r_[0, np.cumsum(counts) / v.size]
+        # markers where the CDF crosses fixed fractions, shifted a little per line so overlapping lines
+        # still show each marker
+        i = len(ax.get_lines())
+        at = sorted({int(np.searchsorted(y, q + 0.03 * (i % 5))) for q in (0.1, 0.3, 0.5, 0.7, 0.9)})
+        ax.step(np.r_[vals[0], vals], y, where="post", label=f"{label} ({note})",
+                markevery=[j for j in at if j < y.size], **style)
+    if allv.size:
+        scale(ax, "x", [int(allv.min()), int(allv.max())])
+        lo, hi = int(allv.min()), int(allv.max())
+        if ax.get_xscale() == "log":
+            ax.set_xlim(lo / 1.5, hi * 1.5)
+        else:
+            pad = max(1, (hi - lo) * 0.05)
+            ax.set_xlim(lo - pad, hi + pad)
     ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
 
 
-FEW = 8  # at most this many distinct values: bars per value, not a CDF (a CDF of one value is one step)
+def latency_figure(tr: Trace, a: dict[str, Any], bins: Bins):
+    """Top: CDFs of the kmap latency and of the kmap_lock wait within it. Bottom: the initiator stall of
+    each flush against time (a row of points when every flush stalls the same)."""
+    fig = figure(5.0)
+    ax1, ax2 = fig.subplots(2, 1, height_ratios=[1.2, 1])
+    d = tr.numpy("SELECT cycles, lock_wait FROM events WHERE ev = 'kmap'")
+    if len(d["cycles"]):
+        _cdf(ax1, [("kmap latency", d["cycles"], series_style(0)),
+                   ("its kmap_lock wait", d["lock_wait"], series_style(1))])
+        ax1.set_xlabel("latency (cycles)")
+        ax1.set_ylabel("fraction of kmaps <= x")
+    else:
+        ax1.text(0.5, 0.5, "no kmaps in this run", transform=ax1.transAxes, ha="center", va="center")
+        ax1.set_axis_off()
+    title(ax1, "kmap latency, request to return, and the kmap_lock wait in it")
+    f = tr.numpy("SELECT t, scope, stall FROM events WHERE ev = 'flush' ORDER BY seq")
+    _stalls(ax2, np.asarray(f["t"], dtype=np.int64), np.asarray(f["scope"]),
+            np.asarray(f["stall"], dtype=np.int64), bins)
+    title(fig, f"Latency: {run_title(a)}")
+    legend(fig)
+    return fig
 
 
-def _distribution(ax, data: list[tuple[str, Any, Any]], what: str, unit: str = "cycles") -> None:
-    """The distribution of each (label, values, colour): a CDF when the values take many distinct values,
-    else a bar per (label, value) with its count."""
-    values = [np.asarray(v, dtype=np.int64) for _, v, _ in data]
-    if not any(v.size for v in values):
-        ax.text(0.5, 0.5, f"no {what} in this run", transform=ax.transAxes, ha="center", va="center")
+def _stalls(ax, t: np.ndarray, scope: np.ndarray, stall: np.ndarray, bins: Bins) -> None:
+    """The initiator stall of each flush against time, by scope: each flush a point (up to EXACT of
+    them), else the mean and range per bin."""
+    title(ax, "shootdown latency: the initiator's stall of each flush")
+    if not t.size:
+        ax.text(0.5, 0.5, "no flushes in this run", transform=ax.transAxes, ha="center", va="center")
         ax.set_axis_off()
         return
-    if np.unique(np.concatenate(values)).size > FEW:
-        _cdf(ax, [(label, v) for (label, _, _), v in zip(data, values)], [c for _, _, c in data])
-        ax.legend(fontsize=8, loc="lower right")
-        ax.set_xlabel(f"{unit}")
-        ax.set_ylabel(f"fraction of {what} <= x")
-        return
-    bars = [(label, int(x), int((v == x).sum()), c) for (label, _, c), v in zip(data, values) for x in np.unique(v)]
-    y = np.arange(len(bars))
-    ax.barh(y, [n for _, _, n, _ in bars], color=[c for *_, c in bars], height=0.6)
-    ax.set_yticks(y, [f"{label}: {_fmt(x)} {unit}" for label, x, _, _ in bars])
-    ax.invert_yaxis()
-    for yi, (_, _, n, _) in zip(y, bars):
-        ax.text(n, yi, f" {_fmt(n)}", va="center", fontsize=8)
-    ax.set_xlim(0, max(n for _, _, n, _ in bars) * 1.2)
-    ax.set_xlabel(what)
+    for i, s in enumerate(sorted(set(scope.tolist()))):
+        sel = scope == s
+        ts, st = t[sel], stall[sel]
+        vals = np.unique(st)
+        note = (f"{fmt(st.size)}, all {fmt(int(vals[0]))} cycles" if vals.size == 1
+                else f"{fmt(st.size)}, median {fmt(int(np.sort(st)[(st.size - 1) // 2]))} cycles")
+        colour = SCOPE_COLOURS.get(s, "grey")
+        if ts.size <= EXACT:
+            ax.plot(ts / bins.per, st, linestyle="none", marker=MARKERS[i % len(MARKERS)], markersize=2.5,
+                    color=colour, label=f"{s} flushes ({note})")
+            continue
+        b = ts // bins.width
+        starts = np.flatnonzero(np.r_[True, b[1:] != b[:-1]])
+        at = b[starts] * bins.width / bins.per
+        n = np.diff(np.r_[starts, st.size])
+        ax.fill_between(at, np.minimum.reduceat(st, starts), np.maximum.reduceat(st, starts), step="post",
+                        color=colour, alpha=0.3, linewidth=0)
+        ax.step(at, np.add.reduceat(st, starts) / n, where="post", color=colour, linewidth=0.8,
+                label=f"{s} flushes ({note}): mean and range per {bins.text}")
+    scale(ax, "y", [int(stall.min()), int(stall.max())])
+    if ax.get_yscale() == "linear":
+        ax.set_ylim(0, int(stall.max()) * 1.15 or 1)
+    ax.set_ylabel("initiator stall\nper flush (cycles)")
+    time_axis(ax, bins)
 
 
-def latency_figure(tr: Trace, a: dict[str, Any]):
-    """kmap latency (left) and the initiator stall of the flushes by scope (right)."""
-    fig = _figure(12, 4.8)
-    ax1, ax2 = fig.subplots(1, 2)
-    _distribution(ax1, [("kmaps", kmap_cycles(tr), "#1f77b4")], "kmaps")
-    ax1.set_title("kmap latency: request to return (cycles)", fontsize=10)
-    d = tr.numpy("SELECT scope, stall FROM events WHERE ev = 'flush'")
-    scope, stall = d["scope"], np.asarray(d["stall"], dtype=np.int64)
-    _distribution(ax2, [(s, stall[scope == s], _SCOPE_COLOURS.get(s, "grey")) for s in sorted(set(scope.tolist()))],
-                  "flushes")
-    ax2.set_title("shootdown latency: initiator stall per flush, by scope (cycles)", fontsize=10)
-    fig.suptitle(f"Latency: {_title(a)}", fontsize=10)
-    return fig
+def hit_rate_bins(tr: Trace, a: dict[str, Any]) -> Bins:
+    """The hit-rate figure's default bins: round, 8 to 100 of them, those into which the flushes fall most
+    evenly (a bin with one flush more has a lower hit rate on every CPU: a stripe of the binning)."""
+    t = tr.numpy("SELECT t FROM events WHERE ev = 'flush'")["t"]
+    return even_bins(a["t_end"], t)
 
 
-def kmap_cycles(tr: Trace) -> np.ndarray:
-    return np.asarray(tr.numpy("SELECT cycles FROM events WHERE ev = 'kmap'")["cycles"], dtype=np.int64)
+def hit_rate_figure(tr: Trace, a: dict[str, Any], bins: Bins | None = None):
+    from matplotlib.ticker import PercentFormatter
 
-
-def latency_cdf(tr: Trace, a: dict[str, Any], path: Path) -> Path:
-    return _save(latency_figure(tr, a), path)
-
-
-def _save(fig, path: Path) -> Path:
-    fig.savefig(path, metadata=_PNG_META)
-    return path
-
-
-def compare_figure(labels: list[str], groups: list[str], cycles: list[Any]):
-    """kmap latency CDF, one line per compared run: a colour per label, a line style per group."""
-    fig = _figure(10, 5)
-    ax = fig.add_subplot()
-    names, kinds = list(dict.fromkeys(labels)), list(dict.fromkeys(groups))
-    cmap = _cmap(len(names))
-    styles = ("-", "--", ":", "-.")
-    full = [f"{label} ({g})" if g else label for label, g in zip(labels, groups)]
-    _cdf(ax, list(zip(full, cycles)), [cmap(names.index(label) % cmap.N) for label in labels])
-    for line, g in zip(ax.get_lines(), groups):
-        line.set_linestyle(styles[kinds.index(g) % len(styles)])
-    ax.legend(fontsize=8, title="run (kmaps)", **_OUTSIDE)
-    ax.set_xlabel("kmap latency: request to return (cycles)")
-    ax.set_ylabel("fraction of kmaps with latency <= x")
-    ax.set_title(f"kmap latency CDF of {len(labels)} runs", fontsize=10)
-    return fig
-
-
-def kmap_latency_cdf(labels: list[str], groups: list[str], cycles: list[Any], path: Path) -> Path:
-    return _save(compare_figure(labels, groups, cycles), path)
-
-
-def sweep_figure(rows: list[dict[str, Any]], params: list[str], by: list[str]):
-    """Initiator stall per flush and per 1000 kmaps against the swept key: a line per combination of the
-    other swept keys when a swept key is a number (x: its values), else bars per point grouped by ``by``."""
-    from smpsim.metrics import BY_KEY, describe
-
-    ok = [r for r in rows if r["status"] == "ok"]
-    numeric = [k for k in params if k not in by and all(isinstance(r[k], (int, float)) and not isinstance(r[k], bool)
-                                                        for r in ok)]
-    fig = _figure(12, 4.8)
-    axes = fig.subplots(1, 2)
-    metrics = ("stall_per_flush", "stall_per_1000_kmaps")
-    if numeric:
-        xkey = numeric[0]
-        # keys that go with x (a zip sweep pairs them) make no series of their own
-        rest = [k for k in params if k != xkey and len({(r[xkey], r[k]) for r in ok}) > len({r[xkey] for r in ok})]
-        series: dict[str, list[dict[str, Any]]] = {}
-        for r in ok:
-            series.setdefault(describe({k: r[k] for k in rest}), []).append(r)
-        cmap = _cmap(len(series))
-        for ax, key in zip(axes, metrics):
-            for i, (label, rs) in enumerate(series.items()):
-                rs = sorted(rs, key=lambda r: r[xkey])
-                ax.plot([r[xkey] for r in rs], [r[key] for r in rs], marker="o", color=cmap(i % cmap.N),
-                        label=label or key)
-            xs = [r[xkey] for r in ok]
-            if min(xs) > 0 and max(xs) >= 8 * min(xs):
-                ax.set_xscale("log", base=2)
-                ax.set_xticks(sorted(set(xs)), [f"{_fmt(x)}" for x in sorted(set(xs))])
-            ax.set_xlabel(xkey)
-    else:
-        groups: dict[str, list[dict[str, Any]]] = {}
-        for r in ok:
-            groups.setdefault(describe({k: r[k] for k in by}), []).append(r)
-        cats = list(dict.fromkeys(describe({k: r[k] for k in params if k not in by}) for r in ok))
-        cmap = _cmap(len(groups))
-        width = 0.8 / max(1, len(groups))
-        for ax, key in zip(axes, metrics):
-            for i, (label, rs) in enumerate(groups.items()):
-                at = {describe({k: r[k] for k in params if k not in by}): r[key] for r in rs}
-                label += "" if any(at.values()) else " (none)"
-                ax.bar(np.arange(len(cats)) + (i - (len(groups) - 1) / 2) * width,
-                       [at.get(c) or 0 for c in cats], width=width, color=cmap(i % cmap.N), label=label or key)
-            ax.set_xticks(np.arange(len(cats)), cats, rotation=20 if len(cats) > 4 else 0)
-            ax.set_xlabel(", ".join(k for k in params if k not in by) or "point")
-    for ax, key in zip(axes, metrics):
-        vals = [r[key] for r in ok if r[key]]
-        if vals and max(vals) > 50 * min(vals):
-            ax.set_yscale("log")
-        ax.set_ylabel(f"{BY_KEY[key].label} (cycles)")
-        ax.set_title(BY_KEY[key].label, fontsize=10)
-        ax.grid(alpha=0.3)
-    if len(axes[1].get_legend_handles_labels()[0]) > 1:
-        axes[1].legend(fontsize=8, title=", ".join(by) or None, **_OUTSIDE)
-    fig.suptitle("Initiator stall across the sweep", fontsize=10)
-    return fig
-
-
-def sweep_stall(rows: list[dict[str, Any]], params: list[str], by: list[str], path: Path) -> Path:
-    return _save(sweep_figure(rows, params, by), path)
-
-
-def hit_rate(tr: Trace, a: dict[str, Any], path: Path, bins: int = 100) -> Path:
-    return _save(hit_rate_figure(tr, a, bins), path)
-
-
-def hit_rate_figure(tr: Trace, a: dict[str, Any], bins: int = 100):
+    bins = bins or hit_rate_bins(tr, a)
     ncpu = a["run"]["cpus"]
-    hr = series.hit_rate(tr, ncpu, a["t_end"], bins)
-    fig = _figure(11, 5)
-    ax = fig.add_subplot()
-    x = hr["start"] + hr["width"] / 2
+    hr = series.hit_rate(tr, ncpu, a["t_end"], bins.width)
     rate = hr["rate"]
-    if ncpu <= 16:
-        cmap = _cmap(ncpu)
+    if ncpu <= 8:
+        fig = figure(2.6 + legend_height([f"CPU {c} (100.00%)" for c in range(ncpu)]))
+        ax = fig.add_subplot()
+        x = (hr["start"] + bins.width / 2) / bins.per
         for c in range(ncpu):
             pc = a["per_cpu"][c]["hit_rate"]
-            ax.plot(x, rate[c], color=cmap(c), linewidth=1, marker=".", markersize=3,
-                    label=f"CPU {c}" + (f" ({pc:.2%})" if pc is not None else ""))
-        ax.legend(fontsize=7, ncol=2 if ncpu > 8 else 1, title="overall hit rate", **_OUTSIDE)
+            ax.plot(x, rate[c], linewidth=0.8, markersize=2.5,
+                    label=f"CPU {c}" + (f" ({pc:.2%})" if pc is not None else ""), **series_style(c))
         finite = rate[np.isfinite(rate)]
         lo = float(finite.min()) if finite.size else 0.0
         ax.set_ylim(max(0.0, lo - 0.05 * (1 - lo) - 0.01), 1.005)
-        ax.set_ylabel("TLB hit rate")
-        _cycles_axis(ax)
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+        ax.set_ylabel("TLB hit rate (%)")
+        legend(fig, title_="CPU (hit rate over the run)")
     else:
-        im = ax.imshow(rate, aspect="auto", interpolation="nearest", cmap="viridis",
-                       extent=(0, hr["width"] * bins, ncpu - 0.5, -0.5))
-        fig.colorbar(im, ax=ax, label="TLB hit rate")
+        fig = figure(3.4)
+        ax = fig.add_subplot()
+        ax.grid(False)
+        from matplotlib import colormaps
+
+        cmap = colormaps["viridis"].with_extremes(bad="#d9d9d9")  # grey: no TLB lookup in the bin
+        edges = np.r_[hr["start"], a["t_end"] + 1] / bins.per  # the last bin drawn as far as the run went
+        # colours from 100% down to the lowest bin's rate in 5% steps: a difference of a few tenths of a
+        # percent does not get the whole colour range
+        finite = rate[np.isfinite(rate)]
+        low = math.floor(20 * float(finite.min())) / 20 if finite.size else 0.0
+        mesh = ax.pcolormesh(edges, np.arange(ncpu + 1) - 0.5, np.ma.masked_invalid(rate), cmap=cmap,
+                             vmin=min(low, 0.95), vmax=1.0, shading="flat", edgecolors="none", antialiased=False)
+        ax.set_ylim(ncpu - 0.5, -0.5)
+        fig.colorbar(mesh, ax=ax, label="TLB hit rate (%)", format=PercentFormatter(1.0))
         ax.set_ylabel("CPU")
-        _cycles_axis(ax)
-    ax.set_title(f"Per-CPU TLB hit rate per {_fmt(hr['width'])} cycles: {_title(a)}", fontsize=10)
-    ax.grid(alpha=0.3)
+    time_axis(ax, bins)
+    title(ax, f"Per-CPU TLB hit rate per {bins.text}: {run_title(a)}")
     return fig
 
 
-def _cmap(n: int):
-    from matplotlib import colormaps
+def analysis_figures(tr: Trace, a: dict[str, Any], bins: Bins | None = None) -> dict[str, Any]:
+    """The four figures of ``smpsim analyze --plot`` by name; ``bins`` (default: round, about 100) for the
+    time-binned ones."""
+    tb = bins or auto_bins(a["t_end"])
+    with styled():
+        return {"ipi_heatmap": ipi_heatmap_figure(a), "timeline": timeline_figure(tr, a, tb),
+                "latency_cdf": latency_figure(tr, a, tb), "hit_rate": hit_rate_figure(tr, a, bins)}
 
-    return colormaps["tab10" if n <= 10 else "tab20"]
 
-
-def write_figures(tr: Trace, a: dict[str, Any], out_dir: Path) -> dict[str, Path]:
-    """The four PNGs in out_dir (created); returns {name: path}."""
+def write_figures(tr: Trace, a: dict[str, Any], out_dir: Path, formats: Iterable[str] = ("png",),
+                  bins: Bins | None = None) -> tuple[dict[str, Any], list[Path]]:
+    """The figures of ``analysis_figures`` in out_dir (created), in each format: (figures, paths)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    return {
-        "ipi_heatmap": ipi_heatmap(a, out_dir / "ipi_heatmap.png"),
-        "timeline": timeline(tr, a, out_dir / "timeline.png"),
-        "latency_cdf": latency_cdf(tr, a, out_dir / "latency_cdf.png"),
-        "hit_rate": hit_rate(tr, a, out_dir / "hit_rate.png"),
-    }
+    figs = analysis_figures(tr, a, bins)
+    return figs, [p for name, fig in figs.items() for p in save(fig, out_dir, name, formats)]
+
+
+# ------------------------------------------------------------------------------------------- compare
+
+def compare_figure(labels: list[str], groups: list[str], cycles: list[Any], varying: Iterable[str] = ()):
+    """kmap latency CDF, one line per compared run, each its own colour, marker and line style, each
+    named once in the legend."""
+    names = [f"{label} ({g})" if g else label for label, g in zip(labels, groups)]
+    if len(set(names)) < len(names):
+        names = [f"{n} #{i + 1}" for i, n in enumerate(names)]
+    varying = list(varying)
+    with styled():
+        fig = figure(2.6 + legend_height([f"{n} (median 1,000,000)" for n in names]))
+        ax = fig.add_subplot()
+        _cdf(ax, [(n, c, series_style(i)) for i, (n, c) in enumerate(zip(names, cycles))])
+        ax.set_xlabel("kmap latency: request to return (cycles)")
+        ax.set_ylabel("fraction of kmaps <= x")
+        title(ax, f"kmap latency CDF of {len(labels)} runs"
+                  + (f" differing in {', '.join(varying)}" if varying else ""))
+        legend(fig, title_="run")
+    return fig
+
+
+# ------------------------------------------------------------------------------------------- sweep
+
+def _number(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def sweep_layout(rows: list[dict[str, Any]], params: list[str], x: str | None = None,
+                 by: Iterable[str] = ()) -> tuple[str, list[str], bool]:
+    """(the x key, the keys that make one line each, whether x is categorical). x: given, else the first
+    numeric swept key, else the first swept key not in ``by``. A key that goes with x (zipped with it)
+    makes no lines of its own. ValueError when x is not a swept key."""
+    if not params:
+        raise ValueError("the sweep has no swept keys: nothing to draw against")
+    ok = [r for r in rows if r["status"] == "ok"]
+    numeric = [k for k in params if ok and all(_number(r[k]) for r in ok)]
+    by = list(by)
+    if x is None:
+        x = numeric[0] if numeric else next((k for k in params if k not in by), params[0])
+    elif x not in params:
+        raise ValueError(f"--x {x}: not a swept key of this sweep; its swept keys are {', '.join(params)}")
+    xs = {repr(r[x]) for r in ok}
+    keys = [k for k in params if k != x and len({(repr(r[x]), repr(r[k])) for r in ok}) > len(xs)]
+    return x, keys, x not in numeric
+
+
+def _ci(r: dict[str, Any], key: str) -> tuple[float, float] | None:
+    lo, hi = r.get(f"{key}_ci95_lo"), r.get(f"{key}_ci95_hi")
+    return (lo, hi) if _number(lo) and _number(hi) else None
+
+
+def _per(keys: list[str], cats: list[Any] | None) -> str:
+    """What the series of a sweep figure are: ", a line per policy.name" (markers over categories)."""
+    return f", {'a line' if cats is None else 'markers'} per {', '.join(keys)}" if keys else ""
+
+
+def _seeds_note(ok: list[dict[str, Any]]) -> str:
+    seeds = sorted({int(r["seeds"]) for r in ok if _number(r.get("seeds"))})
+    if not seeds or seeds[-1] <= 1:
+        return ""
+    n = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
+    return f"; mean of {n} seeds, bars: 95% CI"
+
+
+def _panel(ax, key: str, series_rows: dict[str, list[dict[str, Any]]], x: str, cats: list[Any] | None) -> None:
+    """One metric against x: a line per series (markers only over categories, dodged apart), with error
+    bars where the rows carry a 95% confidence interval."""
+    m = BY_KEY[key]
+    shown: list[Any] = []
+    k = len(series_rows)
+    for i, (label, rs) in enumerate(series_rows.items()):
+        rs = [r for r in rs if r.get(key) is not None]
+        style = series_style(i)
+        if cats is not None:
+            dodge = (i - (k - 1) / 2) * min(0.6 / max(k, 1), 0.15)
+            xs = [cats.index(r[x]) + dodge for r in rs]
+            style["linestyle"] = "none"
+        else:
+            xs = [r[x] for r in rs]
+        ys = [r[key] for r in rs]
+        cis = [_ci(r, key) for r in rs]
+        shown += ys + [b for c in cis if c for b in c]
+        if any(cis):
+            err = np.array([[y - c[0], c[1] - y] if c else [np.nan, np.nan] for y, c in zip(ys, cis)]).T
+            ax.errorbar(xs, ys, yerr=err, label=label, elinewidth=0.8, **style)
+        else:
+            ax.plot(xs, ys, label=label, **style)
+    scale(ax, "y", shown, percent=m.kind == "fraction")
+    if cats is not None:
+        ax.set_xticks(range(len(cats)), [str(c) for c in cats], rotation=30 if len(cats) > 3 else 0,
+                      ha="right" if len(cats) > 3 else "center")
+        ax.set_xlim(-0.5, len(cats) - 0.5)
+        ax.xaxis.grid(False)
+    else:
+        allx = [r[x] for rs in series_rows.values() for r in rs]
+        scale(ax, "x", allx)
+        ticks_at(ax, "x", allx)
+
+
+def _sweep_series(rows: list[dict[str, Any]], params: list[str], x: str | None, by: Iterable[str]):
+    x, keys, categorical = sweep_layout(rows, params, x, by)
+    ok = [r for r in rows if r["status"] == "ok"]
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in ok:
+        out.setdefault(describe({k: r[k] for k in keys}), []).append(r)
+    if not categorical:
+        out = {label: sorted(rs, key=lambda r: r[x]) for label, rs in out.items()}
+    cats = list(dict.fromkeys(r[x] for r in ok)) if categorical else None
+    return x, keys, out, cats, ok
+
+
+def sweep_figure(rows: list[dict[str, Any]], params: list[str], key: str, x: str | None = None,
+                 by: Iterable[str] = ()):
+    """One headline metric against the swept key x: a line per combination of the other swept keys."""
+    x, keys, lines, cats, ok = _sweep_series(rows, params, x, by)
+    m = BY_KEY[key]
+    with styled():
+        fig = figure(2.5 + (legend_height(list(lines)) if len(lines) > 1 else 0))
+        ax = fig.add_subplot()
+        _panel(ax, key, lines, x, cats)
+        ax.set_xlabel(x)
+        ax.set_ylabel(m.axis_label)
+        title(ax, f"{m.label} against {x}" + _per(keys, cats) + _seeds_note(ok))
+        if len(lines) > 1:
+            legend(fig, title_=", ".join(keys))
+    return fig
+
+
+def headline_figure(rows: list[dict[str, Any]], params: list[str], x: str | None = None, by: Iterable[str] = ()):
+    """Every metric of SWEEP_METRICS against x, a panel each, one legend."""
+    x, keys, lines, cats, ok = _sweep_series(rows, params, x, by)
+    with styled():
+        fig = figure(6.0 + (legend_height(list(lines)) if len(lines) > 1 else 0))
+        axes = fig.subplots(3, 2, sharex=True).ravel()
+        for ax, key in zip(axes, SWEEP_METRICS):
+            _panel(ax, key, lines, x, cats)
+            title(ax, BY_KEY[key].axis_label, width=22)
+        for ax in axes[-2:]:
+            ax.set_xlabel(x)
+        title(fig, f"The headline metrics against {x}" + _per(keys, cats) + _seeds_note(ok))
+        if len(lines) > 1:
+            legend(fig, title_=", ".join(keys))
+    return fig
+
+
+def sweep_figures(rows: list[dict[str, Any]], params: list[str], x: str | None = None,
+                  by: Iterable[str] = ()) -> dict[str, Any]:
+    """``headline`` and a figure per metric of SWEEP_METRICS, named by its results.csv column."""
+    return {"headline": headline_figure(rows, params, x, by),
+            **{key: sweep_figure(rows, params, key, x, by) for key in SWEEP_METRICS}}
+
+
+def write_sweep_figures(rows: list[dict[str, Any]], params: list[str], out_dir: Path,
+                        formats: Iterable[str] = ("png",), x: str | None = None, by: Iterable[str] = ()) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return [p for name, fig in sweep_figures(rows, params, x, by).items() for p in save(fig, out_dir, name, formats)]
 
 
 # ------------------------------------------------------------------------------------------- HTML
@@ -368,18 +471,19 @@ def _table(headers: list[str] | None, rows: list[list[Any]]) -> str:
     if headers:
         out.append("<tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in headers) + "</tr>")
     for r in rows:
-        out.append("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in r) + "</tr>")
+        out.append("<tr>" + "".join(f"<td>{html.escape(fmt(v))}</td>" for v in r) + "</tr>")
     out.append("</table>")
     return "\n".join(out)
 
 
-def write_html(a: dict[str, Any], figures: dict[str, Path], path: Path,
+def write_html(a: dict[str, Any], figures: dict[str, Any], path: Path,
                sections: list[tuple[str, list[str] | None, list[list[Any]]]]) -> Path:
     """One HTML file: the report's sections as tables (as the terminal report has them: title, headers or
-    None, rows), the figures embedded as data: URIs, and the full JSON analysis."""
+    None, rows), the figures (matplotlib Figures by name) embedded as PNG data: URIs, and the full JSON
+    analysis."""
     parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-             f"<title>smpsim analysis: {html.escape(_title(a))}</title><style>{_CSS}</style></head><body>",
-             f"<h1>smpsim analysis: {html.escape(_title(a))}</h1>"]
+             f"<title>smpsim analysis: {html.escape(run_title(a))}</title><style>{_CSS}</style></head><body>",
+             f"<h1>smpsim analysis: {html.escape(run_title(a))}</h1>"]
     if a["run"].get("truncated"):
         parts.append(f"<p class=\"warn\">Truncated run ({html.escape(str(a['run'].get('truncation')))}): "
                      "the figures cover the events recorded up to where the trace ends.</p>")
@@ -392,7 +496,7 @@ def write_html(a: dict[str, Any], figures: dict[str, Path], path: Path,
         parts.append(_table(headers, rows))
     for name in FIGURES:
         if name in figures:
-            data = base64.b64encode(Path(figures[name]).read_bytes()).decode("ascii")
+            data = base64.b64encode(png_bytes(figures[name])).decode("ascii")
             parts.append(f"<h2>{html.escape(captions[name])}</h2>"
                          f"<img alt=\"{html.escape(captions[name])}\" src=\"data:image/png;base64,{data}\">")
     parts.append("<h2>Full analysis (smpsim analyze --json)</h2>")

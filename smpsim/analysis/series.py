@@ -1,7 +1,8 @@
 """Time series for the figures: per-bin aggregates over virtual time, computed in SQL.
 
-The run's span [0, t_end] is cut into ``bins`` equal bins of ``width = ceil((t_end + 1) / bins)`` cycles;
-bin b holds the events with ``b * width <= t < (b + 1) * width``.
+The run's span [0, t_end] is cut into bins of ``width`` cycles (the figures choose round widths:
+smpsim.analysis.figstyle.Bins), ``ceil((t_end + 1) / width)`` of them; bin b holds the events with
+``b * width <= t < (b + 1) * width``.
 """
 
 from __future__ import annotations
@@ -17,9 +18,13 @@ def bin_width(t_end: int, bins: int) -> int:
     return max(1, -(-(t_end + 1) // bins))
 
 
-def timeline(tr: Trace, t_end: int, bins: int = 200) -> dict[str, Any]:
+def bin_count(t_end: int, width: int) -> int:
+    return max(1, -(-(t_end + 1) // width))
+
+
+def timeline(tr: Trace, t_end: int, width: int) -> dict[str, Any]:
     """Flushes per bin by scope, ring wraps per bin, and IPIs per bin (useful and useless)."""
-    w = bin_width(t_end, bins)
+    w, bins = width, bin_count(t_end, width)
     flushes: dict[str, np.ndarray] = {}
     for scope, b, k in tr.rows("SELECT scope, t // ? AS b, count(*) FROM events WHERE ev = 'flush' "
                                "GROUP BY ALL", [w]):
@@ -36,10 +41,10 @@ def timeline(tr: Trace, t_end: int, bins: int = 200) -> dict[str, Any]:
             "wraps": wraps, "ipis": ipis, "useless_ipis": useless}
 
 
-def hit_rate(tr: Trace, ncpu: int, t_end: int, bins: int = 100) -> dict[str, Any]:
+def hit_rate(tr: Trace, ncpu: int, t_end: int, width: int) -> dict[str, Any]:
     """Per-CPU TLB hits and misses per bin (misses include background refills after a full flush, as in
     the per-CPU counters) and the hit rate (NaN for a bin without TLB lookups)."""
-    w = bin_width(t_end, bins)
+    w, bins = width, bin_count(t_end, width)
     hits = np.zeros((ncpu, bins), dtype=np.int64)
     misses = np.zeros((ncpu, bins), dtype=np.int64)
     for cpu, b, h, m in tr.rows(

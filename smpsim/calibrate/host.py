@@ -30,16 +30,16 @@ class CalibrationError(Exception):
     """The host cannot be measured; the message says why and how to fix it."""
 
 
-def find_tracefs(path: str | None = None) -> Path:
+def find_tracefs(path: str | None = None, required: tuple[str, ...] = REQUIRED) -> Path:
     """The tracefs mount with the events we need, or CalibrationError naming what is missing."""
     cands = [path] if path else list(TRACEFS_CANDIDATES)
     for c in cands:
         p = Path(c)
         if (p / "events").is_dir():
-            missing = [e for e in REQUIRED if not (p / "events" / e).is_dir()]
+            missing = [e for e in required if not (p / "events" / e).is_dir()]
             if missing:
                 raise CalibrationError(f"tracefs at {p} has no {', '.join(missing)} event: this kernel was "
-                                       f"built without it (x86 kernels have tlb:tlb_flush)")
+                                       f"built without it (x86 kernels have tlb:tlb_flush and vmalloc:*)")
             if not os.access(p / "instances", os.W_OK):
                 raise CalibrationError(f"tracefs at {p} is not writable by this user: run smpsim calibrate as "
                                        f"root (it creates a private tracefs instance)")

@@ -9,7 +9,7 @@ v.write("counterexample/")                            # the script and the confi
 
 First the fixed cases (smpsim.check.cases), then script workloads generated and shrunk by Hypothesis
 (smpsim.check.search). A failure is a stale use (the oracle: an access that reached another page than the
-one kmapped), a kernel BUG, a deadlock, or an exception out of the policy. A failing fixed case is
+one kmapped), a kernel BUG, a deadlock, or a policy error (an exception or a broken contract). A failing fixed case is
 shrunk to a short script; the search's failure, shrunk by Hypothesis, replaces it when shorter.
 """
 
@@ -240,7 +240,7 @@ def cost_line(policy: PolicyArg, ran: list[tuple[Case, Outcome]], overrides: Seq
         theirs = values([run_inline(_config(base, c.keys, c.script or None, overrides, ws, trace=c.trace))
                          for c, _ in ran])
         parts.append(f"vs {base}: {saving(mine, theirs)}")
-    return f"cost on the same {len(ran)} cases, {'; '.join(parts)}"
+    return f"cost on the {len(ran)} cases run inline, {'; '.join(parts)}"
 
 
 def counterexample_problem(out: Path) -> str | None:

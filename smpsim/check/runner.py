@@ -8,10 +8,15 @@ from typing import Any
 
 from smpsim.config import Config
 from smpsim.engines.recorder import Recorder
-from smpsim.model.errors import DeadlockError, ModelError
+from smpsim.model.errors import DeadlockError, ModelError, PolicyError
 
 # The kinds of failure, in the words the report uses.
 STALE, BUG, DEADLOCK, CRASH, MISMATCH = "stale use", "kernel BUG", "deadlock", "policy error", "engines disagree"
+
+
+def _kind(e: ModelError) -> str:
+    """A model error's kind: a policy that broke its contract or raised is its own kind, not a kernel BUG."""
+    return DEADLOCK if isinstance(e, DeadlockError) else CRASH if isinstance(e, PolicyError) else BUG
 
 
 class _Keeping(Recorder):
@@ -52,7 +57,7 @@ def run_inline(cfg: Config) -> Outcome:
         summary = engine.core.close()
     except ModelError as e:
         summary = engine.fail(e)
-        failure = (DEADLOCK if isinstance(e, DeadlockError) else BUG, str(e))
+        failure = (_kind(e), str(e))
     except Exception as e:  # noqa: BLE001 - a policy's own exception is a finding, not a crash of the checker
         summary = {}
         failure = (CRASH, f"{type(e).__name__}: {e}")
@@ -70,7 +75,7 @@ def run_distributed(cfg: Config) -> Outcome:
             summary = run.summary
     except ModelError as e:
         summary = getattr(getattr(e, "run", None), "summary", None) or {}
-        return Outcome(summary, failure=(DEADLOCK if isinstance(e, DeadlockError) else BUG, str(e)))
+        return Outcome(summary, failure=(_kind(e), str(e)))
     return _judge(Outcome(summary))
 
 

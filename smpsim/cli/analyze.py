@@ -18,9 +18,32 @@ import typer
 
 from smpsim.analysis import QUERY_MEMORY_LIMIT, QUERY_TIMEOUT
 from smpsim.cli.common import EXIT_USAGE, console, fail, handle_errors, warn
-from smpsim.metrics import fmt as _fmt
+from smpsim.metrics import fmt as _fmt, marks
 
 RunArg = Annotated[Path, typer.Argument(help="run directory (RUN/summary.json, RUN/trace/)", show_default=False)]
+# --format of the commands that draw (analyze, compare, sweep): which files --plot writes.
+FormatOpt = Annotated[Optional[str], typer.Option(
+    "--format", metavar="png,svg,pdf", help="the --plot figures' formats, comma-separated (default png)",
+    show_default=False)]
+
+
+def plot_formats(text: str | None, plot: Path | None) -> list[str]:
+    """--format's list (png without it); an error when it is given without --plot or names no known format."""
+    from smpsim.analysis.figstyle import parse_formats
+
+    if text is None:
+        return ["png"]
+    if plot is None:
+        fail(f"--format {text} says which files --plot writes: add --plot DIR")
+    try:
+        return parse_formats(text)
+    except ValueError as e:
+        fail(str(e))
+
+
+def wrote(paths: list[Path], to_stderr: bool) -> None:
+    for path in paths:
+        print(f"wrote {path}", file=sys.stderr if to_stderr else sys.stdout)
 
 
 def _truncation_warning(meta, events: int | None = None, t_end: int | None = None) -> None:
@@ -101,7 +124,11 @@ def analyze(
     run: RunArg,
     json_: Annotated[bool, typer.Option("--json", help="print the analysis as one JSON document")] = False,
     plot: Annotated[Optional[Path], typer.Option(
-        "--plot", help="also write PNG figures and report.html into this directory", show_default=False)] = None,
+        "--plot", help="also write the figures and report.html into this directory", show_default=False)] = None,
+    format_: FormatOpt = None,
+    bin_: Annotated[Optional[str], typer.Option(
+        "--bin", metavar="WIDTH", help="time bin of the --plot figures over time: cycles (50000) or µs (20us); "
+        "default: a round width giving about 100 bins", show_default=False)] = None,
 ) -> None:
     """Report on a run: flushes, IPIs, shootdown latency, TLB hit rates, stale uses.
 
@@ -113,26 +140,37 @@ def analyze(
     from smpsim.analysis.metrics import analyze as analyze_trace
     from smpsim.analysis.report import sections
 
+    from smpsim.analysis.figstyle import check_bins, parse_bins
+
+    formats = plot_formats(format_, plot)
+    if bin_ is not None and plot is None:
+        fail(f"--bin {bin_} sets the time bins of the --plot figures: add --plot DIR")
+    try:
+        bins = parse_bins(bin_) if bin_ is not None else None
+    except ValueError as e:
+        fail(str(e))
     with open_trace(run) as tr:
         a = analyze_trace(tr, summarize_logs(tr.meta.path))
         _truncation_warning(tr.meta, a["events"], a["t_end"])
-        written: dict[str, Path] = {}
+        written: list[Path] = []
         if plot is not None:
             from smpsim.analysis.plots import write_figures, write_html
 
             try:
-                written = dict(write_figures(tr, a, plot))
-                written["report"] = write_html(a, written, plot / "report.html", sections(a))
+                if bins is not None:
+                    check_bins(bins, a["t_end"])
+            except ValueError as e:
+                fail(str(e))
+            try:
+                figs, written = write_figures(tr, a, plot, formats, bins)
+                written.append(write_html(a, figs, plot / "report.html", sections(a)))
             except OSError as e:
                 fail(f"{plot}: cannot write the figures: {e.strerror or e}")
     if json_:
         typer.echo(json.dumps(a, indent=2))
     else:
         render(sections(a), console())
-    if written:
-        say = (lambda m: print(m, file=sys.stderr)) if json_ else typer.echo
-        for path in written.values():
-            say(f"wrote {path}")
+    wrote(written, json_)
 
 
 # ---------------------------------------------------------------------------------------------- compare
@@ -150,7 +188,9 @@ def compare(
         show_default=False)] = None,
     json_: Annotated[bool, typer.Option("--json", help="print the comparison as one JSON document")] = False,
     plot: Annotated[Optional[Path], typer.Option(
-        "--plot", help="also write kmap_latency_cdf.png into this directory", show_default=False)] = None,
+        "--plot", help="also write kmap_latency_cdf (a kmap latency CDF per run) into this directory",
+        show_default=False)] = None,
+    format_: FormatOpt = None,
 ) -> None:
     """Headline metrics of several runs side by side, and how much each saves over its baseline."""
     from smpsim.analysis.compare import compare as compare_runs
@@ -159,6 +199,7 @@ def compare(
     from smpsim.analysis.metrics import analyze as analyze_trace
     from smpsim.config import config_key_problem, parse_value
 
+    formats = plot_formats(format_, plot)
     spec: dict[str, Any] = {}
     for item in baseline or ():
         key, eq, text = item.partition("=")
@@ -189,14 +230,16 @@ def compare(
                 cycles.append(tr.numpy("SELECT cycles FROM events WHERE ev = 'kmap'")["cycles"])
         analyses.append(a)
     doc = compare_runs(paths, analyses, spec, list(by or ()), fallback=[p.name for p in paths])
-    written = None
+    written: list[Path] = []
     if plot is not None:
-        from smpsim.analysis.plots import kmap_latency_cdf
+        from smpsim.analysis.figstyle import save
+        from smpsim.analysis.plots import compare_figure
 
+        fig = compare_figure([r["label"] for r in doc["runs"]], [r["group"] for r in doc["runs"]], cycles,
+                             [*doc["varying"], *doc["by"]])
         try:
             plot.mkdir(parents=True, exist_ok=True)
-            written = kmap_latency_cdf([r["label"] for r in doc["runs"]], [r["group"] for r in doc["runs"]], cycles,
-                                       plot / "kmap_latency_cdf.png")
+            written = save(fig, plot, "kmap_latency_cdf", formats)
         except OSError as e:
             fail(f"{plot}: cannot write the figures: {e.strerror or e}")
     if json_:
@@ -204,14 +247,14 @@ def compare(
     else:
         header, blocks = layout(doc)
         width = table_width()
-        lines = metrics_table(header, [{m["key"]: m["values"][i] for m in doc["metrics"]}
-                                       for i in range(len(doc["runs"]))], blocks, width)
+        lines = metrics_table(header, [{**{m["key"]: m["values"][i] for m in doc["metrics"]},
+                                        "confounders": marks(r["confounders"])}
+                                       for i, r in enumerate(doc["runs"])], blocks, width)
         against = ", ".join(f"{k}={v}" for k, v in spec.items()) or doc["runs"][0]["label"]
         lines += savings_block(against + (f", by {', '.join(by or ())}" if by else ""),
                                [s["text"] for s in doc["savings"]], width)
         typer.echo("\n".join(lines))
-    if written is not None:
-        print(f"wrote {written}", file=sys.stderr if json_ else sys.stdout)
+    wrote(written, json_)
 
 
 def table_width() -> int:

@@ -19,7 +19,7 @@ import typer
 from smpsim.config import ConfigError
 from smpsim.engines.stopping import EXIT_RUN_FAILED, EXIT_USAGE, RunAborted, exit_code_of
 from smpsim.extras import missing_message
-from smpsim.trace.errors import TraceError
+from smpsim.trace.errors import TraceError, TraceWriteError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -52,19 +52,30 @@ def interrupted(e: KeyboardInterrupt, run_dir: Any) -> NoReturn:
     from smpsim.trace.rundir import read_summary
 
     if run_dir is None:
-        fail(str(e) or "interrupted", exit_code_of(e))
+        fail(stop_reason(e), exit_code_of(e))
     try:
         summary = read_summary(run_dir) or {}
     except TraceError:
         summary = {}
     reached = summary.get("t_reached")
     where = f" at virtual time t={reached:,}" if isinstance(reached, int) else ""
-    fail(f"{e or 'interrupted'}{where}; the run up to there is in {run_dir} (status \"interrupted\"; "
+    fail(f"{stop_reason(e)}{where}; the run up to there is in {run_dir} (status \"interrupted\"; "
          "smpsim analyze reads it)", exit_code_of(e))
+
+
+def stop_reason(e: KeyboardInterrupt) -> str:
+    """What stopped a command: "interrupted by SIGTERM", or for Python's own KeyboardInterrupt (no text)
+    "interrupted by SIGINT"."""
+    return str(e) or "interrupted by SIGINT"
 
 
 def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
+
+
+def say(message: str) -> None:
+    """A line on stderr about what a command is doing (waiting for a directory another process uses)."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def _loaded_class(module: str, name: str) -> type | None:
@@ -79,6 +90,8 @@ def classify(exc: BaseException) -> tuple[int, str] | None:
         return EXIT_USAGE, str(exc)
     if isinstance(exc, TraceError):
         return EXIT_USAGE, str(exc)
+    if isinstance(exc, TraceWriteError):  # the run started: it failed, no user mistake
+        return EXIT_RUN_FAILED, str(exc)
     if isinstance(exc, ImportError) and exc.name and missing_message(exc.name):
         return EXIT_USAGE, missing_message(exc.name)
     workload_error = _loaded_class("smpsim.model.workloads", "WorkloadError")
@@ -97,6 +110,9 @@ def classify(exc: BaseException) -> tuple[int, str] | None:
         return EXIT_RUN_FAILED, f"kernel BUG in the simulated model: {exc}"
     if isinstance(exc, RunAborted):
         return EXIT_RUN_FAILED, f"the distributed run stopped: {exc}"
+    limit_error = _loaded_class("smpsim.engines.distributed.limits", "LimitError")
+    if limit_error and isinstance(exc, limit_error):
+        return EXIT_USAGE, str(exc)
     return None
 
 
@@ -111,7 +127,7 @@ def handle_errors(fn: F) -> F:
             raise
         except KeyboardInterrupt as e:
             sys.stdout.flush()
-            print(f"error: {e or 'interrupted'}", file=sys.stderr)
+            print(f"error: {stop_reason(e)}", file=sys.stderr)
             raise typer.Exit(exit_code_of(e)) from None
         except BrokenPipeError:
             # The reader of our stdout went away (e.g. `smpsim export RUN | head`): not an error.

@@ -59,4 +59,5 @@ def check(config: Annotated[Path, typer.Argument(help="TOML config (or experimen
         raise ConfigError(str(config), list(dict.fromkeys(problems)))
     for note in dict.fromkeys(notes):
         typer.echo(note, err=True)
-    typer.echo("ok" if not exp.values else f"ok: a sweep of {len(exp.points)} points")
+    runs = f" x {len(exp.seeds)} seeds ({len(exp.runs())} runs)" if exp.replicated else ""
+    typer.echo("ok" if not exp.values else f"ok: a sweep of {len(exp.points)} points{runs}")

@@ -11,8 +11,8 @@ import typer
 
 from smpsim.cli.common import EXIT_USAGE, fail, handle_errors
 from smpsim.cli.config_cmd import SetOpt
-from smpsim.cli.run import (CheckpointOpt, MaxRespawnsOpt, NoRespawnOpt, OutOpt, PointOpt, TransportOpt, execute,
-                            report, respawn_policy)
+from smpsim.cli.run import (CheckpointOpt, MaxRespawnsOpt, NoRespawnOpt, OutOpt, PointOpt, TransportOpt, WaitOpt,
+                            execute, report, respawn_policy)
 from smpsim.engines.distributed.respawn import CHECKPOINT_OPS, MAX_RESPAWNS
 from smpsim.engines.distributed.protocol import JOIN_TIMEOUT_S
 
@@ -41,6 +41,7 @@ def launch(
     no_respawn: NoRespawnOpt = False,
     max_respawns: MaxRespawnsOpt = MAX_RESPAWNS,
     checkpoint_every: CheckpointOpt = CHECKPOINT_OPS,
+    wait: WaitOpt = False,
 ) -> None:
     """Run a config on one OS process per CPU plus a coordinator, on this host. A CPU process that dies is
     replaced: the new one resumes from that CPU's last checkpoint (--no-respawn: the run stops)."""
@@ -51,7 +52,7 @@ def launch(
     if cpus is not None:
         overrides.append(f"machine.cpus={cpus}")
     execute(api.load(config, overrides, engine="distributed", transport=transport and transport.value,
-                     point=point), out, respawn)
+                     point=point), out, respawn, wait)
 
 
 @handle_errors
@@ -69,20 +70,28 @@ def coordinator(
         "--key", envvar="SMPSIM_KEY", help="this coordinator's key pair, NAME.key_secret from `smpsim keygen`: "
                                            "CurveZMQ encryption and authentication")] = None,
     allow: Annotated[Optional[Path], typer.Option(
-        "--allow", envvar="SMPSIM_ALLOW", help="the CPUs' public keys: a directory of NAME.key files, or a "
-                                               "file of Z85 keys one per line")] = None,
+        "--allow", envvar="SMPSIM_ALLOW", help="the CPUs' public keys, each for one CPU id: a file of `KEY "
+                                               "CPU_ID` lines (keygen's allowed.keys), or a directory of "
+                                               "cpu-N.key files")] = None,
     insecure: InsecureOpt = False,
     out: OutOpt = None,
     join_timeout: JoinTimeoutOpt = JOIN_TIMEOUT_S,
+    no_respawn: NoRespawnOpt = False,
+    max_respawns: MaxRespawnsOpt = MAX_RESPAWNS,
+    checkpoint_every: CheckpointOpt = CHECKPOINT_OPS,
 ) -> None:
-    """Serve a run to CPU processes that join from this or other hosts (`smpsim cpu`)."""
+    """Serve a run to CPU processes that join from this or other hosts (`smpsim cpu`). A CPU process that is
+    lost may be restarted (by hand, or by its orchestrator) with the same id: it resumes from that CPU's last
+    checkpoint (--no-respawn: the run stops)."""
     _check_join_timeout(join_timeout)
+    respawn = respawn_policy(no_respawn, max_respawns, checkpoint_every)
     from smpsim import api
     from smpsim.engines.distributed import protocol as p
     from smpsim.engines.distributed import security
     from smpsim.engines.distributed.launch import serve_coordinator
+    from smpsim.engines.distributed.limits import FDS_PER_CPU_CONNECTION, ensure_open_files
     from smpsim.experiments.provenance import recorded
-    from smpsim.trace.rundir import create_run_dir, default_run_dir
+    from smpsim.trace.rundir import claim_run_dir, default_run_dir
 
     try:
         listen = p.check_address(listen)
@@ -97,7 +106,8 @@ def coordinator(
     except OSError as e:
         fail(f"--token-file {token_file}: cannot write it ({e.strerror})", EXIT_USAGE)
     cfg = api.load(config, set_)
-    out_dir = create_run_dir(out if out is not None else default_run_dir(cfg), cfg)
+    ensure_open_files(cfg.machine.cpus, "a coordinator", FDS_PER_CPU_CONNECTION)  # before the run directory
+    out_dir = out if out is not None else default_run_dir(cfg)
     how = []
     if curve is not None:
         how.append(f"CurveZMQ, {len(curve.allowed)} CPU keys allowed")
@@ -111,11 +121,12 @@ def coordinator(
               + "".join(f"; {h}" for h in how), file=sys.stderr, flush=True)
 
     try:
-        report(cfg, lambda status: recorded(
-            cfg, out_dir, lambda: serve_coordinator(cfg, out_dir, listen, token, progress=status,
-                                                    on_listening=listening, curve=curve,
-                                                    join_timeout=join_timeout),
-            "distributed", processes=cfg.machine.cpus + 1, hosts=None), out_dir)
+        with claim_run_dir(out_dir, cfg, lock=out is not None):
+            report(cfg, lambda status: recorded(
+                cfg, out_dir, lambda: serve_coordinator(cfg, out_dir, listen, token, progress=status,
+                                                        on_listening=listening, curve=curve,
+                                                        join_timeout=join_timeout, respawn=respawn),
+                "distributed", processes=cfg.machine.cpus + 1, hosts=None), out_dir)
     except p.AddressError as e:
         fail(str(e), EXIT_USAGE)
 

@@ -43,10 +43,11 @@ def keygen(
             kdir.mkdir(parents=True, exist_ok=True)
             pub, _, _ = write_keypair(cdir, "coordinator")
             pub.rename(kdir / pub.name)  # the CPUs' set needs it; in the coordinator's it would be a CPU key
-            lines = ["# CPU public keys the coordinator admits (smpsim coordinator --allow)"]
+            lines = ["# CPU public keys the coordinator admits (smpsim coordinator --allow): KEY CPU_ID, each",
+                     "# key for that CPU id only"]
             for c in range(cpus):
                 _, _, key = write_keypair(kdir, f"cpu-{c}")
-                lines.append(f"{key}  # cpu-{c}")
+                lines.append(f"{key} {c}")
             (cdir / "allowed.keys").write_text("\n".join(lines) + "\n")
             typer.echo(f"{cdir}/: coordinator.key_secret, allowed.keys ({cpus} CPU keys)   "
                        "smpsim coordinator --key coordinator.key_secret --allow allowed.keys")

@@ -68,6 +68,18 @@ def set_without_equals(argv: list[str]) -> str:
     return ""
 
 
+def _one_line_warnings() -> None:
+    """A library's Python warning (a truncated run read somewhere) as the CLI's one ``warning:`` line, never
+    Python's ``file:line: Category: ...`` format."""
+    import warnings
+
+    from smpsim.cli.common import warn
+
+    warnings.showwarning = lambda message, *args, **kwargs: warn(str(message))
+
+
+_one_line_warnings()
+
 app = typer.Typer(
     cls=_Group,
     name="smpsim",
@@ -93,6 +105,8 @@ def main(
         "--version", callback=_version, is_eager=True, help="print the version and exit")] = False,
 ) -> None:
     """smpsim: the pkmap ring, kmap_lock, per-CPU TLBs and TLB shootdowns, in virtual cycles."""
+    from smpsim.engines.distributed import sockdir
+    sockdir.clean_orphans()  # what a launch killed outright (SIGKILL) left in the temporary directory
 
 
 app.command("run")(run.run)

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from smpsim.cli.common import EXIT_RUN_FAILED, classify, console, fail, handle_errors, interrupted
+from smpsim.cli.common import EXIT_RUN_FAILED, classify, console, fail, handle_errors, interrupted, say
 from smpsim.cli.config_cmd import ConfigArg, SetOpt
 from smpsim.cli.progress import RunProgress, total_kmaps
 from smpsim.config import Config
@@ -37,6 +37,8 @@ NoRespawnOpt = Annotated[bool, typer.Option(
     "--no-respawn", help="distributed engine: stop the run when a CPU process dies instead of replacing it")]
 MaxRespawnsOpt = Annotated[int, typer.Option(
     "--max-respawns", metavar="K", help="distributed engine: replace each CPU's process at most K times")]
+WaitOpt = Annotated[bool, typer.Option(
+    "--wait", help="when another smpsim process is using --out, wait until it has finished instead of stopping")]
 CheckpointOpt = Annotated[int, typer.Option(
     "--checkpoint-every", metavar="N",
     help="distributed engine: a CPU checkpoints every N operations (and messages received), for its "
@@ -71,25 +73,27 @@ def run(
     no_respawn: NoRespawnOpt = False,
     max_respawns: MaxRespawnsOpt = MAX_RESPAWNS,
     checkpoint_every: CheckpointOpt = CHECKPOINT_OPS,
+    wait: WaitOpt = False,
 ) -> None:
     """Run one simulation and print its summary."""
     from smpsim import api
 
     respawn = respawn_policy(no_respawn, max_respawns, checkpoint_every)
     execute(api.load(config, set_, engine=engine and engine.value, transport=transport and transport.value,
-                     point=point), out, respawn)
+                     point=point), out, respawn, wait)
 
 
-def execute(cfg: Config, out: Path | None, respawn=None) -> None:
+def execute(cfg: Config, out: Path | None, respawn=None, wait: bool = False) -> None:
     """Run a resolved config (``smpsim run`` and ``smpsim launch``) into ``out`` or a new runs/ directory,
-    and print its summary. respawn: the distributed engine's RespawnPolicy (None: its default)."""
+    and print its summary. respawn: the distributed engine's RespawnPolicy (None: its default); wait: for
+    another process using ``out``."""
     from smpsim import api
 
     about = api.check_workload(cfg)  # a trace: what it replays and skips (the run checks it again, cached)
     if about:
         typer.echo(about, err=True)
     report(cfg, lambda progress: api.run_config(cfg, out, runs_root=None if out is not None else "runs",
-                                                progress=progress, respawn=respawn))
+                                                progress=progress, respawn=respawn, wait=wait, on_wait=say))
 
 
 def report(cfg: Config, body: Callable[[Callable[[dict], None]], Any], run_dir: Path | None = None) -> None:

@@ -8,7 +8,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from smpsim.cli.common import EXIT_RUN_FAILED, console, fail, handle_errors, warn
+from smpsim.cli.analyze import FormatOpt, plot_formats
+from smpsim.cli.common import EXIT_RUN_FAILED, console, fail, handle_errors, say, warn
 from smpsim.cli.config_cmd import SetOpt
 from smpsim.engines.stopping import Interrupted
 from smpsim.experiments.provenance import FINISHED
@@ -31,10 +32,21 @@ def sweep(
     collect: Annotated[Optional[Path], typer.Option(
         "--collect", metavar="DIR", help="merge the shard tables found under DIR into DIR/results.*")] = None,
     plot: Annotated[Optional[Path], typer.Option(
-        "--plot", metavar="DIR", help="also write flush_stall.png (initiator stall against the swept key) "
-        "into DIR", show_default=False)] = None,
+        "--plot", metavar="DIR", help="also draw the headline metrics against a swept key into DIR (a figure "
+        "per metric and headline.png with all of them)", show_default=False)] = None,
+    x: Annotated[Optional[str], typer.Option(
+        "--x", metavar="KEY", help="the swept key on the --plot figures' x axis (default: the first numeric "
+        "swept key)", show_default=False)] = None,
+    format_: FormatOpt = None,
+    wait: Annotated[bool, typer.Option(
+        "--wait", help="when another sweep (or the same shard) is using --out, wait until it has finished "
+        "instead of stopping")] = False,
 ) -> None:
     """Run every point of an experiment (finished points are skipped) and print its results table."""
+    formats = plot_formats(format_, plot)
+    if x is not None and plot is None:
+        fail(f"--x {x} picks the x axis of the --plot figures: add --plot DIR")
+    figures = Figures(plot, x, formats)
     if collect is not None:
         from smpsim.experiments import results
 
@@ -42,8 +54,10 @@ def sweep(
             fail("--collect DIR merges the results of shards that already ran: give it no EXPERIMENT, "
                  "--shard or --set")
         rows, meta = results.collect(collect)
-        paths = results.write(rows, meta["params"], meta, collect / "results")
-        _finish(rows, meta["params"], meta, f"{len(rows)} points of {meta['experiment']} collected", paths, plot)
+        written = results.write(rows, meta["params"], meta, collect / "results")
+        figures.check(meta["params"], meta["experiment"])
+        _finish(written.rows, meta["params"], meta, f"{len(written.rows)} points of {meta['experiment']} collected",
+                written.paths, figures, seed_paths=written.seed_paths)
         return
     if experiment is None:
         fail("give an experiment to run (smpsim sweep configs/lazy-vs-eager.toml), or --collect DIR to merge "
@@ -56,20 +70,59 @@ def sweep(
     part = _parse_shard(shard) if shard is not None else None
     if jobs is not None and jobs < 1:
         fail(f"--jobs {jobs}: must be at least 1")
-    for problem in load_experiment(experiment, set_ or ()).report_problems():
+    exp = load_experiment(experiment, set_ or ())
+    for problem in exp.report_problems():
         warn(f"{experiment}: {problem}: those points get no saving line")
+    figures.check(exp.keys, str(experiment))
     try:
         with _Progress(console()) as advance:
-            done = api.run_sweep(experiment, set_, out=out, jobs=jobs, shard=part, on_point=advance)
+            done = api.run_sweep(experiment, set_, out=out, jobs=jobs, shard=part, on_point=advance, wait=wait,
+                                 on_wait=say, on_warning=warn)
     except SweepError as e:
         fail(str(e), EXIT_RUN_FAILED)
     which = (f"shard {part[0]}/{part[1]}: {len(done.rows)} of {done.total} points" if part
              else f"{len(done.rows)} points")
     from smpsim.experiments.results import read_meta
 
+    runs = " runs" if done.seed_rows is not None else ""
     _finish(done.rows, done.params, read_meta(done.paths[1]),
-            f"{which}: {len(done.ran)} run, {len(done.skipped)} already finished", done.paths, plot,
-            done.interrupted)
+            f"{which}: {len(done.ran)}{runs} run, {len(done.skipped)}{runs} already finished", done.paths, figures,
+            done.interrupted, done.seed_paths)
+
+
+class Figures:
+    """What --plot, --x and --format ask for: checked before any point runs, drawn once the table is."""
+
+    def __init__(self, out: Path | None, x: str | None, formats: list[str]) -> None:
+        self.out, self.x, self.formats = out, x, formats
+
+    def check(self, params: list[str], source: str) -> None:
+        if self.out is None:
+            return
+        from smpsim.analysis.plots import sweep_layout
+
+        try:
+            sweep_layout([], params, self.x)
+        except ValueError as e:
+            fail(f"{source}: {e}")
+
+    def write(self, table: Path, params: list[str], by: list[str]) -> None:
+        """Draw from the results table as written (every column it has: the seeds' confidence intervals
+        too)."""
+        if self.out is None:
+            return
+        import pyarrow.parquet as pq
+
+        from smpsim.analysis.plots import write_sweep_figures
+
+        rows = pq.read_table(table).to_pylist()
+        try:
+            paths = write_sweep_figures(rows, params, self.out, self.formats, self.x, by)
+        except ValueError as e:
+            fail(f"--plot: {e}")
+        except OSError as e:
+            fail(f"{self.out}: cannot write the figures: {e.strerror or e}")
+        typer.echo("\n".join(f"wrote {p}" for p in paths))
 
 
 def _parse_shard(text: str) -> tuple[int, int]:
@@ -84,7 +137,8 @@ def _parse_shard(text: str) -> tuple[int, int]:
 
 
 def _finish(rows: list[dict[str, Any]], params: list[str], meta: dict[str, Any], what: str,
-            paths: tuple[Path, Path], plot: Path | None = None, interrupted: int | None = None) -> None:
+            paths: tuple[Path, Path], figures: "Figures", interrupted: int | None = None,
+            seed_paths: tuple[Path, Path] | None = None) -> None:
     """Print the metrics of the points (metrics as rows, one block per [report] group), each point's
     saving over its baseline, and where the table was written; exit 1 when a point has no successful run,
     128 + the signal when the sweep was stopped by one."""
@@ -96,6 +150,8 @@ def _finish(rows: list[dict[str, Any]], params: list[str], meta: dict[str, Any],
     ok = [r for r in rows if r["status"] == "ok"]
     by = [k for k in (meta.get("report") or {}).get("by", []) if k in params]
     header = [(k, [r[k] for r in ok]) for k in params if k not in by] or [("point", [r["point"] for r in ok])]
+    if ok and "seeds" in ok[0]:  # points run with several seeds: each value is a mean, ±half its 95% CI
+        header.append(("seeds", [r["seeds"] for r in ok]))
     blocks: dict[tuple, list[int]] = {}
     for i, r in enumerate(ok):
         blocks.setdefault(tuple(r[k] for k in by), []).append(i)
@@ -108,25 +164,20 @@ def _finish(rows: list[dict[str, Any]], params: list[str], meta: dict[str, Any],
         against = ", ".join(f"{k}={v}" for k, v in rep["baseline"].items())
         lines += savings_block(against + (f", by {', '.join(rep['by'])}" if rep["by"] else ""), savings, width)
     typer.echo("\n".join(lines))
-    typer.echo(f"{what}; results in {paths[0]} and {paths[1]}")
+    per_seed = f" (each seed's run: {seed_paths[0]} and {seed_paths[1]})" if seed_paths else ""
+    typer.echo(f"{what}; results in {paths[0]} and {paths[1]}{per_seed}")
     if interrupted is not None:
         e = Interrupted(interrupted)
         done = sum(r["status"] in FINISHED for r in rows)
         fail(f"{e}: {done} of {len(rows)} points have finished runs; the points it stopped kept what they "
              "ran (status \"interrupted\"); the same command runs the rest", e.exit_code)
-    if plot is not None and ok:
-        from smpsim.analysis.plots import sweep_stall
-
-        try:
-            plot.mkdir(parents=True, exist_ok=True)
-            typer.echo(f"wrote {sweep_stall(rows, params, by, plot / 'flush_stall.png')}")
-        except OSError as e:
-            fail(f"{plot}: cannot write the figure: {e.strerror or e}")
+    if ok:
+        figures.write(paths[1], params, by)
     bad = [r for r in rows if r["status"] != "ok"]
     if bad:
-        why = "; ".join(f"point {r['point']} ({r['status']}: {r['error'] or 'no run'})" for r in bad[:5])
+        why = "; ".join(f"point {r['point']} ({r['status']}: {r['error'] or 'no run'})" for r in bad[:20])
         fail(f"{len(bad)} of {len(rows)} points did not finish with a result: {why}"
-             f"{'; ...' if len(bad) > 5 else ''}. Points that failed or were interrupted run again when the "
+             f"{f'; ... (every point in {paths[0]})' if len(bad) > 20 else ''}. Points that failed or were interrupted run again when the "
              "same command is repeated; a point stopped by the model (error) is deterministic: see its "
              "run directory's summary.json", EXIT_RUN_FAILED)
 

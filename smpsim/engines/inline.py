@@ -20,6 +20,7 @@ from smpsim.model import workloads
 from smpsim.model.coordinator import Coordinator
 from smpsim.model.cpu import Cpu
 from smpsim.model.errors import ModelError
+from smpsim.trace.errors import TraceWriteError
 
 # Young-generation collections while a run goes on: the run allocates millions of short-lived tuples
 # (messages, events) that reference counting frees, so collecting at every 700 new container objects (the
@@ -45,7 +46,7 @@ def run(cfg: Config, out_dir: Path | None = None,
     engine = InlineEngine(cfg, Recorder(cfg, out_dir, "inline"))
     try:
         engine.drive(progress)
-    except (ModelError, stopping.Interrupted) as e:
+    except (ModelError, stopping.Interrupted, TraceWriteError) as e:
         engine.fail(e)
         raise
     summary = engine.core.close()

@@ -11,11 +11,13 @@ from pathlib import Path
 from smpsim import __version__
 from smpsim.config import Config
 from smpsim.engines.stopping import status_of
+from smpsim.metrics import confounders, facts_from_summary
 from smpsim.model.policies import label as policy_label
 from smpsim.trace.columns import by_type
 from smpsim.trace.counters import Counters
+from smpsim.trace.errors import TraceWriteError
 from smpsim.trace.merge import CanonicalMerger
-from smpsim.trace.rundir import config_hash, create_run_dir, write_summary
+from smpsim.trace.rundir import SUMMARY_NAME, config_hash, create_run_dir, write_summary
 from smpsim.trace.writer import TraceWriter
 
 
@@ -80,10 +82,22 @@ class Recorder:
     def close(self, error: BaseException | None = None, lock_held_cycles: int | None = None) -> dict:
         """Write the trace and the summary. After an error everything simulated is written; after an
         interrupt only the events below the last watermark, so the trace is a prefix of the uninterrupted
-        run's and the counters match it."""
-        status = status_of(error)
+        run's and the counters match it.
+
+        A write that fails (a full disk) ends the run with status "error": the parts written before it are
+        kept, its temporary part removed, and summary.json says so if there is room for it; the
+        TraceWriteError is raised after it (``unsaved`` naming summary.json when it could not be written).
+        """
         reached = self.merger.watermark
-        self._store(self.merger.release() if status == "interrupted" else self.merger.finish())
+        failed = None
+        try:
+            self._store(self.merger.release() if status_of(error) == "interrupted" else self.merger.finish())
+            self.writer.close()
+        except TraceWriteError as e:
+            failed = e
+        if self.writer.failed is not None and not isinstance(error, TraceWriteError):
+            failed = error = self.writer.failed  # the first write that failed is what stopped the run
+        status = status_of(error)
         digest = self.writer.close()
         summary = {
             "status": status,
@@ -105,10 +119,18 @@ class Recorder:
         if lock_held_cycles is not None:  # held / elapsed: above ~0.5 the lock, not the flush, dominates
             held, t_end = lock_held_cycles, summary["t_end"]
             summary["kmap_lock"] = {"held_cycles": held, "utilisation": round(held / t_end, 4) if t_end else 0.0}
-        if error is not None:  # the virtual time up to which the trace is complete
+        summary["confounders"] = confounders(facts_from_summary(summary))
+        if error is not None and not isinstance(error, TraceWriteError):  # up to which the trace is complete
             summary["t_reached"] = reached if reached is not None else 0
         if self.fault_count:
             summary["faults"] = {"count": self.fault_count, "first": self.faults}
         if self.run_dir is not None:
-            write_summary(self.run_dir, summary)
+            try:
+                write_summary(self.run_dir, summary)
+            except TraceWriteError:
+                if not isinstance(error, TraceWriteError):
+                    raise
+                error.unsaved.append(SUMMARY_NAME)
+        if failed is not None:
+            raise failed
         return summary

@@ -26,7 +26,14 @@ EXIT_CPU_LOST = 3     # `smpsim cpu`: refused by, never reached, or lost its coo
 RUN_CHUNK = 20_000
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-SOFT_STOP = signal.SIGUSR1  # a sweep asks its workers to stop: like the first SIGTERM, never "at once"
+# A sweep asks its workers to stop for the user's SIGTERM or SIGINT: like the first such signal (the point
+# records the user's signal), never "at once".
+SOFT_STOPS = {signal.SIGUSR1: signal.SIGTERM, signal.SIGUSR2: signal.SIGINT}
+
+
+def soft_stop_for(user_signal: int) -> int:
+    """The signal a sweep sends its workers when the user sent ``user_signal``."""
+    return next((s for s, u in SOFT_STOPS.items() if u == user_signal), signal.SIGUSR1)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -38,7 +45,7 @@ class Interrupted(KeyboardInterrupt):
 
     @property
     def exit_code(self) -> int:
-        return 128 + (signal.SIGTERM if self.signum == SOFT_STOP else self.signum)
+        return 128 + self.signum
 
 
 class RunAborted(Exception):
@@ -89,10 +96,12 @@ def check() -> None:
 
 def _on_signal(signum: int, frame) -> None:
     global _received
+    if signum in SOFT_STOPS:
+        if _received is None:
+            _received = SOFT_STOPS[signum]
+        return
     if _received is None:
         _received = signum
-        return
-    if signum == SOFT_STOP:
         return
     for fn in list(_cleanups):  # second signal: out at once, leaving no sockets behind
         try:
@@ -127,8 +136,9 @@ def handling_signals() -> Iterator[None]:
 
 
 def accept_soft_stop() -> None:
-    """A sweep worker: SOFT_STOP from the sweep process stops the point it runs (and any later one)."""
-    signal.signal(SOFT_STOP, _on_signal)
+    """A sweep worker: a soft stop from the sweep process stops the point it runs (and any later one)."""
+    for s in SOFT_STOPS:
+        signal.signal(s, _on_signal)
 
 
 def at_second_signal(cleanup: Callable[[], None]) -> Callable[[], None]:

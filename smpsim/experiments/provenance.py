@@ -6,7 +6,8 @@ they ran. provenance.json is written after summary.json, for every run that star
 ``status`` is summary.json's (ok, error, aborted, interrupted), or "failed" when the run broke before it
 could write a summary. A run with status ok is finished, and so is one that stopped on a kernel BUG or a
 deadlock (error: the model is deterministic, running it again gives the same error); smpsim sweep skips
-such points. One that lost a CPU process, was interrupted or failed is not finished.
+such points. One that lost a CPU process, was interrupted, failed or could not write its trace (a full
+disk: status error, summary.json's trace.error says so) is not finished.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from typing import Any
 from smpsim import __version__, native
 from smpsim.config import Config
 from smpsim.engines import stopping
-from smpsim.trace.rundir import config_hash, read_summary, write_provenance
+from smpsim.trace.errors import TraceWriteError
+from smpsim.trace.rundir import FINISHED, PROVENANCE_NAME, config_hash, read_summary, write_provenance
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -100,7 +102,11 @@ def recorded(cfg: Config, run_dir: Path | None, body: Callable[[], Any], engine:
         summary = (_summary_or_none(run_dir) if run_dir is not None else None) or {
             "status": "interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
             "error": str(e) or type(e).__name__}
-        write(summary)
+        try:
+            write(summary)
+        except TraceWriteError:  # the run's own error stays the one shown
+            if isinstance(e, TraceWriteError):
+                e.unsaved.append(PROVENANCE_NAME)
         raise
     write(result.summary)
     return result
@@ -116,9 +122,6 @@ def policy_source(cfg: Config) -> dict[str, Any]:
     except UserCodeError:
         file = None
     return {"spec": cfg.policy.name, "file": file, "sha256": cfg.policy.sha256}
-
-
-FINISHED = ("ok", "error")  # statuses of a finished run (see the module's doc)
 
 
 def _summary_or_none(run_dir: Path) -> dict[str, Any] | None:

@@ -2,17 +2,17 @@
 
 A sweep point runs in a worker process of a pool (fork: workers start in milliseconds and inherit the
 loaded modules). A point whose run directory already holds a finished run of the same config is not run
-again, so an interrupted sweep resumes where it stopped. On SIGINT or SIGTERM the sweep process cancels the
-points not started and asks its workers to stop theirs (SIGUSR1; a Ctrl-C on a terminal reaches them
-anyway): each writes what its point ran, as `smpsim run` would, and runs no further point. Workers ignore
-Ctrl-C between points and die with the sweep process, so none outlives it.
+again once its trace reads back whole (checked in a worker), so an interrupted sweep resumes where it
+stopped. On SIGINT or SIGTERM the sweep process cancels the points not started and asks its workers to stop
+theirs (SIGUSR1 for the user's SIGTERM, SIGUSR2 for SIGINT, so each point records the user's signal; a
+Ctrl-C on a terminal reaches them anyway): each writes what its point ran, as `smpsim run` would, and runs
+no further point. Workers ignore Ctrl-C between points and die with the sweep process, so none outlives it.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
-import shutil
 import signal
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -23,14 +23,11 @@ from typing import Any
 
 from smpsim.config import Config, ConfigError
 from smpsim.engines import stopping
-from smpsim.experiments.provenance import FINISHED, recorded
+from smpsim.experiments.provenance import recorded
 from smpsim.experiments.sweep import Experiment, Point
 from smpsim.model.errors import ModelError
-from smpsim.trace.errors import TraceError
-from smpsim.trace.rundir import (CONFIG_NAME, LOGS_DIR, PROVENANCE_NAME, SUMMARY_NAME, TRACE_DIR,
-                                 read_provenance)
-
-RUN_ITEMS = {CONFIG_NAME, SUMMARY_NAME, PROVENANCE_NAME, TRACE_DIR, LOGS_DIR}
+from smpsim.trace.errors import TraceError, TraceWriteError
+from smpsim.trace.rundir import claim_run_dir, finished_status
 
 
 class SweepError(Exception):
@@ -61,63 +58,79 @@ def run_config(cfg: Config, run_dir: Path | None, progress: Callable[[dict], Non
 
 def is_finished(run_dir: Path, hash_: str) -> bool:
     """run_dir holds a finished run (provenance.json written) of the config whose hash is hash_."""
+    return finished_status(run_dir, hash_) is not None
+
+
+def damage(run_dir: Path) -> str | None:
+    """Why a finished run's trace cannot be trusted (a part missing, unreadable or damaged, fewer events
+    than summary.json records), None when every part reads back whole. Reads every part, checking Parquet's
+    page checksums and the seq numbering."""
+    from smpsim.trace.reader import iter_tables, open_run
+
     try:
-        prov = read_provenance(run_dir)
-    except TraceError:
-        return False
-    return (prov is not None and prov.get("config_hash") == hash_ and prov.get("status") in FINISHED
-            and (run_dir / SUMMARY_NAME).is_file())
+        run = open_run(run_dir, warn=False)
+        trace = (run.summary or {}).get("trace") or {}
+        if not run.has_trace:
+            return None
+        if isinstance(trace.get("parts"), int) and len(run.parts) != trace["parts"]:
+            return f"{len(run.parts)} of the {trace['parts']} trace parts summary.json records are there"
+        events = sum(t.num_rows for t in iter_tables(run))
+    except TraceError as e:
+        return str(e)
+    want = trace.get("events")
+    if isinstance(want, int) and events != want:
+        return f"its trace parts hold {events} events, summary.json records {want}"
+    return None
 
 
 @dataclass
 class SweepReport:
-    ran: list[int] = field(default_factory=list)      # points run now
-    skipped: list[int] = field(default_factory=list)  # points found finished
-    errors: dict[int, str] = field(default_factory=dict)  # point -> why it has no finished run
+    ran: list[Point] = field(default_factory=list)      # runs (point, seed) run now
+    skipped: list[Point] = field(default_factory=list)  # runs found finished
+    errors: dict[str, str] = field(default_factory=dict)  # a run's config hash -> why it has no finished run
     interrupted: int | None = None  # the signal that stopped the sweep
 
 
 def run_sweep(exp: Experiment, points: list[Point], out: Path, jobs: int,
-              on_point: Callable[[], None] = lambda: None) -> SweepReport:
-    """Run the points not yet finished under out/<point name>/, jobs at a time; on_point() after each
-    point (finished ones included), first called once the worker processes are forked, so that the caller
-    may start threads (a progress bar) then."""
+              on_point: Callable[[], None] = lambda: None,
+              on_warning: Callable[[str], None] = lambda message: None) -> SweepReport:
+    """Run the points (each (point, seed) run of Experiment.runs) not yet finished under out/<point name>/,
+    jobs at a time; on_point() after each (finished ones included), first called once the worker processes
+    are forked, so that the caller may start threads (a progress bar) then. A finished run whose trace does
+    not read back whole is run again, with on_warning(why)."""
     report = SweepReport()
-    todo = []
-    for pt in points:
-        if is_finished(out / pt.name, pt.hash):
-            report.skipped.append(pt.index)
-        else:
-            todo.append(pt)
-    if not todo:
-        for _ in report.skipped:
-            on_point()
+    if not points:
         return report
     with stopping.handling_signals():
-        pool = ProcessPoolExecutor(max_workers=min(jobs, len(todo)),
+        # Finished points are checked in the workers too: reading a trace starts pyarrow's threads, which
+        # must not be running when the workers are forked.
+        pool = ProcessPoolExecutor(max_workers=min(jobs, len(points)),
                                    mp_context=multiprocessing.get_context("fork"),
                                    initializer=_init_worker, initargs=(os.getpid(),))
         try:
             futures = {pool.submit(_run_point, pt.cfg, out / pt.name,
-                                   {"experiment": str(exp.path), "point": pt.index, "params": pt.params}): pt
-                       for pt in todo}
-            for _ in report.skipped:
-                on_point()
+                                   {"experiment": str(exp.path), "point": pt.index, "params": pt.params,
+                                    **({"seed": pt.seed} if exp.replicated else {})},
+                                   is_finished(out / pt.name, pt.hash)): pt
+                       for pt in points}
             pending = set(futures)
             while pending:
                 done, pending = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
-                for fut in done:
+                for fut in sorted(done, key=lambda f: (futures[f].index, futures[f].seed)):
                     if fut.cancelled():
                         continue
                     pt = futures[fut]
-                    error = fut.result()
-                    report.ran.append(pt.index)
-                    if error is not None:
-                        report.errors[pt.index] = error
+                    outcome = fut.result()
+                    if outcome.damaged is not None:
+                        on_warning(f"point {pt.index} ({out / pt.name}): a finished run, but {outcome.damaged}; "
+                                   "running it again")
+                    (report.skipped if outcome.skipped else report.ran).append(pt)
+                    if outcome.error is not None:
+                        report.errors[pt.hash] = outcome.error
                     on_point()
                 if report.interrupted is None and stopping.received() is not None:
                     report.interrupted = stopping.received()
-                    _stop_workers(pool, pending)
+                    _stop_workers(pool, pending, report.interrupted)
         except BrokenProcessPool:
             raise SweepError("a sweep worker process died (out of memory?); run the same command again to "
                              "run the points that did not finish") from None
@@ -126,13 +139,13 @@ def run_sweep(exp: Experiment, points: list[Point], out: Path, jobs: int,
     return report
 
 
-def _stop_workers(pool: ProcessPoolExecutor, pending: set) -> None:
+def _stop_workers(pool: ProcessPoolExecutor, pending: set, user_signal: int) -> None:
     """Cancel the points not started; the workers stop theirs, writing what they ran."""
     for fut in pending:
         fut.cancel()
     for proc in list((pool._processes or {}).values()):  # noqa: SLF001 - the executor has no public list
         try:
-            os.kill(proc.pid, stopping.SOFT_STOP)
+            os.kill(proc.pid, stopping.soft_stop_for(user_signal))
         except (ProcessLookupError, AttributeError):
             pass
 
@@ -152,34 +165,43 @@ def _init_worker(parent: int) -> None:
 _interrupted = False  # this worker was stopped: it runs no further point (some may be queued to it already)
 
 
-def _run_point(cfg: Config, run_dir: Path, sweep: dict[str, Any]) -> str | None:
-    """Run one point in a worker; None when its run directory now holds a finished run without error."""
+@dataclass
+class Outcome:
+    """What became of a point in its worker: ``error`` why it has no finished run (None: it has one);
+    ``skipped`` it was finished and read back whole; ``damaged`` why a finished run was run again."""
+    error: str | None = None
+    skipped: bool = False
+    damaged: str | None = None
+
+
+def _run_point(cfg: Config, run_dir: Path, sweep: dict[str, Any], finished: bool) -> Outcome:
+    """In a worker: check a finished point (``finished``) and skip it if its trace reads back whole, else
+    run it."""
+    damaged = damage(run_dir) if finished else None
+    if finished and damaged is None:
+        return Outcome(skipped=True)
+    return Outcome(_run(cfg, run_dir, sweep), damaged=damaged)
+
+
+def _run(cfg: Config, run_dir: Path, sweep: dict[str, Any]) -> str | None:
+    """Run one point; None when its run directory now holds a finished run without error."""
     global _interrupted
     if _interrupted or stopping.received() is not None:
         _interrupted = True
         return "interrupted"
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        _clear(run_dir)
-        run_config(cfg, run_dir, sweep=sweep)
+        # The sweep's lock covers its points; a point's own files are replaced by name (a finished run too:
+        # the sweep found it damaged), anything else stops the point.
+        with claim_run_dir(run_dir, cfg, lock=False, replace=True):
+            run_config(cfg, run_dir, sweep=sweep)
         return None
     except KeyboardInterrupt:
         _interrupted = True
         return "interrupted"
-    except (ModelError, ConfigError, TraceError) as e:
+    except (ModelError, ConfigError, TraceError, TraceWriteError) as e:
         return str(e)
     except Exception as e:  # noqa: BLE001 - reported per point; the other points go on
         return f"{type(e).__name__}: {e}"
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _clear(run_dir: Path) -> None:
-    """Remove what an unfinished run left in run_dir (refusing a directory with anything else in it)."""
-    if not run_dir.exists():
-        return
-    foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in RUN_ITEMS and not p.name.startswith("."))
-    if foreign:
-        raise TraceError(f"{run_dir}: holds files that are not part of a run ({', '.join(foreign[:5])}); "
-                         "remove them or choose another --out")
-    shutil.rmtree(run_dir)

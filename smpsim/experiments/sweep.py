@@ -5,7 +5,11 @@
 mode = "product"                          # default; "zip" pairs the lists: point i takes value i of each
 "policy.name" = ["linux-2.4", "eager"]    # a dotted key of the config, and the values it takes
 machine.last_pkmap = [16, 64, 256]        # unquoted dotted TOML keys work too
+seeds = 5                                 # every point with 5 seeds: the config's seed and the 4 after it
 ```
+
+``seeds`` (a count, or a list of seeds) replicates every point: each (point, seed) is a run of its own, in
+the directory its config hash names, so a point already run with some of the seeds runs only the others.
 
 Every point is the rest of the file with one value per swept key. A point's run directory is named by the
 hash of its resolved config, so a point is the same directory in every sweep that contains it.
@@ -27,14 +31,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from smpsim.config import (Config, ConfigError, Report, apply_override, check_assignments, default_config_path,
-                           describe_error, dotted, parse_value, read_toml, set_key, split_assignment, to_toml,
-                           unknown_key, validate_report)
+from smpsim.config import (Config, ConfigError, Report, apply_override, base_dir_of, check_assignments,
+                           default_config_path, describe_error, dotted, parse_value, read_toml, set_key,
+                           split_assignment, to_toml, unknown_key, validate_report)
 from smpsim.inputs import cut, quote
 from smpsim.metrics import group
 from smpsim.trace.rundir import config_hash
 
 MODES = ("product", "zip")
+SEEDS = "seeds"   # [sweep] key: replications of every point (not a config key)
+MAX_SEEDS = 1000
 SWEEP_PREFIX = "sweep."
 REPORT_PREFIX = "report."
 
@@ -51,6 +57,17 @@ class Point:
         """The point's run directory name: the start of its config hash."""
         return self.hash[:16]
 
+    @property
+    def seed(self) -> int:
+        return self.cfg.seed
+
+    def with_seed(self, seed: int) -> "Point":
+        """The same point with another seed: a run of its own (its own config hash and directory)."""
+        if seed == self.cfg.seed:
+            return self
+        cfg = self.cfg.model_copy(update={"seed": seed}, deep=True)
+        return Point(self.index, self.params, cfg, config_hash(cfg))
+
     def describe(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.params.items())
 
@@ -62,6 +79,23 @@ class Experiment:
     values: dict[str, list]  # swept key -> values, in the order of the sweep table
     points: tuple[Point, ...]
     report: Report | None = None  # the [report] table: each point's baseline
+    seeds: tuple[int, ...] | None = None  # [sweep] seeds = N or [..]: offsets (count) or the seeds (list)
+    seed_list: bool = False  # seeds lists the seeds themselves (else: N seeds from each point's own)
+
+    def seeds_of(self, point: Point) -> list[int]:
+        """The seeds point runs with: its own alone without [sweep] seeds."""
+        if self.seeds is None:
+            return [point.seed]
+        return list(self.seeds) if self.seed_list else [point.seed + i for i in self.seeds]
+
+    @property
+    def replicated(self) -> bool:
+        """Points run with several seeds: the results table summarises them (mean, 95% CI)."""
+        return self.seeds is not None and len(self.seeds) > 1
+
+    def runs(self, points: list[Point] | None = None) -> list[Point]:
+        """Every (point, seed) run of the points (default: all), point by point."""
+        return [p.with_seed(s) for p in (self.points if points is None else points) for s in self.seeds_of(p)]
 
     def report_problems(self) -> list[str]:
         """Groups of points without a baseline point, or with several (e.g. --set pinned the baseline's key
@@ -82,8 +116,8 @@ class Experiment:
 
     @property
     def sweep_id(self) -> str:
-        """Identifies the expanded sweep: the same points in the same order give the same id."""
-        return hashlib.sha256("\n".join(p.hash for p in self.points).encode()).hexdigest()
+        """Identifies the expanded sweep: the same runs in the same order give the same id."""
+        return hashlib.sha256("\n".join(p.hash for p in self.runs()).encode()).hexdigest()
 
     def shard(self, i: int, n: int) -> list[Point]:
         """Every n-th point starting at point i."""
@@ -91,12 +125,14 @@ class Experiment:
 
     def to_toml(self) -> str:
         """A resolved experiment file: the first point's config (every default filled in) and the sweep."""
-        text = to_toml(self.points[0].cfg)
+        text = to_toml(self.points[0].cfg, per_point=True)
         if not self.values:
             return text
         lines = [f"\n# {len(self.points)} points; the swept keys above show the first point's values",
                  "[sweep]", f'mode = "{self.mode}"']
         lines += [f"{json.dumps(k)} = {json.dumps(v)}" for k, v in self.values.items()]
+        if self.seeds is not None:
+            lines.append(f"{SEEDS} = {json.dumps(list(self.seeds)) if self.seed_list else len(self.seeds)}")
         if self.report is not None:
             base = ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in self.report.baseline.items())
             lines += ["", "[report]", f"baseline = {{{base}}}", f"by = {json.dumps(self.report.by)}"]
@@ -123,7 +159,12 @@ def load_experiment(path: str | Path | None = None, overrides: list[str] | tuple
         else:
             apply_override(data, a)
             pinned.add(key)
+    seeds_given = table.pop(SEEDS, None) if isinstance(table, dict) else None
+    for key, value in [x for x in sweep_sets if x[0] == SEEDS]:
+        seeds_given = value
+    sweep_sets = [x for x in sweep_sets if x[0] != SEEDS]
     mode, values = _parse_sweep(table, sweep_sets, problems)
+    seeds, seed_list = _parse_seeds(seeds_given, "seed" in values, problems)
     for key in [k for k in values if k in pinned]:
         del values[key]
     for key in list(values):  # a key that cannot be set at all (seed.x: seed is not a table)
@@ -132,7 +173,7 @@ def load_experiment(path: str | Path | None = None, overrides: list[str] | tuple
         except ConfigError as e:
             problems += [f"[sweep] {x}" for x in e.problems]
             del values[key]
-    points = _expand(data, mode, values, p, problems)
+    points = _expand(data, mode, values, base_dir_of(path), problems)
     report = None
     if report_table is not None:
         try:
@@ -141,7 +182,24 @@ def load_experiment(path: str | Path | None = None, overrides: list[str] | tuple
             problems += e.problems
     if problems:
         raise ConfigError(str(p), list(dict.fromkeys(problems)))
-    return Experiment(p, mode, values, tuple(points), report)
+    return Experiment(p, mode, values, tuple(points), report, seeds, seed_list)
+
+
+def _parse_seeds(given: Any, seed_swept: bool, problems: list[str]) -> tuple[tuple[int, ...] | None, bool]:
+    """[sweep] seeds: N (each point's seed and the N - 1 after it, as offsets) or a list of distinct seeds."""
+    if given is None:
+        return None, False
+    fix = f"give a count (seeds = 5) or a list of distinct seeds (seeds = [1, 2, 3]), at most {MAX_SEEDS}"
+    if seed_swept:
+        problems.append("[sweep] seeds: seed is swept as well; replicate with seeds or sweep seed, not both")
+    elif isinstance(given, int) and not isinstance(given, bool) and 1 <= given <= MAX_SEEDS:
+        return tuple(range(given)), False
+    elif (isinstance(given, list) and 1 <= len(given) <= MAX_SEEDS and len(set(given)) == len(given)
+          and all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**63 for x in given)):
+        return tuple(given), True
+    else:
+        problems.append(f"[sweep] seeds: {given!r} is not a number of seeds or a list of seeds; {fix}")
+    return None, False
 
 
 def _parse_sweep(table: Any, sweep_sets: list[tuple[str, Any]], problems: list[str]) -> tuple[str, dict[str, list]]:
@@ -176,7 +234,8 @@ def _parse_sweep(table: Any, sweep_sets: list[tuple[str, Any]], problems: list[s
     return mode, values
 
 
-def _expand(data: dict[str, Any], mode: str, values: dict[str, list], path: Path, problems: list[str]) -> list[Point]:
+def _expand(data: dict[str, Any], mode: str, values: dict[str, list], base_dir: str,
+            problems: list[str]) -> list[Point]:
     keys = list(values)
     combos = zip(*values.values()) if mode == "zip" else itertools.product(*values.values())
     points: list[Point] = []
@@ -186,7 +245,7 @@ def _expand(data: dict[str, Any], mode: str, values: dict[str, list], path: Path
         try:
             for key, value in zip(keys, combo):
                 set_key(d, key, value, "[sweep]")
-            d["base_dir"] = str(path.resolve().parent)  # relative paths (script, preset) start here
+            d["base_dir"] = base_dir
             cfg = Config.model_validate(d)
         except ConfigError as e:  # e.g. both machine and machine.cpus swept
             problems += [f"[sweep] {x}" for x in e.problems]
@@ -194,7 +253,7 @@ def _expand(data: dict[str, Any], mode: str, values: dict[str, list], path: Path
         except ValidationError as e:
             problems += [_problem(err, keys) for err in e.errors()]
             continue
-        cfg.base_dir = str(path.resolve().parent)
+        cfg.base_dir = base_dir
         point = Point(index, {k: _resolved(cfg, k) for k in keys}, cfg, config_hash(cfg))
         if point.hash in seen:
             problems.append(f"[sweep] points {seen[point.hash].index} and {index} are the same config "

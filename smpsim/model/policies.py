@@ -28,10 +28,10 @@ from typing import Any
 
 from smpsim.model.errors import PolicyError
 from smpsim.model.messages import INF
+from smpsim.model.vmalloc import LAZY_UNIT_PAGES, fls, lazy_max_pages  # noqa: F401 (re-exported)
 
-# 32 MB worth of 4 KiB pages, the unit of lazy_max_pages() (mm/vmalloc.c), and the x86-32 vmalloc area it
-# is measured against (__VMALLOC_RESERVE, 128 MB): the ratio scales the formula to the pkmap ring.
-LAZY_UNIT_PAGES = (32 << 20) >> 12
+# The x86-32 vmalloc area lazy_max_pages() is measured against (__VMALLOC_RESERVE, 128 MB): the ratio
+# scales the formula to the pkmap ring.
 VMALLOC_AREA_PAGES = (128 << 20) >> 12
 
 SCOPES = ("all", "range", "page", "local", "lazy")  # Flush.scope: what the trace records
@@ -51,11 +51,6 @@ class Flush:
 def next_tick(t: int, tick: int) -> int:
     """The first scheduler tick strictly after t (ticks at 0, tick, 2*tick, ... on every CPU)."""
     return (t // tick + 1) * tick
-
-
-def fls(x: int) -> int:
-    """The kernel's fls(): position of the most significant set bit, 1-based; fls(0) = 0."""
-    return x.bit_length()
 
 
 # Hooks that may return a Flush other than the wrap's: a policy overriding none of them flushes only at a wrap.
@@ -198,8 +193,8 @@ class VmapLazy(Linux26):
     def __init__(self, cfg):
         super().__init__(cfg)
         lazy_max = cfg.policy.lazy_max
-        if lazy_max is None:  # lazy_max_pages() = fls(num_online_cpus()) * 32 MB, scaled to the ring
-            lazy_max = -(-self.last_pkmap * fls(self.ncpu) * LAZY_UNIT_PAGES // VMALLOC_AREA_PAGES)
+        if lazy_max is None:  # lazy_max_pages(), scaled to the ring
+            lazy_max = -(-self.last_pkmap * lazy_max_pages(self.ncpu) // VMALLOC_AREA_PAGES)
         self.lazy_max = max(1, min(lazy_max, self.last_pkmap))
 
     def wrap(self, ring, cpu):

@@ -98,6 +98,8 @@ class Counters:
         self.per_cpu = [Counter() for _ in range(ncpu)]
         self.events = 0
         self.t_end = 0
+        self.asleep = 0                 # cycles asleep on pkmap_map_wait, episodes that ended in a kmap
+        self._slept_since: dict[int, int] = {}  # CPU -> its first wait since its last kmap
 
     def feed(self, groups: dict[str, tuple[list[int], list[tuple]]]) -> None:
         """Add a batch given as columns per event type (``smpsim.trace.columns.by_type``)."""
@@ -135,6 +137,28 @@ class Counters:
                     for k, v in enumerate(acc):
                         if v:
                             per[k][name] += v
+        self._sleep_episodes(groups)
+
+    def _sleep_episodes(self, groups: dict[str, tuple[list[int], list[tuple]]]) -> None:
+        """Time asleep, per episode as ``smpsim analyze`` has it (SLEEP_EPISODES_SQL): from a CPU's first
+        ``wait`` after its previous kmap to its next kmap. Nothing to do while no CPU sleeps."""
+        since = self._slept_since
+        if "wait" not in groups and not since:
+            return
+        seq: list[tuple[int, int, int, bool]] = []
+        cpus = set(since)
+        if "wait" in groups:
+            pos, cols = groups["wait"]
+            seq += zip(pos, cols[0], cols[1], repeat(True))
+            cpus.update(cols[1])
+        if "kmap" in groups:
+            pos, cols = groups["kmap"]
+            seq += [(p, t, c, False) for p, t, c in zip(pos, cols[0], cols[1]) if c in cpus]
+        for _, t, cpu, is_wait in sorted(seq):  # batch order: the canonical order
+            if is_wait:
+                since.setdefault(cpu, t)
+            elif cpu in since:
+                self.asleep += t - since.pop(cpu)
 
     @classmethod
     def from_sql(cls, rows: Callable[[str], list[tuple]], ncpu: int) -> "Counters":
@@ -156,6 +180,7 @@ class Counters:
                         c.scopes[key] += int(v)
                     else:
                         c.per_cpu[key][name] += int(v)
+        c.asleep = int(rows(ASLEEP_SQL)[0][0])
         return c
 
     def summary(self) -> dict:
@@ -172,7 +197,27 @@ class Counters:
                             "ipis_received": p["ipis_received"], "ipis_sent": p["ipis_sent"],
                             "stale": p["stale"]})
         return {"counters": counters, "flushes_by_scope": dict(sorted(self.scopes.items())),
-                "per_cpu": per_cpu, "events": self.events, "t_end": self.t_end}
+                "per_cpu": per_cpu, "events": self.events, "t_end": self.t_end,
+                "pkmap_map_wait": {"asleep_cycles": self.asleep}}
+
+
+# Sleep episodes on pkmap_map_wait from a recorded trace (Counters._sleep_episodes keeps the same while
+# recording): each CPU's first wait after its previous kmap, and that next kmap (null while still asleep).
+SLEEP_EPISODES_SQL = """
+WITH s AS (
+  SELECT seq, t, cpu, ev, slept,
+         -- kmaps of this CPU up to this row (a running sum: seq is unique, so RANGE = ROWS)
+         sum(CASE WHEN ev = 'kmap' THEN 1 ELSE 0 END) OVER (PARTITION BY cpu ORDER BY seq) AS k
+  FROM events WHERE ev IN ('wait', 'kmap')
+),
+episodes AS (  -- waits of one CPU between two of its kmaps: kmaps before them = k
+  SELECT cpu, k + 1 AS kth, min(t) AS t_sleep, count(*) AS waits FROM s WHERE ev = 'wait' GROUP BY cpu, k
+)
+SELECT e.cpu, e.t_sleep, e.waits, m.t AS t_kmap, m.slept
+FROM episodes e LEFT JOIN (SELECT cpu, k AS kth, t, slept FROM s WHERE ev = 'kmap') m USING (cpu, kth)
+ORDER BY e.cpu, e.t_sleep
+"""
+ASLEEP_SQL = f"SELECT coalesce(sum(t_kmap - t_sleep), 0) FROM ({SLEEP_EPISODES_SQL}) WHERE t_kmap IS NOT NULL"
 
 
 def _sql_term(s: Sum) -> str:

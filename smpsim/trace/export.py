@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import IO
 
 from smpsim.trace.errors import TraceError
 from smpsim.trace.reader import RunDir, iter_events, open_run
+from smpsim.trace.rundir import atomic_file
 
 _CHUNK = 4096
 
@@ -22,18 +22,8 @@ def export_jsonl(run: RunDir | str | Path, out: IO[str] | str | Path) -> int:
         raise TraceError(f"{run.path}: the run recorded no trace (trace.enabled = false)")
     if isinstance(out, (str, Path)):
         # Written under a temporary name and renamed, so a failed export leaves no half file behind.
-        out = Path(out)
-        tmp = out.with_name(f".{out.name}.tmp")
-        try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                count = _write(run, f)
-            os.replace(tmp, out)
-            return count
-        except OSError as e:
-            raise TraceError(f"{out}: cannot write: {e.strerror or e}") from None
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        with atomic_file(Path(out)) as f:
+            return _write(run, f)
     return _write(run, out)
 
 

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from smpsim.trace.errors import TraceError
-from smpsim.trace.rundir import SUMMARY_NAME, TRACE_DIR, read_config_data, read_summary
+from smpsim.trace.rundir import PROVENANCE_NAME, SUMMARY_NAME, TRACE_DIR, read_config_data, read_summary
 from smpsim.trace.schema import FIELD_NAMES, REQUIRED, SCHEMA
 from smpsim.trace.writer import PART_PREFIX, PART_SUFFIX, part_name
 
@@ -60,6 +60,16 @@ class RunDir:
     @property
     def digest(self) -> str | None:
         return (self.summary or {}).get("digest")
+
+
+def is_run_dir(path: Path) -> bool:
+    """path holds a run: its summary.json or provenance.json, or trace parts."""
+    trace = path / TRACE_DIR
+    try:
+        return ((path / SUMMARY_NAME).is_file() or (path / PROVENANCE_NAME).is_file()
+                or (trace.is_dir() and any(_PART_RE.match(f.name) for f in trace.iterdir())))
+    except OSError:  # a directory we may not read holds no run of ours
+        return False
 
 
 def open_run(path: str | Path, warn: bool = True) -> RunDir:

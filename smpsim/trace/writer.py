@@ -32,11 +32,10 @@ import pyarrow.parquet as pq
 
 from smpsim.model.events import FIELDS, from_record
 from smpsim.trace.columns import Groups, by_type
-from smpsim.trace.errors import TraceError
+from smpsim.trace.errors import TraceError, TraceWriteError
+from smpsim.trace.rundir import PART_PREFIX, PART_SUFFIX, part_name  # noqa: F401 - part names live there
 from smpsim.trace.schema import FIELD_SET, SCHEMA
 
-PART_PREFIX = "part-"
-PART_SUFFIX = ".parquet"
 COMPRESSION = "zstd"
 # Dictionary encoding only where values repeat: elsewhere it costs time and saves nothing. Min/max statistics
 # only for seq and t, the columns a row group is ordered by (a reader can skip row groups on them); on the
@@ -54,10 +53,6 @@ _I32, _I64, _STR = pa.int32(), pa.int64(), pa.string()
 _STRUCT_CODES = {_I64: "q", _I32: "i"}
 _EMPTY = SCHEMA.empty_table()
 _SEQ = SCHEMA.field("seq")
-
-
-def part_name(index: int) -> str:
-    return f"{PART_PREFIX}{index:05d}{PART_SUFFIX}"
 
 
 def pack_events(events: Sequence[Sequence[Any]], _packb=msgpack.packb) -> bytes:
@@ -144,6 +139,7 @@ class _Parts:
     def __init__(self, trace_dir: Path, part_events: int) -> None:
         self.trace_dir, self.part_events = trace_dir, part_events
         self.done = 0  # parts complete (renamed into place)
+        self.kept = 0  # rows in them
         self._rows = 0  # rows in the open part
         self._file: pq.ParquetWriter | None = None
         self._pending: list[pa.Table] = []  # rows not yet written: fewer than ROW_GROUP, or a part's end
@@ -168,6 +164,7 @@ class _Parts:
             final = self._final()
             self._guard(self._file.close)
             self._guard(lambda: os.replace(self._tmp(), final))
+            self.kept += self._rows
             self._file, self._rows = None, 0
             self.done += 1
 
@@ -188,10 +185,26 @@ class _Parts:
         return self.trace_dir / f".{part_name(self.done)}.tmp"
 
     def _guard(self, step: Callable[[], Any]) -> Any:
+        """A write step; when it fails, the open part is given up and its temporary file removed (its space
+        may be what summary.json needs), and TraceWriteError names the part."""
         try:
             return step()
         except (OSError, pa.ArrowException) as e:
-            raise TraceError(f"{self._final()}: cannot write trace part: {e}") from None
+            self._abort()
+            raise TraceWriteError(f"the trace part {self.done} ({self._final()})", e) from None
+
+    def _abort(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()
+            except (OSError, pa.ArrowException):
+                pass
+            self._file = None
+        try:
+            self._tmp().unlink(missing_ok=True)
+        except OSError:
+            pass
+        self._pending, self._buffered, self._rows = [], 0, 0
 
 
 class TraceWriter:
@@ -216,6 +229,7 @@ class TraceWriter:
         self._digest: str | None = None
         self._thread: ThreadPoolExecutor | None = None
         self._inflight: Future | None = None
+        self.failed: TraceWriteError | None = None  # the write that failed: no part is written after it
 
     def write(self, events: Sequence[Sequence[Any]] | Sequence[dict[str, Any]], groups: Groups | None = None) -> None:
         """Append the next events of the canonical stream: event tuples (``groups`` is their
@@ -231,7 +245,7 @@ class TraceWriter:
         seq0 = self.events
         self.events += len(events)
         try:
-            if self._parts is not None:
+            if self._parts is not None and self.failed is None:
                 converted = convert(groups if groups is not None else by_type(events))
                 self._submit(self._parts.add, converted, seq0)
         finally:  # the digest after the hand-off, so that it overlaps the writer thread's encoding
@@ -256,15 +270,19 @@ class TraceWriter:
 
     def wait(self) -> None:
         """Wait until the writer thread has written what it was given (full parts are then on disk); a
-        failed write raises its TraceError (naming the file) here."""
+        failed write raises its TraceWriteError (naming the part) here."""
         if self._inflight is not None:
             done, self._inflight = self._inflight, None
-            done.result()
+            try:
+                done.result()
+            except TraceWriteError as e:
+                self.failed = e
+                raise
 
     def flush(self) -> None:
         """Write the rows given so far and close the part they are in (a short part), and wait until every
         part is on disk."""
-        if self._parts is not None:
+        if self._parts is not None and self.failed is None:
             self._submit(self._parts.finish)
         self.wait()
 
@@ -291,7 +309,11 @@ class TraceWriter:
         return self._parts.done if self._parts is not None else 0
 
     def stats(self) -> dict[str, Any]:
-        """What summary.json records under "trace" (the reader checks the parts against it)."""
+        """What summary.json records under "trace" (the reader checks the parts against it); after a failed
+        write, the events kept in the parts written before it, and the error."""
+        if self.failed is not None and self._parts is not None:
+            return {"enabled": self.enabled, "events": self._parts.kept, "parts": self.parts,
+                    "part_events": self.part_events, "error": str(self.failed)}
         return {"enabled": self.enabled, "events": self.events, "parts": self.parts,
                 "part_events": self.part_events, "digest": self.digest}
 

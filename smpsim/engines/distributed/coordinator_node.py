@@ -28,12 +28,14 @@ from smpsim import workload_files
 from smpsim.model import workloads
 from smpsim.model.coordinator import Coordinator
 from smpsim.model.errors import ModelError
+from smpsim.trace.errors import TraceWriteError
 
 
 IDLE_WAIT_MS = 20  # an idle coordinator waits this long in recv (RCVTIMEO) before its liveness checks
 RELEASE_EVERY_S = 0.005  # the trace is released below the watermark at most this often while idle ...
 RELEASE_LATEST_S = 0.05  # ... and at least this often, even when a request is always waiting
 LIVENESS_EVERY_S = 0.05  # children, silent CPUs, heartbeats and progress are looked at this often
+CLAIM_WAIT_S = 2 * p.PEER_TIMEOUT_S  # a HELLO for a running CPU waits this long for its predecessor to be lost
 REFUSE_ANSWERS = 3  # refusals answered per unjoined connection; the rest are only counted
 STRANGER_BUDGET = 500  # messages from unjoined connections handled per loop turn
 
@@ -83,9 +85,11 @@ class CoordinatorNode:
         self.core = Core(Coordinator(cfg), Recorder(cfg, run_dir, "distributed"), workloads.script_lines(cfg))
         self.rec = self.core.rec
         self.horizon = self.core.horizon  # how far each CPU has got (for fault messages)
-        # Replacing lost CPU processes (launch only: replace_cpu starts a new process for a CPU id).
-        self.respawn = respawn if replace_cpu is not None else NO_RESPAWN
+        # Replacing lost CPU processes: launch's replace_cpu starts a new process for a CPU id; without it
+        # (`smpsim coordinator`) the CPU's own restart (a pod's) joins again with the same id.
+        self.respawn = respawn
         self.replace_cpu = replace_cpu
+        self.claims: dict[int, tuple[bytes, dict, float]] = {}  # CPU -> a HELLO waiting for its predecessor's loss
         self.store = CheckpointStore(self.n) if self.respawn.enabled else None
         self.respawns = [0] * self.n
         self.replacing: dict[int, float] = {}      # CPU -> when its replacement was started
@@ -104,10 +108,7 @@ class CoordinatorNode:
                              f"{p.SEND_TIMEOUT_MS} ms)", cpu) from None
         except zmq.ZMQError as e:
             if e.errno == zmq.EHOSTUNREACH:
-                self._child_died(wait=0.5)  # a CPU process of ours: say how it died, or replace it
-                if cpu in self.replacing:
-                    return
-                raise RunAborted(f"CPU {cpu} disconnected at virtual time t={self.horizon[cpu]}", cpu) from None
+                return self._disconnected(cpu)
             raise
         self.last_sent[cpu] = time.monotonic()
         self.n_out += 1
@@ -137,12 +138,12 @@ class CoordinatorNode:
             pass
 
     # ---- receiving --------------------------------------------------------------------------------
-    def _handle(self, ident: bytes, frame: bytes) -> None:
+    def _handle(self, ident: bytes, frame: zmq.Frame) -> None:
         cpu = self.by_ident.get(ident)
         if cpu is None and ident in self.retired:
             return  # sent by a process since lost: its replacement sends it again
         try:
-            msg = p.unpack(frame, p.TO_COORDINATOR)
+            msg = p.unpack(frame.bytes, p.TO_COORDINATOR)
         except p.ProtocolError as e:
             if cpu is None:
                 return self._refuse(ident, f"garbage on the socket: {e}")
@@ -151,7 +152,7 @@ class CoordinatorNode:
         if cpu is None:
             if msg[0] != p.HELLO:
                 return self._refuse(ident, f"{msg[0]} message before joining")
-            return self._hello(ident, msg)
+            return self._hello(ident, msg, frame)
         try:
             self._from_cpu(cpu, msg)
         except _BAD_CONTENT as e:
@@ -213,39 +214,57 @@ class CoordinatorNode:
             self.log.info("caught up", cpu=cpu, t=horizon)
         return msgs, events, horizon, seen
 
+    def _disconnected(self, cpu: int) -> None:
+        """CPU cpu's connection is gone (a send found no peer): its process died or its host was cut off."""
+        self._child_died(wait=0.5)  # a CPU process of launch: say how it died, or replace it
+        if self.ident[cpu] is not None:
+            self._lost(cpu, f"CPU {cpu} ({self.hosts[cpu]}) disconnected at virtual time t={self.horizon[cpu]}")
+
     def _lost(self, cpu: int, reason: str, killed: bool = False) -> None:
         """CPU cpu's process is lost (reason says how): replaced while the respawn policy allows it (killed:
-        the process is still there, silent, and is killed first), else the run stops (RunAborted)."""
+        the process is still there, silent, and launch kills it first), else the run stops (RunAborted)."""
+        if not self.running and self.respawn.enabled and self.replace_cpu is None:
+            return self._forget(cpu, reason)  # before the start: its slot is free again for its restart
         if not (self.running and self.respawn.enabled):
             raise RunAborted(reason, cpu)
         if self.respawns[cpu] >= self.respawn.max_per_cpu:
             raise RunAborted(f"{reason}; it was replaced {self.respawns[cpu]} times already, the most "
                              f"allowed (--max-respawns {self.respawn.max_per_cpu})", cpu)
-        self._replace(cpu, reason + ("; its process was killed" if killed else ""))
+        self._replace(cpu, reason + ("; its process was killed" if killed and self.replace_cpu else ""))
 
     def _replace(self, cpu: int, reason: str) -> None:
-        """CPU cpu's process died or went silent: start a new one (launch kills the old one if it is still
-        there), which catches up from the last checkpoint."""
+        """CPU cpu's process died or went silent: a new one (launch starts it and kills the old one if it is
+        still there; otherwise the CPU's restart joins again) catches up from the last checkpoint."""
         self.respawns[cpu] += 1
         store = self.store
         where = (f"its checkpoint {store.count[cpu]}" if store.state[cpu] is not None
                  else "the start (no checkpoint yet)")
-        self._fault("cpu respawned", f"{reason}; replaced by a new process ({self.respawns[cpu]} of at most "
+        how = ("replaced by a new process" if self.replace_cpu is not None
+               else f"waiting for a new process to join as CPU {cpu}")
+        self._fault("cpu respawned", f"{reason}; {how} ({self.respawns[cpu]} of at most "
                     f"{self.respawn.max_per_cpu}), which resumes from {where}", cpu)
+        self._forget(cpu)
+        self.catching_up.pop(cpu, None)
+        self.replacing[cpu] = time.monotonic()
+        if self.replace_cpu is not None:
+            self.replace_cpu(cpu)
+
+    def _forget(self, cpu: int, reason: str | None = None) -> None:
+        """CPU cpu's connection is no longer that CPU: what it left or still sends is dropped. reason: it left
+        before the run started, and its id is free to join again."""
         old = self.ident[cpu]
         if old is not None:
             del self.by_ident[old]
             self.retired.add(old)
         self.ident[cpu] = None
         self.links[cpu] = p.Link()
-        self.catching_up.pop(cpu, None)
-        self.replacing[cpu] = time.monotonic()
-        self.replace_cpu(cpu)
+        if reason is not None and self.log:
+            self.log.warning("left before the start", cpu=cpu, reason=reason)
 
     def _rejoin(self, ident: bytes, cpu: int, who: dict) -> None:
         """A replacement for CPU cpu joins: the config, then the checkpoint and the batches sent since."""
         del self.replacing[cpu]
-        self._admit(ident, cpu, who)
+        self._admit(ident, cpu, who, resume=True)
         if cpu in self.replacing:  # it died at once, and is being replaced again
             return
         state, downs, self.catching_up[cpu] = self.store.resume(cpu)
@@ -259,15 +278,27 @@ class CoordinatorNode:
         if self.log:
             self.log.info("rejoined", **who, batches=len(downs), from_checkpoint=state is not None)
 
-    def _admit(self, ident: bytes, cpu: int, who: dict) -> None:
-        """The connection ident is CPU cpu from now on: it gets the config (WELCOME)."""
+    def _admit(self, ident: bytes, cpu: int, who: dict, resume: bool = False) -> None:
+        """The connection ident is CPU cpu from now on: it gets the config and how often to checkpoint
+        (WELCOME), and whether RESUME follows."""
         self.ident[cpu] = ident
         self.by_ident[ident] = cpu
         self.hosts[cpu] = f"{who['host']} pid {who['pid']}"
         self.last_heard[cpu] = time.monotonic()
-        self._send(cpu, p.WELCOME, cpu, self.config_dict)
+        self._send(cpu, p.WELCOME, cpu, self.config_dict, self.respawn.checkpoint_ops, resume)
 
-    def _hello(self, ident: bytes, msg: list) -> None:
+    def _claimed(self, now: float) -> None:
+        """HELLOs held for a running CPU: admitted once its predecessor is lost, refused if it still answers."""
+        for c, (ident, who, since) in list(self.claims.items()):
+            if c in self.replacing:
+                del self.claims[c]
+                self._rejoin(ident, c, who)
+            elif now - since > CLAIM_WAIT_S:
+                del self.claims[c]
+                self._refuse(ident, f"CPU {c} has already joined (from {self.hosts[c]}) and still answers",
+                             **who)
+
+    def _hello(self, ident: bytes, msg: list, frame: zmq.Frame) -> None:
         _, version, run_id, cpu, pid, host, token = msg
         who = {"cpu": cpu, "pid": pid, "host": host[:100]}  # a stranger's strings: bounded in logs
         if version != p.VERSION:
@@ -276,6 +307,13 @@ class CoordinatorNode:
             return self._refuse(ident, "wrong or missing run token", **who)
         if run_id and run_id != self.run_id:
             return self._refuse(ident, f"run id {run_id[:40]!r} is not this run's ({self.run_id!r})", **who)
+        if self.curve is not None:  # a key joins as its one CPU id (ZAP named the key as the User-Id)
+            key = frame.get("User-Id")
+            bound = self.curve.allowed.get(key.encode())
+            if cpu == -1:
+                cpu = who["cpu"] = bound
+            elif cpu != bound:
+                return self._refuse(ident, f"CurveZMQ key {key} is CPU {bound}'s: refused as CPU {cpu}", **who)
         if cpu == -1 and not self.running:  # "any": the lowest free id (ids only name CPUs, never order them)
             free = [c for c in range(self.n) if self.ident[c] is None]
             cpu = free[0] if free else self.n
@@ -283,6 +321,18 @@ class CoordinatorNode:
         if not isinstance(cpu, int) or isinstance(cpu, bool) or not 0 <= cpu < self.n:
             return self._refuse(ident, f"CPU id {cpu!r} out of range (this run has CPUs 0..{self.n - 1})", **who)
         if self.ident[cpu] is not None:
+            self._send(cpu, p.HB)  # a probe: a connection that is gone is found lost (ROUTER_MANDATORY)
+        if self.ident[cpu] is not None:
+            if self.running and self.store is not None and self.replace_cpu is None:
+                # A restarted CPU (a pod) whose predecessor may have died or hung without its connection
+                # closing yet: admitted once that one is lost (5 s of silence), refused if it still answers.
+                earlier = self.claims.get(cpu)
+                if earlier is not None:
+                    self._refuse(earlier[0], f"another process asked to join as CPU {cpu} since", **earlier[1])
+                self.claims[cpu] = (ident, who, time.monotonic())
+                if self.log:
+                    self.log.info("waiting for the predecessor", **who, predecessor=self.hosts[cpu])
+                return
             return self._refuse(ident, f"CPU {cpu} has already joined (from {self.hosts[cpu]})", **who)
         if cpu in self.replacing:  # only for a CPU whose process is known dead
             return self._rejoin(ident, cpu, who)
@@ -318,7 +368,7 @@ class CoordinatorNode:
             flags = _NOBLOCK
             got += 1
             if not frame.more:
-                self._handle(ident, frame.bytes)
+                self._handle(ident, frame)
             else:
                 parts = 2
                 while sock.getsockopt(zmq.RCVMORE):
@@ -371,7 +421,8 @@ class CoordinatorNode:
         for c, since in self.replacing.items():
             if now - since > self.join_timeout:
                 raise RunAborted(f"CPU {c}'s replacement process did not join within {self.join_timeout:g} s "
-                                 "(--join-timeout)", c)
+                                 "(--join-timeout)" + ("" if self.replace_cpu else
+                                                       f": restart `smpsim cpu` for CPU {c}"), c)
         for c in range(self.n):
             if self.ident[c] is None:
                 continue
@@ -382,6 +433,8 @@ class CoordinatorNode:
                 continue
             if now - self.last_sent[c] > p.HEARTBEAT_S:
                 self._send(c, p.HB)
+        if self.claims:
+            self._claimed(now)
 
     def _child_died(self, wait: float = 0.0) -> None:
         """A CPU process of ours that has exited (waiting up to ``wait`` s for its exit status: its socket can
@@ -444,7 +497,7 @@ class CoordinatorNode:
                 if self.progress is not None and now - last_progress > 0.25:
                     last_progress = now
                     self.progress(self.core.progress())
-        except (ModelError, RunAborted, stopping.Interrupted) as e:
+        except (ModelError, RunAborted, stopping.Interrupted, TraceWriteError) as e:
             self.refused.flush()
             status = stopping.status_of(e)
             lost = None
@@ -479,6 +532,9 @@ class CoordinatorNode:
 
     def _end(self, status: str, lost: int | None = None) -> None:
         """Tell every CPU the run is over and wait a little for their goodbyes (none from a lost one)."""
+        self.running = False  # a CPU lost from here on is not replaced
+        for ident, who, _ in self.claims.values():
+            self._refuse(ident, "the run has ended", **who)
         for c in range(self.n):
             if self.ident[c] is not None and c != lost:
                 try:

@@ -78,11 +78,10 @@ def prepare(cfg: Config) -> None:
 
 class CpuNode:
     def __init__(self, address: str, cpu_id: int | None, run_id: str = "", token: str = "", log=None,
-                 ctx: zmq.Context | None = None, cfg: Config | None = None, curve=None,
-                 checkpoint_ops: int = 0, rejoin: bool = False):
+                 ctx: zmq.Context | None = None, cfg: Config | None = None, curve=None):
         self.address, self.cpu_id, self.run_id, self.token = address, cpu_id, run_id, token
-        self.checkpoint_ops = checkpoint_ops  # 0: no checkpoints (nobody would replace this process)
-        self.rejoin = rejoin                  # a replacement: RESUME follows WELCOME
+        self.checkpoint_ops = 0  # from WELCOME; 0: no checkpoints (nobody would replace this process)
+        self.rejoin = False      # from WELCOME: a replacement, RESUME follows
         self.resume_state: dict | None = None  # a replacement's checkpoint (None: start afresh) ...
         self.replay: deque = deque()           # ... and the batches sent since, to catch up with
         self.last_checkpoint = 0
@@ -170,7 +169,7 @@ class CpuNode:
             if msg[0] == p.REFUSE:
                 raise CpuExit(f"{self.who}: refused by the coordinator: {msg[1]}")
             if msg[0] == p.WELCOME:
-                _, _, self.cpu_id, config = msg
+                _, _, self.cpu_id, config, self.checkpoint_ops, self.rejoin = msg
                 try:
                     cfg = self.preloaded or validate(config, "config from the coordinator")
                 except ConfigError as e:  # e.g. this host's copy of the policy file is not the coordinator's
@@ -339,7 +338,7 @@ class CpuNode:
 
 def cpu_main(address: str, cpu_id: int | None, run_id: str = "", token: str = "", log_dir: str | None = None,
              child_of_launch: bool = False, cfg: Config | None = None, curve=None,
-             join_timeout: float = p.JOIN_TIMEOUT_S, checkpoint_ops: int = 0, rejoin: bool = False) -> int:
+             join_timeout: float = p.JOIN_TIMEOUT_S) -> int:
     """Entry point of a CPU process; returns its exit code: 0 only when the run ended ok (see
     smpsim.engines.stopping for the others)."""
     if child_of_launch:
@@ -352,12 +351,10 @@ def cpu_main(address: str, cpu_id: int | None, run_id: str = "", token: str = ""
     guard = contextlib.nullcontext() if child_of_launch else stopping.raising_on_signals()
     try:
         with guard:
-            node = CpuNode(address, cpu_id, run_id, token, log, cfg=cfg, curve=curve,
-                           checkpoint_ops=checkpoint_ops, rejoin=rejoin)
-            log.info("joining", coordinator=address, cpu=cpu_id, pid=os.getpid(), join_timeout_s=join_timeout,
-                     **({"replacing": True} if rejoin else {}))
+            node = CpuNode(address, cpu_id, run_id, token, log, cfg=cfg, curve=curve)
+            log.info("joining", coordinator=address, cpu=cpu_id, pid=os.getpid(), join_timeout_s=join_timeout)
             node.join(join_timeout)
-            log.info("joined", cpu=node.cpu_id)
+            log.info("joined", cpu=node.cpu_id, **({"replacing": True} if node.rejoin else {}))
             status = node.serve()
         if status != "ok":  # the coordinator's log says why
             (log.info if status == "interrupted" else log.warning)(
@@ -370,12 +367,14 @@ def cpu_main(address: str, cpu_id: int | None, run_id: str = "", token: str = ""
         return stopping.EXIT_OK
     except CpuExit as e:
         log.error("exit", reason=str(e))
-        print(f"error: {e}", file=sys.stderr)
+        if not child_of_launch:  # launch's CPUs share its terminal: its coordinator reports their loss
+            print(f"error: {e}", file=sys.stderr)
         return stopping.EXIT_CPU_LOST
     except p.ProtocolError as e:
         who = node.who if node is not None else f"CPU {cpu_id}"
         log.error("protocol error", reason=str(e))
-        print(f"error: {who}: protocol error: {e}", file=sys.stderr)
+        if not child_of_launch:
+            print(f"error: {who}: protocol error: {e}", file=sys.stderr)
         return stopping.EXIT_CPU_LOST
     except KeyboardInterrupt as e:
         log.warning("interrupted", reason=str(e) or "SIGINT")

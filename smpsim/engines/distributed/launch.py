@@ -13,7 +13,7 @@ import secrets
 import shutil
 import signal
 import socket
-import tempfile
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,13 +25,13 @@ from smpsim.engines import stopping
 from smpsim.engines.distributed import cpu_node  # imported before forking: shared by every CPU process
 from smpsim.engines.distributed import protocol as p
 from smpsim.engines.distributed import respawn as rs
+from smpsim.engines.distributed import sockdir as socket_dir
+from smpsim.engines.distributed.limits import ensure_open_files
 from smpsim.engines.distributed.security import new_token
 
 
-def _cpu_child(address: str, cpu: int, run_id: str, token: str, log_dir: str | None, cfg: Config,
-               checkpoint_ops: int) -> None:
-    os._exit(cpu_node.cpu_main(address, cpu, run_id, token, log_dir, child_of_launch=True, cfg=cfg,
-                               checkpoint_ops=checkpoint_ops))
+def _cpu_child(address: str, cpu: int, run_id: str, token: str, log_dir: str | None, cfg: Config) -> None:
+    os._exit(cpu_node.cpu_main(address, cpu, run_id, token, log_dir, child_of_launch=True, cfg=cfg))
 
 
 def _describe_exit(code: int | None) -> str:
@@ -50,7 +50,7 @@ def run_distributed(cfg: Config, run_dir: Path | None, transport: str = "ipc",
     """Run cfg with cfg.machine.cpus CPU processes; returns RunResult (see engines.inline). A CPU process
     that dies is replaced as ``respawn`` says (default: rs.RespawnPolicy(); rs.NO_RESPAWN: the run stops)."""
     respawn = respawn if respawn is not None else rs.RespawnPolicy()
-    ckpt_ops = respawn.checkpoint_ops if respawn.enabled else 0
+    ensure_open_files(cfg.machine.cpus, "a distributed run")  # before anything is made: nothing ran
     from smpsim.trace.rundir import create_run_dir
     if run_dir is not None:
         create_run_dir(run_dir, cfg)
@@ -58,9 +58,8 @@ def run_distributed(cfg: Config, run_dir: Path | None, transport: str = "ipc",
     token = new_token()  # only this process and its children know it: no other local process can join
     sockdir = None
     if transport == "ipc":
-        sockdir = tempfile.mkdtemp(prefix="smpsim-")
-        os.chmod(sockdir, 0o700)  # mkdtemp makes it so; said here because the socket's privacy rests on it
-        listen = f"ipc://{sockdir}/coordinator.ipc"
+        sockdir = socket_dir.make()
+        listen = f"ipc://{sockdir}/c.ipc"  # short: see sockdir
     else:
         listen = "tcp://127.0.0.1:0"
     log_dir = str(run_dir / "logs") if run_dir is not None else None
@@ -76,7 +75,7 @@ def run_distributed(cfg: Config, run_dir: Path | None, transport: str = "ipc",
     try:
         cpu_node.prepare(cfg)
         for c in range(cfg.machine.cpus):
-            proc = mp.Process(target=_cpu_child, args=(address, c, run_id, token, log_dir, cfg, ckpt_ops),
+            proc = mp.Process(target=_cpu_child, args=(address, c, run_id, token, log_dir, cfg),
                               name=f"smpsim-cpu-{c}")
             proc.start()
             children.append(proc)
@@ -98,7 +97,7 @@ def run_distributed(cfg: Config, run_dir: Path | None, transport: str = "ipc",
             if old.exitcode is None:  # silent, not dead (stopped, hung): make sure it is gone
                 old.kill()
             lost.append(old)
-            children[c] = rs.Child(rs.spawn_cpu(address, c, run_id, token, log_dir, ckpt_ops))
+            children[c] = rs.Child(rs.spawn_cpu(address, c, run_id, token, log_dir))
 
         log = process_logger(log_dir, "coordinator")
         node = CoordinatorNode(cfg, run_dir, sock, run_id, token, log=log, check_children=check_children,
@@ -135,9 +134,11 @@ def _reap(children, grace: float = 3.0) -> None:
 def serve_coordinator(cfg: Config, run_dir: Path | None, listen: str, token: str = "",
                       progress: Callable[[dict], None] | None = None,
                       on_listening: Callable[[str], None] | None = None, curve=None,
-                      join_timeout: float = p.JOIN_TIMEOUT_S):
+                      join_timeout: float = p.JOIN_TIMEOUT_S, respawn: rs.RespawnPolicy | None = None):
     """`smpsim coordinator`: serve CPUs that join from anywhere (other hosts, Kubernetes pods).
-    curve: a security.CurveServer (encrypt, and admit only its allowed CPU keys), or None."""
+    curve: a security.CurveServer (encrypt, and admit only its allowed CPU keys), or None. A CPU whose
+    process is lost may join again (its restart, e.g. by the orchestrator) as ``respawn`` says (default:
+    rs.RespawnPolicy(); rs.NO_RESPAWN: the run stops)."""
     from smpsim.engines.distributed.coordinator_node import CoordinatorNode
     from smpsim.engines.distributed.logs import process_logger
     from smpsim.engines.inline import RunResult
@@ -163,7 +164,8 @@ def serve_coordinator(cfg: Config, run_dir: Path | None, listen: str, token: str
         if on_listening is not None:
             on_listening(address)
         node = CoordinatorNode(cfg, run_dir, sock, run_id="", token=token, log=log, progress=progress,
-                               curve=curve, join_timeout=join_timeout)
+                               curve=curve, join_timeout=join_timeout,
+                               respawn=respawn if respawn is not None else rs.RespawnPolicy())
         summary = node.run()
         summary["processes"] = cfg.machine.cpus + 1
         summary["hosts"] = len({h.split(" pid ")[0] for h in node.hosts.values()} | {socket.gethostname()})
@@ -173,13 +175,16 @@ def serve_coordinator(cfg: Config, run_dir: Path | None, listen: str, token: str
             curve.stop()
         sock.close(linger=0)
         ctx.term()
+        _unlink_ipc(address)
         forget()
 
 
 def _unlink_ipc(address: str) -> None:
-    """Remove an ipc socket's file (ZeroMQ does on close; this is for leaving at once)."""
+    """Remove the socket file of an ipc address this process bound (ZeroMQ leaves it), and only a socket."""
     if address.startswith("ipc://"):
+        path = address[len("ipc://"):]
         try:
-            os.unlink(address[len("ipc://"):])
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                os.unlink(path)
         except OSError:
             pass

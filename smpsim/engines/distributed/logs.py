@@ -23,8 +23,11 @@ def process_logger(log_dir: str | Path | None, name: str, console: bool = False)
 
     def emit(logger, method, event_dict):
         line = renderer(logger, method, event_dict)
-        for f in sinks:
-            f.write(line + "\n")
+        for f in list(sinks):
+            try:
+                f.write(line + "\n")
+            except OSError:  # a full disk: the run goes on, and its trace's error says why
+                sinks.remove(f)
         if console and method in ("warning", "error", "critical"):
             print(f"{name}: {event_dict.get('event')}: "
                   + " ".join(f"{k}={v}" for k, v in event_dict.items()

@@ -15,14 +15,17 @@ CPU -> coordinator
   [CKPT, seq, delivered, state]                         a checkpoint of the CPU (CpuPort.snapshot) that
                                                         includes the first `delivered` model messages
 coordinator -> CPU
-  [WELCOME, seq, cpu_id, config]                        CPU id (assigned if asked with -1), resolved
+  [WELCOME, seq, cpu_id, config, checkpoint_ops, resume]
+                                                        CPU id (assigned if asked with -1), resolved
                                                         config (no workload: each CPU reads its own copy
-                                                        of a script, trace or generator, checked by hash)
+                                                        of a script, trace or generator, checked by hash);
+                                                        send a checkpoint every checkpoint_ops (0: never);
+                                                        resume: RESUME follows (a replacement)
   [REFUSE, reason]
   [BATCH, seq, model_msgs, safe]                        replies and IPIs (arrays), and the safe-time bound
   [HB, seq]
   [END, seq, status]
-  [RESUME, seq, state, downs]                           after WELCOME to a replacement process: the last
+  [RESUME, seq, state, downs]                           after WELCOME to a replacement: the last
                                                         checkpoint (None: start afresh) and the batches
                                                         sent since, [[model_msgs, safe], ...]
 """
@@ -39,7 +42,8 @@ import zmq.backend
 
 from smpsim.model import messages as mm
 
-VERSION = 2  # 2: WELCOME no longer carries a script's operations
+VERSION = 3  # 2: WELCOME no longer carries a script's operations; 3: it says how often to checkpoint and
+#               whether RESUME follows
 
 JOIN_OP = "join"  # FAIL.op of a CPU that cannot take the run's config (a policy file that differs)
 HELLO, WELCOME, REFUSE, BATCH, HB, FAIL, BYE, END, CKPT, RESUME = (
@@ -53,7 +57,7 @@ HWM = 100_000           # messages queued per peer and direction
 MAX_MESSAGE_BYTES = 64 << 20  # ZMQ_MAXMSGSIZE: a peer sending a larger message is disconnected
 
 # Field types (exact: a bool is not an int here).
-INT, STR, LIST, DICT = (int,), (str,), (list,), (dict,)
+INT, STR, LIST, DICT, BOOL = (int,), (str,), (list,), (dict,), (bool,)
 INT_OR_NONE, DICT_OR_NONE = (int, type(None)), (dict, type(None))
 
 # The declared shapes: kind -> the fields after the kind, (name, allowed types), per direction.
@@ -75,7 +79,7 @@ MODEL_TO_COORDINATOR: dict[type, tuple[tuple[type, ...], ...]] = {
 REQUEST_OP = (INT, STR, INT, INT)       # an item of Request.ops: gap, op, page, pc
 _REQUEST_OP_TYPES = tuple(t for (t,) in REQUEST_OP)  # (each field has one type)
 TO_CPU: dict[str, tuple[tuple[str, tuple[type, ...]], ...]] = {
-    WELCOME: (("seq", INT), ("cpu", INT), ("config", DICT)),
+    WELCOME: (("seq", INT), ("cpu", INT), ("config", DICT), ("checkpoint_ops", INT), ("resume", BOOL)),
     REFUSE: (("reason", STR),),
     BATCH: (("seq", INT), ("msgs", LIST), ("safe", INT)),
     HB: (("seq", INT),),

@@ -1,13 +1,15 @@
 """Replacing a lost CPU process: checkpoints, the coordinator's record since, and the replacement's catch-up.
 
-Every ``checkpoint_ops`` operations (or model messages received) a CPU of `smpsim launch` sends its state
+Every ``checkpoint_ops`` operations (or model messages received; the coordinator's WELCOME says how many) a
+CPU sends its state
 (CpuPort.snapshot: plain data, never pickled) right after a batch, as a CKPT message. The link is ordered,
 so the coordinator knows exactly what it had received from the CPU when the CPU took it; the state says how
 many model messages the CPU had received. The coordinator keeps the latest checkpoint per CPU and the batches
 it has sent to that CPU since (dropped at the next checkpoint: memory stays bounded).
 
-When launch sees a CPU process die, it starts a new one for the same CPU id; only a CPU id whose process
-is known dead may join again. The new process restores the checkpoint (or starts afresh if there is none
+When launch sees a CPU process die, it starts a new one for the same CPU id; under `smpsim coordinator`
+the CPU's own restart (a pod's) joins again. Only a CPU id whose process is known lost (dead, disconnected
+or silent) may join again. The new process restores the checkpoint (or starts afresh if there is none
 yet), gets the batches sent since, and applies them one at a time, each once it has run as far as it could:
 a delivery the transport could have made, so it runs on exactly as the lost process did. What it sends
 again that the coordinator already has is dropped once, by counting model messages and trace events
@@ -155,8 +157,7 @@ class CatchUp:
 
 
 # ---- the replacement process ----------------------------------------------------------------------------
-def spawn_cpu(address: str, cpu: int, run_id: str, token: str, log_dir: str | None,
-              checkpoint_ops: int) -> subprocess.Popen:
+def spawn_cpu(address: str, cpu: int, run_id: str, token: str, log_dir: str | None) -> subprocess.Popen:
     """Start a replacement CPU process: a new interpreter (forking the coordinator, which has threads and
     a ZeroMQ context by now, is not safe). What it needs comes on its stdin, the token never on its
     command line. Its own process group: a Ctrl-C at the terminal is for launch, which stops the CPUs
@@ -168,7 +169,7 @@ def spawn_cpu(address: str, cpu: int, run_id: str, token: str, log_dir: str | No
                              "child_main; child_main()"], stdin=subprocess.PIPE, env=env, close_fds=True, process_group=0)
     assert proc.stdin is not None
     proc.stdin.write(json.dumps({"address": address, "cpu": cpu, "run_id": run_id, "token": token,
-                                 "log_dir": log_dir, "checkpoint_ops": checkpoint_ops}).encode())
+                                 "log_dir": log_dir}).encode())
     proc.stdin.close()
     return proc
 
@@ -177,7 +178,7 @@ def child_main() -> None:
     from smpsim.engines.distributed import cpu_node
     a = json.loads(sys.stdin.read())
     sys.exit(cpu_node.cpu_main(a["address"], a["cpu"], a["run_id"], a["token"], a["log_dir"],
-                               child_of_launch=True, checkpoint_ops=a["checkpoint_ops"], rejoin=True))
+                               child_of_launch=True))
 
 
 class Child:

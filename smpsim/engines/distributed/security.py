@@ -2,10 +2,11 @@
 
 Key files are ZeroMQ certificates (the format of czmq's zcert and pyzmq's zmq.auth): NAME.key holds a
 public key, NAME.key_secret the key pair and is created readable by its owner only. The coordinator has a
-key pair and a list of allowed CPU public keys (a directory of *.key files, or a file with one Z85 key per
-line); each CPU has its own key pair and the coordinator's public key. ZeroMQ's ZAP handler (pyzmq's
-ThreadAuthenticator) refuses a CPU whose key is not allowed during the handshake, before any message of
-ours is read; the coordinator logs each refusal.
+key pair and a list of allowed CPU public keys, each bound to one CPU id (a directory of cpu-N.key files,
+or a file of `KEY CPU_ID` lines); each CPU has its own key pair and the coordinator's public key. ZeroMQ's
+ZAP handler (pyzmq's ThreadAuthenticator) refuses a CPU whose key is not allowed during the handshake,
+before any message of ours is read, and names the key as the connection's User-Id; the coordinator refuses
+a HELLO for any CPU id but the key's (one leaked key takes one slot at most) and logs each refusal.
 
 Tokens: a run token is a shared secret every CPU presents in its HELLO. Over CurveZMQ it travels encrypted;
 on loopback it keeps other local users' processes from taking a CPU's place.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import os
+import re
 import secrets
 from collections import deque
 from pathlib import Path
@@ -107,32 +109,86 @@ def load_public_key(path: Path, option: str) -> bytes:
     return _check_z85(public, f"{option} {path}")
 
 
-def load_allowed(path: Path) -> set[bytes]:
-    """Allowed CPU public keys: every *.key certificate in a directory, or a file with one Z85 key first
-    on each line (anything after it, and lines starting with a '#' word, are comments), or one certificate
-    file."""
+_CPU_NAME = re.compile(r"cpu-(\d+)")  # keygen's name for CPU N's key pair
+
+
+def _cpu_of_name(*names: str) -> int | None:
+    """The CPU id in the first name that is exactly ``cpu-N`` (a certificate's metadata name, its file name)."""
+    for name in names:
+        m = _CPU_NAME.fullmatch(name)
+        if m:
+            return int(m.group(1))
+    return None
+
+
+def _certificate_cpu(path: Path, exclude: bytes | None) -> tuple[bytes, int] | None:
+    """(public key, CPU id) of a NAME.key certificate; None for the excluded key (the coordinator's own)."""
+    key = load_public_key(path, "--allow")
+    if key == exclude:
+        return None
+    meta = re.search(r'^\s*name\s*=\s*"([^"]*)"', path.read_text(errors="replace"), re.M)
+    cpu = _cpu_of_name(meta.group(1) if meta else "", path.name.split(".")[0])
+    if cpu is None:
+        raise SecurityError(f"--allow {path}: cannot tell which CPU id this key is for (a key is admitted "
+                            "for one CPU id only): name the file cpu-N.key, as `smpsim keygen` does, or list "
+                            "the keys in a file of `KEY CPU_ID` lines")
+    return key, cpu
+
+
+def _bind(allowed: dict[bytes, int], key: bytes, cpu: int, where: str) -> None:
+    if allowed.get(key, cpu) != cpu:
+        raise SecurityError(f"{where}: key {key.decode()} is listed for CPU {allowed[key]} and CPU {cpu}: a "
+                            "key is admitted for one CPU id only")
+    allowed[key] = cpu
+
+
+def load_allowed(path: Path, exclude: bytes | None = None) -> dict[bytes, int]:
+    """Allowed CPU public keys, each bound to the one CPU id it may join as: every cpu-N.key certificate in
+    a directory, or a file of `KEY CPU_ID` lines (anything after them, and lines starting with a '#' word,
+    are comments), or one certificate file. A line `KEY  # cpu-N`, as keygen wrote allowed.keys before keys
+    were bound, is read as KEY for CPU N. ``exclude``: a key to leave out (the coordinator's own)."""
     path = Path(path)
+    allowed: dict[bytes, int] = {}
     if path.is_dir():
-        keys = {load_public_key(f, "--allow") for f in sorted(path.glob("*.key"))}
+        for f in sorted(path.glob("*.key")):
+            got = _certificate_cpu(f, exclude)
+            if got is not None:
+                _bind(allowed, *got, f"--allow {f}")
     else:
         try:
             text = path.read_text()
         except (OSError, UnicodeDecodeError) as e:
             raise SecurityError(f"--allow {path}: cannot read it ({e})") from None
         if "public-key" in text:
-            keys = {load_public_key(path, "--allow")}
+            got = _certificate_cpu(path, exclude)
+            if got is not None:
+                _bind(allowed, *got, f"--allow {path}")
         else:
-            keys = set()
             for n, line in enumerate(text.splitlines(), 1):
                 words = line.split()
                 # A key is the line's first word (Z85 has '#' in its alphabet: a key may start with it)
                 if not words or (words[0].startswith("#") and len(words[0]) != 40):
                     continue
-                keys.add(_check_z85(words[0].encode(), f"--allow {path}, line {n}"))
-    if not keys:
-        raise SecurityError(f"--allow {path}: no public keys in it (a directory of NAME.key files, or a file "
-                        "of Z85 keys, one per line)")
-    return keys
+                where = f"--allow {path}, line {n}"
+                key = _check_z85(words[0].encode(), where)
+                if key == exclude:
+                    continue
+                rest = words[1:]
+                if rest and rest[0].isdigit():
+                    cpu: int | None = int(rest[0])
+                elif rest[:1] == ["#"] and len(rest) > 1:  # keygen's old line: `KEY  # cpu-N`
+                    cpu = _cpu_of_name(rest[1])
+                else:
+                    cpu = None
+                if cpu is None:
+                    raise SecurityError(f"{where}: key {key.decode()} has no CPU id: a key is admitted for one "
+                                        "CPU id only; write it after the key (`KEY CPU_ID`), as `smpsim keygen "
+                                        "--cpus N` writes allowed.keys")
+                _bind(allowed, key, cpu, where)
+    if not allowed:
+        raise SecurityError(f"--allow {path}: no public keys in it (a directory of cpu-N.key files, or a file "
+                        "of `KEY CPU_ID` lines)")
+    return allowed
 
 
 def write_keypair(directory: Path, name: str) -> tuple[Path, Path, str]:
@@ -181,7 +237,7 @@ class CurveServer:
 
     def __init__(self, key_file: Path, allow: Path):
         self.public, self.secret = load_keypair(key_file)
-        self.allowed = load_allowed(allow) - {self.public}
+        self.allowed = load_allowed(allow, exclude=self.public)  # public key (Z85) -> its one CPU id
         self.auth = None
         self.sock = self.monitor = None
         self._refused: deque = deque(maxlen=1000)  # bounded: a flood of bad handshakes cannot grow it
