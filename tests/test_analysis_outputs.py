@@ -264,7 +264,7 @@ def test_compare_does_not_call_the_engine_a_difference(runs, tmp_path):
     """The same config on the distributed engine (another transport, other part sizes) gives the same
     digest: compare shows no engine column or label, and says the runs do not differ."""
     import smpsim
-    from test_analysis import CONFIGS
+    from analysis_helpers import CONFIGS
 
     dist = tmp_path / "again"
     cfg = {**CONFIGS["eager"], "trace": {"part_events": 5000}, "run": {"engine": "distributed", "transport": "tcp"}}
