@@ -4,12 +4,16 @@ process per CPU; a test that leaks one would hang CI or skew the next test)."""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import psutil
 import pytest
+
+from proc_helpers import ADDR, NS
 
 ROOT = Path(__file__).resolve().parents[1]
 CHILD_GRACE_SECONDS = 5.0
@@ -77,3 +81,37 @@ def subprocess_env():
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.pop("SMPSIM_DEBUG", None)
     return env
+
+
+def _can_netns() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to create network namespaces"
+    if not shutil.which("ip"):
+        return "needs iproute2's `ip`"
+    return None
+
+
+@pytest.fixture
+def two_hosts():
+    why = _can_netns()
+    if why:
+        pytest.skip(why)
+    sh = lambda *a: subprocess.run(a, check=True, capture_output=True, timeout=20)  # noqa: E731
+    for ns in NS:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
+    try:
+        for ns in NS:
+            sh("ip", "netns", "add", ns)
+        sh("ip", "link", "add", "smpsim-va", "netns", NS[0], "type", "veth", "peer", "name", "smpsim-vb",
+           "netns", NS[1])
+        for ns, dev, addr in ((NS[0], "smpsim-va", ADDR[0]), (NS[1], "smpsim-vb", ADDR[1])):
+            sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
+            sh("ip", "-n", ns, "link", "set", dev, "up")
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+    except subprocess.CalledProcessError as e:
+        for ns in NS:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
+        pytest.skip(f"cannot set up network namespaces here: {e.stderr.decode().strip()}")
+    yield
+    for ns in NS:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)

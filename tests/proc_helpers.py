@@ -1,8 +1,10 @@
-"""Waiting on real processes in tests: for an event with a timeout, never sleep-and-hope."""
+"""Real processes and sockets in tests: waiting for an event with a timeout (never sleep-and-hope), free
+ports, raw ZeroMQ peers, and the two network namespaces of the two-host tests."""
 
 from __future__ import annotations
 
 import json
+import os
 from contextlib import contextmanager
 import socket
 import time
@@ -49,3 +51,18 @@ def dealer(address: str | None = None):
     finally:
         s.close(0)
         ctx.term()
+
+
+def hello(sock, cpu, version=None, token="", run_id=""):
+    """Send a HELLO as CPU `cpu` (this protocol version unless given); the coordinator's answer, decoded."""
+    from smpsim.engines.distributed import protocol as p
+    import msgpack
+    version = p.VERSION if version is None else version
+    sock.send(msgpack.packb([p.HELLO, version, run_id, cpu, os.getpid(), "test-host", token]))
+    assert sock.poll(5000), "no answer to HELLO"
+    return msgpack.unpackb(sock.recv(), raw=False)
+
+
+# Named per test session: two sessions on one machine (say, two checkouts) must not delete each other's.
+NS = (f"smpsim-test-{os.getpid()}-a", f"smpsim-test-{os.getpid()}-b")
+ADDR = ("169.254.213.1", "169.254.213.2")

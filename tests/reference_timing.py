@@ -89,6 +89,7 @@ class RefTlb:
 class CpuReplay:
     events: list[dict] = field(default_factory=list)      # predicted CPU-recorded events
     requests: list[tuple[int, str, int]] = field(default_factory=list)  # (time, op, page) ring requests
+    busy_ipis: int = 0   # IPIs that arrived while the CPU computed or accessed (not spinning or asleep)
 
 
 def _same(a, b) -> bool:
@@ -97,7 +98,7 @@ def _same(a, b) -> bool:
 
 def _ipi_vpns(flush: dict, cfg) -> tuple[int, ...] | None:
     """The pages a flush invalidates, from its recorded scope and size (None: the whole TLB)."""
-    if flush["pages"] is None:
+    if flush.get("pages") is None:   # absent from the record: null
         return None
     if flush["scope"] == "range":   # flush_tlb_kernel_range over the pkmap window
         return tuple(range(cfg.machine.ring_size))
@@ -178,6 +179,7 @@ def replay_cpu(cpu: int, ops: list[tuple], events: list[dict], cfg) -> CpuReplay
 
     for op in ops:
         while nxt < len(ipis) and ipis[nxt][0] <= clock:   # IPIs due at or before the op's start
+            out.busy_ipis += ipis[nxt][0] < clock
             handle(ipis[nxt], True)
             nxt += 1
         kind = op[0]
@@ -434,9 +436,10 @@ def _compare(what: str, predicted: list[dict], recorded: list[dict]) -> None:
                        f"{only_p} where the trace has {only_r}")
 
 
-def check_run(cfg, ops: list[list[tuple]], events: list[dict[str, Any]]) -> dict:
+def check_run(cfg, ops: list[list[tuple]], events: list[dict[str, Any]], busy: list[int] | None = None) -> dict:
     """Recompute every event of a finished run from its programs; raises Mismatch at the first difference.
-    Returns figures recomputed by the reference (for the caller to compare with summary.json)."""
+    Returns figures recomputed by the reference (for the caller to compare with summary.json); `busy`, if
+    given, gets each CPU's count of IPIs that reached it while it computed."""
     if cfg.policy.name not in SUPPORTED:
         raise ValueError(f"the timing reference does not know policy {cfg.policy.name!r}")
     events = [dict(e) for e in events]
@@ -448,6 +451,8 @@ def check_run(cfg, ops: list[list[tuple]], events: list[dict[str, Any]]) -> dict
             f["_vpns"] = None if f["scope"] in ("all", "local") else _ipi_vpns(f, cfg)
     ncpu = cfg.machine.cpus
     replays = [replay_cpu(cpu, ops[cpu], events, cfg) for cpu in range(ncpu)]
+    if busy is not None:
+        busy.extend(rp.busy_ipis for rp in replays)
     clean = [{k: v for k, v in e.items() if not k.startswith("_")} for e in events]
     for cpu, rp in enumerate(replays):
         mine = [e for e in clean if e["cpu"] == cpu and (e["ev"] in CPU_EVENTS or cfg.policy.name == "kmap-local")]

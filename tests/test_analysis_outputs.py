@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from test_analysis import analyze_json, exported, invoke, make
+from analysis_helpers import analyze_json, exported, make
+from cli_helpers import invoke
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -263,7 +264,7 @@ def test_compare_does_not_call_the_engine_a_difference(runs, tmp_path):
     """The same config on the distributed engine (another transport, other part sizes) gives the same
     digest: compare shows no engine column or label, and says the runs do not differ."""
     import smpsim
-    from test_analysis import CONFIGS
+    from analysis_helpers import CONFIGS
 
     dist = tmp_path / "again"
     cfg = {**CONFIGS["eager"], "trace": {"part_events": 5000}, "run": {"engine": "distributed", "transport": "tcp"}}

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
 import signal
 import subprocess
 import threading
@@ -26,25 +24,12 @@ from smpsim.trace.reader import iter_events, open_run
 from proc_helpers import free_port as _free_port
 from proc_helpers import log_has as _log_has
 from proc_helpers import dealer
+from proc_helpers import hello as _hello
 from proc_helpers import wait_for as _wait_for
+from proc_helpers import ADDR, NS
+from script_helpers import shared_pages_script as _script
 
 POLICIES = ["linux-2.4", "linux-2.6", "eager", "kmap-local", "no-ipi", "no-flush"]
-
-
-def _script(tmp_path: Path, cpus: int) -> str:
-    """A script where CPUs share pages and reuse slots of a small ring."""
-    lines = []
-    for r in range(6):
-        for c in range(cpus):
-            page = (r * 3 + c) % 7
-            lines += [{"cpu": c, "op": "kmap", "page": page},
-                      {"cpu": c, "op": "access", "page": page, "n": 2, "write": c % 2 == 0},
-                      {"cpu": c, "op": "compute", "cycles": 300 + 50 * c},
-                      {"cpu": c, "op": "kunmap", "page": page},
-                      {"cpu": c, "op": "compute", "cycles": 700}]
-    path = tmp_path / "script.jsonl"
-    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    return str(path)
 
 
 def _cfg(tmp_path, policy, workload, cpus, kmaps=30, **extra):
@@ -197,12 +182,6 @@ def test_cpus_exit_when_the_coordinator_dies(tmp_path, smpsim_cmd, subprocess_en
         assert c.returncode != 0 and "coordinator" in err and "Traceback" not in err, err
 
 
-def _hello(sock, cpu, version=p.VERSION, token="", run_id=""):
-    sock.send(msgpack.packb([p.HELLO, version, run_id, cpu, os.getpid(), "test-host", token]))
-    assert sock.poll(5000), "no answer to HELLO"
-    return msgpack.unpackb(sock.recv(), raw=False)
-
-
 @pytest.mark.timeout(120)
 def test_bad_joiners_are_refused_and_the_run_is_undisturbed(tmp_path, smpsim_cmd, subprocess_env):
     port = _free_port()
@@ -281,45 +260,6 @@ def test_non_loopback_listen_needs_a_token(smpsim_cmd, subprocess_env):
 
 
 # ---- two hosts: network namespaces joined by a veth pair ---------------------------------------------
-
-# Named per test session: two sessions on one machine (say, two checkouts) must not delete each other's.
-NS = (f"smpsim-test-{os.getpid()}-a", f"smpsim-test-{os.getpid()}-b")
-ADDR = ("169.254.213.1", "169.254.213.2")
-
-
-def _can_netns() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root to create network namespaces"
-    if not shutil.which("ip"):
-        return "needs iproute2's `ip`"
-    return None
-
-
-@pytest.fixture
-def two_hosts():
-    why = _can_netns()
-    if why:
-        pytest.skip(why)
-    sh = lambda *a: subprocess.run(a, check=True, capture_output=True, timeout=20)  # noqa: E731
-    for ns in NS:
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
-    try:
-        for ns in NS:
-            sh("ip", "netns", "add", ns)
-        sh("ip", "link", "add", "smpsim-va", "netns", NS[0], "type", "veth", "peer", "name", "smpsim-vb",
-           "netns", NS[1])
-        for ns, dev, addr in ((NS[0], "smpsim-va", ADDR[0]), (NS[1], "smpsim-vb", ADDR[1])):
-            sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
-            sh("ip", "-n", ns, "link", "set", dev, "up")
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-    except subprocess.CalledProcessError as e:
-        for ns in NS:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
-        pytest.skip(f"cannot set up network namespaces here: {e.stderr.decode().strip()}")
-    yield
-    for ns in NS:
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
-
 
 def _coordinator_and_cpus(coord_cmd: list, cpu_cmds: list[list], env: dict, timeout: float = 150) -> tuple:
     """Run `smpsim coordinator` and its `smpsim cpu` processes to the end: (exit code, stderr) of the

@@ -4,61 +4,25 @@ BUG()s, and replays of generated runs through an independent reference model (re
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from smpsim.config import validate
 from smpsim.engines.inline import run
 from smpsim.model.errors import DeadlockError, ModelError
 from smpsim.trace.reader import TruncatedRunWarning, open_run
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import reference_highmem as ref  # noqa: E402
+import reference_highmem as ref
+from registries import RING_POLICIES
+from script_helpers import A, C, K, U, run_script, script_cfg, scripts, write_script
 
 RING = ("kmap", "kunmap", "wrap", "flush", "wait", "wake")
 
 
 # ---- helpers ------------------------------------------------------------------------------------------
-
-def write_script(path: Path, ops: list) -> Path:
-    """ops: dicts (one JSON line each) or strings (written verbatim, e.g. comments)."""
-    path.write_text("".join((o if isinstance(o, str) else json.dumps(o)) + "\n" for o in ops))
-    return path
-
-
-def K(cpu, page):
-    return {"cpu": cpu, "op": "kmap", "page": page}
-
-
-def U(cpu, page):
-    return {"cpu": cpu, "op": "kunmap", "page": page}
-
-
-def A(cpu, page, n=4, write=False):
-    return {"cpu": cpu, "op": "access", "page": page, "n": n, "write": write}
-
-
-def C(cpu, cycles):
-    return {"cpu": cpu, "op": "compute", "cycles": cycles}
-
-
-def script_cfg(script: Path, cpus=1, ring=8, policy="linux-2.4", **machine):
-    return validate({"machine": {"cpus": cpus, "last_pkmap": ring, **machine}, "policy": {"name": policy},
-                     "workload": {"kind": "script", "script": str(script)}})
-
-
-def run_script(tmp_path: Path, ops: list, **kw):
-    cfg = script_cfg(write_script(tmp_path / "ops.jsonl", ops), **kw)
-    out = tmp_path / "run"
-    res = run(cfg, out)
-    assert res.summary["status"] == "ok"
-    return cfg, ref.load_events(out)
-
 
 def shape(events: list[dict]) -> list[tuple]:
     """The ring events in a compact form to compare with hand-written expectations."""
@@ -131,6 +95,8 @@ def test_linux26_flushes_the_pkmap_range(tmp_path):
 @pytest.mark.parametrize("policy,ring,full", [
     ("linux-2.4", 8, True),     # flush_tlb_all: the whole TLB, background working set included
     ("linux-2.6", 8, False),    # 8 pages <= tlb_single_page_flush_ceiling (33): per-page INVLPG
+    ("linux-2.6", 33, False),   # exactly the ceiling: still per page
+    ("linux-2.6", 34, True),    # one page above it: a full flush
     ("linux-2.6", 64, True),    # 64 pages > 33: a full flush on every CPU
 ])
 def test_wrap_flush_extent(tmp_path, policy, ring, full):
@@ -430,35 +396,6 @@ def test_replay_detects_a_wrong_slot(tmp_path):
 
 # ---- property: random small scripts ---------------------------------------------------------------------
 
-@st.composite
-def scripts(draw):
-    ncpu = draw(st.integers(1, 4))
-    ring = draw(st.one_of(st.integers(4, 6), st.integers(4, 16)))  # small rings wrap and fill up
-    policy = draw(st.sampled_from(ref.RING_POLICIES))
-    npages = draw(st.integers(2, 2 * ring + 4))
-    max_hold = draw(st.integers(1, 4))
-    ops = []
-    for cpu in range(ncpu):
-        held: list[int] = []
-        for _ in range(draw(st.integers(0, 30))):
-            choice = draw(st.sampled_from(["kmap", "kmap", "kmap", "kunmap", "kunmap", "access", "compute"]))
-            if choice == "kmap" and len(held) < max_hold:
-                p = draw(st.integers(0, npages - 1))
-                held.append(p)
-                ops.append(K(cpu, p))
-            elif choice in ("kmap", "kunmap") and held:
-                p = held.pop(draw(st.integers(0, len(held) - 1)))
-                ops.append(U(cpu, p))
-            elif choice == "access" and held:
-                ops.append(A(cpu, draw(st.sampled_from(held)), n=draw(st.integers(1, 4)),
-                             write=draw(st.booleans())))
-            else:
-                ops.append(C(cpu, draw(st.integers(0, 3000))))
-        if draw(st.booleans()):
-            ops += [U(cpu, p) for p in reversed(held)]
-    return ncpu, ring, policy, ops
-
-
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scripts())
 def test_random_scripts_replay_identically(case):
@@ -480,3 +417,9 @@ def test_random_scripts_replay_identically(case):
             # Every sleeper is still asleep in the reference too: all of its slots are held.
             assert stats.sleeps > stats.slept_kmaps
             assert all(c >= 2 for c in stats.ref.pkmap_count)
+
+
+def test_the_reference_replays_every_ring_policy():
+    """reference_highmem.py declares what it knows by name (it imports nothing from the model): every built-in
+    policy whose kmaps reach the ring, so the random scripts above cover each."""
+    assert sorted(ref.RING_POLICIES) == sorted(RING_POLICIES)

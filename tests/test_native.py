@@ -25,7 +25,6 @@ PINNED = json.loads((Path(__file__).parent / "data" / "pinned_counters.json").re
 CHILD = """
 import json, sys, tempfile
 from pathlib import Path
-sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests"]
 from smpsim import native
 from pinned_cases import config_for, observe
 from smpsim.engines import inline
@@ -44,6 +43,7 @@ def _child(pure: bool) -> dict:
     env = {k: v for k, v in os.environ.items() if k != native.PURE_ENV}
     if pure:
         env[native.PURE_ENV] = "1"
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests")])  # smpsim and pinned_cases
     p = subprocess.run([sys.executable, "-c", CHILD, str(ROOT)], capture_output=True, text=True, env=env,
                        timeout=240)
     assert p.returncode == 0, p.stderr[-2000:]

@@ -14,7 +14,9 @@ import pytest
 from cli_helpers import invoke
 from smpsim.config import load_config
 from smpsim.engines import inline
-from test_distributed import ADDR, NS, _log_has, _wait_for, two_hosts  # noqa: F401
+from proc_helpers import ADDR, NS
+from proc_helpers import log_has as _log_has
+from proc_helpers import wait_for as _wait_for
 
 KMAPS = 6000
 SETS = (f"workload.kmaps_per_cpu={KMAPS}", "machine.cpus=2", "workload.kind=shared")

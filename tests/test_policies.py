@@ -3,9 +3,7 @@ independent reference (reference_highmem.py), the stale oracle and the distribut
 
 from __future__ import annotations
 
-import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
@@ -14,9 +12,8 @@ from smpsim.engines import inline
 from smpsim.model import policies
 from smpsim.model.errors import DeadlockError
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import reference_highmem as ref  # noqa: E402
-from test_fidelity import A, C, K, U, run_script, write_script  # noqa: E402
+import reference_highmem as ref
+from script_helpers import A, C, K, U, run_script, shared_pages_script, write_script
 
 NEW = ("vmap-lazy", "tlb-gen", "latr")
 
@@ -155,6 +152,31 @@ def test_latr_slots_wait_for_every_cpus_tick(tmp_path):
     assert st.frees == 2 and Counter(st.ticks_seen) == Counter(st.ticks_owed) == Counter(ticks)
 
 
+def test_latr_next_tick_is_strictly_after():
+    assert [policies.next_tick(t, 100) for t in (0, 1, 99, 100, 101, 250)] == [100, 100, 100, 200, 200, 300]
+
+
+def test_latr_wrap_exactly_on_a_tick_waits_for_the_next_one(tmp_path):
+    """The scenario above with the tick period set to the time of the first wrap's lazy flush: that flush
+    falls exactly on a tick, which is already past for it (the other CPU may have run it before the
+    flush), so its slots are invalidated at the next tick, one period later, and freed after it."""
+    ops = [x for p in range(1, 6) for x in (K(0, p), A(0, p), U(0, p))] + [C(1, 150000)]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    _, events = _script_run(tmp_path / "a", ops, 2, 4, name="latr", tick=100000)
+    t_wrap = next(e["t"] for e in events if e["ev"] == "flush" and e["scope"] == "lazy")
+    assert 0 < t_wrap < 50000
+    c, events = _script_run(tmp_path / "b", ops, 2, 4, name="latr", tick=t_wrap)
+    lazy = [e["t"] for e in events if e["ev"] == "flush" and e["scope"] == "lazy"]
+    ticks = [(e["cpu"], e["t"]) for e in events if e["ev"] == "flush" and e["scope"] == "tick"]
+    frees = [(e["t"], e["slots"]) for e in events if e["ev"] == "free"]
+    assert lazy[0] == t_wrap and ticks[0] == (1, 2 * t_wrap)
+    assert frees[0][1] == 3 and frees[0][0] >= 2 * t_wrap  # once kmap_lock is free after that tick
+    assert c["ipis"] == 0 and c["stale"] == 0
+    st = ref.replay(events, 4, "latr", 2, tick=t_wrap)
+    assert Counter(st.ticks_seen) == Counter(st.ticks_owed)
+
+
 def test_latr_deadlock_is_still_detected(tmp_path):
     """Sleepers with nothing to free them (every slot held) are still a deadlock, not a hang."""
     ops = [K(0, 1), K(0, 2), K(0, 3)]
@@ -195,9 +217,8 @@ def test_replay_agrees_with_reference(tmp_path, policy, kind, cpus, ring, nest):
 def test_distributed_engine_equals_inline(tmp_path, policy):
     """Ticks at fixed virtual times, lazy lists, purges and targeted IPIs: the same digest both ways."""
     from smpsim.engines.distributed.launch import run_distributed
-    from test_distributed import _script
     for kind, extra, transport, ring in (("shared", {}, "ipc", 16), ("uniform", {"active_cpus": 2}, "tcp", 16),
-                                         ("script", {"script": _script(tmp_path, 4)}, "ipc", 5)):
+                                         ("script", {"script": shared_pages_script(tmp_path, 4)}, "ipc", 5)):
         cfg = _cfg(policy, kind, cpus=4, ring=ring, kmaps=40, nesting=2, trace=False, workload=extra, tick=20000)
         want = inline.run(cfg).summary
         got = run_distributed(cfg, None, transport).summary
@@ -229,7 +250,7 @@ INVARIANT_CASES = [("tlb-gen", "shared", 4, 16, 1), ("tlb-gen", "uniform", 4, 10
 def test_section7_invariants_hold_at_every_step(policy, kind, cpus, ring, nest):
     """After every coordinator step, no CPU caches a slot at count 0 (or a stale frame of a slot in use)
     unless an invalidation on its way covers it: a tlb-gen IPI, or a latr lazy list due at a tick."""
-    from test_invariants import instrumented_run
+    from invariant_helpers import instrumented_run
     cfg = _cfg(policy, kind, cpus, ring, kmaps=100, nesting=nest, tick=20000)
     violations, tracked, events = instrumented_run(cfg, max_violations=20 if policy != "latr" else 1 << 30)
     if policy == "latr":  # a lazy list is no IPI under kmap_lock: it is due at the tick, after the lock

@@ -5,7 +5,6 @@ gives one counterexample."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,8 +16,7 @@ from smpsim.config import WORKLOADS, validate
 from smpsim.model import policies
 from smpsim.model.policies import POLICIES
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cli_helpers import invoke, user_error  # noqa: E402
+from cli_helpers import invoke, user_error
 
 BROKEN = ("no-ipi", "no-flush")
 CORRECT = [name for name in POLICIES if name not in BROKEN]

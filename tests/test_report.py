@@ -16,7 +16,7 @@ import pytest
 
 from cli_helpers import invoke, user_error
 from smpsim.experiments.sweep import load_experiment
-from test_sweep import SMALL as SWEPT  # 3 policies x 2 workloads, well under a second a point
+from sweep_helpers import SMALL as SWEPT  # 3 policies x 2 workloads, well under a second a point
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,38 +16,18 @@ import subprocess
 import time
 from pathlib import Path
 
-import msgpack
 import psutil
 import pytest
 
 from pinned_cases import config_for, observe
+from respawn_helpers import RestoringEngine
+from respawn_helpers import kill_cpu as _kill
+from respawn_helpers import log_events as _events
+from respawn_helpers import pid_of as _pid_of
+from respawn_helpers import wait as _wait
 from smpsim.engines import inline
-from smpsim.engines.core import CpuPort
-from smpsim.model import workloads
-from smpsim.model.cpu import Cpu
 
 PINNED = json.loads((Path(__file__).parent / "data" / "pinned_counters.json").read_text())
-
-
-class RestoringEngine(inline.InlineEngine):
-    """Every few rounds each CPU is replaced by a new one restored from its snapshot sent through msgpack,
-    as a replacement process gets it."""
-
-    def __init__(self, cfg, recorder, every: int = 2):
-        super().__init__(cfg, recorder)
-        self.cfg, self.every, self.rounds, self.restored = cfg, every, 0, 0
-
-    def step(self):
-        self.rounds += 1
-        if self.rounds % self.every == 1:
-            for c, port in enumerate(self.ports):
-                state = msgpack.unpackb(msgpack.packb(port.snapshot()), raw=False, strict_map_key=False)
-                cpu = Cpu(self.cfg, c, workloads.program(self.cfg, c))
-                new = CpuPort(cpu)
-                new.restore(state)
-                self.cpus[c], self.ports[c] = cpu, new
-                self.restored += 1
-        return super().step()
 
 
 @pytest.mark.parametrize("name", [n for n in sorted(PINNED) if not n.startswith("default")][::5])
@@ -67,38 +47,6 @@ def test_restored_cpus_run_on_unchanged(name, tmp_path):
 CPUS = 4
 SETS = ["--set", "workload.kmaps_per_cpu=1000", "--set", "trace.part_events=5000"]
 CHECKPOINT = "1500"  # operations between checkpoints: several per CPU in these runs
-
-
-def _log(path: Path) -> list[dict]:
-    """The lines of a JSON-lines log written so far (a line being written is left out)."""
-    out = []
-    try:
-        text = path.read_text()
-    except OSError:
-        return out
-    for line in text.splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass
-    return out
-
-
-def _events(run: Path, event: str, cpu: int | None = None) -> list[dict]:
-    return [x for x in _log(run / "logs" / "coordinator.log.jsonl")
-            if x.get("event") == event and (cpu is None or x.get("cpu") == cpu)]
-
-
-def _pid_of(run: Path, cpu: int) -> int:
-    """The pid of CPU cpu's current process: the last that joined (its replacement says so too)."""
-    joined = [x for x in _log(run / "logs" / f"cpu-{cpu}.log.jsonl") if x.get("event") == "joining"]
-    return joined[-1]["pid"]
-
-
-def _kill(run: Path, cpu: int) -> None:
-    pid = _pid_of(run, cpu)
-    assert psutil.Process(pid).ppid() > 1  # a CPU process of the launch, still running
-    psutil.Process(pid).send_signal(signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
@@ -219,11 +167,6 @@ def test_silent_cpu_is_killed_and_replaced(tmp_path, smpsim_cmd, subprocess_env,
     assert not stopped.is_running() or stopped.status() == psutil.STATUS_ZOMBIE
     _assert_recovered(run, undisturbed, proc, stdout, stderr, [3], how="stopped responding")
     assert "its process was killed" in _events(run, "cpu respawned")[0]["reason"]
-
-
-def _wait(pred, what: str, timeout: float = 90):
-    from proc_helpers import wait_for
-    return wait_for(pred, timeout, what)
 
 
 @pytest.mark.parametrize("command", ["launch", "run"])

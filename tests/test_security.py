@@ -28,7 +28,11 @@ from smpsim.engines.distributed import protocol as p
 from smpsim.engines.distributed import security
 from smpsim.model import messages as mm
 from proc_helpers import dealer
-from test_distributed import ADDR, NS, _free_port, _hello, _log_has, _wait_for, two_hosts  # noqa: F401
+from proc_helpers import ADDR, NS
+from proc_helpers import free_port as _free_port
+from proc_helpers import hello as _hello
+from proc_helpers import log_has as _log_has
+from proc_helpers import wait_for as _wait_for
 
 
 def _log(path: Path) -> list[dict]:

@@ -4,7 +4,6 @@ pkmap (or kmap_local) address; the deliberately broken policies do once slots ge
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,10 +11,10 @@ import pytest
 from smpsim.config import validate
 from smpsim.engines.inline import run
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import reference_highmem as ref  # noqa: E402
+import reference_highmem as ref
+from registries import CORRECT_POLICIES, GENERATED_WORKLOADS
 
-WORKLOADS = ("uniform", "zipf", "stream", "shared", "pingpong", "script")
+WORKLOADS = (*GENERATED_WORKLOADS, "script")
 
 
 def _script(tmp_path: Path, ncpu: int) -> Path:
@@ -52,8 +51,7 @@ def _stale_events(run_dir: Path) -> list[dict]:
 
 
 @pytest.mark.parametrize("workload", WORKLOADS)
-@pytest.mark.parametrize("policy", ["linux-2.4", "linux-2.6", "eager", "kmap-local", "vmap-lazy", "tlb-gen",
-                                    "latr"])
+@pytest.mark.parametrize("policy", CORRECT_POLICIES)
 def test_correct_policies_never_use_a_stale_translation(tmp_path, policy, workload):
     cfg = _cfg(tmp_path, policy, workload)
     res = run(cfg, tmp_path / "run")

@@ -14,6 +14,7 @@ import tracemalloc
 import pytest
 
 import reference_workloads
+from registries import GENERATED_WORKLOADS
 from smpsim.config import validate
 from smpsim.engines import inline
 from smpsim.engines.distributed import protocol
@@ -38,7 +39,7 @@ def cfg_of(kind: str, cpus: int = 3, seed: int = 7, **workload):
     return validate({"seed": seed, "machine": {"cpus": cpus}, "workload": {"kind": kind, **workload}})
 
 
-@pytest.mark.parametrize("kind", ["uniform", "zipf", "stream", "shared", "pingpong"])
+@pytest.mark.parametrize("kind", GENERATED_WORKLOADS)
 @pytest.mark.parametrize("variant", range(len(VARIANTS)))
 def test_streamed_program_is_the_list_built_sequence(kind, variant):
     cfg = cfg_of(kind, **VARIANTS[variant])

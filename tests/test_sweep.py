@@ -14,22 +14,9 @@ import pytest
 from smpsim.config import ConfigError
 from smpsim.experiments.sweep import load_experiment
 from cli_helpers import invoke, user_error
+from sweep_helpers import SMALL
 
 ROOT = Path(__file__).resolve().parents[1]
-
-# A small experiment: 6 points of well under a second each.
-SMALL = """
-[machine]
-cpus = 2
-last_pkmap = 32
-[workload]
-kind = "uniform"
-pages = 512
-kmaps_per_cpu = 60
-[sweep]
-"policy.name" = ["linux-2.4", "eager", "kmap-local"]
-workload.kind = ["uniform", "zipf"]
-"""
 
 
 def write(tmp_path, text, name="exp.toml"):

@@ -204,7 +204,7 @@ def test_cpus_restored_from_snapshots_replay_the_same(tmp_path):
     """A replacement regenerates its program from the file and skips to its pc (Program.seek)."""
     from smpsim.engines import inline
     from smpsim.engines.recorder import Recorder
-    from test_respawn import RestoringEngine
+    from respawn_helpers import RestoringEngine
 
     _long_trace(tmp_path / "t.trace", 300)
     cfg = api.load({"machine": {"cpus": 4, "last_pkmap": 16},
@@ -218,7 +218,9 @@ def test_cpus_restored_from_snapshots_replay_the_same(tmp_path):
 
 @pytest.mark.timeout(180)
 def test_a_killed_cpu_process_is_replaced_and_replays_the_same(tmp_path, smpsim_cmd, subprocess_env):
-    from test_respawn import _events, _kill, _wait
+    from respawn_helpers import kill_cpu as _kill
+    from respawn_helpers import log_events as _events
+    from respawn_helpers import wait as _wait
 
     _long_trace(tmp_path / "t.trace", 3000)
     (tmp_path / "t.toml").write_text('[machine]\ncpus = 4\nlast_pkmap = 16\n\n'

@@ -17,7 +17,9 @@ from hypothesis import strategies as st
 from smpsim.config import validate
 from smpsim.model.workloads import WorkloadError, build, build_cpu, load_script
 
-GENERATED = ("uniform", "zipf", "stream", "shared", "pingpong")
+from registries import GENERATED_WORKLOADS
+
+GENERATED = GENERATED_WORKLOADS
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -13,12 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def _config(cpus: int, kmaps_total: int, trace: bool):
-    from smpsim.config import load_config
-    per_cpu = max(1, kmaps_total // cpus)
-    return load_config(None, [f"machine.cpus={cpus}", f"workload.kmaps_per_cpu={per_cpu}",
-                              f"trace.enabled={'true' if trace else 'false'}"])
+from smpsim.bench.configs import bench_config
 
 
 def _maxrss_mb() -> float:
@@ -38,7 +33,7 @@ def _us_per_kmap(before: tuple, after: tuple, kmaps: int) -> list[float]:
 def job_inline(cpus: int, kmaps_total: int, trace: bool = True) -> dict:
     from smpsim.engines.inline import run
     tmp = Path(tempfile.mkdtemp(prefix="smpsim-bench-"))
-    cfg = _config(cpus, kmaps_total, trace)
+    cfg = bench_config(cpus, kmaps_total, trace)
     c0 = _cpu_s()
     try:
         res = run(cfg, tmp / "run")
@@ -57,7 +52,7 @@ def job_inline(cpus: int, kmaps_total: int, trace: bool = True) -> dict:
 def job_distributed(cpus: int, kmaps_total: int) -> dict:
     from smpsim.engines.distributed.launch import run_distributed
     tmp = Path(tempfile.mkdtemp(prefix="smpsim-bench-"))
-    cfg = _config(cpus, kmaps_total, True)
+    cfg = bench_config(cpus, kmaps_total, True)
     c0 = _cpu_s()
     try:
         res = run_distributed(cfg, tmp / "run", "ipc")

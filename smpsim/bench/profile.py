@@ -90,7 +90,7 @@ def _summary(files: list[Path], kmaps: int, top: int) -> dict:
 
 def job_profile(cpus: int, kmaps_total: int, top: int = TOP) -> dict:
     """A distributed run (as the bench's distributed job runs it) with every process profiled."""
-    from smpsim.bench.jobs import _config
+    from smpsim.bench.configs import bench_config
     from smpsim.engines.distributed import coordinator_node, cpu_node
     from smpsim.engines.distributed.launch import run_distributed
     tmp = Path(tempfile.mkdtemp(prefix="smpsim-bench-profile-"))
@@ -100,7 +100,7 @@ def job_profile(cpus: int, kmaps_total: int, top: int = TOP) -> dict:
     cpu_node.cpu_main = _profiled(cpu_main, out, lambda a, kw: f"cpu-{a[1]}")
     coordinator_node.CoordinatorNode.run = _profiled(coord_run, out, lambda a, kw: "coordinator")
     try:
-        res = run_distributed(_config(cpus, kmaps_total, True), tmp / "run", "ipc")
+        res = run_distributed(bench_config(cpus, kmaps_total, True), tmp / "run", "ipc")
         kmaps = res.summary["counters"]["kmaps"]
         cpu_files = sorted(out.glob("cpu-*.prof"))
         t = res.timing

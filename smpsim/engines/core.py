@@ -56,6 +56,10 @@ def locate(err: ModelError, lines: list | None) -> ModelError:
 
 
 class Core:
+    """The coordinator's side of the drive loop: owns the Coordinator and the recorder, each CPU's last
+    reported horizon, the IPIs sent but not yet reported seen, the safe time sent to each CPU, the CPUs
+    waiting for a larger one, the replies held back until their safe time, and the trace watermark."""
+
     def __init__(self, coord: Coordinator, recorder, lines: list | None = None):
         self.coord, self.rec, self.lines = coord, recorder, lines
         n = self.n = coord.ncpu

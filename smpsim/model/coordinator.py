@@ -13,8 +13,7 @@ the CPU applies (cpu.service_ipis), and replies once for all of them.
 
 from __future__ import annotations
 
-import heapq
-from heapq import heappop, heappush
+from heapq import heapify, heappop, heappush
 from typing import Any, Final
 
 from smpsim.config import Config
@@ -65,6 +64,11 @@ class _Free:
 
 
 class Coordinator:
+    """The shared side of the machine: owns the pkmap ring and its page table, kmap_lock (the ticket order
+    of pending requests), the sleepers on pkmap_map_wait, the flush policy, the IPIs on their way to each
+    CPU (with what they will cost a CPU mid-request) and the coordinator's trace events. It also owns what
+    it knows of each CPU's progress (status, lb), from which it says how far CPUs may run (safe_until)."""
+
     def __init__(self, cfg: Config):
         self.ncpu = cfg.machine.cpus
         self.cost = c = cfg.cost
@@ -350,7 +354,7 @@ class Coordinator:
             pending.remove((nxt.t, nxt.cpu, nxt))
             nxt.t = nxt.t_first = service_ipis(nxt.t, inbox, True)
             pending.append((nxt.t, nxt.cpu, nxt))  # nxt moved later
-            heapq.heapify(pending)
+            heapify(pending)
 
     # ---- TLB shootdown --------------------------------------------------------------------------------
     def _send_ipi(self, j: int, ipi: Ipi) -> None:

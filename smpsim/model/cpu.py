@@ -52,6 +52,11 @@ def service_ipis(clock: int, inbox: list, running: bool, handle=None) -> int:
 
 
 class Cpu:
+    """One CPU: owns its clock, its program counter over the streamed program, its private TLB, its
+    kmap_local stack, the pages it holds, the IPIs delivered but not yet due (inbox), the results of a
+    compound request still to be taken, and its own trace events. It runs only below the safe time its
+    port gives it and learns of the ring only from replies."""
+
     def __init__(self, cfg: Config, cpu_id: int, program: Program):
         self.id = cpu_id
         self.program = program  # streamed: holds a bounded window of the operations from pc on
