@@ -22,9 +22,6 @@ class PkmapRing:
         self.last_pkmap_nr = 0
         self.deferred: set[int] = set()  # torn down, awaiting invalidation on some CPU: not free yet
 
-    def lookup(self, page: int) -> int | None:
-        return self.page_address.get(page)
-
     def flush_all_zero_pkmaps(self) -> list[int]:
         """Tear down every slot at count 1 (count -> 0, PTE cleared, page dissociated); returns those slots.
 
