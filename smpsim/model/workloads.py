@@ -502,7 +502,7 @@ def _groups(cfg: Config, ops: list[Op], rand: Callable[[], float], pick: Callabl
     burst = w.access_burst
     wf = w.write_fraction
     draw = write is None
-    if nest == 1:  # the default; without a group list per kmap, generating takes ~8% less
+    if nest == 1:  # the default: no group list per kmap saves ~6% of generating (compiled, measured)
         for i in range(total):
             ops.append(think_t[int(rand() * think_n)])
             p = pick(i)
