@@ -81,5 +81,5 @@ def test_steady_state_figure_sits_beside_the_short_run_with_its_overhead_share()
     assert "8 CPUs x 400,000 kmaps" in rows["inline_steady_kmaps_per_s"]["what"]
     text = render({"figures": fig, "targets": list(rows.values()), "digests_equal": {},
                    "setup": {"cpus": [8], "kmaps_total": 12_000, "steady_kmaps": 400_000}})
-    assert ("60,000 kmaps/s over 12,000 kmaps (20.0% start-up and final write), "
+    assert ("60,000 kmaps/s over 12,000 kmaps (20.0% imports, start-up and final write), "
             "70,000 kmaps/s in steady state over 400,000 (3.0%)") in text

@@ -238,7 +238,7 @@ def render(result: dict) -> str:
         setup = result["setup"]
         lines.append(f"      single-process engine, trace on, {setup['cpus'][0]} CPUs: "
                      f"{f['inline_trace_on_kmaps_per_s']['median']:,.0f} kmaps/s over {setup['kmaps_total']:,} kmaps "
-                     f"({100 * f['inline_trace_on_overhead_fraction']['median']:.1f}% start-up and final write), "
+                     f"({100 * f['inline_trace_on_overhead_fraction']['median']:.1f}% imports, start-up and final write), "
                      f"{f['inline_steady_kmaps_per_s']['median']:,.0f} kmaps/s in steady state over "
                      f"{setup['steady_kmaps']:,} ({100 * f['inline_steady_overhead_fraction']['median']:.1f}%)")
     for n, ok in result["digests_equal"].items():
