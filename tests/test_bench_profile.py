@@ -63,3 +63,23 @@ def test_missed_ratio_targets_say_how_far_this_machine_lets_them_go():
     assert "limit" not in rows["messages_per_kmap@8"]
     text = render({"figures": fig, "targets": list(rows.values()), "digests_equal": {}, "setup": {}})
     assert "0.200 (target >= 0.5; at most 0.410 with this run's critical path of round trips)" in text
+
+
+def test_steady_state_figure_sits_beside_the_short_run_with_its_overhead_share():
+    """The inline job says what share of it is not the model running (imports, start-up, the final trace
+    write); the bench shows the steady-state run beside the 12,000-kmap one, each with that share."""
+    from smpsim.bench.jobs import job_inline
+    from smpsim.bench.runner import check_targets, render
+    r = job_inline(2, 400, True)
+    assert r["kmaps"] == 400 and r["whole_s"] >= r["seconds"] > 0
+    assert 0 < r["overhead_fraction"] < 1
+    fig = {k: {"median": v, "min": v, "max": v, "n": 1} for k, v in {
+        "inline_trace_on_kmaps_per_s": 60_000, "inline_trace_on_overhead_fraction": 0.2,
+        "inline_steady_kmaps_per_s": 70_000, "inline_steady_overhead_fraction": 0.03}.items()}
+    rows = {t["figure"]: t for t in check_targets(fig, {"steady": "400,000", "steady_cpus": 8})}
+    assert not rows["inline_steady_kmaps_per_s"]["met"] and rows["inline_steady_overhead_fraction"]["met"]
+    assert "8 CPUs x 400,000 kmaps" in rows["inline_steady_kmaps_per_s"]["what"]
+    text = render({"figures": fig, "targets": list(rows.values()), "digests_equal": {},
+                   "setup": {"cpus": [8], "kmaps_total": 12_000, "steady_kmaps": 400_000}})
+    assert ("60,000 kmaps/s over 12,000 kmaps (20.0% imports, start-up and final write), "
+            "70,000 kmaps/s in steady state over 400,000 (3.0%)") in text

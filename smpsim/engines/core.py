@@ -7,6 +7,10 @@ says what to send back. Both sides decide only from message contents, so the run
 in which order the transport delivers batches (tests/test_timing.py shuffles them).
 
 Safe times travel only to CPUs they unblock, or ride on the replies and IPIs a CPU gets anyway.
+
+Shaped for mypyc (smpsim/native.py compiles it): Up and Down are plain classes, not NamedTuples (one of each
+per round, and a compiled class is built without running Python code); the inline transport's helpers at
+the end live here only to be compiled with the core.
 """
 
 from __future__ import annotations
@@ -14,15 +18,13 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from smpsim.model.coordinator import RUNNING, Coordinator
-from smpsim.model.cpu import DONE, Cpu
-from smpsim.model.cpu import RUNNING as CPU_RUNNING
+from smpsim.model.coordinator import Coordinator
+from smpsim.model.cpu import Cpu
 from smpsim.model.errors import ModelError
-from smpsim.model.messages import INF, Ipi, Progress, Request
+from smpsim.model.messages import DONE, INF, RUNNING, Ipi, Progress, Request, sat_add
 
 
-# Up and Down are plain classes, not NamedTuples: one of each per round, and a compiled class is built
-# without running Python code. A transport sends their fields, never the objects.
+# A transport sends the fields of Up and Down, never the objects.
 class Up:
     """CPU -> core: model messages, trace events, the CPU's horizon, and how many IPIs it has received."""
     __slots__ = ("msgs", "events", "horizon", "ipis_seen")
@@ -56,9 +58,9 @@ def locate(err: ModelError, lines: list | None) -> ModelError:
 
 
 class Core:
-    """The coordinator's side of the drive loop: owns the Coordinator and the recorder, each CPU's last
-    reported horizon, the IPIs sent but not yet reported seen, the safe time sent to each CPU, the CPUs
-    waiting for a larger one, the replies held back until their safe time, and the trace watermark."""
+    """The coordinator's side of every engine. It owns the Coordinator and the trace recorder, and per CPU:
+    the horizon it last reported, the IPIs sent to it and not yet seen, the safe time sent to it, whether
+    it is waiting for a larger one, and a reply held back to go with that; and the trace watermark."""
 
     def __init__(self, coord: Coordinator, recorder, lines: list | None = None):
         self.coord, self.rec, self.lines = coord, recorder, lines
@@ -234,7 +236,7 @@ class CpuPort:
                 self.replied = True
         if down.safe > self.safe:
             self.safe = down.safe
-        if cpu.state != CPU_RUNNING or cpu.can_run(self.safe):
+        if cpu.state != RUNNING or cpu.can_run(self.safe):
             return False
         return self._believed() < self.safe
 
@@ -242,7 +244,7 @@ class CpuPort:
         """The coordinator's idea of when this CPU's next request can come at the earliest (its lb)."""
         if not self.replied:
             return self.bound
-        return self.cpu.resumed + self.after if self.after < INF else INF
+        return sat_add(self.cpu.resumed, self.after)
 
     def work(self, max_ops: int | None = None, must_report: bool = False) -> Up | None:
         """Run the Cpu as far as it may; the batch to send up, or None when there is nothing to say."""

@@ -9,6 +9,9 @@ lock spin until the initiator has every ack.
 A compound request (messages.Request) holds ring calls that only compute separates; the coordinator makes
 each later call at the time the CPU will, from its mirror of the IPIs it sent that CPU and the IPI rule
 the CPU applies (cpu.service_ipis), and replies once for all of them.
+
+Shaped for mypyc (smpsim/native.py compiles it): constants are Final (read as constants, not module
+attributes).
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from heapq import heapify, heappop, heappush
 from typing import Any, Final
 
 from smpsim.config import Config
-from smpsim.model.messages import INF, MIGRATED_KUNMAP, Done, Ipi, Progress, Request, reply
+from smpsim.model.messages import (ASLEEP, DONE, INF, MIGRATED_KUNMAP, REQUESTED, RUNNING, Done, Ipi, Progress,
+                                   Request, reply, sat_add)
 from smpsim.model.cpu import service_ipis
 from smpsim.model.errors import DeadlockError, ModelError
 from smpsim.model.policies import Flush, FlushPolicy, Guard, make_policy, next_tick, traits
@@ -26,11 +30,6 @@ from smpsim.model.ring import PkmapRing
 # How far (cycles) a CPU that never takes kmap_lock may run ahead of the slowest: nothing else keeps such
 # CPUs together, and the events waiting to be merged in canonical order would grow with the run.
 RUN_AHEAD: Final = 1 << 18
-# Final: compiled code reads these as constants, not as module attributes at every use.
-RUNNING: Final = "running"
-REQUESTED: Final = "requested"
-ASLEEP: Final = "asleep"
-DONE: Final = "done"
 
 
 class _Request:
@@ -64,10 +63,10 @@ class _Free:
 
 
 class Coordinator:
-    """The shared side of the machine: owns the pkmap ring and its page table, kmap_lock (the ticket order
-    of pending requests), the sleepers on pkmap_map_wait, the flush policy, the IPIs on their way to each
-    CPU (with what they will cost a CPU mid-request) and the coordinator's trace events. It also owns what
-    it knows of each CPU's progress (status, lb), from which it says how far CPUs may run (safe_until)."""
+    """The machine's shared state and kmap_lock. It owns the pkmap ring and page table (PkmapRing), the flush
+    policy, the lock's timing, the pending ring calls in canonical order, each CPU's status and lower bound
+    (lb) as far as it knows, its mirror of the IPIs it sent each CPU, the sleepers on pkmap_map_wait, and
+    the messages (outbox) and events it produces. It never reads a Cpu: only their messages."""
 
     def __init__(self, cfg: Config):
         self.ncpu = cfg.machine.cpus
@@ -192,7 +191,7 @@ class Coordinator:
         """CPUs may start operations strictly before this time: every IPI arriving earlier is known."""
         if not self.uses_ring:  # lb: how far each got (Cpu.request_bound)
             g = self._earliest_running()[0]
-            return INF if g >= INF else g + RUN_AHEAD
+            return sat_add(g, RUN_AHEAD)
         g = self.bound()
         if g >= INF:
             return INF
@@ -340,7 +339,7 @@ class Coordinator:
             self._pend(nxt)
             return
         self.status[cpu] = RUNNING
-        lb = self.lb[cpu] = end + r.after if r.after < INF else INF
+        lb = self.lb[cpu] = sat_add(end, r.after)
         heappush(self.running, (lb, cpu))
         self.outbox.append((cpu, reply(cpu, tuple(r.results))))
 

@@ -4,6 +4,11 @@ A Cpu runs its program locally and talks to the coordinator only through message
 a request for kmap_high / kunmap_high and blocks until the reply; it receives IPIs. It only starts an
 operation at time t once every IPI that can arrive at or before t is known (`safe`, from the coordinator),
 so its behaviour does not depend on when messages physically arrive.
+
+Shaped for mypyc (smpsim/native.py compiles it): constants are Final (read as constants, not module
+attributes); ints read from tuples are declared int (compiled code then works on machine ints, not objects),
+so is `u[i] = u[i] + x` spelled out (the augmented form adds objects); dict.get then del, not pop(k, None)
+(no fast pop with a default).
 """
 
 from __future__ import annotations
@@ -13,19 +18,16 @@ from typing import Any, Final
 
 from smpsim.config import Config
 from smpsim.model import messages as m
-from smpsim.model.messages import INF, MIGRATED_KUNMAP, Done, Ipi, Progress, Reply, Request, request
+from smpsim.model.messages import (BLOCKED, DONE, INF, MIGRATED_KUNMAP, RUNNING, Done, Ipi, Progress, Reply,
+                                   Request, request, sat_add)
 from smpsim.model.errors import ModelError
 from smpsim.model.policies import make_policy, traits
 from smpsim.model.tlb import Tlb
 from smpsim.model.workloads import Program
 
-# Final: compiled code reads these as constants, not as module attributes at every use.
 # Virtual page number of the first kmap_local fixmap slot; pkmap slots are vpns 0 .. LAST_PKMAP - 1.
 LOCAL_BASE: Final = 1 << 20
 
-RUNNING: Final = "running"
-BLOCKED: Final = "blocked"
-DONE: Final = "done"
 MAX_CHAIN: Final = 16      # ring calls in one compound request
 CHAIN_SCAN: Final = 256    # operations looked at for one
 
@@ -52,10 +54,9 @@ def service_ipis(clock: int, inbox: list, running: bool, handle=None) -> int:
 
 
 class Cpu:
-    """One CPU: owns its clock, its program counter over the streamed program, its private TLB, its
-    kmap_local stack, the pages it holds, the IPIs delivered but not yet due (inbox), the results of a
-    compound request still to be taken, and its own trace events. It runs only below the safe time its
-    port gives it and learns of the ring only from replies."""
+    """One simulated CPU. It owns its program and position in it (pc), its clock, its TLB, the pages it
+    holds (kmap_high and kmap_local) with their use since each kmap, its inbox of IPIs, and the events it
+    records; it shares nothing with the coordinator or other CPUs but messages."""
 
     def __init__(self, cfg: Config, cpu_id: int, program: Program):
         self.id = cpu_id
@@ -111,7 +112,7 @@ class Cpu:
             code: str = op[0]
             self.started = clock
             if code == "compute":  # the operations in the order of how often they come
-                cycles: int = op[1]  # typed: compiled code adds machine ints, not objects
+                cycles: int = op[1]
                 self.clock = clock + cycles
             elif code == "access":
                 self._access(op[1], op[2], op[3])
@@ -180,7 +181,7 @@ class Cpu:
         if not self.uses_ring:
             return self.clock
         gap = self._least_to_request(self.pc)
-        return INF if gap >= INF else self.clock + gap
+        return sat_add(self.clock, gap)
 
     def _least_to_request(self, pc: int, ops: list[tuple] | None = None, base: int = 0, scan: int = 64) -> int:
         """The least cycles from starting the operation at pc to the next kmap/kunmap request (INF: none).
@@ -245,7 +246,7 @@ class Cpu:
 
     def _take_result(self, code: str, page: int) -> None:
         """Apply the coordinator's result for the ring call at pc."""
-        t: int  # typed: compiled code compares machine ints, not objects
+        t: int
         t_done: int
         slot: int
         t, t_done, slot, local_flushes = self.results.pop()
@@ -327,7 +328,6 @@ class Cpu:
         if u is None:
             self.use[page] = [slot, n, n if write else 0, hits, misses]
         else:
-            # u[i] = u[i] + x, not u[i] += x: compiled, the augmented form adds objects, this adds ints
             u[1] = u[1] + n
             u[2] = u[2] + (n if write else 0)
             u[3] = u[3] + hits
@@ -337,7 +337,7 @@ class Cpu:
     def _record_use(self, page: int) -> None:
         """One `access` event for the accesses made through a page's address since it was kmapped,
         recorded when the hold ends: per hold, not per access, keeps the trace small."""
-        u = self.use.get(page)  # get and del: compiled code has no fast pop with a default
+        u = self.use.get(page)
         if u is not None:
             del self.use[page]
             self.events.append((self.clock, self.id, "access", page, u[0], u[1], u[2], u[3], u[4]))

@@ -1,6 +1,12 @@
 """Messages between Cpu and Coordinator objects: typed tuples (NamedTuple), so any transport carries them
 unchanged. On a wire a message is the array ``[kind, *fields]`` (`to_wire` / `from_wire`); nested items stay
-plain arrays."""
+plain arrays.
+
+Shaped for mypyc (smpsim/native.py compiles it): fields that hold sequences are typed Any, not Sequence
+(compiled code would check an ABC, slowly, at every access); the messages sent once per kmap are built with
+tuple.__new__ (a NamedTuple's own constructor runs a Python __new__, an interpreted frame even when called
+from compiled code).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,21 @@ from typing import Any, Final, NamedTuple
 # "Never": larger than any time. The largest int compiled code keeps unboxed (2**62 - 1): compared with
 # it, a time stays a machine word, where 2**62 took the slow path of a boxed int at every comparison.
 INF: Final = (1 << 62) - 1
+
+
+def sat_add(a: int, b: int) -> int:
+    """a + b for times and cycle counts (>= 0), where INF means never: never plus anything stays INF."""
+    s = a + b
+    return s if s < INF else INF
+
+
+# A CPU's states: a Cpu's own (RUNNING its program, BLOCKED until a reply, DONE) and the coordinator's
+# account of it (RUNNING: no ring call pending, REQUESTED: one pending, ASLEEP on pkmap_map_wait, DONE).
+RUNNING: Final = "running"
+BLOCKED: Final = "blocked"
+REQUESTED: Final = "requested"
+ASLEEP: Final = "asleep"
+DONE: Final = "done"
 
 # The op of a kunmap by a task that kmapped the page on another CPU and migrated (a kprobe trace's): a
 # kunmap_high like any other, except that the replay may not run it before the kmap it pairs with, so
@@ -26,9 +47,7 @@ class Request(NamedTuple):
     none), the lookahead that lets the coordinator grant other CPUs' requests meanwhile."""
     cpu: int
     t: int
-    # Any, not Sequence: tuples here, arrays from a wire; compiled code would check a Sequence (an ABC,
-    # slow) at every access.
-    ops: Any
+    ops: Any  # tuples here, arrays from a wire
     after: int
 
 
@@ -65,8 +84,7 @@ class Ipi(NamedTuple):
     vpns: Any   # a sequence of ints; None: a full flush
 
 
-# The messages sent once per kmap, built as tuple.__new__ does it: a NamedTuple's own constructor runs a
-# Python __new__ (an interpreted frame even when called from compiled code). Same type, same fields.
+# The messages sent once per kmap (see the module's note): same type, same fields.
 _new: Final = tuple.__new__
 
 

@@ -3,6 +3,9 @@
 Only translations the simulator tracks (pkmap and kmap_local addresses) live here. The rest of a CPU's
 working set is the `background` count: a full flush drops it too, and its refill is charged afterwards
 (kernel-pkmap.md section 4: the collateral cost of a full flush).
+
+Shaped for mypyc (smpsim/native.py compiles it): dict.get then del, not pop(k, None) (compiled code has no
+fast pop with a default).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ class Tlb:
         """An access through vpn: the cached frame on a hit (refreshing its LRU position), else None after
         the page walk filled in ``walked`` (evicting the set's least recently used entry if full)."""
         s = self.sets[vpn % self.nsets]
-        frame = s.get(vpn)  # get and del, not pop(vpn, None): compiled code has no fast pop with a default
+        frame = s.get(vpn)
         if frame is None:
             if len(s) >= self.ways:
                 del s[next(iter(s))]
