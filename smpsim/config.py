@@ -63,7 +63,8 @@ CYCLES_PER_US = 2500
 
 
 class Cost(_Strict):
-    """Integer cycles at about 2.5 GHz; sources are kernel-pkmap.md section 4 keys."""
+    """Integer cycles at about 2.5 GHz; each description names its measurement or says it is an assumption
+    (docs/validation.md holds them against published figures)."""
 
     access: int = Field(4, ge=1, description="L1D load-to-use, translation overlapped [R45]")
     tlb_hit: int = Field(0, ge=0, description="extra cycles for an L1 DTLB hit [R45]")

@@ -1,4 +1,4 @@
-"""The invariants of kernel-pkmap.md section 7, checked while the model runs.
+"""The model's invariants (pkmap_count against the page table, holders and TLBs), checked while it runs.
 
 The test drives the inline engine (the engine core) one step at a time and looks at the Coordinator and
 the Cpu objects after every step, before and after delivering its messages:

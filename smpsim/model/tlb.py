@@ -2,7 +2,7 @@
 
 Only translations the simulator tracks (pkmap and kmap_local addresses) live here. The rest of a CPU's
 working set is the `background` count: a full flush drops it too, and its refill is charged afterwards
-(kernel-pkmap.md section 4: the collateral cost of a full flush).
+(the collateral cost of a full flush: what the CPU walks back in after it).
 
 Shaped for mypyc (smpsim/native.py compiles it): dict.get then del, not pop(k, None) (compiled code has no
 fast pop with a default).
