@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,7 +174,9 @@ def run_config(cfg: Config, out: str | Path | None = None, *, runs_root: str | P
     elif runs_root is not None:
         path, created = default_run_dir(cfg, runs_root), True
     else:
-        tmp = tempfile.TemporaryDirectory(prefix="smpsim-run-")
+        from smpsim.engines.distributed import sockdir  # a killed process's directory is removed later
+
+        tmp = sockdir.temporary("run")
         path, created = Path(tmp.name), False
     claimed = False
     try:

@@ -6,6 +6,7 @@ process is gone; an ipc socket file goes with its run; a run that survived a sto
 from __future__ import annotations
 
 import json
+import os
 import resource
 import shutil
 import signal
@@ -201,3 +202,18 @@ def test_a_zombie_owner_holds_no_socket_directory(private_tmp):
     finally:
         child.kill()
         child.wait(10)
+
+
+def test_every_temporary_directory_is_named_after_its_process(private_tmp, tmp_path, monkeypatch):
+    """An API run without out, a policy check's workspace and a query's spill directory are removed by the
+    next smpsim command once their process is gone (a killed check left smpsim-check-XXXXXXXX behind)."""
+    from smpsim.engines.distributed import sockdir
+
+    tmp, _ = private_tmp
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    for use in ("run", "check", "query", "synth"):
+        with sockdir.temporary(use) as d:
+            assert sockdir._NAME.fullmatch(Path(d).name) and f"-{use}-{os.getpid()}-" in Path(d).name
+    import smpsim
+    with smpsim.run(overrides={"machine.cpus": 1, "workload.kmaps_per_cpu": 5}) as run:
+        assert run.path.parent == tmp and sockdir._NAME.fullmatch(run.path.name)

@@ -16,7 +16,6 @@ to ``memory_limit`` (a quarter of RAM by default), spilling what does not fit.
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -44,11 +43,8 @@ def spill_directory() -> Iterator[str]:
     (close the connection first: DuckDB keeps its spill files open until then)."""
     from smpsim.engines.distributed import sockdir  # named after this process: a SIGKILLed query's is removed later
 
-    d = sockdir.make("query")
-    try:
+    with sockdir.temporary("query") as d:
         yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def lock_down(tr: Trace, memory_limit: str | None = QUERY_MEMORY_LIMIT, spill_dir: str | None = None) -> None:

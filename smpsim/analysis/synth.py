@@ -23,7 +23,6 @@ import argparse
 import json
 import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -61,7 +60,9 @@ def make_big_run(out: str | Path, events: int = 10_000_000, seed: int = 1, overr
 
     from smpsim.engines.inline import run
 
-    with tempfile.TemporaryDirectory(prefix="smpsim-synth-") as tmp:
+    from smpsim.engines.distributed import sockdir  # a killed process's directory is removed later
+
+    with sockdir.temporary("synth") as tmp:
         base = run(cfg, Path(tmp) / "base")
         table = read_table(Path(tmp) / "base")
     if table.num_rows == 0:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -73,7 +72,9 @@ class _Workspace:
     file name never stands for two scripts (the script loader caches parsed files by name and mtime)."""
 
     def __init__(self) -> None:
-        self._tmp = tempfile.TemporaryDirectory(prefix="smpsim-check-")
+        from smpsim.engines.distributed import sockdir  # a killed check's directory is removed later
+
+        self._tmp = sockdir.temporary("check")
         self.dir = Path(self._tmp.name)
 
     def script(self, ops: Sequence[Op]) -> Path:

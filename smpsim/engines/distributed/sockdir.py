@@ -1,5 +1,5 @@
-"""Where `smpsim launch` (and each distributed sweep point) puts its ipc socket, and `smpsim query` its
-spill files: a private temporary directory named after the process that owns it, so that one left by a process killed outright (SIGKILL runs no
+"""Where `smpsim launch` (and each distributed sweep point) puts its ipc socket, and every other temporary
+directory of smpsim (a query's spill files, a policy check's scripts, an API run without `out`): a private one named after the process that owns it, so that one left by a process killed outright (SIGKILL runs no
 clean-up) is recognised and removed by the next smpsim command (clean_orphans)."""
 
 from __future__ import annotations
@@ -16,11 +16,22 @@ _PREFIX = "smpsim-"
 _NAME = re.compile(re.escape(_PREFIX) + r"(?:[a-z]+-)?(\d+)-[a-z0-9_]{8}")
 
 
+def _prefix(use: str) -> str:
+    return f"{_PREFIX}{use + '-' if use else ''}{os.getpid()}-"
+
+
+def temporary(use: str) -> tempfile.TemporaryDirectory:
+    """A TemporaryDirectory named after this process (smpsim-USE-PID-...): removed as usual, and by the next
+    smpsim command if this process is killed outright. Orphans of earlier runs are removed first."""
+    clean_orphans()
+    return tempfile.TemporaryDirectory(prefix=_prefix(use))
+
+
 def make(use: str = "") -> str:
     """A new socket directory of this process, readable by its user only (mkdtemp makes it 0700: the
     socket's privacy rests on that). Orphans of earlier runs are removed first."""
     clean_orphans()
-    path = tempfile.mkdtemp(prefix=f"{_PREFIX}{use + '-' if use else ''}{os.getpid()}-")
+    path = tempfile.mkdtemp(prefix=_prefix(use))
     os.chmod(path, 0o700)
     return path
 
