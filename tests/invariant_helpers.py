@@ -5,7 +5,7 @@ with both after every step (test_invariants.py's docstring says what each checks
 from __future__ import annotations
 
 from smpsim.engines.inline import InlineEngine
-from smpsim.engines.recorder import Recorder
+from smpsim.trace.recorder import Recorder
 from smpsim.model import messages as m
 from smpsim.model.coordinator import Coordinator
 from smpsim.model.cpu import LOCAL_BASE

@@ -16,7 +16,7 @@ KNOWN = [
     {"smpsim.config", "smpsim.presets", "smpsim.workload_files"},
     {"smpsim.model.kprobe_trace", "smpsim.model.workloads"},
     {"smpsim", "smpsim.api", "smpsim.check", "smpsim.check.runner", "smpsim.engines.distributed.coordinator_node",
-     "smpsim.engines.distributed.launch", "smpsim.engines.inline", "smpsim.engines.recorder",
+     "smpsim.engines.distributed.launch", "smpsim.engines.inline", "smpsim.trace.recorder",
      "smpsim.experiments.provenance", "smpsim.experiments.results", "smpsim.experiments.runner"},
 ]
 

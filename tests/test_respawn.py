@@ -32,7 +32,7 @@ PINNED = json.loads((Path(__file__).parent / "data" / "pinned_counters.json").re
 
 @pytest.mark.parametrize("name", [n for n in sorted(PINNED) if not n.startswith("default")][::5])
 def test_restored_cpus_run_on_unchanged(name, tmp_path):
-    from smpsim.engines.recorder import Recorder
+    from smpsim.trace.recorder import Recorder
     cfg = config_for(PINNED[name], tmp_path)
     want = inline.run(cfg).summary
     engine = RestoringEngine(cfg, Recorder(cfg, None, "inline"))

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from smpsim.engines.inline import InlineEngine
-from smpsim.engines.recorder import Recorder
+from smpsim.trace.recorder import Recorder
 from smpsim.model.errors import DeadlockError
 from smpsim.model.messages import Ipi
 

@@ -15,7 +15,7 @@ import pytest
 from smpsim.config import validate
 from smpsim.engines import inline
 from smpsim.engines.core import Core, CpuPort
-from smpsim.engines.recorder import Recorder
+from smpsim.trace.recorder import Recorder
 from smpsim.model import workloads
 from smpsim.model.coordinator import Coordinator
 

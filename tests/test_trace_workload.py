@@ -203,7 +203,7 @@ def test_inline_and_distributed_replay_the_same(tmp_path):
 def test_cpus_restored_from_snapshots_replay_the_same(tmp_path):
     """A replacement regenerates its program from the file and skips to its pc (Program.seek)."""
     from smpsim.engines import inline
-    from smpsim.engines.recorder import Recorder
+    from smpsim.trace.recorder import Recorder
     from respawn_helpers import RestoringEngine
 
     _long_trace(tmp_path / "t.trace", 300)

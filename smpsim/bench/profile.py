@@ -52,14 +52,14 @@ def _profiled(fn, out: Path, name):
 AREAS = (("ZeroMQ (pyzmq)", "/zmq/"), ("msgpack", "/msgpack/"),
          ("wire (nodes, protocol)", "/engines/distributed/"),
          ("engine core", "/engines/core.py"), ("model", "/smpsim/model/"),
-         ("trace (recorder, merge, write)", ("/engines/recorder.py", "/smpsim/trace/")))
+         ("trace (recorder, merge, write)", "/smpsim/trace/"))
 
 
 def _area(path: str, func: str) -> str:
     # a built-in such as "<method 'send' of 'zmq.backend.cython._zmq.Socket' objects>": by its module
     where = "/" + func.replace("'", "").replace(" ", "/").replace(".", "/") + "/" if path == "~" else path
-    for name, markers in AREAS:
-        if any(m in where for m in ((markers,) if isinstance(markers, str) else markers)):
+    for name, marker in AREAS:
+        if marker in where:
             return name
     return "other"
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from smpsim.config import Config
-from smpsim.engines.recorder import Recorder
+from smpsim.trace.recorder import Recorder
 from smpsim.model.errors import DeadlockError, ModelError, PolicyError
 
 # The kinds of failure, in the words the report uses.

@@ -21,7 +21,7 @@ from smpsim.engines.distributed import protocol as p
 from smpsim.engines.distributed.logs import RateLimitedLog
 from smpsim.engines.distributed.respawn import NO_RESPAWN, CatchUp, CheckpointStore, RespawnPolicy
 from smpsim.engines.distributed.security import same_token
-from smpsim.engines.recorder import Recorder
+from smpsim.trace.recorder import Recorder
 from smpsim.engines.stopping import RunAborted
 from smpsim.model import messages as mm
 from smpsim import workload_files
