@@ -221,7 +221,7 @@ class Run:
     def __repr__(self) -> str:
         """What ran and its headline in one line (a notebook shows this, not the events):
         ``<smpsim.Run linux-2.4, uniform, 8 CPUs: ok; kmaps 8,000; IPIs per 1000 kmaps 1.024; ...>``."""
-        from smpsim.metrics import BY_KEY, facts_from_summary, fmt, headline
+        from smpsim.headline import BY_KEY, facts_from_summary, fmt, headline
 
         s = self.summary
         if not s:
@@ -280,7 +280,7 @@ class Run:
     def analyze(self) -> dict[str, Any]:
         """The analysis document (what ``smpsim analyze --json`` prints)."""
         from smpsim.analysis.logs import summarize_logs
-        from smpsim.analysis.metrics import analyze
+        from smpsim.analysis.trace_metrics import analyze
 
         with self._trace() as tr:
             return analyze(tr, summarize_logs(self.path))

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from smpsim import api
-from smpsim.metrics import CONFOUNDERS, LOCK_BOUND, SLEEP_BOUND
+from smpsim.headline import CONFOUNDERS, LOCK_BOUND, SLEEP_BOUND
 from cli_helpers import invoke
 
 LOCK = "lock-bound: includes queueing for kmap_lock"

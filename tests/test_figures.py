@@ -17,7 +17,7 @@ import pytest
 
 from cli_helpers import invoke, user_error
 from smpsim.analysis.figstyle import COLUMN, MIN_FONT, Bins, auto_bins, even_bins, parse_bins
-from smpsim.metrics import BY_KEY
+from smpsim.headline import BY_KEY
 
 CPUS = (2, 8, 32, 64, 128, 256)  # configs/scaling.toml's crowd at the right end
 POLICIES = ("linux-2.4", "linux-2.6", "eager", "tlb-gen", "vmap-lazy")
@@ -271,7 +271,7 @@ def run12(tmp_path_factory):
 @pytest.fixture(scope="module")
 def analysed(run12):
     from smpsim.analysis.load import open_trace
-    from smpsim.analysis.metrics import analyze
+    from smpsim.analysis.trace_metrics import analyze
     from smpsim.analysis.plots import analysis_figures
 
     with open_trace(run12) as tr:

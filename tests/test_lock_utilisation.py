@@ -30,7 +30,7 @@ def test_one_cpu_holds_the_lock_only_while_in_kmap_high(tmp_path):
 
 def test_analyze_reports_the_summary_utilisation(tmp_path):
     from smpsim.analysis.load import open_trace
-    from smpsim.analysis.metrics import analyze
+    from smpsim.analysis.trace_metrics import analyze
     s, u = _util(tmp_path)
     a = analyze(open_trace(tmp_path))
     assert a["kmap_lock"]["utilisation"] == u and a["headline"]["lock_utilisation"] == u

@@ -231,7 +231,7 @@ def test_analyze_counts_the_slots_each_policy_keeps_out_of_use(tmp_path, policy)
     """Ring occupancy in `smpsim analyze` follows where each policy frees slots (purges, ticks), so at
     the end it equals the reference ring's slots that are not free (count >= 1, or awaiting a tick)."""
     from smpsim.analysis.load import open_trace
-    from smpsim.analysis.metrics import occupancy
+    from smpsim.analysis.trace_metrics import occupancy
     cfg = _cfg(policy, "zipf", cpus=3, ring=16, kmaps=80, nesting=2, tick=30000)
     inline.run(cfg, tmp_path / "run")
     st = ref.replay_run(tmp_path / "run", cfg)

@@ -176,7 +176,7 @@ def test_a_sweep_without_its_baseline_point_warns_and_prints_no_saving(tmp_path)
     (5.0, 5.0, "the same IPIs"),
 ])
 def test_saving_words_follow_the_direction_of_the_ratio(value, base, phrase):
-    from smpsim.metrics import saving
+    from smpsim.headline import saving
 
     assert saving({"ipis_per_1000_kmaps": value}, {"ipis_per_1000_kmaps": base}).startswith(phrase)
 

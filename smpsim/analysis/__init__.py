@@ -1,7 +1,7 @@
 """Reports over a recorded run (docs/analysis.md). Import the submodules directly:
 
 - ``load``     open_trace: a checked run directory as the DuckDB view ``events``
-- ``metrics``  the figures of ``smpsim analyze`` (pure functions over an opened trace -> dicts)
+- ``trace_metrics``  the figures of ``smpsim analyze`` (pure functions over an opened trace -> dicts)
 - ``series``   per-time-bin aggregates for the figures
 - ``report``   the analysis as report sections (terminal and HTML)
 - ``plots``    the figures of analyze, compare and sweep, and the self-contained HTML report

@@ -13,7 +13,7 @@ Layout (one process, pid 1, named after the run):
   span that sent it) and an ``f`` event (``bp: "e"``) at ``t_recv`` on the receiver's IPI track, binding
   the arrow to the handler span; both carry the same ``id`` (the IPI event's seq), ``cat`` and ``name``.
 - counter ``free pkmap slots`` (``C``; ``free kmap_local slots`` for kmap-local): capacity minus the slots in
-  use (smpsim.analysis.metrics.occupancy), at 0 (or at the window start) and at every change.
+  use (smpsim.analysis.trace_metrics.occupancy), at 0 (or at the window start) and at every change.
 
 Time: ``ts`` and ``dur`` are microseconds with 1 virtual cycle shown as 1 ns (``ts = cycles / 1000``).
 Order: the metadata (``M``) events come first; every other event follows sorted by ``ts`` (a longer span
@@ -33,7 +33,7 @@ from typing import IO, Any
 import numpy as np
 
 from smpsim.analysis.load import Trace
-from smpsim.analysis.metrics import cpu_count, occupancy
+from smpsim.analysis.trace_metrics import cpu_count, occupancy
 
 PID = 1
 _INSTANTS = ("kunmap", "wrap", "stale", "wait", "wake")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from smpsim.config import NOT_SIMULATED, dotted
-from smpsim.metrics import METRICS, Group, describe, fmt, fmt_metric, group, marks, saving_lines
+from smpsim.headline import METRICS, Group, describe, fmt, fmt_metric, group, marks, saving_lines
 from smpsim.trace.errors import TraceError
 from smpsim.trace.rundir import CONFIG_NAME, PROVENANCE_NAME, SUMMARY_NAME, TRACE_DIR, read_config_data
 

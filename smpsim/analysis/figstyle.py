@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from smpsim.config import CYCLES_PER_US
-from smpsim.metrics import fmt
+from smpsim.headline import fmt
 
 COLUMN = 3.5      # inches: one column of a two-column paper; every figure is this wide
 MIN_FONT = 7      # points: the smallest lettering on any figure (tests check it)

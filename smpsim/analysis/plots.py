@@ -33,7 +33,7 @@ from smpsim.analysis import series
 from smpsim.analysis.figstyle import (MARKERS, SCOPE_COLOURS, Bins, auto_bins, even_bins, figure, legend, legend_height,
                                       png_bytes, save, scale, series_style, styled, ticks_at, time_axis, title)
 from smpsim.analysis.load import Trace
-from smpsim.metrics import BY_KEY, describe, fmt
+from smpsim.headline import BY_KEY, describe, fmt
 
 FIGURES = ("ipi_heatmap", "timeline", "latency_cdf", "hit_rate")
 # What `smpsim sweep --plot` draws against the swept key: the headline of a flush policy's cost.
@@ -88,7 +88,7 @@ def ipi_heatmap_figure(a: dict[str, Any]):
 
 
 def timeline_figure(tr: Trace, a: dict[str, Any], bins: Bins):
-    from smpsim.analysis.metrics import occupancy
+    from smpsim.analysis.trace_metrics import occupancy
 
     t_end = a["t_end"]
     tl = series.timeline(tr, t_end, bins.width)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from smpsim.metrics import METRICS, confounder_note, fmt, fmt_metric
+from smpsim.headline import METRICS, confounder_note, fmt, fmt_metric
 
 MATRIX_MAX_CPUS = 32  # wider IPI matrices are left to --json / the heatmap
 
@@ -33,7 +33,7 @@ def sections(a: dict[str, Any]) -> list[tuple[str, list[str] | None, list[list[A
         ["events", f"{fmt(a['events'])}", ""],
         ["virtual time", f"{fmt(a['t_end'])} cycles", ""],
     ]
-    # Said with the run, before any number it confounds (smpsim.metrics.CONFOUNDERS)
+    # Said with the run, before any number it confounds (smpsim.headline.CONFOUNDERS)
     run_rows += [["confounded", c["mark"], confounder_note(c)]
                  for c in a.get("confounders") or []]
     out.append(("Run", None, run_rows))

@@ -31,7 +31,7 @@ from smpsim.config import Config, apply_override, set_key, to_toml, validate
 
 DEFAULT_BUDGET = 60.0   # seconds of search for generated workloads (the cases take about 10 s more)
 BASELINES = ("linux-2.4", "eager")  # what the cost line compares with
-COST_KEYS = ("ipis_per_1000_kmaps", "stall_per_1000_kmaps", "kmap_mean_cycles")  # smpsim.metrics keys
+COST_KEYS = ("ipis_per_1000_kmaps", "stall_per_1000_kmaps", "kmap_mean_cycles")  # smpsim.headline keys
 SCRIPT_NAME, CONFIG_NAME = "counterexample.jsonl", "counterexample.toml"
 
 PolicyArg = str | type
@@ -224,8 +224,8 @@ def _shrunk(failed: Failure, cfg: Config, stack: bool,
 
 def cost_line(policy: PolicyArg, ran: list[tuple[Case, Outcome]], overrides: Sequence[str], ws: _Workspace) -> str:
     """The policy's IPIs, initiator stall and mean kmap latency on the cases it ran, against each baseline
-    on the same cases: smpsim.metrics' saving line, over the counters summed across the cases."""
-    from smpsim.metrics import facts_from_summary, headline, saving
+    on the same cases: the saving line of smpsim.headline, over the counters summed across the cases."""
+    from smpsim.headline import facts_from_summary, headline, saving
 
     def values(outs: list[Outcome]) -> dict[str, Any]:
         total: dict[str, int] = {}

@@ -18,7 +18,7 @@ import typer
 
 from smpsim.analysis import QUERY_MEMORY_LIMIT, QUERY_TIMEOUT
 from smpsim.cli.common import EXIT_USAGE, console, fail, handle_errors, warn
-from smpsim.metrics import fmt as _fmt, marks
+from smpsim.headline import fmt as _fmt, marks
 
 RunArg = Annotated[Path, typer.Argument(help="run directory (RUN/summary.json, RUN/trace/)", show_default=False)]
 # --format of the commands that draw (analyze, compare, sweep): which files --plot writes.
@@ -137,7 +137,7 @@ def analyze(
     """
     from smpsim.analysis.load import open_trace
     from smpsim.analysis.logs import summarize_logs
-    from smpsim.analysis.metrics import analyze as analyze_trace
+    from smpsim.analysis.trace_metrics import analyze as analyze_trace
     from smpsim.analysis.report import sections
 
     from smpsim.analysis.figstyle import check_bins, parse_bins
@@ -196,7 +196,7 @@ def compare(
     from smpsim.analysis.compare import compare as compare_runs
     from smpsim.analysis.compare import find_runs, layout, metrics_table, savings_block
     from smpsim.analysis.load import open_trace
-    from smpsim.analysis.metrics import analyze as analyze_trace
+    from smpsim.analysis.trace_metrics import analyze as analyze_trace
     from smpsim.config import config_key_problem, parse_value
 
     formats = plot_formats(format_, plot)

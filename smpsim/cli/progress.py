@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from smpsim.metrics import fmt
+from smpsim.headline import fmt
 
 
 class RunProgress:

@@ -121,8 +121,8 @@ def _where(e: BaseException, run_dir: Path | None) -> Path | None:
 
 
 def print_summary(summary: dict[str, Any], run_dir: Path | None, con: Any = None, cfg: Any = None) -> None:
-    """What ran, its headline figures and the next command (smpsim.metrics.run_summary_rows)."""
-    from smpsim.metrics import run_summary_rows
+    """What ran, its headline figures and the next command (smpsim.headline.run_summary_rows)."""
+    from smpsim.headline import run_summary_rows
 
     what = (summary.get("policy") or cfg.policy.name, cfg.machine.cpus, cfg.workload.kind) if cfg is not None else ()
     rows = run_summary_rows(summary, run_dir, *what)

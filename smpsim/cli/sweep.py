@@ -145,7 +145,7 @@ def _finish(rows: list[dict[str, Any]], params: list[str], meta: dict[str, Any],
     from smpsim.analysis.compare import metrics_table, savings_block
     from smpsim.cli.analyze import table_width
     from smpsim.experiments.results import saving_lines
-    from smpsim.metrics import fmt
+    from smpsim.headline import fmt
 
     ok = [r for r in rows if r["status"] == "ok"]
     by = [k for k in (meta.get("report") or {}).get("by", []) if k in params]

@@ -1,6 +1,6 @@
 """The results table of a sweep: one row per point, its swept parameters and headline metrics.
 
-The metrics are smpsim.metrics' headline table over the point's summary.json (the counters
+The metrics are the headline table (smpsim.headline) over the point's summary.json (the counters
 smpsim.trace.counters computes from the event stream) and the distributions of kmap latency and flush stall
 in its trace (nearest-rank percentiles, as ``smpsim analyze``). With a ``[report]`` baseline, each row also
 has ``baseline_point`` and the ratio columns ``KEY_ratio``: the metric over its baseline point's. The table is
@@ -21,9 +21,9 @@ import pyarrow.parquet as pq
 
 from smpsim.experiments.runner import is_finished
 from smpsim.experiments.sweep import Experiment, Point
-from smpsim.metrics import (METRICS, POLICY_KEY, RATIO_COLUMNS, Group, confounders, describe, facts_from_summary,
+from smpsim.headline import (METRICS, POLICY_KEY, RATIO_COLUMNS, Group, confounders, describe, facts_from_summary,
                             group, headline, marks, ratios)
-from smpsim.metrics import saving_lines as metric_saving_lines
+from smpsim.headline import saving_lines as metric_saving_lines
 from smpsim.model.policies import label as policy_label
 from smpsim.trace.errors import TraceError
 from smpsim.trace.rundir import atomic_file, read_summary
@@ -58,7 +58,7 @@ def summary_columns(params: list[str]) -> list[str]:
 def row(point: Point, run_dir: Path, failure: str | None = None, seed: bool = False) -> dict[str, Any]:
     """The run's row. status: "ok", "error" (the model stopped the run: a kernel BUG or a deadlock) or
     "unfinished" (no finished run: it failed, as ``failure`` says, or was interrupted); metrics only for
-    "ok"; error: why the run stopped; confounders: the marks of smpsim.metrics.CONFOUNDERS it carries.
+    "ok"; error: why the run stopped; confounders: the marks of smpsim.headline.CONFOUNDERS it carries.
     ``seed``: the row has the run's seed (a point run with several). The ratio columns are filled in by
     ``with_ratios``."""
     summary = read_summary(run_dir) if is_finished(run_dir, point.hash) else None
@@ -88,7 +88,7 @@ def distributions(run_dir: Path) -> tuple[dict[str, Any] | None, dict[str, Any] 
     recorded no trace)."""
     import pyarrow.compute as pc
 
-    from smpsim.analysis.metrics import distribution
+    from smpsim.analysis.trace_metrics import distribution
     from smpsim.trace.reader import open_run, read_table
 
     table = read_table(open_run(run_dir, warn=False), ["ev", "cycles", "stall"])

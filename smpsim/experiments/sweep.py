@@ -35,7 +35,7 @@ from smpsim.config import (Config, ConfigError, Report, apply_override, base_dir
                            default_config_path, describe_error, dotted, parse_value, read_toml, set_key,
                            split_assignment, to_toml, unknown_key, validate_report)
 from smpsim.inputs import cut, quote
-from smpsim.metrics import group
+from smpsim.headline import group
 from smpsim.trace.rundir import config_hash
 
 MODES = ("product", "zip")

@@ -16,7 +16,7 @@ from itertools import compress, repeat
 from operator import eq, is_, not_
 from typing import Any
 
-from smpsim.metrics import hit_rate, per_1000
+from smpsim.headline import hit_rate, per_1000
 from smpsim.model.events import FIELDS, FIRST_FIELD
 
 # Conditions on one field: (field, test). SQL and Python give the same answer for null fields.

@@ -11,7 +11,7 @@ from pathlib import Path
 from smpsim import __version__
 from smpsim.config import Config
 from smpsim.engines.stopping import status_of
-from smpsim.metrics import confounders, facts_from_summary
+from smpsim.headline import confounders, facts_from_summary
 from smpsim.model.policies import label as policy_label
 from smpsim.trace.columns import by_type
 from smpsim.trace.counters import Counters

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from smpsim.analysis.load import Trace
-from smpsim.metrics import asleep_share, confounders, facts_from_analysis, headline as headline_metrics, per_1000, ratio
+from smpsim.headline import asleep_share, confounders, facts_from_analysis, headline as headline_metrics, per_1000, ratio
 from smpsim.trace.counters import SLEEP_EPISODES_SQL, Counters
 
 PERCENTILES = (50, 90, 99)

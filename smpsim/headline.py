@@ -146,7 +146,7 @@ def facts_from_summary(summary: dict[str, Any], kmap_latency: dict | None = None
 
 
 def facts_from_analysis(a: dict[str, Any]) -> Facts:
-    """The facts out of ``smpsim analyze``'s dict (smpsim.analysis.metrics.analyze)."""
+    """The facts out of ``smpsim analyze``'s dict (smpsim.analysis.trace_metrics.analyze)."""
     return facts_from_summary(a, a["kmaps"]["latency"], a["shootdowns"]["stall"])
 
 
