@@ -5,9 +5,8 @@ API (smpsim/api.py); ``smpsim.Policy`` is the base class of flush policies (docs
 imported on first use, so ``import smpsim`` stays light: a CPU process never loads the analysis libraries.
 """
 
-__version__ = "0.1.0"
-
 from smpsim import native as _native
+from smpsim.version import __version__
 
 _native.select()  # compiled model modules or pure Python (smpsim/native.py), before anything imports them
 

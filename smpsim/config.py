@@ -17,13 +17,13 @@ from pydantic_core import PydanticCustomError
 from smpsim.inputs import (MAX_NESTING, TOO_DEEP, TOO_LONG_INTEGER, cut, did_you_mean, file_problem,
                            nesting_problem, quote, undecodable)
 from smpsim.model.policies import POLICY_NAMES
+from smpsim.workload_files import WORKLOAD_FILE_KEYS, source_sha256
 
 # LAST_PKMAP by architecture (reference section 2).
 ARCH_LAST_PKMAP = {"i386": 1024, "i386-pae": 512, "arm": 512, "mips": 1024}
 
-WORKLOADS = ("uniform", "zipf", "stream", "shared", "pingpong", "script", "trace", "python")
-# The workload kinds read from a file, and the key naming it.
-WORKLOAD_FILE_KEYS = {"script": "script", "trace": "trace", "python": "generator"}
+WorkloadKind = Literal["uniform", "zipf", "stream", "shared", "pingpong", "script", "trace", "python"]
+WORKLOADS: tuple[str, ...] = get_args(WorkloadKind)
 TRACE_CLOCK_MHZ = 2500  # the cost model's cycles are at about 2.5 GHz (Cost)
 TRACE_PAGE_BYTES = 32   # sizeof(struct page) on i386 without debug options
 
@@ -111,7 +111,7 @@ class Policy(_Strict):
 
 
 class Workload(_Strict):
-    kind: Literal["uniform", "zipf", "stream", "shared", "pingpong", "script", "trace", "python"] = "uniform"
+    kind: WorkloadKind = "uniform"
     pages: int = Field(4096, ge=1, description="highmem pages the workload draws from")
     # Programs are streamed, so any length runs in the same memory; the bound only keeps values every
     # process and file format can carry (10**15 kmaps would take centuries).
@@ -191,7 +191,7 @@ class Config(_Strict):
         if not isinstance(name, str) or not name or not isinstance(cost, dict) or set(Cost.model_fields) <= set(cost):
             return data
         from smpsim import presets
-        return {**data, "cost": {**presets.costs(name, data.get("base_dir")), **cost}}
+        return {**data, "cost": {**presets.costs(name, data.get("base_dir"), keys=Cost.model_fields), **cost}}
 
     @model_validator(mode="after")
     def _scaled_with_cpus(self) -> "Config":
@@ -255,7 +255,6 @@ class Config(_Strict):
                 w.trace_page_bytes = TRACE_PAGE_BYTES
         if self.base_dir is None:  # a config shipped to a CPU process: it checks its own copy against sha256
             return self
-        from smpsim.workload_files import source_sha256
         sha = source_sha256(self)
         if sha is not None and w.sha256 is not None and sha != w.sha256:
             raise ValueError(f"workload.{key}: {self.workload_file_path()} has SHA-256 {sha}, but the config "

@@ -15,12 +15,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from smpsim.config import WORKLOAD_FILE_KEYS
 from smpsim.inputs import file_problem
 
 if TYPE_CHECKING:
     from smpsim.config import Config
 
+# The workload kinds read from a file, and the config key naming it.
+WORKLOAD_FILE_KEYS = {"script": "script", "trace": "trace", "python": "generator"}
 _CHUNK = 1 << 20
 
 

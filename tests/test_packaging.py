@@ -1,9 +1,8 @@
-"""Packaging: the core install runs simulations without the analysis extra, a command that needs the extra
-names the install command, and smpsim's modules import each other without cycles."""
+"""Packaging: the core install runs simulations without the analysis extra, and a command that needs the
+extra names the install command. (Import cycles: tests/test_import_cycles.py.)"""
 
 from __future__ import annotations
 
-import ast
 import json
 import subprocess
 import sys
@@ -13,7 +12,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PKG = ROOT / "smpsim"
 EXTRA = ("duckdb", "numpy", "matplotlib", "pandas", "scipy")
 
 BLOCKER = '''
@@ -91,65 +89,4 @@ def test_extras_in_pyproject_match_the_messages():
     for module, extra in EXTRA_OF.items():
         assert module in project["optional-dependencies"][extra]
     assert "smpsim[analysis]" in project["optional-dependencies"]["test"]
-
-
-# ------------------------------------------------------------------------------------------ import graph
-
-def _module_of(path: Path) -> str:
-    parts = path.relative_to(ROOT).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def import_graph() -> dict[str, set[str]]:
-    """smpsim module -> the smpsim modules it imports when it is imported (module-level statements only:
-    imports inside functions are lazy and cannot form an import cycle)."""
-    modules = {_module_of(p): p for p in PKG.rglob("*.py")}
-    graph: dict[str, set[str]] = {}
-    for name, path in modules.items():
-        deps: set[str] = set()
-        tree = ast.parse(path.read_text(), str(path))
-        todo = list(tree.body)
-        while todo:
-            node = todo.pop()
-            if isinstance(node, (ast.If, ast.Try)):
-                todo += node.body + node.orelse + getattr(node, "finalbody", [])
-                for h in getattr(node, "handlers", []):
-                    todo += h.body
-            elif isinstance(node, ast.Import):
-                deps |= {a.name for a in node.names if a.name in modules}
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                for a in node.names:
-                    sub = f"{node.module}.{a.name}"
-                    deps.add(sub if sub in modules else node.module)
-        graph[name] = {d for d in deps if d in modules and d != name}
-    return graph
-
-
-def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
-    state: dict[str, int] = {}
-    stack: list[str] = []
-
-    def visit(n: str) -> list[str] | None:
-        state[n] = 1
-        stack.append(n)
-        for d in sorted(graph.get(n, ())):
-            if state.get(d) == 1:
-                return stack[stack.index(d):] + [d]
-            if d not in state and (found := visit(d)):
-                return found
-        stack.pop()
-        state[n] = 2
-        return None
-
-    for n in sorted(graph):
-        if n not in state and (found := visit(n)):
-            return found
-    return None
-
-
-def test_no_import_cycles():
-    graph = import_graph()
-    assert "smpsim.cli.run" in graph["smpsim.cli.distributed"]  # the graph sees real imports
-    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
-    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
 

@@ -17,7 +17,7 @@ try:  # typer >= 0.23 ships its own copy of Click
 except ImportError:  # pragma: no cover - older typer on Click
     from click import exceptions as click_exceptions
 
-from smpsim import __version__
+from smpsim.version import __version__
 from smpsim.cli import analyze
 from smpsim.cli import bench, calibrate, config_cmd, distributed, export, keygen, policy, run, sweep
 from smpsim.cli.common import EXIT_USAGE

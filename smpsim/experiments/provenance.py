@@ -24,7 +24,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from smpsim import __version__, native
+from smpsim import native
+from smpsim.version import __version__
 from smpsim.config import Config
 from smpsim.engines import stopping
 from smpsim.trace.errors import TraceWriteError

@@ -1,4 +1,4 @@
-"""Errors the model raises: what the kernel would BUG() on, and a ring deadlock."""
+"""Errors the model raises: what the kernel would BUG() on, a ring deadlock, a workload that cannot be read."""
 
 from __future__ import annotations
 
@@ -21,6 +21,11 @@ class ModelError(Exception):
         if t is not None:
             where.append(f"at t={t}")
         super().__init__(f"{', '.join(where)}: {what}")
+
+
+class WorkloadError(Exception):
+    """A user mistake in a workload or script; the message names the file, the line and the problem.
+    (Here, not in workloads.py, so that the readers workloads.py streams from can raise it.)"""
 
 
 # ModelError.op of an error in the workload itself (a generator's exception or bad op, a CPU's copy of

@@ -42,8 +42,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
+from smpsim.model.errors import WorkloadError
 from smpsim.model.messages import MIGRATED_KUNMAP
-from smpsim.model.workloads import WorkloadError
 
 if TYPE_CHECKING:
     from smpsim.config import Config

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any, Callable, Final, Iterator
 
 from smpsim.config import Config
+from smpsim.model.errors import WorkloadError
 
 Op = tuple
 ScriptOps = dict[int, list[tuple[Op, int]]]
@@ -61,10 +62,6 @@ _PINGPONG_SPAN: Final = 64
 # Operations per generated block (about 11 per kmap by default): a Program holds about one block.
 _BLOCK: Final = 512
 _SCRIPT_BLOCK: Final = 512
-
-
-class WorkloadError(Exception):
-    """A user mistake in a workload or script; the message names the file, the line and the problem."""
 
 
 # ---------------------------------------------------------------------------------------------------

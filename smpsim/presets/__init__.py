@@ -8,6 +8,7 @@ are reported but not applied (`smpsim calibrate` writes one). Explicit `cost.*` 
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Collection
 from pathlib import Path
 
 from smpsim.inputs import file_problem, quote
@@ -32,10 +33,9 @@ def path_of(name: str, base_dir: str | None = None) -> Path:
     return p
 
 
-def read(name: str, base_dir: str | None = None) -> dict:
-    """The preset's TOML, checked: every [cost.KEY] has an integer value and a source."""
-    from smpsim.config import Cost  # late: config imports this module
-
+def read(name: str, base_dir: str | None = None, *, keys: Collection[str]) -> dict:
+    """The preset's TOML, checked: every [cost.KEY] is one of ``keys`` (the config's cost keys: passed in,
+    as the config imports this module) and has an integer value and a source."""
     p = path_of(name, base_dir)
     try:
         data = tomllib.loads(p.read_text())
@@ -43,7 +43,7 @@ def read(name: str, base_dir: str | None = None) -> dict:
         raise ValueError(f"machine.preset: {p}: not a readable TOML preset ({e})") from None
     problems = []
     for key, fig in (data.get("cost") or {}).items():
-        if key not in Cost.model_fields:
+        if key not in keys:
             problems.append(f"cost.{key}: not a cost key")
         elif not isinstance(fig, dict) or not isinstance(fig.get("value"), int) or isinstance(fig.get("value"), bool):
             problems.append(f"cost.{key}: needs an integer `value` (cycles)")
@@ -54,6 +54,6 @@ def read(name: str, base_dir: str | None = None) -> dict:
     return data
 
 
-def costs(name: str, base_dir: str | None = None) -> dict[str, int]:
+def costs(name: str, base_dir: str | None = None, *, keys: Collection[str]) -> dict[str, int]:
     """cost key -> cycles that the preset sets."""
-    return {k: v["value"] for k, v in (read(name, base_dir).get("cost") or {}).items()}
+    return {k: v["value"] for k, v in (read(name, base_dir, keys=keys).get("cost") or {}).items()}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from smpsim import __version__
+from smpsim.version import __version__
 from smpsim.config import Config
 from smpsim.engines.stopping import status_of
 from smpsim.headline import confounders, facts_from_summary
