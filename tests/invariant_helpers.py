@@ -13,10 +13,6 @@ from smpsim.model.events import to_record
 from smpsim.model.ring import PkmapRing
 
 
-class Violation(AssertionError):
-    pass
-
-
 class _TrackedCounts(list):
     """pkmap_count that checks every transition against the context it happens in."""
 

@@ -19,8 +19,6 @@ import reference_highmem as ref
 from registries import RING_POLICIES
 from script_helpers import A, C, K, U, run_script, script_cfg, scripts, write_script
 
-RING = ("kmap", "kunmap", "wrap", "flush", "wait", "wake")
-
 
 # ---- helpers ------------------------------------------------------------------------------------------
 

@@ -84,10 +84,6 @@ def test_vmap_lazy_purges_instead_of_sleeping(tmp_path):
 
 # ---- tlb-gen --------------------------------------------------------------------------------------------
 
-def _flush_targets(events):
-    return [sorted(e["targets"]) for e in events if e["ev"] == "flush"]
-
-
 def test_tlb_gen_keeps_flushing_a_cpu_that_held_a_page_across_a_flush(tmp_path):
     """CPU 1 holds page 50 across CPU 0's first wrap flush (so it is sent an IPI), touches it again after
     it (its TLB caches the slot again), and lets it go: the next flush must still reach it. Only then,

@@ -96,7 +96,6 @@ def to_script(example: Example, stack: bool = False) -> list[Op]:
 class Found:
     example: Example
     script: list[Op]
-    tried: int  # examples run before the search stopped
 
 
 def search(fails: Callable[[int, int, list[Op]], bool], seed: int, budget: float,
@@ -131,6 +130,5 @@ def search(fails: Callable[[int, int, list[Op]], bool], seed: int, budget: float
         except NoSuchExample:
             n += 1
             continue
-        cpus, ring, _ = example
-        return Found(example, to_script(example, stack), state["tried_at_failure"]), state["tried_at_failure"]
+        return Found(example, to_script(example, stack)), state["tried_at_failure"]
     return None, state["tried"]

@@ -71,7 +71,6 @@ class TraceStats:
     unused: int = 0            # lines that are no call of kmap_high / kunmap_high
     early_kunmaps: int = 0     # kunmaps with no kmap before them: skipped
     migrated: int = 0          # kunmaps on another CPU than their kmap: replayed there
-    held_at_end: int = 0       # kmaps not kunmapped when the trace ends
     cpus: set[int] = field(default_factory=set)
     first_early: int | None = None  # the line of the first skipped kunmap
     first_migrated: int | None = None
@@ -171,7 +170,6 @@ def _calls(path: str, mhz: int, page_bytes: int, cpus: int, stats: TraceStats | 
                 yield lineno, cpu, op, page, (_ns(m) - origin) * mhz // 1000
     if stats is not None:
         stats.lines = lineno
-        stats.held_at_end = sum(len(h) for h in holders.values())
 
 
 def _ns(m: re.Match) -> int:

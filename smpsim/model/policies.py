@@ -34,8 +34,6 @@ from smpsim.model.vmalloc import LAZY_UNIT_PAGES, fls, lazy_max_pages  # noqa: F
 # scales the formula to the pkmap ring.
 VMALLOC_AREA_PAGES = (128 << 20) >> 12
 
-SCOPES = ("all", "range", "page", "local", "lazy")  # Flush.scope: what the trace records
-
 
 @dataclass(frozen=True)
 class Flush:

@@ -66,7 +66,6 @@ SUMS: tuple[Sum, ...] = (
 )
 
 COUNTER_KEYS = tuple(dict.fromkeys(s.name for s in SUMS if s.by is RUN))
-PER_CPU_KEYS = tuple(dict.fromkeys(s.name for s in SUMS if s.by in (CPU, SRC)))
 
 for _s in SUMS:  # a typo in the table fails at import, not as a silently zero counter
     _names = ("cpu",) + FIELDS[_s.ev]
