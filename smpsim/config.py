@@ -29,10 +29,13 @@ TRACE_PAGE_BYTES = 32   # sizeof(struct page) on i386 without debug options
 
 
 class _Strict(BaseModel):
+    """Every config table: unknown keys are errors, and assignments are validated too."""
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class Machine(_Strict):
+    """[machine]: the simulated machine: CPUs, the pkmap ring's size (LAST_PKMAP, by arch), kmap_local slots
+    and the cost preset."""
     cpus: int = Field(4, ge=1, le=1024, description="simulated CPUs")
     arch: Literal["i386", "i386-pae", "arm", "mips"] = Field("i386", description="preset for last_pkmap")
     last_pkmap: int | None = Field(None, ge=2, le=65536, description="LAST_PKMAP; default from arch")
@@ -46,6 +49,7 @@ class Machine(_Strict):
 
 
 class Tlb(_Strict):
+    """[tlb]: each CPU's TLB: entries, associativity and the background working set."""
     entries: int = Field(64, ge=1, le=1 << 20, description="TLB entries for kernel translations")
     ways: int = Field(4, ge=1, description="associativity; ways == entries is fully associative")
     background: int = Field(32, ge=0, le=1 << 20,
@@ -85,6 +89,7 @@ class Cost(_Strict):
 
 
 class Policy(_Strict):
+    """[policy]: which flush policy runs (a built-in, registered or user policy) and its source's hash."""
     name: str = Field("linux-2.4", min_length=1,
                       description="flush policy: a built-in name, a name registered by an installed package, "
                                   "'package.module:Class' or 'path/to/file.py:Class' (relative to the config's "
@@ -111,6 +116,8 @@ class Policy(_Strict):
 
 
 class Workload(_Strict):
+    """[workload]: what each CPU does: the kind and its parameters, or the file (script, trace, generator)
+    it reads, with that file's hash."""
     kind: WorkloadKind = "uniform"
     pages: int = Field(4096, ge=1, description="highmem pages the workload draws from")
     # Programs are streamed, so any length runs in the same memory; the bound only keeps values every
@@ -153,11 +160,13 @@ SCALED_WITH_CPUS: dict[str, tuple[str, Any]] = {
 
 
 class Trace(_Strict):
+    """[trace]: whether the event trace is written, and how many events go in a Parquet part."""
     enabled: bool = True
     part_events: int = Field(200_000, ge=1, description="events per Parquet part")
 
 
 class Run(_Strict):
+    """[run]: the engine and transport; how a run is carried out, not what is simulated."""
     engine: Literal["inline", "distributed"] = "inline"
     transport: Literal["ipc", "tcp"] = "ipc"
 
@@ -168,6 +177,8 @@ NOT_SIMULATED = ("run.engine", "run.transport", "trace.part_events")
 
 
 class Config(_Strict):
+    """A whole run configuration: the seed and every table, validated together (preset costs, keys scaled
+    with the CPUs, the policy's and the workload file's hashes)."""
     seed: int = Field(1, ge=0, lt=2**63)
     machine: Machine = Machine()
     tlb: Tlb = Tlb()

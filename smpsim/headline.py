@@ -49,6 +49,8 @@ def _dist(f: Facts, name: str, stat: str) -> Any:
 
 @dataclass(frozen=True)
 class Metric:
+    """One headline metric: its key, label, kind and unit, how it is computed from a run's facts and how the
+    saving line words it."""
     key: str          # results.csv column, --json key
     label: str        # what a reader sees
     kind: str         # how fmt shows it: "count", "number", "fraction" (as a percentage)
@@ -169,6 +171,8 @@ def asleep_share(f: Facts) -> float | None:
 
 @dataclass(frozen=True)
 class Confounder:
+    """Something other than the flush that can dominate a run's figures (kmap_lock, sleeping): the measure,
+    its bound and the mark shown beside such a run."""
     key: str     # summary.json's confounders[].kind
     mark: str    # what every summary, saving line and table row involving such a run says
     what: str    # the measure, for the summary: "kmap_lock utilisation"
@@ -395,6 +399,7 @@ def matches(value: Any, wanted: Any) -> bool:
 
 @dataclass
 class Group:
+    """Runs compared together: the values of the ``by`` keys they share, their indices and the baseline's."""
     values: dict[str, Any]   # the ``by`` keys' values
     members: list[int]       # indices of the runs in it, in their order
     base: int | None = None  # the baseline run's index

@@ -56,6 +56,7 @@ class UserCodeError(Exception):
 
 @dataclass(frozen=True)
 class Loaded:
+    """User code loaded from a spec: what it names, its source file and that file's hash, and its module."""
     spec: str            # as given
     obj: Any             # what it names
     file: str | None     # absolute path of the source file (None: a module without one, e.g. built in)

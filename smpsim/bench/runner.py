@@ -17,7 +17,7 @@ from smpsim import native
 
 
 class BenchError(Exception):
-    pass
+    """A benchmark job that failed or overran its timeout: the message names the job."""
 
 
 def run_job(spec: dict, timeout: float, env: dict | None = None) -> dict:

@@ -50,6 +50,8 @@ def find_tracefs(path: str | None = None, required: tuple[str, ...] = REQUIRED) 
 
 @dataclass
 class Measurement:
+    """What one calibration run on this host measured: the paired shootdowns, the munmap timings (local and
+    bare, the floors) and the kernel and CPUs they were taken on."""
     pairs: Pairs
     munmaps: int
     local_munmap_ns: list[int]   # munmap of a touched page with no other CPU in the address space

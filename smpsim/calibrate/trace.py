@@ -27,6 +27,8 @@ IPI_SEND = ("ipi_send_cpu", "ipi_send_cpumask")
 
 @dataclass(frozen=True)
 class Event:
+    """One ftrace line of interest: its time, CPU, event name and, by event, the flush reason or the IPI
+    targets."""
     ns: int        # timestamp (a clock common to all CPUs: tracefs trace_clock "mono" or "global")
     cpu: int
     name: str

@@ -35,6 +35,8 @@ class VmapTraceError(ValueError):
 
 @dataclass(frozen=True)
 class VEvent:
+    """One vmalloc event of a recording (an area's alloc or free, a purge, an IPI) with the fields its kind
+    uses."""
     kind: str                 # alloc, free, purge, ipi
     ns: int
     cpu: int
@@ -108,6 +110,8 @@ class Measured:
 
 @dataclass
 class Replay:
+    """A recording's purges as the kernel made them beside the model's replay of the same frees, with the
+    limits and the area counts both started from."""
     measured: list[Measured]
     modelled: list[Purge]
     ncpus: int

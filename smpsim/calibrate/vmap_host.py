@@ -36,7 +36,7 @@ FREE_TIMEOUT_S = 10.0
 
 
 class _MapAttr(ctypes.Structure):
-    # union bpf_attr's BPF_MAP_CREATE prefix, zero-padded to the size the kernel accepts from any caller
+    """union bpf_attr's BPF_MAP_CREATE prefix, zero-padded to the size the kernel accepts from any caller."""
     _fields_ = [("map_type", ctypes.c_uint32), ("key_size", ctypes.c_uint32), ("value_size", ctypes.c_uint32),
                 ("max_entries", ctypes.c_uint32), ("map_flags", ctypes.c_uint32), ("_pad", ctypes.c_uint8 * 108)]
 
@@ -94,6 +94,8 @@ def unpurged() -> tuple[int, int]:
 
 @dataclass
 class Recording:
+    """A vmalloc trace recorded on this host (the text, the map size and count, the areas waiting before it)
+    and its parsed events."""
     kib: int
     maps: int
     ncpus: int

@@ -39,6 +39,8 @@ PolicyArg = str | type
 
 @dataclass
 class Failure:
+    """A policy's first failure: where (a fixed case or a generated workload), what went wrong, and the config
+    keys and script that replay it."""
     where: str                  # the case's name, or "a generated workload"
     kind: str                   # smpsim.check.runner's kinds: stale use, kernel BUG, deadlock, ...
     message: str
@@ -49,6 +51,8 @@ class Failure:
 
 @dataclass
 class Verdict:
+    """The outcome of `smpsim policy check` for one policy: what ran, the failure if any, the cost line; it
+    writes itself out as the report and the failing config."""
     policy: str
     seed: int
     cases: int                  # fixed cases run

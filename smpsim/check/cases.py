@@ -18,6 +18,8 @@ Op = dict[str, Any]  # one script line (docs/workloads.md)
 
 @dataclass(frozen=True)
 class Case:
+    """One fixed case of the policy check: its name, config keys and, for a script or trace workload, the
+    workload's text."""
     name: str                    # what the case is, as the report shows it
     keys: dict[str, Any]         # dotted config keys
     script: tuple[Op, ...] = ()  # the lines of a script workload

@@ -94,6 +94,7 @@ def to_script(example: Example, stack: bool = False) -> list[Op]:
 
 @dataclass
 class Found:
+    """A generated workload that failed, shrunk: the example Hypothesis found and its script lines."""
     example: Example
     script: list[Op]
 

@@ -269,6 +269,7 @@ def table_width() -> int:
 # ---------------------------------------------------------------------------------------------- query
 
 class QueryFormat(str, Enum):
+    """`smpsim query --format`: how the result is printed."""
     table = "table"
     csv = "csv"
     json = "json"

@@ -13,6 +13,7 @@ from smpsim.cli.common import fail, handle_errors, warn
 
 
 class Format(str, Enum):
+    """`smpsim export --format`: JSON lines or Chrome Trace Event JSON."""
     jsonl = "jsonl"
     chrome = "chrome"
 

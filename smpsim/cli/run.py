@@ -17,11 +17,13 @@ from smpsim.config import Config
 from smpsim.engines.distributed.respawn import CHECKPOINT_OPS, MAX_RESPAWNS
 
 class Engine(str, Enum):
+    """`--engine`: the engine a run uses (run.engine)."""
     inline = "inline"
     distributed = "distributed"
 
 
 class Transport(str, Enum):
+    """`--transport`: how the distributed engine's processes talk (run.transport)."""
     ipc = "ipc"
     tcp = "tcp"
 

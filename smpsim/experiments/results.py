@@ -192,6 +192,8 @@ def metadata(exp: Experiment, shard: tuple[int, int] | None = None) -> dict[str,
 
 @dataclass
 class Written:
+    """The results table of a sweep as written: its rows and files, and the per-seed rows and files of a
+    replicated sweep."""
     rows: list[dict[str, Any]]   # what results.* holds: a row per point
     paths: tuple[Path, Path]
     seed_rows: list[dict[str, Any]] | None = None  # points run with several seeds: a row per seed

@@ -85,6 +85,8 @@ def damage(run_dir: Path) -> str | None:
 
 @dataclass
 class SweepReport:
+    """What a sweep did: the runs it ran and skipped, why some have no finished run, and the signal that
+    stopped it."""
     ran: list[Point] = field(default_factory=list)      # runs (point, seed) run now
     skipped: list[Point] = field(default_factory=list)  # runs found finished
     errors: dict[str, str] = field(default_factory=dict)  # a run's config hash -> why it has no finished run

@@ -47,6 +47,8 @@ REPORT_PREFIX = "report."
 
 @dataclass(frozen=True)
 class Point:
+    """One point of a sweep: its swept values, its resolved config and that config's hash (its run
+    directory's name)."""
     index: int
     params: dict[str, Any]  # swept key -> its value in this point's resolved config
     cfg: Config
@@ -74,6 +76,8 @@ class Point:
 
 @dataclass(frozen=True)
 class Experiment:
+    """An experiment file, expanded: the swept keys and values, the points, the [report] baselines and the
+    seeds each point runs with."""
     path: Path
     mode: str
     values: dict[str, list]  # swept key -> values, in the order of the sweep table

@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 
 class PkmapRing:
+    """The pkmap ring's state as mm/highmem.c keeps it: pkmap_count, pkmap_page_table, page_address,
+    last_pkmap_nr, and the slots torn down but not yet invalidated everywhere."""
     __slots__ = ("last_pkmap", "pkmap_count", "pkmap_page_table", "page_address", "last_pkmap_nr", "deferred")
 
     def __init__(self, last_pkmap: int):

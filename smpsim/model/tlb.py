@@ -12,6 +12,8 @@ from __future__ import annotations
 
 
 class Tlb:
+    """One CPU's TLB for kernel translations: set-associative, each set in LRU order, and the background
+    working set a full flush drops."""
     __slots__ = ("entries", "ways", "nsets", "sets", "background")
 
     def __init__(self, entries: int, ways: int, background: int = 0):

@@ -28,6 +28,8 @@ RUN, CPU, SRC, SCOPE = None, "cpu", "src", "scope"  # what a counter is kept per
 
 @dataclass(frozen=True)
 class Sum:
+    """One counter of summary.json: the event type it counts, the field it sums (or the events), the filter
+    and what it is kept by (the run, a CPU, a flush scope)."""
     name: str                            # key in summary.json (counters, per_cpu[i] or flushes_by_scope)
     ev: str                              # the event type counted
     field: str | None = None             # None: count the events; else sum this field
@@ -90,6 +92,8 @@ def _mask(col: Sequence[Any], test: str) -> Iterable[Any]:
 
 
 class Counters:
+    """The running counters of a recorded run (the sums of SUMS, per CPU and per scope, events, t_end, time
+    asleep), fed batch by batch as columns; ``summary()`` derives the rest."""
     def __init__(self, ncpu: int):
         self.ncpu = ncpu
         self.c: Counter = Counter()

@@ -33,6 +33,7 @@ class TruncatedRunWarning(UserWarning):
 
 @dataclass
 class RunDir:
+    """An opened run directory: its path, summary, trace parts, and whether (and why) the trace is truncated."""
     path: Path
     summary: dict[str, Any] | None
     parts: list[Path] = field(default_factory=list)

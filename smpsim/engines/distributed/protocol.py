@@ -104,7 +104,7 @@ send = zmq.backend.Socket.send
 
 
 class ProtocolError(Exception):
-    pass
+    """A wire message that is too large, undecodable or not a smpsim message."""
 
 
 _packer = msgpack.Packer(use_bin_type=True)  # one per process: packb would build one per message
