@@ -32,7 +32,7 @@ class OptionalBuildExt(build_ext):
             _warn(f"the C build failed: {e}")
             return
         # Beside each compiled module, in place and in the build directory (an editable install copies one to
-        # the other), the hash of the source it was compiled from (smpsim/native.py: stale).
+        # the other), the checksum of the source it was compiled from (smpsim/native.py: stale).
         for ext in self.extensions:
             digest = _compiled_from.get(ext.name)
             name = self.get_ext_filename(ext.name)
@@ -45,7 +45,7 @@ class OptionalBuildExt(build_ext):
                     os.remove(stamp)
 
 
-# module name -> the SHA-256 of its source as mypyc read it; a source edited while mypyc read it gets none, so
+# module name -> the checksum of its source as mypyc read it; a source edited while mypyc read it gets none, so
 # the import runs it pure.
 _compiled_from: dict[str, str] = {}
 
