@@ -83,7 +83,7 @@ def digest_events(records: Iterable[dict[str, Any]]) -> str:
 
 
 # Columns are built from their buffers, never converted by pa.array or pa.scalar: Arrow's first conversion of a
-# Python value imports pandas when it is installed (the analysis extra), ~50 MB and ~0.4 s of CPU in every
+# Python value imports pandas when it is installed (the analysis extra), ~35 MB and ~0.3 s of CPU in every
 # process that writes a trace (tests/test_imports.py). pa.array is left for what the buffers do not take (a
 # value out of range or of another type): it names what does not fit.
 
