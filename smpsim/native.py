@@ -10,7 +10,7 @@ pure Python and says so. At ``import smpsim`` the package picks one path for all
 - otherwise the compiled modules.
 
 setup.py records the CRC-32 of each source as mypyc read it in a file beside its compiled module
-(``<compiled file>.crc32``); the import compares it with the source's (~0.1 ms for them all; hashlib's SHA-256
+(``<compiled file>.crc32``); the import compares it with the source's (~0.3 ms for them all; hashlib's SHA-256
 would load OpenSSL, ~5 ms more of a bare ``import smpsim``; a checksum is enough to see an edit). Times are
 not compared: a source edited during a build can be older than the build's output.
 
