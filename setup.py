@@ -31,11 +31,23 @@ class OptionalBuildExt(build_ext):
                     os.remove(out)
             _warn(f"the C build failed: {e}")
             return
-        # Built now, from the sources as they are (smpsim/native.py: stale): the build copies, in place or in
-        # an editable install, keep the times of unchanged objects.
-        for out in {*self.get_outputs(), *(self.get_ext_fullpath(e.name) for e in self.extensions)}:
-            if os.path.exists(out):
-                os.utime(out)
+        # Beside each compiled module, in place and in the build directory (an editable install copies one to
+        # the other), the checksum of the source it was compiled from (smpsim/native.py: stale).
+        for ext in self.extensions:
+            digest = _compiled_from.get(ext.name)
+            name = self.get_ext_filename(ext.name)
+            for out in {self.get_ext_fullpath(ext.name), *(o for o in self.get_outputs() if o.endswith(name))}:
+                stamp = out + native["HASH_SUFFIX"]
+                if digest is not None and os.path.exists(out):
+                    with open(stamp, "w") as f:
+                        f.write(digest + "\n")
+                elif os.path.exists(stamp):  # an earlier build's
+                    os.remove(stamp)
+
+
+# module name -> the checksum of its source as mypyc read it; a source edited while mypyc read it gets none, so
+# the import runs it pure.
+_compiled_from: dict[str, str] = {}
 
 
 def ext_modules():
@@ -43,11 +55,16 @@ def ext_modules():
         return []
     try:
         from mypyc.build import mypycify
-        return mypycify([*native["MYPY_ARGS"], *native["MODULES"]],
-                        group_name=native["GROUP"], opt_level="3")
+        before = {m: native["source_hash"](m) for m in native["MODULES"]}
+        extensions = mypycify([*native["MYPY_ARGS"], *native["MODULES"]],
+                              group_name=native["GROUP"], opt_level="3")
     except BaseException as e:  # mypyc reports a type error by exiting
         _warn(f"mypyc: {e!r}")
         return []
+    for module, digest in before.items():
+        if native["source_hash"](module) == digest:
+            _compiled_from[module[:-3].replace("/", ".")] = digest
+    return extensions
 
 
 setup(ext_modules=ext_modules(), cmdclass={"build_ext": OptionalBuildExt})

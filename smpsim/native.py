@@ -5,9 +5,14 @@ pure-Python path beside them.
 pure Python and says so. At ``import smpsim`` the package picks one path for all of them, never a mix:
 
 - pure Python when ``SMPSIM_PURE=1`` is set, when no compiled module is there (a plain checkout), or when
-  a module's source is newer than its compiled file (an edit not rebuilt: the edit must count; quietly, as
-  only the speed differs);
+  a module's source is not what it was compiled from (an edit not rebuilt, even one made while pip was
+  building: the edit must count; quietly, as only the speed differs);
 - otherwise the compiled modules.
+
+setup.py records the CRC-32 of each source as mypyc read it in a file beside its compiled module
+(``<compiled file>.crc32``); the import compares it with the source's (~0.3 ms for them all; hashlib's SHA-256
+would load OpenSSL, ~5 ms more of a bare ``import smpsim``; a checksum is enough to see an edit). Times are
+not compared: a source edited during a build can be older than the build's output.
 
 ``path()`` says which one runs. Both give the same runs, digests and counters (tests/test_native.py).
 Standard library only: setup.py reads ``MODULES`` from this file before anything is installed.
@@ -15,6 +20,7 @@ Standard library only: setup.py reads ``MODULES`` from this file before anything
 
 from __future__ import annotations
 
+import binascii
 import os
 import sys
 from importlib.machinery import EXTENSION_SUFFIXES
@@ -34,7 +40,8 @@ MODULES = (
 MYPY_ARGS = ("--follow-imports=silent", "--ignore-missing-imports")
 GROUP = "smpsim._native"  # the shared library of the group: smpsim/_native__mypyc*.so
 PURE_ENV = "SMPSIM_PURE"
-STALE_MARGIN_S = 2.0
+HASH_SUFFIX = ".crc32"  # beside each compiled module: the checksum of the source it was compiled from
+REBUILD = "rebuild: pip install -e ."
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _NAMES = {m[:-3].replace("/", "."): os.path.join(_ROOT, m) for m in MODULES}
@@ -58,21 +65,33 @@ def _compiled_file(source: str) -> str | None:
     return None
 
 
+def source_hash(source: str) -> str:
+    """What setup.py records for a source it compiles, and what the import compares."""
+    with open(source, "rb") as f:
+        return f"{binascii.crc32(f.read()):08x}"
+
+
+def stale(source: str) -> str | None:
+    """Why the compiled module of ``source`` must not run, or None when it was compiled from this source."""
+    built = _compiled_file(source)
+    if built is None:
+        return "not compiled"
+    try:
+        with open(built + HASH_SUFFIX) as f:
+            recorded = f.read().strip()
+    except OSError:
+        return f"{built} has no record of the source it was compiled from ({REBUILD})"
+    if recorded != source_hash(source):
+        return f"{source} changed since it was compiled ({REBUILD})"
+    return None
+
+
 def select() -> None:
     """Choose the path for this process (smpsim/__init__.py calls it before any model import)."""
-    why = None
     if os.environ.get(PURE_ENV, "") not in ("", "0"):
-        why = f"{PURE_ENV} is set"
+        why: str | None = f"{PURE_ENV} is set"
     else:
-        for name, source in _NAMES.items():
-            built = _compiled_file(source)
-            if built is None:
-                why = "not compiled"
-                break
-            # setup.py stamps what it builds; the margin covers a wheel unpacked source after binary.
-            if os.path.getmtime(source) > os.path.getmtime(built) + STALE_MARGIN_S:
-                why = f"{source} is newer than its compiled module (rebuild: pip install -e .)"
-                break
+        why = next(filter(None, map(stale, _NAMES.values())), None)  # the first module that cannot run
     if why is None:
         _state.update(path="compiled", why="compiled with mypyc")
         return

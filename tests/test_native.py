@@ -86,3 +86,43 @@ def test_the_compiled_modules_type_check():
     p = subprocess.run([sys.executable, "-m", "mypy", "--no-incremental", *native.MYPY_ARGS, *native.MODULES],
                        capture_output=True, text=True, cwd=ROOT, timeout=170)
     assert p.returncode == 0 and " note: " not in p.stdout and " error: " not in p.stdout, p.stdout[-3000:]
+
+
+def test_staleness_is_by_content_not_by_time(tmp_path):
+    """A source edited while pip built it is older than its compiled module, yet not what was compiled: the
+    hash recorded beside the compiled module at build time tells, not the times."""
+    source = tmp_path / "mod.py"
+    source.write_text("x = 1\n")
+    assert native.stale(str(source)) == "not compiled"
+    built = tmp_path / f"mod{EXTENSION_SUFFIXES[0]}"
+    built.write_bytes(b"")
+    assert "has no record of the source" in native.stale(str(source))
+    Path(f"{built}{native.HASH_SUFFIX}").write_text(native.source_hash(str(source)) + "\n")
+    assert native.stale(str(source)) is None
+    source.write_text("x = 2\n")
+    os.utime(source, (built.stat().st_mtime - 60,) * 2)  # edited during the build: older than its output
+    assert native.stale(str(source)) == f"{source} changed since it was compiled (rebuild: pip install -e .)"
+
+
+def test_an_installed_build_records_its_sources_and_an_edit_runs_pure(tmp_path):
+    """On a copy of this install: as built it runs compiled (setup.py recorded every source's hash); with
+    one source edited and its time set back before the build's, it runs pure Python and names the source."""
+    if native.path()["path"] != "compiled":
+        pytest.skip(f"the model runs pure Python here: {native.path()['why']}")
+    shutil.copytree(ROOT / "smpsim", tmp_path / "smpsim", ignore=shutil.ignore_patterns("__pycache__"))
+    code = "import json, smpsim.native as n; print(json.dumps(n.path()))"
+    env = {k: v for k, v in os.environ.items() if k not in (native.PURE_ENV, "PYTHONPATH")}
+
+    def path_of_copy() -> dict:
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
+                           timeout=60)
+        assert p.returncode == 0, p.stderr
+        return json.loads(p.stdout)
+
+    assert path_of_copy() == {"path": "compiled", "why": "compiled with mypyc"}
+    tlb = tmp_path / "smpsim" / "model" / "tlb.py"
+    built = native._compiled_file(str(tlb))
+    mtime = os.stat(built).st_mtime - 60
+    tlb.write_text(tlb.read_text() + "# edited\n")
+    os.utime(tlb, (mtime, mtime))
+    assert path_of_copy() == {"path": "pure", "why": f"{tlb} changed since it was compiled (rebuild: pip install -e .)"}

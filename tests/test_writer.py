@@ -198,3 +198,23 @@ def test_a_part_that_cannot_be_written_is_an_error_naming_it(tmp_path):
     w.write([as_tuple(e) for e in make_events(15)])
     with pytest.raises(TraceWriteError, match="part-00000.parquet"):
         w.close()
+
+
+def test_columns_built_from_buffers_equal_arrows_conversion():
+    """The writer builds columns from buffers (no pandas: tests/test_imports.py); they must be what
+    pa.array makes of the same values, nulls and empty lists included, so the Parquet parts are byte for
+    byte as before. A value the buffers do not take goes to pa.array, which names it."""
+    from smpsim.trace.columns import by_type
+    from smpsim.trace.writer import groups_to_table
+    events = make_events(400)
+    for i, field, value in ((23, "pages", 12), (13, "targets", []), (33, "targets", None), (56, "flush_caused", None),
+                            (44, "scope", None), (10, "new", None)):
+        assert field in events[i]
+        events[i][field] = value
+    built = groups_to_table(by_type([as_tuple(e) for e in events]), 0)
+    assert built.equals(pa.Table.from_pylist(events, schema=SCHEMA))
+    bad = {"bool": (0, 0, "kmap", 1, 1, 7, False, 1, 1), "int": (0, 0, "kunmap", 1, 1 << 40, 1),
+           "string": (0, 0, "flush", 5, 1, [1], None, 1), "list": (0, 0, "wake", ["x"])}
+    for event in bad.values():
+        with pytest.raises(ValueError, match="do not fit the trace schema"):
+            groups_to_table(by_type([event]), 0)

@@ -22,6 +22,7 @@ import os
 import struct
 from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Sequence
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +50,9 @@ PARQUET_OPTIONS = {"compression": COMPRESSION, "use_dictionary": ["ev", "scope"]
 ROW_GROUP = 8192
 
 _TYPES = {f.name: f.type for f in SCHEMA}
-_I32, _I64, _STR = pa.int32(), pa.int64(), pa.string()
+_I32, _I64, _STR, _BOOL, _U8 = pa.int32(), pa.int64(), pa.string(), pa.bool_(), pa.uint8()
 _STRUCT_CODES = {_I64: "q", _I32: "i"}
-_EMPTY = SCHEMA.empty_table()
+_EMPTY = pa.Table.from_arrays([pa.nulls(0, f.type) for f in SCHEMA], schema=SCHEMA)
 _SEQ = SCHEMA.field("seq")
 
 
@@ -81,21 +82,67 @@ def digest_events(records: Iterable[dict[str, Any]]) -> str:
     return h.hexdigest()
 
 
-def _array(values: Sequence[Any], typ: pa.DataType) -> pa.Array:
-    """One column of Python values as an Arrow array. Integers go through one ``struct`` call into a
-    buffer Arrow takes as is (about 5x faster than ``pa.array``, which converts value by value); a column
-    with a null or a value out of range, and the other types, go through ``pa.array``, which handles the
-    nulls and names what does not fit."""
+# Columns are built from their buffers, never converted by pa.array or pa.scalar: Arrow's first conversion of a
+# Python value imports pandas when it is installed (the analysis extra), ~35 MB and ~0.3 s of CPU in every
+# process that writes a trace (tests/test_imports.py). pa.array is left for what the buffers do not take (a
+# value out of range or of another type): it names what does not fit.
+
+
+def _pack(values: Sequence[Any], code: str) -> pa.Buffer:
+    return pa.py_buffer(struct.Struct(f"={len(values)}{code}").pack(*values))
+
+
+def _bits(flags: bytes) -> pa.Buffer:
+    """Bytes of 0 and 1 as an Arrow bitmap (one bit each, as validity and boolean values are stored)."""
+    return pa.Array.from_buffers(_U8, len(flags), [None, pa.py_buffer(flags)]).cast(_BOOL).buffers()[1]
+
+
+def _offsets(lengths: Iterable[int]) -> pa.Buffer:
+    return _pack((0, *accumulate(lengths)), "i")
+
+
+def _from_buffers(values: Sequence[Any], typ: pa.DataType, validity: pa.Buffer | None = None) -> pa.Array:
+    n = len(values)
     code = _STRUCT_CODES.get(typ)
     if code is not None:
-        n = len(values)
-        try:
-            data = struct.Struct(f"={n}{code}").pack(*values)
-        except struct.error:
-            pass
-        else:
-            return pa.Array.from_buffers(typ, n, [None, pa.py_buffer(data)])
-    return pa.array(values, typ)
+        return pa.Array.from_buffers(typ, n, [validity, _pack(values, code)])
+    if typ == _BOOL:
+        flags = bytes(values)
+        if flags.translate(None, b"\0\1"):
+            raise TypeError("a value is not a bool")
+        return pa.Array.from_buffers(typ, n, [validity, _bits(flags)])
+    if typ == _STR:
+        data = [v.encode() for v in values]
+        return pa.Array.from_buffers(typ, n, [validity, _offsets(map(len, data)), pa.py_buffer(b"".join(data))])
+    if isinstance(typ, pa.ListType) and typ.value_type in _STRUCT_CODES:
+        items = [x for v in values for x in v]
+        child = pa.Array.from_buffers(typ.value_type, len(items), [None, _pack(items, _STRUCT_CODES[typ.value_type])])
+        return pa.Array.from_buffers(typ, n, [validity, _offsets(map(len, values))], children=[child])
+    raise TypeError(f"no buffers for {typ}")
+
+
+def _with_nulls(values: Sequence[Any], typ: pa.DataType) -> pa.Array:
+    """A column with nulls: a validity bitmap, and in place of each null a value of the type (never read)."""
+    if None not in values:
+        raise TypeError("no null")
+    fill = "" if typ == _STR else () if isinstance(typ, pa.ListType) else False
+    return _from_buffers([fill if v is None else v for v in values], typ,
+                         _bits(bytes(v is not None for v in values)))
+
+
+def _array(values: Sequence[Any], typ: pa.DataType) -> pa.Array:
+    """One column of Python values as an Arrow array, built from buffers (one ``struct`` call for numbers,
+    about 5x faster than ``pa.array``, which converts value by value). A value out of range or of another
+    type goes through ``pa.array``, which names what does not fit."""
+    errors = (struct.error, TypeError, AttributeError, UnicodeEncodeError, ValueError)
+    try:
+        return _from_buffers(values, typ)
+    except errors:
+        pass
+    try:
+        return _with_nulls(values, typ)
+    except errors:
+        return pa.array(values, typ)
 
 
 # A batch converted: per event type, a table of its positions in the batch (as "seq"), "ev" and its fields.
@@ -109,7 +156,7 @@ def convert(groups: Groups) -> Converted:
     try:
         for ev, (pos, cols) in groups.items():
             names = ("seq", "ev", "t", "cpu", *FIELDS[ev])
-            arrays = [_array(pos, _I64), pa.repeat(pa.scalar(ev, _STR), len(pos)), _array(cols[0], _I64),
+            arrays = [_array(pos, _I64), pa.repeat(_array((ev,), _STR)[0], len(pos)), _array(cols[0], _I64),
                       _array(cols[1], _I32), *(_array(col, _TYPES[name]) for name, col in zip(FIELDS[ev], cols[3:]))]
             out.append(pa.Table.from_arrays(arrays, names=names))
     except KeyError as e:
@@ -124,7 +171,7 @@ def assemble(converted: Converted, seq0: int) -> pa.Table:
     field an event type lacks null). A few calls into Arrow's C++, which releases the GIL meanwhile."""
     table = pa.concat_tables([_EMPTY, *converted], promote_options="default")  # the schema's columns, in order
     table = table.take(pc.sort_indices(table["seq"]))
-    return table.set_column(0, _SEQ, pc.add(table["seq"], seq0))
+    return table.set_column(0, _SEQ, pc.add(table["seq"], _array((seq0,), _I64)[0]))
 
 
 def groups_to_table(groups: Groups, seq0: int) -> pa.Table:
