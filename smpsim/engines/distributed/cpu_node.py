@@ -109,11 +109,15 @@ class CpuNode:
                           f"{p.SEND_TIMEOUT_MS} ms") from None
         self.last_sent = time.monotonic()
 
+    def _check_coordinator_heard(self) -> None:
+        """CpuExit once the coordinator has been silent for PEER_TIMEOUT_S: it is gone, and so is the run."""
+        if time.monotonic() - self.last_heard > p.PEER_TIMEOUT_S:
+            raise CpuExit(f"{self.who}: the coordinator has been silent for {p.PEER_TIMEOUT_S:.0f} s; exiting")
+
     def _recv(self, timeout_ms: int, joining: bool = False) -> list | None:
         if not self.sock.poll(timeout_ms):
-            if not joining and time.monotonic() - self.last_heard > p.PEER_TIMEOUT_S:
-                raise CpuExit(f"{self.who}: the coordinator has been silent for "
-                              f"{p.PEER_TIMEOUT_S:.0f} s; exiting")
+            if not joining:
+                self._check_coordinator_heard()
             return None
         return self._recv_now()
 
@@ -133,9 +137,7 @@ class CpuNode:
         try:
             frame = self.sock.recv()
         except zmq.Again:
-            if time.monotonic() - self.last_heard > p.PEER_TIMEOUT_S:
-                raise CpuExit(f"{self.who}: the coordinator has been silent for "
-                              f"{p.PEER_TIMEOUT_S:.0f} s; exiting") from None
+            self._check_coordinator_heard()
             return None
         return self._accept(frame)
 
