@@ -46,7 +46,7 @@ TURN_BUDGET = 10_000  # messages handled per loop turn before the trace and live
 EXIT_STATUS_WAIT_S = 0.5  # a disconnected CPU process's exit status may come a moment after its socket closed
 CHILD_POLL_S = 0.02  # how often that exit status is looked for meanwhile
 BYE_WAIT_S = 2.0  # at the end, the CPUs' goodbyes (their peak memory) are waited for this long
-BYE_POLL_MS = 50
+BYE_POLL_MS = 50  # ... in polls this long
 
 _SNDMORE, _NOBLOCK = int(zmq.SNDMORE), int(zmq.NOBLOCK)
 
