@@ -182,6 +182,29 @@ def test_cpus_exit_when_the_coordinator_dies(tmp_path, smpsim_cmd, subprocess_en
         assert c.returncode != 0 and "coordinator" in err and "Traceback" not in err, err
 
 
+@pytest.mark.timeout(30)
+def test_a_cpu_says_its_coordinator_went_silent_whichever_way_it_waits():
+    """Both of a CPU's waits (a poll, and recv itself while a request is out) end in the one CpuExit that
+    names the silence; a CPU still joining is not judged by it (its join timeout is)."""
+    from smpsim.engines.distributed.cpu_node import CpuExit, CpuNode
+
+    ctx = zmq.Context()
+    node = CpuNode(f"tcp://127.0.0.1:{_free_port()}", 3, ctx=ctx)  # nobody there: nothing is ever heard
+    try:
+        node.last_heard = time.monotonic() - p.PEER_TIMEOUT_S - 1
+        assert node._recv(10, joining=True) is None
+        said = f"CPU 3: the coordinator has been silent for {p.PEER_TIMEOUT_S:.0f} s; exiting"
+        with pytest.raises(CpuExit) as polled:
+            node._recv(10)
+        node.sock.setsockopt(zmq.RCVTIMEO, 10)
+        with pytest.raises(CpuExit) as waited:
+            node._recv_wait()
+        assert str(polled.value) == str(waited.value) == said
+    finally:
+        node.close()
+        ctx.term()
+
+
 @pytest.mark.timeout(120)
 def test_bad_joiners_are_refused_and_the_run_is_undisturbed(tmp_path, smpsim_cmd, subprocess_env):
     port = _free_port()

@@ -32,6 +32,9 @@ from smpsim.model.errors import ModelError
 
 IDLE_WAIT_MS = 100  # a CPU with nothing to run waits this long in recv before its liveness checks
 WAITING_NOTICE_S = 2.0  # a CPU still unanswered after this long says it is waiting for the coordinator
+JOIN_POLL_MS = 200  # a joining CPU looks this often for a failed handshake (final: said at once)
+SEEK_STEP_OPS = 200_000  # a replacement regenerates its program in steps this long, a heartbeat between
+END_POLL_MS = 100  # a CPU that reported a model error waits for END in polls this long
 
 
 _NOBLOCK = int(zmq.NOBLOCK)
@@ -109,11 +112,15 @@ class CpuNode:
                           f"{p.SEND_TIMEOUT_MS} ms") from None
         self.last_sent = time.monotonic()
 
+    def _check_coordinator_heard(self) -> None:
+        """CpuExit once the coordinator has been silent for PEER_TIMEOUT_S: it is gone, and so is the run."""
+        if time.monotonic() - self.last_heard > p.PEER_TIMEOUT_S:
+            raise CpuExit(f"{self.who}: the coordinator has been silent for {p.PEER_TIMEOUT_S:.0f} s; exiting")
+
     def _recv(self, timeout_ms: int, joining: bool = False) -> list | None:
         if not self.sock.poll(timeout_ms):
-            if not joining and time.monotonic() - self.last_heard > p.PEER_TIMEOUT_S:
-                raise CpuExit(f"{self.who}: the coordinator has been silent for "
-                              f"{p.PEER_TIMEOUT_S:.0f} s; exiting")
+            if not joining:
+                self._check_coordinator_heard()
             return None
         return self._recv_now()
 
@@ -133,9 +140,7 @@ class CpuNode:
         try:
             frame = self.sock.recv()
         except zmq.Again:
-            if time.monotonic() - self.last_heard > p.PEER_TIMEOUT_S:
-                raise CpuExit(f"{self.who}: the coordinator has been silent for "
-                              f"{p.PEER_TIMEOUT_S:.0f} s; exiting") from None
+            self._check_coordinator_heard()
             return None
         return self._accept(frame)
 
@@ -154,7 +159,7 @@ class CpuNode:
         noticed = False
         while True:
             self._check_handshake()
-            msg = self._recv(200, joining=True)
+            msg = self._recv(JOIN_POLL_MS, joining=True)
             if msg is None:
                 waited = time.monotonic() - t0
                 if waited > timeout:
@@ -192,7 +197,7 @@ class CpuNode:
         """A replacement: restore the last checkpoint the coordinator has, and queue the batches since."""
         deadline = time.monotonic() + max(timeout, 1.0)
         while True:
-            msg = self._recv(200, joining=True)
+            msg = self._recv(JOIN_POLL_MS, joining=True)
             if msg is not None:
                 break
             if time.monotonic() > deadline:
@@ -239,7 +244,7 @@ class CpuNode:
         elif time.monotonic() - self.last_sent > p.HEARTBEAT_S:
             self._send(p.HB)
 
-    def _seek(self, pc: int, step: int = 200_000) -> None:
+    def _seek(self, pc: int, step: int = SEEK_STEP_OPS) -> None:
         """Regenerate the program up to pc (Program.seek) in steps, with heartbeats between them: deep in a
         long run that takes seconds, and silence that long would count as this process being lost."""
         prog = self.cpu.program
@@ -326,7 +331,7 @@ class CpuNode:
         self._send(p.FAIL, e.cpu, e.op, e.position, e.what, e.t)
         deadline = time.monotonic() + p.PEER_TIMEOUT_S
         while time.monotonic() < deadline:
-            msg = self._recv(100)
+            msg = self._recv(END_POLL_MS)
             if msg is not None and msg[0] == p.END:
                 return msg[2]
         return "error"

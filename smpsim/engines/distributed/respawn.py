@@ -25,10 +25,15 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from collections.abc import Callable, Iterator
+
+from smpsim.engines.distributed import protocol as p
+from smpsim.engines.stopping import RunAborted
 from smpsim.model import messages as mm
 
 CHECKPOINT_OPS = 100_000  # default: operations (and model messages received) between a CPU's checkpoints
 MAX_RESPAWNS = 3          # default: restarts per CPU before the run is given up
+CLAIM_WAIT_S = 2 * p.PEER_TIMEOUT_S  # a HELLO for a running CPU waits this long for its predecessor to be lost
 
 
 @dataclass(frozen=True)
@@ -154,6 +159,110 @@ class CatchUp:
     def pending(self) -> bool:
         s = self.skip
         return bool(s.requests or s.done or s.events)
+
+
+class Respawner:
+    """The coordinator's side of replacing lost CPU processes. It owns the policy, the checkpoints (store;
+    None when nothing is replaced), how often each CPU was replaced, the replacements started and not yet
+    joined (replacing), those catching up, and the HELLOs of a restarted CPU held until its predecessor is
+    lost (claims). replace_cpu: launch's, which starts a new process for a CPU id; None (`smpsim
+    coordinator`): the CPU's own restart (a pod's) joins again with the same id."""
+
+    def __init__(self, ncpu: int, policy: RespawnPolicy, replace_cpu: Callable[[int], None] | None, log=None):
+        self.policy = policy
+        self.replace_cpu = replace_cpu
+        self.log = log
+        self.store = CheckpointStore(ncpu) if policy.enabled else None
+        self.count = [0] * ncpu                     # replacements per CPU
+        self.replacing: dict[int, float] = {}       # CPU -> when its replacement was started
+        self.catching_up: dict[int, CatchUp] = {}
+        self.claims: dict[int, tuple[bytes, dict, float]] = {}  # CPU -> a HELLO waiting for its predecessor's loss
+
+    @property
+    def enabled(self) -> bool:
+        return self.policy.enabled
+
+    @property
+    def awaits_restarts(self) -> bool:
+        """Lost CPUs come back by their own restart (a pod's), not a process this coordinator starts."""
+        return self.enabled and self.replace_cpu is None
+
+    # ---- a CPU lost, and its replacement ----------------------------------------------------------------
+    def check_allowed(self, cpu: int, reason: str) -> None:
+        """RunAborted (reason, and why no more) once CPU cpu has been replaced as often as allowed."""
+        if self.count[cpu] >= self.policy.max_per_cpu:
+            raise RunAborted(f"{reason}; it was replaced {self.count[cpu]} times already, the most "
+                             f"allowed (--max-respawns {self.policy.max_per_cpu})", cpu)
+
+    def begin(self, cpu: int, reason: str, killed: bool) -> str:
+        """Count a replacement of CPU cpu; what the fault says about it (why, how, from where)."""
+        self.count[cpu] += 1
+        store = self.store
+        where = (f"its checkpoint {store.count[cpu]}" if store.state[cpu] is not None
+                 else "the start (no checkpoint yet)")
+        how = ("replaced by a new process" if self.replace_cpu is not None
+               else f"waiting for a new process to join as CPU {cpu}")
+        killed_too = "; its process was killed" if killed and self.replace_cpu else ""
+        return (f"{reason}{killed_too}; {how} ({self.count[cpu]} of at most {self.policy.max_per_cpu}), which "
+                f"resumes from {where}")
+
+    def start(self, cpu: int, now: float) -> None:
+        """The replacement is on its way (launch starts it, and kills the old process if it is still there)."""
+        self.catching_up.pop(cpu, None)
+        self.replacing[cpu] = now
+        if self.replace_cpu is not None:
+            self.replace_cpu(cpu)
+
+    def check_overdue(self, now: float, join_timeout: float) -> None:
+        """RunAborted for a replacement that has not joined within join_timeout."""
+        for c, since in self.replacing.items():
+            if now - since > join_timeout:
+                raise RunAborted(f"CPU {c}'s replacement process did not join within {join_timeout:g} s "
+                                 "(--join-timeout)" + ("" if self.replace_cpu else
+                                                       f": restart `smpsim cpu` for CPU {c}"), c)
+
+    def resume(self, cpu: int) -> tuple[dict | None, list]:
+        """CPU cpu's replacement has joined: the checkpoint and the batches since, which it catches up from."""
+        state, downs, self.catching_up[cpu] = self.store.resume(cpu)
+        return state, downs
+
+    # ---- what travels while CPUs may be replaced ----------------------------------------------------------
+    def checkpoint(self, cpu: int, delivered: int, state: dict) -> bool:
+        """A CKPT from CPU cpu, kept unless nothing is replaced or the CPU is catching up (it has sent less
+        than the checkpoint would say); whether it was kept."""
+        if self.store is None or cpu in self.catching_up:
+            return False
+        self.store.checkpoint(cpu, delivered, state)
+        return True
+
+    def catch_up(self, cpu: int, msgs: list, events: list, horizon: int, seen: int, core) -> tuple:
+        """A replacement's batch: what the lost process had sent already is dropped; until the replacement
+        is back where that process was, the horizon and IPIs seen it reported stand."""
+        catch = self.catching_up[cpu]
+        before = core.ipis_sent[cpu] - len(core.ipi_unseen[cpu])
+        msgs, events = catch.filter(msgs, events, core.coord.lb[cpu])
+        if catch.pending() or seen < before:
+            return msgs, events, core.horizon[cpu], before
+        del self.catching_up[cpu]
+        if self.log:
+            self.log.info("caught up", cpu=cpu, t=horizon)
+        return msgs, events, horizon, seen
+
+    # ---- a restarted CPU's HELLO while its predecessor may still be there ---------------------------------
+    def claim(self, cpu: int, ident: bytes, who: dict, now: float) -> tuple[bytes, dict, float] | None:
+        """Hold a HELLO for running CPU cpu until its predecessor is lost; the claim it replaces, if any."""
+        earlier = self.claims.get(cpu)
+        self.claims[cpu] = (ident, who, now)
+        return earlier
+
+    def settled_claims(self, now: float) -> Iterator[tuple[bool, int, bytes, dict]]:
+        """Claims settled, each dropped as it is yielded, as (admit, cpu, ident, who): admitted once the
+        predecessor is lost, refused if it still answers after CLAIM_WAIT_S. Lazily: what handling one
+        does (a loss found by a send) counts for the next."""
+        for c, (ident, who, since) in list(self.claims.items()):
+            if c in self.replacing or now - since > CLAIM_WAIT_S:
+                del self.claims[c]
+                yield c in self.replacing, c, ident, who
 
 
 # ---- the replacement process ----------------------------------------------------------------------------
