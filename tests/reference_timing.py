@@ -7,7 +7,7 @@ kernel's mm/highmem.c, and the hardware's documented TLB behaviour) in three par
 RefTlb       a set-associative TLB with LRU replacement: the set of a virtual page number is vpn mod sets;
              a hit makes the entry most recently used; a fill into a full set evicts the least recently
              used; INVLPG drops one entry; a full flush drops all.
-replay_cpu   one CPU's side of a run: walk its program, keep its clock and TLB, take the coordinator's
+CpuReplay    one CPU's side of a run: walk its program, keep its clock and TLB, take the coordinator's
              answers (kmap/kunmap return times and slots, IPIs, the CPU's own flushes) from the trace, and
              predict every event the CPU records (access, tlb_miss, stale, ipi, kmap-local's kmap, kunmap
              and flush) plus the time of each of its ring requests.
@@ -15,7 +15,7 @@ RefLockRing  the coordinator's side: kmap_lock as a FIFO ticket lock granted in 
              the pkmap ring of mm/highmem.c with its scan costs, pkmap_map_wait, the policies' teardowns
              and the shootdown timing (IPI n to the k-th target sent k broadcast steps after the flush
              starts, handled on arrival, acked; the initiator flushes itself after the last ack). Fed the
-             request times replay_cpu predicted, it predicts every ring event and every IPI's send,
+             request times CpuReplay predicted, it predicts every ring event and every IPI's send,
              arrival and ack times.
 
 Together they recompute every figure of the trace. `check_run` runs both and reports the first difference.
@@ -31,13 +31,14 @@ The policies, as documented (docs/policies.md; written here, not taken from smps
               count-1 slot to 0, one range over their span, by IPI to every other CPU; a scan that finds
               no free slot purges the same way (if anything is at count 1) and scans again
   tlb-gen     linux-2.6, the IPIs only to CPUs that kmapped, ended a hold of theirs, or hold a page, since
-              their last flush (the initiator's flush counts as one)
+              their last flush (a flush also reaches its initiator)
   latr        linux-2.6's teardown with no IPI: the initiator invalidates the torn slots at once; every
               other CPU at its first tick after the wrap (ticks at multiples of policy.tick; a `tick`
               flush of invalidation work only, taken like an IPI), and then (max of that tick and the lock's
               release; a `free` event before any request at the tick) the slots are usable again and the
               sleepers are woken; on one CPU the slots are free at once
   no-ipi      linux-2.4's teardown, the flush on the initiator only;  no-flush: no flush at all
+
 The cost rules, as documented:
   access op of n accesses        n*access + hits*tlb_hit + misses*page_walk (one walk, then hits)
   first access after a full flush  + background*page_walk (the background working set walks back in)
