@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-WORKLOADS = ["uniform", "zipf", "stream", "shared", "pingpong", "script"]
+PER_POLICY_KINDS = ("uniform", "shared", "pingpong")  # pinned with every policy; every other kind with linux-2.4
 
 # A script where CPUs share pages and reuse slots of a small ring (written next to the config at test time).
 SCRIPT_NAME = "pinned-script.jsonl"
@@ -33,14 +33,14 @@ def script_lines(cpus: int = 4) -> list[dict]:
 
 def cases() -> dict[str, dict]:
     """name -> config overrides (dotted keys) on the schema defaults of the day the values were pinned."""
-    from smpsim.model.policies import POLICY_NAMES  # every built-in policy, from the registry
+    from registries import GRID_WORKLOADS, POLICY_NAMES  # every built-in policy and kind, from the registries
 
     out: dict[str, dict] = {}
     small = {"workload.kmaps_per_cpu": 150, "workload.pages": 300, "machine.last_pkmap": 64}
     for pol in POLICY_NAMES:
-        for wl in ("uniform", "shared", "pingpong"):
+        for wl in PER_POLICY_KINDS:
             out[f"{pol}-{wl}-4cpu"] = {**small, "machine.cpus": 4, "policy.name": pol, "workload.kind": wl}
-    for wl in ("zipf", "stream", "script"):  # uniform, shared and pingpong are above
+    for wl in (k for k in GRID_WORKLOADS if k not in PER_POLICY_KINDS):
         extra = {"workload.script": SCRIPT_NAME} if wl == "script" else {}
         out[f"linux-2.4-{wl}-kind"] = {**small, "machine.cpus": 4, "workload.kind": wl, **extra}
     for n in (1, 2, 8, 32, 64):

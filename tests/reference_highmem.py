@@ -98,8 +98,11 @@ class RefHighmem:
     def _others(self, cpu: int) -> list[int]:
         return [c for c in range(self.ncpus) if c != cpu]
 
-    def _flush_record(self, cpu: int, scope: str, torn: int, pages: int | None, remote: bool) -> dict:
-        return {"scope": scope, "slots": torn, "pages": pages,
+    def _flush_record(self, cpu: int, scope: str, torn: int, vpns, remote: bool) -> dict:
+        """A flush of vpns (None: the whole TLB; a range above the ceiling is a full flush, as
+        flush_tlb_kernel_range does) on `cpu`, by IPIs to every other CPU if remote."""
+        vpns = None if vpns is None or len(vpns) > self.flush_ceiling else tuple(vpns)
+        return {"scope": scope, "slots": torn, "pages": None if vpns is None else len(vpns), "vpns": vpns,
                 "targets": self._others(cpu) if remote else []}
 
     # ---- mm/highmem.c --------------------------------------------------------------------------------
@@ -131,8 +134,7 @@ class RefHighmem:
             self.side_effects.append(("flush", self._flush_record(cpu, "all", torn, None, True)))
         elif self.policy in ("linux-2.6", "tlb-gen"):
             if torn:
-                pages = self.LAST_PKMAP if self.LAST_PKMAP <= self.flush_ceiling else None
-                rec = self._flush_record(cpu, "range", torn, pages, True)
+                rec = self._flush_record(cpu, "range", torn, range(self.LAST_PKMAP), True)
                 if self.policy == "tlb-gen":
                     rec["targets"] = [j for j in rec["targets"] if self.fresh[j] or self.holding[j]]
                     for j in rec["targets"] + [cpu]:
@@ -140,8 +142,7 @@ class RefHighmem:
                 self.side_effects.append(("flush", rec))
         elif self.policy == "latr":
             if torn:
-                pages = torn if torn <= self.flush_ceiling else None
-                self.side_effects.append(("flush", self._flush_record(cpu, "lazy", torn, pages, False)))
+                self.side_effects.append(("flush", self._flush_record(cpu, "lazy", torn, slots, False)))
                 if self.ncpus > 1:
                     self.not_yet_free.update(slots)
                     self.batches.append(((self.now // self.tick + 1) * self.tick, cpu, slots))
@@ -154,9 +155,8 @@ class RefHighmem:
         """vmap-lazy: tear every count-1 slot down, one flush over the span they cover."""
         slots = self._tear_down_unused()
         if slots:
-            span = max(slots) - min(slots) + 1
             self.side_effects.append(("flush", self._flush_record(
-                cpu, "range", len(slots), span if span <= self.flush_ceiling else None, True)))
+                cpu, "range", len(slots), range(min(slots), max(slots) + 1), True)))
         return len(slots)
 
     def free_batch(self) -> tuple[int, int, int]:
@@ -232,7 +232,7 @@ class RefHighmem:
             self.pkmap_page_table[slot] = None
             del self.virtual[page]
             c = 0
-            self.side_effects.append(("flush", self._flush_record(cpu, "page", 1, 1, True)))
+            self.side_effects.append(("flush", self._flush_record(cpu, "page", 1, (slot,), True)))
         return slot, c, wake
 
     def describe(self) -> str:
@@ -259,7 +259,197 @@ class ReplayStats:
     # latr: (cpu, tick, pages) of every tick invalidation the lazy flushes owe, and of those in the trace
     ticks_owed: list[tuple[int, int, int | None]] = field(default_factory=list)
     ticks_seen: list[tuple[int, int, int | None]] = field(default_factory=list)
+    flush_vpns: dict[int, tuple[int, ...] | None] = field(default_factory=dict)  # seq of a flush -> its pages
     ref: RefHighmem | None = None
+
+
+class TraceReplay:
+    """Feeds a trace's ring events, in seq order, to RefHighmem, one kernel step per event type; see replay."""
+
+    def __init__(self, ref: RefHighmem, check_flushes: bool):
+        self.ref, self.check_flushes = ref, check_flushes
+        self.st = ReplayStats(ref=ref)
+        self.effects: list[dict] = []        # wrap/flush events since the last ring operation
+        self.waitq: list[int] = []           # CPUs asleep on pkmap_map_wait, in sleep order
+        self.woken: set[int] = set()         # woken, retry not seen yet
+        self.slept: set[int] = set()         # CPUs whose current kmap request has slept at least once
+        self.expect_wake: list[int] | None = None
+        self.freed_at: int | None = None     # latr: time of the frees just seen (a wake may follow them)
+        self.last_free_tick = -1
+        self.last_seq = -1
+
+    def fail(self, ev: dict, why: str) -> None:
+        raise ReplayMismatch(f"seq {ev.get('seq')}: {why}\n  event: {ev}\n  {self.ref.describe()}")
+
+    # ---- one event ---------------------------------------------------------------------------------------
+    def event(self, ev: dict) -> None:
+        kind = ev.get("ev")
+        if kind not in RING_EVENTS:
+            return
+        self.in_seq_order(ev)
+        if kind == "flush" and ev.get("scope") == "tick":  # a CPU's own lazy invalidation (latr)
+            self.st.ticks_seen.append((ev["cpu"], ev["t"], ev.get("pages")))
+            return
+        self.after_frees(ev)
+        if self.expect_wake is not None:
+            self.wake_up(ev)
+        elif kind in ("wrap", "flush"):
+            self.effects.append(ev)
+        elif kind == "free":
+            self.free_deferred(ev)
+        elif kind == "wake":
+            self.fail(ev, f"wake with no kunmap dropping a count to 1 and sleepers {self.waitq}")
+        elif kind in ("kmap", "wait"):
+            self.kmap_high(ev)
+        else:
+            self.kunmap_high(ev)
+
+    def in_seq_order(self, ev: dict) -> None:
+        seq = ev.get("seq", self.last_seq + 1)
+        if seq <= self.last_seq:
+            self.fail(ev, f"events out of seq order ({seq} after {self.last_seq})")
+        self.last_seq = seq
+
+    def after_frees(self, ev: dict) -> None:
+        """latr: the frees of one tick are over; the sleepers, if any, are woken next."""
+        if self.freed_at is not None and not (ev["ev"] == "free" and ev["t"] == self.freed_at):
+            self.freed_at = None
+            if self.waitq:
+                self.expect_wake = list(self.waitq)
+
+    # ---- mm/highmem.c, step by step ----------------------------------------------------------------------
+    def wake_up(self, ev: dict) -> None:
+        """wake_up(&pkmap_map_wait): every sleeper, in sleep order, right after the kunmap or frees."""
+        if ev["ev"] != "wake":
+            self.fail(ev, f"expected a wake of CPUs {self.expect_wake} right after the kunmap")
+        if list(ev.get("woken") or []) != self.expect_wake:
+            self.fail(ev, f"woke {ev.get('woken')}, the reference wakes {self.expect_wake} (all sleepers, in order)")
+        self.woken.update(self.expect_wake)
+        self.waitq.clear()
+        self.st.wakes += 1
+        self.expect_wake = None
+
+    def free_deferred(self, ev: dict) -> None:
+        """latr: the oldest lazily flushed slots become usable once every CPU has ticked."""
+        if self.effects:
+            self.fail(ev, f"free in the middle of a ring operation, after {[_short(e) for e in self.effects]}")
+        if not self.ref.batches:
+            self.fail(ev, "free with no lazily flushed slots awaiting it")
+        t_tick, initiator, n = self.ref.free_batch()
+        if (ev.get("cpu"), ev.get("slots")) != (initiator, n) or ev["t"] < t_tick:
+            self.fail(ev, f"free of {ev.get('slots')} slots by CPU {ev.get('cpu')} at t={ev['t']}; the reference "
+                          f"frees {n} slots of CPU {initiator}'s wrap at the tick t={t_tick} or later")
+        self.last_free_tick = t_tick
+        self.freed_at = ev["t"]
+        self.st.frees += 1
+
+    def kmap_high(self, ev: dict) -> None:
+        """A kmap (or a wait: the scan found no slot): the same slot, `new` and `slept` as the reference."""
+        cpu, page, st = ev.get("cpu"), ev.get("page"), self.st
+        if cpu in self.slept and cpu not in self.woken:
+            self.fail(ev, f"CPU {cpu} retries its kmap without having been woken (asleep: {self.waitq})")
+        self.woken.discard(cpu)
+        if ev["ev"] == "kmap" and not ev.get("slept") and ev.get("cycles") is not None:
+            self.requested_in_tick_order(ev)
+        self.ref.now = next((e["t"] for e in self.effects if e["ev"] == "wrap"), ev["t"])
+        res = self.ref.kmap_high(page, cpu)
+        self.match_effects(ev)
+        if ev["ev"] == "wait":
+            if res is not None:
+                self.fail(ev, f"CPU {cpu} slept on page {page}, the reference maps it at slot {res[0]} (new={res[1]})")
+            self.slept.add(cpu)
+            self.waitq.append(cpu)
+            st.sleeps += 1
+            return
+        if res is None:
+            self.fail(ev, f"kmap of page {page} at slot {ev.get('slot')}, but the reference finds no free slot "
+                          f"and sleeps")
+        slot, new = res
+        if ev.get("slot") != slot:
+            self.fail(ev, f"kmap of page {page} at slot {ev.get('slot')}, reference slot {slot}")
+        if bool(ev.get("new")) != new:
+            self.fail(ev, f"kmap new={ev.get('new')}, reference new={new}")
+        if bool(ev.get("slept")) != (cpu in self.slept):
+            self.fail(ev, f"kmap slept={ev.get('slept')}, reference slept={cpu in self.slept}")
+        st.slept_kmaps += cpu in self.slept
+        self.slept.discard(cpu)
+        st.kmaps += 1
+        st.new += new
+        st.reuses += not new
+        st.slots.append((cpu, page, slot))
+
+    def requested_in_tick_order(self, ev: dict) -> None:
+        """latr: kmap_lock requests are taken in (time, CPU) order, a tick's frees before requests at it."""
+        t_req, ref = ev["t"] - ev["cycles"], self.ref
+        if ref.batches and ref.batches[0][0] <= t_req:
+            self.fail(ev, f"kmap requested at t={t_req} before the slots freed by the tick at t={ref.batches[0][0]}")
+        if t_req < self.last_free_tick:
+            self.fail(ev, f"kmap requested at t={t_req} after slots freed by the tick at t={self.last_free_tick}")
+
+    def kunmap_high(self, ev: dict) -> None:
+        """The same slot and count afterwards; sleepers are woken next when the count fell to 1."""
+        slot, count, wake = self.ref.kunmap_high(ev.get("page"), ev.get("cpu"))
+        self.match_effects(ev)
+        if ev.get("slot") != slot or ev.get("count") != count:
+            self.fail(ev, f"kunmap slot={ev.get('slot')} count={ev.get('count')}, reference slot={slot} count={count}")
+        self.st.kunmaps += 1
+        if wake and self.waitq:
+            self.expect_wake = list(self.waitq)
+
+    # ---- what a ring operation did besides its result --------------------------------------------------------
+    def match_effects(self, ev: dict) -> None:
+        """The wraps and flushes the trace recorded before `ev` are those the reference's call made."""
+        want = self.ref.side_effects
+        got = self.effects
+        if not self.check_flushes:
+            want, got = [e for e in want if e[0] == "wrap"], [e for e in got if e["ev"] == "wrap"]
+        if len(got) != len(want) or any(g["ev"] != kind for g, (kind, _) in zip(got, want)):
+            self.fail(ev, f"reference side effects {want} but the trace has {[_short(e) for e in got]} "
+                          f"before this event")
+        for g, (kind, w) in zip(got, want):
+            if g.get("cpu") != ev.get("cpu"):
+                self.fail(g, f"{kind} on CPU {g.get('cpu')} during CPU {ev.get('cpu')}'s {ev['ev']}")
+            if kind == "wrap":
+                self.wrap(g, w)
+            else:
+                self.flush(g, w)
+        self.effects.clear()
+
+    def wrap(self, g: dict, torn: int) -> None:
+        """flush_all_zero_pkmaps at the cursor's wrap: the same number of slots torn down."""
+        if g.get("slots") != torn:
+            self.fail(g, f"wrap tore down {g.get('slots')} slots, the reference tore down {torn}")
+        self.st.wraps += 1
+        self.st.torn += torn
+
+    def flush(self, g: dict, w: dict) -> None:
+        """The policy's flush: scope, slots, pages and targets; a lazy one owes every other CPU a tick."""
+        for k in ("scope", "slots", "pages"):
+            if g.get(k) != w[k]:
+                self.fail(g, f"flush {k} = {g.get(k)!r}, reference {w[k]!r} ({w})")
+        if sorted(g.get("targets") or []) != w["targets"]:
+            self.fail(g, f"flush targets {g.get('targets')}, reference {w['targets']}")
+        ncpus = self.ref.ncpus
+        if w["scope"] == "lazy" and ncpus > 1:
+            t_tick = self.ref.batches[-1][0]
+            self.st.ticks_owed += [(j, t_tick, w["pages"]) for j in range(ncpus) if j != g["cpu"]]
+        if "seq" in g:
+            self.st.flush_vpns[g["seq"]] = w["vpns"]
+        self.st.flushes += 1
+
+    # ---- the end of the trace ----------------------------------------------------------------------------
+    def finish(self) -> ReplayStats:
+        """Nothing left half done, and every tick invalidation in the trace owed by a lazy flush."""
+        if self.effects:
+            raise ReplayMismatch(f"trailing {[_short(e) for e in self.effects]} after the last ring operation")
+        if self.expect_wake is not None or (self.freed_at is not None and self.waitq):
+            raise ReplayMismatch(f"trace ends without the wake of CPUs {self.expect_wake or self.waitq}")
+        owed = list(self.st.ticks_owed)
+        for x in self.st.ticks_seen:
+            if x not in owed:
+                raise ReplayMismatch(f"tick invalidation (cpu, t, pages) {x} that no lazy flush owes")
+            owed.remove(x)
+        return self.st
 
 
 def replay(events: Iterable[dict[str, Any]], last_pkmap: int, policy: str, ncpus: int,
@@ -272,7 +462,7 @@ def replay(events: Iterable[dict[str, Any]], last_pkmap: int, policy: str, ncpus
     - every wait: the reference also finds no free slot in that scan
     - wrap events occur exactly where the reference wraps (between the same ring operations) with the
       same number of torn-down slots; flush events (check_flushes) where the policy flushes, with scope,
-      slots, targets and pages
+      slots, targets and pages (flush_vpns: the pages each one invalidates, by seq)
     - every kunmap: same slot and count afterwards; a wake event right after it exactly when the count
       fell to 1 (or 0 by eager teardown) with sleepers waiting, naming all of them in sleep order
     - a sleeper retries only after it was woken
@@ -281,152 +471,10 @@ def replay(events: Iterable[dict[str, Any]], last_pkmap: int, policy: str, ncpus
       sleepers are woken right after the frees of a tick; every other CPU has one `tick` flush of the
       same pages at that tick (ticks_owed / ticks_seen)
     """
-    ref = RefHighmem(last_pkmap, policy, ncpus, flush_ceiling, lazy_max, tick)
-    st = ReplayStats(ref=ref)
-    effects: list[dict] = []            # wrap/flush events since the last ring operation
-    waitq: list[int] = []               # CPUs asleep on pkmap_map_wait, in sleep order
-    woken: set[int] = set()             # woken, retry not seen yet
-    slept: set[int] = set()             # CPUs whose current kmap request has slept at least once
-    expect_wake: list[int] | None = None
-    freed_at: int | None = None         # latr: time of the frees just seen (a wake may follow them)
-    last_free_tick = -1
-    last_seq = -1
-
-    def fail(ev: dict, why: str) -> None:
-        raise ReplayMismatch(f"seq {ev.get('seq')}: {why}\n  event: {ev}\n  {ref.describe()}")
-
-    def match_effects(ev: dict) -> None:
-        want = ref.side_effects if check_flushes else [e for e in ref.side_effects if e[0] == "wrap"]
-        got = effects if check_flushes else [e for e in effects if e["ev"] == "wrap"]
-        if len(got) != len(want):
-            fail(ev, f"reference side effects {want} but the trace has {[_short(e) for e in got]} "
-                     f"before this event")
-        for g, (kind, w) in zip(got, want):
-            if g["ev"] != kind:
-                fail(ev, f"reference side effects {want} but the trace has {[_short(e) for e in got]}")
-            if kind == "wrap":
-                if g.get("slots") != w:
-                    fail(g, f"wrap tore down {g.get('slots')} slots, the reference tore down {w}")
-                if g.get("cpu") != ev.get("cpu"):
-                    fail(g, f"wrap on CPU {g.get('cpu')} during CPU {ev.get('cpu')}'s kmap")
-                st.wraps += 1
-                st.torn += w
-            else:
-                for k in ("scope", "slots", "pages"):
-                    if g.get(k) != w[k]:
-                        fail(g, f"flush {k} = {g.get(k)!r}, reference {w[k]!r} ({w})")
-                if sorted(g.get("targets") or []) != w["targets"]:
-                    fail(g, f"flush targets {g.get('targets')}, reference {w['targets']}")
-                if g.get("cpu") != ev.get("cpu"):
-                    fail(g, f"flush initiated by CPU {g.get('cpu')} during CPU {ev.get('cpu')}'s operation")
-                if w["scope"] == "lazy" and ncpus > 1:
-                    t_tick = ref.batches[-1][0]
-                    st.ticks_owed += [(j, t_tick, w["pages"]) for j in range(ncpus) if j != g["cpu"]]
-                st.flushes += 1
-        effects.clear()
-
+    r = TraceReplay(RefHighmem(last_pkmap, policy, ncpus, flush_ceiling, lazy_max, tick), check_flushes)
     for ev in events:
-        kind = ev.get("ev")
-        if kind not in RING_EVENTS:
-            continue
-        seq = ev.get("seq", last_seq + 1)
-        if seq <= last_seq:
-            fail(ev, f"events out of seq order ({seq} after {last_seq})")
-        last_seq = seq
-        cpu, page = ev.get("cpu"), ev.get("page")
-        if kind == "flush" and ev.get("scope") == "tick":  # a CPU's own lazy invalidation (latr)
-            st.ticks_seen.append((cpu, ev["t"], ev.get("pages")))
-            continue
-        if freed_at is not None and not (kind == "free" and ev["t"] == freed_at):
-            freed_at = None
-            if waitq:
-                expect_wake = list(waitq)
-        if expect_wake is not None:
-            if kind != "wake":
-                fail(ev, f"expected a wake of CPUs {expect_wake} right after the kunmap")
-            if list(ev.get("woken") or []) != expect_wake:
-                fail(ev, f"woke {ev.get('woken')}, the reference wakes {expect_wake} (all sleepers, in order)")
-            woken.update(expect_wake)
-            waitq.clear()
-            st.wakes += 1
-            expect_wake = None
-            continue
-        if kind in ("wrap", "flush"):
-            effects.append(ev)
-            continue
-        if kind == "free":
-            if effects:
-                fail(ev, f"free in the middle of a ring operation, after {[_short(e) for e in effects]}")
-            if not ref.batches:
-                fail(ev, "free with no lazily flushed slots awaiting it")
-            t_tick, initiator, n = ref.free_batch()
-            if (ev.get("cpu"), ev.get("slots")) != (initiator, n) or ev["t"] < t_tick:
-                fail(ev, f"free of {ev.get('slots')} slots by CPU {ev.get('cpu')} at t={ev['t']}; the reference "
-                         f"frees {n} slots of CPU {initiator}'s wrap at the tick t={t_tick} or later")
-            last_free_tick = t_tick
-            freed_at = ev["t"]
-            st.frees += 1
-            continue
-        if kind == "wake":
-            fail(ev, f"wake with no kunmap dropping a count to 1 and sleepers {waitq}")
-        if kind in ("kmap", "wait"):
-            if cpu in slept and cpu not in woken:
-                fail(ev, f"CPU {cpu} retries its kmap without having been woken (asleep: {waitq})")
-            woken.discard(cpu)
-            if kind == "kmap" and not ev.get("slept") and ev.get("cycles") is not None:
-                t_req = ev["t"] - ev["cycles"]  # kmap_lock requests are taken in (time, CPU) order
-                if ref.batches and ref.batches[0][0] <= t_req:
-                    fail(ev, f"kmap requested at t={t_req} before the slots freed by the tick at "
-                             f"t={ref.batches[0][0]}")
-                if t_req < last_free_tick:
-                    fail(ev, f"kmap requested at t={t_req} after slots freed by the tick at t={last_free_tick}")
-            ref.now = next((e["t"] for e in effects if e["ev"] == "wrap"), ev["t"])
-            res = ref.kmap_high(page, cpu)
-            match_effects(ev)
-            if kind == "wait":
-                if res is not None:
-                    fail(ev, f"CPU {cpu} slept on page {page}, the reference maps it at slot {res[0]} "
-                             f"(new={res[1]})")
-                slept.add(cpu)
-                waitq.append(cpu)
-                st.sleeps += 1
-                continue
-            if res is None:
-                fail(ev, f"kmap of page {page} at slot {ev.get('slot')}, but the reference finds no free "
-                         f"slot and sleeps")
-            slot, new = res
-            if ev.get("slot") != slot:
-                fail(ev, f"kmap of page {page} at slot {ev.get('slot')}, reference slot {slot}")
-            if bool(ev.get("new")) != new:
-                fail(ev, f"kmap new={ev.get('new')}, reference new={new}")
-            if bool(ev.get("slept")) != (cpu in slept):
-                fail(ev, f"kmap slept={ev.get('slept')}, reference slept={cpu in slept}")
-            st.slept_kmaps += cpu in slept
-            slept.discard(cpu)
-            st.kmaps += 1
-            st.new += new
-            st.reuses += not new
-            st.slots.append((cpu, page, slot))
-            continue
-        # kunmap
-        slot, count, wake = ref.kunmap_high(page, cpu)
-        match_effects(ev)
-        if ev.get("slot") != slot or ev.get("count") != count:
-            fail(ev, f"kunmap slot={ev.get('slot')} count={ev.get('count')}, "
-                     f"reference slot={slot} count={count}")
-        st.kunmaps += 1
-        if wake and waitq:
-            expect_wake = list(waitq)
-    if effects:
-        raise ReplayMismatch(f"trailing {[_short(e) for e in effects]} after the last ring operation")
-    if expect_wake is not None or (freed_at is not None and waitq):
-        raise ReplayMismatch(f"trace ends without the wake of CPUs {expect_wake or waitq}")
-    owed = list(st.ticks_owed)
-    for x in st.ticks_seen:
-        if x not in owed:
-            raise ReplayMismatch(f"tick invalidation (cpu, t, pages) {x} that no lazy flush owes")
-        owed.remove(x)
-    return st
+        r.event(ev)
+    return r.finish()
 
 
 def _short(ev: dict) -> str:

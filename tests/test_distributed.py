@@ -28,8 +28,7 @@ from proc_helpers import hello as _hello
 from proc_helpers import wait_for as _wait_for
 from proc_helpers import ADDR, NS
 from script_helpers import shared_pages_script as _script
-
-POLICIES = ["linux-2.4", "linux-2.6", "eager", "kmap-local", "no-ipi", "no-flush"]
+from registries import EARLIER_POLICIES as POLICIES  # the later ones: test_policies, with their own keys
 
 
 def _cfg(tmp_path, policy, workload, cpus, kmaps=30, **extra):

@@ -15,7 +15,7 @@ from smpsim.model.errors import DeadlockError
 import reference_highmem as ref
 from script_helpers import A, C, K, U, run_script, shared_pages_script, write_script
 
-NEW = ("vmap-lazy", "tlb-gen", "latr")
+from registries import LATER_POLICIES as NEW
 
 
 def _cfg(policy, kind="uniform", cpus=4, ring=32, kmaps=120, nesting=1, trace=True, workload=None, **policy_keys):
@@ -28,8 +28,10 @@ def _cfg(policy, kind="uniform", cpus=4, ring=32, kmaps=120, nesting=1, trace=Tr
 
 
 def test_config_takes_policy_names_from_the_registry():
-    for name, cls in policies.POLICIES.items():  # each registered under its own name, a Policy
-        assert issubclass(cls, policies.Policy) and cls.name == name
+    defined = {c for c in vars(policies).values() if isinstance(c, type) and issubclass(c, policies.Policy)
+               and c.__module__ == policies.__name__ and c.__dict__.get("name")}
+    assert defined == set(policies.POLICIES.values()), "a built-in policy class is missing from POLICIES"
+    for name, cls in policies.POLICIES.items():
         cfg = validate({"policy": {"name": name}})
         assert type(policies.make_policy(cfg)) is cls
     with pytest.raises(ConfigError) as ei:

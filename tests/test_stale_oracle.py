@@ -12,9 +12,7 @@ from smpsim.config import validate
 from smpsim.engines.inline import run
 
 import reference_highmem as ref
-from registries import CORRECT_POLICIES, GENERATED_WORKLOADS
-
-WORKLOADS = (*GENERATED_WORKLOADS, "script")
+from registries import CORRECT_POLICIES, GRID_WORKLOADS
 
 
 def _script(tmp_path: Path, ncpu: int) -> Path:
@@ -50,7 +48,7 @@ def _stale_events(run_dir: Path) -> list[dict]:
     return [e for e in ref.load_events(run_dir) if e["ev"] == "stale"]
 
 
-@pytest.mark.parametrize("workload", WORKLOADS)
+@pytest.mark.parametrize("workload", GRID_WORKLOADS)
 @pytest.mark.parametrize("policy", CORRECT_POLICIES)
 def test_correct_policies_never_use_a_stale_translation(tmp_path, policy, workload):
     cfg = _cfg(tmp_path, policy, workload)
