@@ -7,14 +7,6 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "smpsim"
 
-# Classes in files other branches are rewriting (issue 20): they get their docstrings there. The list only
-# shrinks: one that has a docstring fails until it is removed here.
-PENDING = {
-    ("engines/distributed/coordinator_node.py", "CoordinatorNode"),
-    ("engines/distributed/cpu_node.py", "CpuNode"),
-    ("engines/inline.py", "RunResult"),
-}
-
 
 def undocumented() -> set[tuple[str, str]]:
     out = set()
@@ -27,6 +19,4 @@ def undocumented() -> set[tuple[str, str]]:
 
 def test_every_class_has_a_docstring():
     found = undocumented()
-    missing = sorted(found - PENDING)
-    assert not missing, f"classes without a docstring saying what they own: {missing}"
-    assert not PENDING - found, f"documented now: remove from PENDING: {sorted(PENDING - found)}"
+    assert not found, f"classes without a docstring saying what they own: {sorted(found)}"

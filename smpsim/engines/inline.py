@@ -30,6 +30,8 @@ GC_YOUNG = 100_000
 
 @dataclass
 class RunResult:
+    """What a single-process run returns: its summary, its run directory (None: kept in memory) and the
+    wall-clock figures `smpsim bench` reads."""
     summary: dict
     run_dir: Path | None
     # Wall-clock measurements (seconds, start-up, messages, peak RSS): for benchmarks, never in the trace.

@@ -80,6 +80,11 @@ def prepare(cfg: Config) -> None:
 
 
 class CpuNode:
+    """One CPU's process: its DEALER socket to the coordinator and the link's sequence numbers, the CpuPort
+    (and so the Cpu) it drives once WELCOME has said which CPU it is, and what a replacement needs: the
+    checkpoint it resumes from, the batches it sent since its last checkpoint, and when it last heard
+    the coordinator (it exits when the coordinator goes silent)."""
+
     def __init__(self, address: str, cpu_id: int | None, run_id: str = "", token: str = "", log=None,
                  ctx: zmq.Context | None = None, cfg: Config | None = None, curve=None):
         self.address, self.cpu_id, self.run_id, self.token = address, cpu_id, run_id, token
