@@ -100,20 +100,21 @@ class CallResult:
         self.t, self.t_done, self.slot, self.local_flushes = t, t_done, slot, local_flushes
 
     def to_wire(self) -> list:
-        return [self.t, self.t_done, self.slot, self.local_flushes]
+        return [self.t, self.t_done, self.slot, [[t, vpns] for t, vpns in self.local_flushes]]
 
     def __repr__(self) -> str:
         return f"CallResult{tuple(self.to_wire())!r}"
 
 
 def result_from_wire(arr: Any) -> CallResult:
-    """A CallResult from its wire array [t, t_done, slot, [[t, vpns or None], ...]]; ValueError or TypeError
-    for anything else."""
+    """A CallResult from its wire array [t, t_done, slot, [[t, vpns or None], ...]]; ValueError for anything
+    else."""
     if type(arr) is list and len(arr) == 4:
         t, t_done, slot, flushes = arr
-        if type(t) is int and type(t_done) is int and type(slot) is int and type(flushes) is list:
-            return CallResult(t, t_done, slot, tuple([(int(f[0]), f[1]) for f in flushes]))
-    raise ValueError(f"a malformed call result {str(arr)[:80]} (expected [t, t_done, slot, local_flushes])")
+        if (type(t) is int and type(t_done) is int and type(slot) is int and type(flushes) is list
+                and all(type(f) is list and len(f) == 2 and type(f[0]) is int for f in flushes)):
+            return CallResult(t, t_done, slot, tuple([(f[0], f[1]) for f in flushes]))
+    raise ValueError(f"a malformed call result {str(arr)[:80]} (expected [t, t_done, slot, [[t, vpns], ...]])")
 
 
 # ---- CPU -> coordinator -------------------------------------------------------------------------------
