@@ -70,20 +70,20 @@ def pending_invalidations(coord: Coordinator, cpus, downs) -> list[list]:
         for _, _, ipi in cpu.inbox:
             pend[cpu.id].append(ipi.vpns)
         for result in cpu.results:
-            pend[cpu.id] += [v for _, v in result[3]]
+            pend[cpu.id] += [v for _, v in result.local_flushes]
     for dest, msgs in downs:
         for msg in msgs:
             if type(msg) is m.Ipi:
                 pend[dest].append(msg.vpns)
             else:
                 for result in msg.results:
-                    pend[dest] += [v for _, v in result[3]]
+                    pend[dest] += [v for _, v in result.local_flushes]
     for r in [e[2] for e in coord.pending] + list(coord.pkmap_map_wait):  # pending: (t, cpu, call)
         if r.cpu < 0:  # latr's timed release of slots, not a request
             continue
         pend[r.cpu] += [v for _, v in r.local_flushes]
         for result in r.results:
-            pend[r.cpu] += [v for _, v in result[3]]
+            pend[r.cpu] += [v for _, v in result.local_flushes]
     return pend
 
 

@@ -107,3 +107,25 @@ def test_messages_over_the_maximum_size_are_not_taken():
         ctx.term()
     with pytest.raises(p.ProtocolError, match="exceeds the maximum"):
         p.pack([p.BATCH, 0, [], ["x" * p.MAX_MESSAGE_BYTES], 0, 0])
+
+
+def test_model_messages_cross_the_wire_as_arrays_and_come_back_by_name():
+    """A compound Request and its Reply go out as plain arrays (their Calls and CallResults too) and come
+    back as the same calls and results; a call the coordinator cannot run is refused naming the message."""
+    from smpsim.model import messages as mm
+
+    req = mm.Request(0, 5, (mm.Call(0, mm.KMAP, 3, 1), mm.Call(7, mm.KUNMAP_MIGRATED, 3, 4)), 9)
+    wire = msgpack.unpackb(msgpack.packb(mm.to_wire(req)))
+    assert wire == [mm.KINDS.index(mm.Request), 0, 5, [[0, "kmap", 3, 1], [7, "kunmap_migrated", 3, 4]], 9]
+    back = p.model_messages([wire], 0)[0]
+    assert [(c.gap, c.kind, c.page, c.pc) for c in back.ops] == [(0, mm.KMAP, 3, 1), (7, mm.KUNMAP_MIGRATED, 3, 4)]
+    assert (back.cpu, back.t, back.after) == (0, 5, 9)
+
+    rep = mm.Reply(2, (mm.CallResult(5, 40, 3, ()), mm.CallResult(47, 90, 6, ((80, None), (85, (1, 2))))))
+    back = mm.from_wire(msgpack.unpackb(msgpack.packb(mm.to_wire(rep))))
+    assert [(r.t, r.t_done, r.slot, r.local_flushes) for r in back.results] == \
+        [(5, 40, 3, ()), (47, 90, 6, ((80, None), (85, [1, 2])))]
+
+    for op in ([0, "access", 3, 1], [0, "kmap", 3], [0, "kmap", 3, True], "kmap"):
+        with pytest.raises(ValueError, match="model message 0: a malformed operation"):
+            p.model_messages([wire[:3] + [[op]] + wire[4:]], 0)

@@ -17,11 +17,11 @@ attributes).
 from __future__ import annotations
 
 from heapq import heapify, heappop, heappush
-from typing import Any, Final
+from typing import Final
 
 from smpsim.config import Config
-from smpsim.model.messages import (ASLEEP, DONE, INF, MIGRATED_KUNMAP, REQUESTED, RUNNING, Done, Ipi, Progress,
-                                   Request, reply, sat_add)
+from smpsim.model.messages import (ASLEEP, DONE, INF, KMAP, KUNMAP_MIGRATED, REQUESTED, RUNNING, Call, CallResult,
+                                   Done, Ipi, Progress, Request, reply, sat_add)
 from smpsim.model.cpu import service_ipis
 from smpsim.model.errors import DeadlockError, ModelError
 from smpsim.model.policies import Flush, FlushPolicy, Guard, make_policy, next_tick, traits
@@ -33,15 +33,15 @@ RUN_AHEAD: Final = 1 << 18
 
 
 class _Request:
-    """One kmap_high / kunmap_high call, kept across sleeps on pkmap_map_wait; `ops[nxt:]` are the calls of
-    the same compound request still to come (Request.ops: indexed, not sliced per call), `results` what the
-    ones before it returned."""
-    __slots__ = ("t", "cpu", "op", "page", "pc", "t_first", "lock_wait", "slept", "local_flushes", "ops",
+    """One kmap_high / kunmap_high call (kind: messages.KMAP, ...), kept across sleeps on pkmap_map_wait;
+    `ops[nxt:]` are the calls of the same compound request still to come (Request.ops: indexed, not sliced
+    per call), `results` what the ones before it returned."""
+    __slots__ = ("t", "cpu", "kind", "page", "pc", "t_first", "lock_wait", "slept", "local_flushes", "ops",
                  "nxt", "results", "after")
 
-    def __init__(self, t: int, cpu: int, op: str, page: int, pc: int, ops: Any = (), nxt: int = 1,
-                 results: list | None = None, after: int = INF):
-        self.t, self.cpu, self.op, self.page, self.pc = t, cpu, op, page, pc
+    def __init__(self, t: int, cpu: int, kind: int, page: int, pc: int, ops: tuple[Call, ...] = (),
+                 nxt: int = 1, results: list[CallResult] | None = None, after: int = INF):
+        self.t, self.cpu, self.kind, self.page, self.pc = t, cpu, kind, page, pc
         self.t_first = t
         self.lock_wait = 0
         self.slept = False
@@ -49,7 +49,7 @@ class _Request:
         # one allocates nothing for it and its result takes it as it is.
         self.local_flushes: tuple = ()
         self.ops, self.nxt, self.after = ops, nxt, after
-        self.results: list = results if results is not None else []
+        self.results: list[CallResult] = results if results is not None else []
 
 
 class _Free:
@@ -100,7 +100,7 @@ class Coordinator:
         self.lb = [0] * self.ncpu                # RUNNING CPUs: no request before this time
         self.running = [(0, c) for c in range(self.ncpu)]  # heap of (lb, cpu), outdated entries skipped
         self.pkmap_map_wait: list[_Request] = []  # sleepers, in the order they went to sleep
-        self.parked: dict[int, list[_Request]] = {}  # page -> MIGRATED_KUNMAP calls waiting for its kmap
+        self.parked: dict[int, list[_Request]] = {}  # page -> KUNMAP_MIGRATED calls waiting for its kmap
         self.events: list[tuple] = []  # trace events, tuples laid out as in events.py
         self.outbox: list[tuple[int, tuple]] = []  # (destination CPU, message)
         self.t_last = 0
@@ -110,12 +110,12 @@ class Coordinator:
         kind = type(msg)
         if kind is Request:
             cpu, t, ops, after = msg
-            _, op, page, pc = ops[0]
+            first = ops[0]
             self.status[cpu] = REQUESTED
             inbox = self.inboxes[cpu]
             while inbox and inbox[0][0] <= t:  # taken before the call
                 heappop(inbox)
-            self._pend(_Request(t, cpu, op, page, pc, ops, 1, None, after))
+            self._pend(_Request(t, cpu, first.kind, first.page, first.pc, ops, 1, None, after))
         elif kind is Progress:
             cpu, bound = msg
             self.lb[cpu] = bound
@@ -155,9 +155,9 @@ class Coordinator:
                 continue
             if self.computing[head.cpu] is head:
                 self.computing[head.cpu] = None
-            if head.op == "kmap":
+            if head.kind == KMAP:
                 self._kmap_high(head)
-            elif head.op == MIGRATED_KUNMAP and not self._has_holder(head.page):
+            elif head.kind == KUNMAP_MIGRATED and not self._has_holder(head.page):
                 # The replay has not made the kmap this kunmap pairs with: wait for it (_kmap_high).
                 self.parked.setdefault(head.page, []).append(head)
                 continue
@@ -328,13 +328,13 @@ class Coordinator:
 
     def _reply(self, r: _Request, t: int, slot: int) -> None:
         cpu = r.cpu
-        r.results.append((r.t_first, t, slot, r.local_flushes))
+        r.results.append(CallResult(r.t_first, t, slot, r.local_flushes))
         inbox = self.inboxes[cpu]  # as the CPU will: IPIs due by t were serviced while it waited
         end = service_ipis(t, inbox, False) if inbox and inbox[0][0] <= t else t
         if r.nxt < len(r.ops):
-            gap, op, page, pc = r.ops[r.nxt]
-            nxt = _Request(service_ipis(end + gap, inbox, True), cpu, op, page, pc, r.ops, r.nxt + 1,
-                           r.results, r.after)
+            call = r.ops[r.nxt]
+            nxt = _Request(service_ipis(end + call.gap, inbox, True), cpu, call.kind, call.page, call.pc, r.ops,
+                           r.nxt + 1, r.results, r.after)
             self.computing[cpu] = nxt
             self._pend(nxt)
             return

@@ -6,20 +6,20 @@ operation at time t once every IPI that can arrive at or before t is known (`saf
 so its behaviour does not depend on when messages physically arrive.
 
 Shaped for mypyc (smpsim/native.py compiles it): constants are Final (read as constants, not module
-attributes); ints read from tuples are declared int (compiled code then works on machine ints, not objects),
-so is `u[i] = u[i] + x` spelled out (the augmented form adds objects); dict.get then del, not pop(k, None)
-(no fast pop with a default).
+attributes); ints read from tuples are declared int (compiled code then works on machine ints, not objects);
+dict.get then del, not pop(k, None) (no fast pop with a default).
 """
 
 from __future__ import annotations
 
 from heapq import heappop, heappush
-from typing import Any, Final
+from typing import Final
 
 from smpsim.config import Config
 from smpsim.model import messages as m
-from smpsim.model.messages import (BLOCKED, DONE, INF, MIGRATED_KUNMAP, RUNNING, Done, Ipi, Progress, Reply,
-                                   Request, request, sat_add)
+from smpsim.model.messages import (ACCESS, BLOCKED, COMPUTE, DONE, INF, KMAP, KUNMAP, KUNMAP_MIGRATED, OP_CODES,
+                                   RUNNING, Call, CallResult, Done, Ipi, Progress, Reply, Request, op_kind,
+                                   request, result_from_wire, sat_add)
 from smpsim.model.errors import ModelError
 from smpsim.model.policies import make_policy, traits
 from smpsim.model.tlb import Tlb
@@ -53,6 +53,18 @@ def service_ipis(clock: int, inbox: list, running: bool, handle=None) -> int:
     return end
 
 
+class Hold:
+    """A page's use through the address of its kmap since then, recorded as one `access` event when the hold
+    ends: the slot, the accesses (n), how many of them wrote, and the TLB hits and misses among them."""
+    __slots__ = ("slot", "n", "writes", "hits", "misses")
+
+    def __init__(self, slot: int, n: int, writes: int, hits: int, misses: int):
+        self.slot, self.n, self.writes, self.hits, self.misses = slot, n, writes, hits, misses
+
+    def to_wire(self) -> list:
+        return [self.slot, self.n, self.writes, self.hits, self.misses]
+
+
 class Cpu:
     """One simulated CPU. It owns its program and position in it (pc), its clock, its TLB, the pages it
     holds (kmap_high and kmap_local) with their use since each kmap, its inbox of IPIs, and the events it
@@ -72,12 +84,12 @@ class Cpu:
         self.uses_ring = traits(self.policy).uses_ring  # read at every ring call
         self.local_slots = cfg.machine.kmap_local_slots
         self.held: dict[int, list[int]] = {}      # page -> vpns this CPU holds it at (one per nested kmap)
-        self.use: dict[int, list[int]] = {}       # page -> [slot, n, writes, hits, misses] since its kmap
+        self.use: dict[int, Hold] = {}            # page -> its use since its kmap
         self.local_stack: list[int] = []          # kmap_local: pages, top = last mapped
         self.inbox: list[tuple] = []              # heap of (t_recv, src, IPI message)
         self.flushed: set[int] = set()            # vpns dropped by a flush and not refilled since
         self.refill_due = False                   # background working set lost to a full flush
-        self.results: list[Any] = []              # the rest of a compound reply, last item first
+        self.results: list[CallResult] = []       # the rest of a compound reply, last item first
         self.resumed = 0                          # when the CPU resumed after its last reply
         self.events: list[tuple] = []             # trace events, tuples laid out as in events.py
         self.started = -1                         # start time of the latest operation
@@ -109,31 +121,31 @@ class Cpu:
                 out.append(Progress(self.id, self.request_bound()))
                 break
             op = ops[pc - base]
-            code: str = op[0]
+            kind = op_kind(op[0])
             self.started = clock
-            if code == "compute":  # the operations in the order of how often they come
+            if kind == COMPUTE:
                 cycles: int = op[1]
                 self.clock = clock + cycles
-            elif code == "access":
+            elif kind == ACCESS:
                 self._access(op[1], op[2], op[3])
-            elif code == "kmap" or code == "kunmap" or code == MIGRATED_KUNMAP:
+            elif kind >= KMAP:
                 if not self.uses_ring:
-                    if code == MIGRATED_KUNMAP:  # kmap_local pins the task to its CPU (migrate_disable)
-                        raise self._error(code, f"kunmap_local of page {op[1]} by a task that migrated since "
-                                                "its kmap: kmap_local mappings are per-CPU and forbid that")
-                    self._kmap_local(op[1]) if code == "kmap" else self._kunmap_local(op[1])
+                    if kind == KUNMAP_MIGRATED:  # kmap_local pins the task to its CPU (migrate_disable)
+                        raise self._error(op[0], f"kunmap_local of page {op[1]} by a task that migrated since "
+                                                 "its kmap: kmap_local mappings are per-CPU and forbid that")
+                    self._kmap_local(op[1]) if kind == KMAP else self._kunmap_local(op[1])
                 else:
-                    if code == "kunmap" and op[1] in self.held:
+                    if kind == KUNMAP and op[1] in self.held:
                         # Not held here is legal (the mapping is global); kunmap_high BUG()s if it is unmapped.
                         self._release(op[1], "kunmap")
                     if self.results:  # the next item of a compound reply
-                        self._take_result(code, op[1])
+                        self._take_result(kind, op[1])
                         continue
                     self.state = BLOCKED
-                    out.append(self._request())
+                    out.append(self._request(kind))
                     break
             else:
-                raise self._error(code, f"unknown operation {op!r}")
+                raise self._error(op[0], f"unknown operation {op!r}")
             self.pc = pc + 1
         return out
 
@@ -145,21 +157,21 @@ class Cpu:
         while self.inbox:
             self._handle_ipi(heappop(self.inbox)[2], False)
 
-    def _request(self) -> Request:
-        """The ring call at pc, with the ring calls after it that only compute separates from it."""
+    def _request(self, kind: int) -> Request:
+        """The ring call at pc (of that kind), with the ring calls after it that only compute separates
+        from it."""
         pc = self.pc
         ops, base = self._window(pc + CHAIN_SCAN + 65)  # the chain, and the lookahead after it
-        op = ops[pc - base]
-        items = [(0, op[0], op[1], pc)]
+        items = [Call(0, kind, ops[pc - base][1], pc)]
         gap, j, end, last = 0, pc + 1, min(base + len(ops), pc + CHAIN_SCAN), pc
         while j < end:
             op = ops[j - base]
-            code: str = op[0]
-            if code == "compute":
+            kind = op_kind(op[0])
+            if kind == COMPUTE:
                 cycles: int = op[1]
                 gap += cycles
-            elif code == "kmap" or code == "kunmap" or code == MIGRATED_KUNMAP:
-                items.append((gap, code, op[1], j))
+            elif kind >= KMAP:
+                items.append(Call(gap, kind, op[1], j))
                 gap, last = 0, j
                 if len(items) >= MAX_CHAIN:
                     break
@@ -196,11 +208,11 @@ class Cpu:
         c_access = self.c_access
         for i in range(pc - base, min(end, pc + scan) - base):
             op = ops[i]
-            code: str = op[0]
-            if code == "compute":
+            kind = op_kind(op[0])
+            if kind == COMPUTE:
                 cycles: int = op[1]
                 t += cycles
-            elif code == "access":
+            elif kind == ACCESS:
                 n: int = op[2]
                 t += n * c_access
             else:
@@ -240,18 +252,16 @@ class Cpu:
             self.results.reverse()
             ops, base = self._window(self.pc + 1)
             op = ops[self.pc - base]
-            self._take_result(op[0], op[1])
+            self._take_result(op_kind(op[0]), op[1])
         else:
             raise ModelError(self.id, type(msg).__name__, None, f"unexpected message {msg!r}")
 
-    def _take_result(self, code: str, page: int) -> None:
-        """Apply the coordinator's result for the ring call at pc."""
-        t: int
-        t_done: int
-        slot: int
-        t, t_done, slot, local_flushes = self.results.pop()
+    def _take_result(self, kind: int, page: int) -> None:
+        """Apply the coordinator's result for the ring call at pc (of that kind)."""
+        r = self.results.pop()
+        t, t_done, local_flushes = r.t, r.t_done, r.local_flushes
         if t != self.clock:
-            raise self._error(code, f"the coordinator placed this call at t={t}, the CPU got there at "
+            raise self._error(OP_CODES[kind], f"the coordinator placed this call at t={t}, the CPU got there at "
                                     f"t={self.clock} (engine bug)")
         # IPIs that arrived while this CPU spun on kmap_lock or slept were serviced meanwhile (IRQs stay
         # on); its own flushes (as initiator) happened at their times too: apply both in time order.
@@ -272,8 +282,8 @@ class Cpu:
             end = t_done
             for _, vpns in local_flushes:
                 self._flush_tlb(vpns)
-        if code == "kmap":
-            self.held.setdefault(page, []).append(slot)
+        if kind == KMAP:
+            self.held.setdefault(page, []).append(r.slot)
         self.clock = end
         self.pc += 1
         if not self.results:
@@ -326,12 +336,13 @@ class Cpu:
             hits, misses = n, 0
         u = self.use.get(page)
         if u is None:
-            self.use[page] = [slot, n, n if write else 0, hits, misses]
+            self.use[page] = Hold(slot, n, n if write else 0, hits, misses)
         else:
-            u[1] = u[1] + n
-            u[2] = u[2] + (n if write else 0)
-            u[3] = u[3] + hits
-            u[4] = u[4] + misses
+            u.n += n
+            if write:
+                u.writes += n
+            u.hits += hits
+            u.misses += misses
         self.clock = t + n * self.c_access + hits * self.c_hit + misses * self.c_walk
 
     def _record_use(self, page: int) -> None:
@@ -340,7 +351,7 @@ class Cpu:
         u = self.use.get(page)
         if u is not None:
             del self.use[page]
-            self.events.append((self.clock, self.id, "access", page, u[0], u[1], u[2], u[3], u[4]))
+            self.events.append((self.clock, self.id, "access", page, u.slot, u.n, u.writes, u.hits, u.misses))
 
     # ---- kmap_local: CPU-private slots, no lock, no IPIs -------------------------------------------------
     def _kmap_local(self, page: int) -> None:
@@ -391,11 +402,11 @@ class Cpu:
             "pc": self.pc, "clock": self.clock, "state": self.state, "started": self.started,
             "resumed": self.resumed, "refill_due": self.refill_due,
             "held": [[page, list(vpns)] for page, vpns in self.held.items()],
-            "use": [[page, list(u)] for page, u in self.use.items()],
+            "use": [[page, u.to_wire()] for page, u in self.use.items()],
             "local_stack": list(self.local_stack),
             "inbox": [[t, src, m.to_wire(ipi)] for t, src, ipi in self.inbox],
             "flushed": sorted(self.flushed),
-            "results": [list(r) for r in self.results],
+            "results": [r.to_wire() for r in self.results],
             "events": [list(e) for e in self.events],
             "tlb": self.tlb.snapshot(),
         }
@@ -409,11 +420,11 @@ class Cpu:
         self.started, self.resumed = int(state["started"]), int(state["resumed"])
         self.refill_due = bool(state["refill_due"])
         self.held = {page: list(vpns) for page, vpns in state["held"]}
-        self.use = {page: list(u) for page, u in state["use"]}
+        self.use = {page: Hold(*u) for page, u in state["use"]}
         self.local_stack = list(state["local_stack"])
         self.inbox = [(t, src, m.from_wire(ipi)) for t, src, ipi in state["inbox"]]
         self.flushed = set(state["flushed"])
-        self.results = [list(r) for r in state["results"]]
+        self.results = [result_from_wire(r) for r in state["results"]]
         self.events = [tuple(e) for e in state["events"]]
         self.tlb.restore(state["tlb"])
         self.program.seek(self.pc)

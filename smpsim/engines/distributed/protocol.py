@@ -57,7 +57,7 @@ HWM = 100_000           # messages queued per peer and direction
 MAX_MESSAGE_BYTES = 64 << 20  # ZMQ_MAXMSGSIZE: a peer sending a larger message is disconnected
 
 # Field types (exact: a bool is not an int here).
-INT, STR, LIST, DICT, BOOL = (int,), (str,), (list,), (dict,), (bool,)
+INT, STR, LIST, DICT, BOOL, TUPLE = (int,), (str,), (list,), (dict,), (bool,), (tuple,)
 INT_OR_NONE, DICT_OR_NONE = (int, type(None)), (dict, type(None))
 
 # The declared shapes: kind -> the fields after the kind, (name, allowed types), per direction.
@@ -72,12 +72,10 @@ TO_COORDINATOR: dict[str, tuple[tuple[str, tuple[type, ...]], ...]] = {
 }
 # The model messages a CPU's BATCH carries (messages.from_wire of each array): type -> its fields' types.
 MODEL_TO_COORDINATOR: dict[type, tuple[tuple[type, ...], ...]] = {
-    mm.Request: (INT, INT, LIST, INT),  # cpu, t, ops, after
-    mm.Progress: (INT, INT),            # cpu, bound
-    mm.Done: (INT, INT),                # cpu, clock
+    mm.Request: (INT, INT, TUPLE, INT),  # cpu, t, ops (Calls: from_wire checks each), after
+    mm.Progress: (INT, INT),             # cpu, bound
+    mm.Done: (INT, INT),                 # cpu, clock
 }
-REQUEST_OP = (INT, STR, INT, INT)       # an item of Request.ops: gap, op, page, pc
-_REQUEST_OP_TYPES = tuple(t for (t,) in REQUEST_OP)  # (each field has one type)
 TO_CPU: dict[str, tuple[tuple[str, tuple[type, ...]], ...]] = {
     WELCOME: (("seq", INT), ("cpu", INT), ("config", DICT), ("checkpoint_ops", INT), ("resume", BOOL)),
     REFUSE: (("reason", STR),),
@@ -256,7 +254,6 @@ def make_dealer(ctx: zmq.Context, address: str, curve=None) -> tuple[zmq.Socket,
 
 # The exact field types of each model message to the coordinator (each field has one type), as a tuple.
 _MODEL_SIGS = {kind: tuple(t for (t,) in shape) for kind, shape in MODEL_TO_COORDINATOR.items()}
-_Request = mm.Request
 _from_wire = mm.from_wire
 
 
@@ -264,16 +261,14 @@ def model_messages(wire: list, cpu: int) -> list:
     """The model messages of CPU cpu's batch, decoded (messages.from_wire) and checked against their
     declared shapes; ValueError or TypeError naming the first that is not well-formed or not from cpu."""
     out = []
-    op_types = _REQUEST_OP_TYPES
     sigs = _MODEL_SIGS
     for arr in wire:  # (plain loops: a generator per field costs more than the checks)
-        x = _from_wire(arr)
+        try:
+            x = _from_wire(arr)
+        except ValueError as e:
+            raise ValueError(f"model message {len(out)}: {e}") from None
         if tuple(map(type, x)) != sigs.get(type(x)) or x[0] != cpu:
             _bad_model_message(len(out), x, cpu)
-        if type(x) is _Request:
-            for op in x.ops:
-                if type(op) is not list or tuple(map(type, op)) != op_types:
-                    raise ValueError(f"model message {len(out)} (Request) has a malformed operation")
         out.append(x)
     return out
 
