@@ -24,6 +24,7 @@ from importlib.util import spec_from_file_location
 MODULES = (
     "smpsim/model/messages.py",
     "smpsim/model/tlb.py",
+    "smpsim/model/lookahead.py",
     "smpsim/model/cpu.py",
     "smpsim/model/coordinator.py",
     "smpsim/model/workloads.py",

@@ -19,7 +19,8 @@ from typing import Any, Final
 from smpsim.config import Config
 from smpsim.model import messages as m
 from smpsim.model.messages import (BLOCKED, DONE, INF, MIGRATED_KUNMAP, RUNNING, Done, Ipi, Progress, Reply,
-                                   Request, request, sat_add)
+                                   Request, request)
+from smpsim.model import lookahead
 from smpsim.model.errors import ModelError
 from smpsim.model.policies import make_policy, traits
 from smpsim.model.tlb import Tlb
@@ -175,13 +176,8 @@ class Cpu:
         return self.state == RUNNING and (self.clock < safe or bool(self.results) or self.program.ended(self.pc))
 
     def request_bound(self) -> int:
-        """No ring request from this CPU before this time: its clock plus the least its next operations can
-        take before the next kmap/kunmap (IPI handlers and TLB misses only add to that). A CPU that never
-        takes kmap_lock reports its clock: how far it got (Coordinator.safe_until keeps CPUs together)."""
-        if not self.uses_ring:
-            return self.clock
-        gap = self._least_to_request(self.pc)
-        return sat_add(self.clock, gap)
+        """No ring request from this CPU before this time (lookahead.request_bound)."""
+        return lookahead.request_bound(self.uses_ring, self.clock, self._least_to_request(self.pc))
 
     def _least_to_request(self, pc: int, ops: list[tuple] | None = None, base: int = 0, scan: int = 64) -> int:
         """The least cycles from starting the operation at pc to the next kmap/kunmap request (INF: none).
