@@ -29,6 +29,7 @@ MODULES = (
     "smpsim/model/coordinator.py",
     "smpsim/model/workloads.py",
     "smpsim/engines/core.py",
+    "smpsim/engines/inline_transport.py",
     "smpsim/trace/merge.py",
 )
 # mypy's options for them: what mypyc type-checks before it compiles (tests/test_native.py runs the same).

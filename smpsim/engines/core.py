@@ -9,14 +9,12 @@ in which order the transport delivers batches (tests/test_timing.py shuffles the
 Safe times travel only to CPUs they unblock, or ride on the replies and IPIs a CPU gets anyway.
 
 Shaped for mypyc (smpsim/native.py compiles it): Up and Down are plain classes, not NamedTuples (one of each
-per round, and a compiled class is built without running Python code); the inline transport's helpers at
-the end live here only to be compiled with the core.
+per round, and a compiled class is built without running Python code).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
 
 from smpsim.model import lookahead
 from smpsim.model.coordinator import Coordinator
@@ -307,26 +305,3 @@ class CpuPort:
 
     def runnable(self) -> bool:
         return self.cpu.can_run(self.safe)
-
-
-# ---- the in-process transport's half of a round (engines/inline.py), compiled with the core --------------
-def work_ports(core: Any, ports: list[CpuPort], report: list[bool], active: set[int], max_ops: int) -> None:
-    """Every CPU in `active` runs as far as it may, in id order, and its batch goes to the core at once; a
-    CPU that cannot run leaves `active` until a batch is delivered to it (deliver_ports). core: a Core,
-    or anything with its receive()."""
-    for c in sorted(active) if len(active) > 1 else list(active):
-        port = ports[c]
-        up = port.work(max_ops, report[c])
-        report[c] = False
-        if not port.runnable():
-            active.discard(c)
-        if up is not None:
-            core.receive(c, up)
-
-
-def deliver_ports(downs: list[tuple[int, Down]], ports: list[CpuPort], report: list[bool],
-                  active: set[int]) -> None:
-    """Each batch to its CPU's port at once; the CPU may have something to say now."""
-    for c, down in downs:
-        report[c] = ports[c].deliver(down)
-        active.add(c)
