@@ -265,9 +265,9 @@ class CpuPort:
             self.safe = down.safe
         if cpu.state != RUNNING or cpu.can_run(self.safe):
             return False
-        return not lookahead.waits(self._believed(), self.safe)
+        return not lookahead.waits(self.believed(), self.safe)
 
-    def _believed(self) -> int:
+    def believed(self) -> int:
         """The coordinator's idea of when this CPU's next request can come at the earliest (its lb)."""
         if not self.replied:
             return self.bound
@@ -286,7 +286,7 @@ class CpuPort:
         else:
             out = []
         if out and type(out[-1]) is Progress:
-            if lookahead.waits(self._believed(), self.safe):
+            if lookahead.waits(self.believed(), self.safe):
                 out.pop()  # the coordinator already counts this CPU as waiting for a larger safe time
             else:
                 self.bound = out[-1].bound
