@@ -30,10 +30,12 @@ from importlib.util import spec_from_file_location
 MODULES = (
     "smpsim/model/messages.py",
     "smpsim/model/tlb.py",
+    "smpsim/model/lookahead.py",
     "smpsim/model/cpu.py",
     "smpsim/model/coordinator.py",
     "smpsim/model/workloads.py",
     "smpsim/engines/core.py",
+    "smpsim/engines/inline_transport.py",
     "smpsim/trace/merge.py",
 )
 # mypy's options for them: what mypyc type-checks before it compiles (tests/test_native.py runs the same).

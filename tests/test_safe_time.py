@@ -14,21 +14,27 @@ from hypothesis import strategies as st
 from smpsim.engines.inline import InlineEngine
 from smpsim.trace.recorder import Recorder
 from smpsim.model.errors import DeadlockError
-from smpsim.model.messages import Ipi
+from smpsim.model.messages import RUNNING, Ipi
 
 from registries import RING_POLICIES  # kmap_local sends no IPI, and random scripts break its stack order
 from script_helpers import C, K, U, script_cfg, scripts, write_script
 
 
-def early_ipis(cfg) -> tuple[list[str], int]:
-    """Drive the inline engine step by step; every IPI that comes earlier than a safe time, and how many IPIs
-    were sent. Two checks, on what the core hands the transport: an IPI to a CPU comes no earlier than the
+def early_ipis(cfg) -> tuple[list[str], list[str], int]:
+    """Drive the inline engine step by step; every IPI that comes earlier than a safe time, every
+    disagreement between a CPU's port and the coordinator on that CPU's bound, and how many IPIs were sent.
+
+    Two checks of the IPIs, on what the core hands the transport: an IPI to a CPU comes no earlier than the
     safe time that CPU already has; and no earlier than any safe time the core has computed (the promise it
-    could have sent any CPU: a lookahead one cycle too generous breaks this one even when no CPU used it)."""
+    could have sent any CPU: a lookahead one cycle too generous breaks this one even when no CPU used it).
+    And once every batch is in, a running CPU's port believes the bound the coordinator has for it
+    (model/lookahead.py: both sides work it out, the port to know when the core counts its CPU as waiting)."""
     engine = InlineEngine(cfg, Recorder(cfg, None, "inline"))
     core = engine.core
+    coord = core.coord
     given_safe = [-1] * cfg.machine.cpus   # the largest safe time each CPU has been sent
     early: list[str] = []
+    mismatched: list[str] = []
     ipis = 0
     downs = core.start()
     promised = core.safe                   # the largest safe time computed before this step's IPIs
@@ -48,9 +54,13 @@ def early_ipis(cfg) -> tuple[list[str], int]:
         engine.deliver(downs)
         core.release()
         if core.complete():
-            return early, ipis
+            return early, mismatched, ipis
         downs = engine.step()
         step += 1
+        for c, port in enumerate(engine.ports):  # a CPU with a reply on its way is not running yet
+            if coord.status[c] == RUNNING and port.cpu.state == RUNNING and port.believed() != coord.lb[c]:
+                mismatched.append(f"step {step}: CPU {c}'s port believes its bound is {port.believed()}, "
+                                  f"the coordinator has {coord.lb[c]}")
 
 
 COSTS = st.fixed_dictionaries({}, optional={
@@ -75,10 +85,11 @@ def test_no_ipi_reaches_a_cpu_before_its_safe_time(case, cost, tick, ceiling):
         cfg = script_cfg(write_script(Path(d) / "ops.jsonl", ops), cpus=ncpu, ring=ring, policy=policy,
                          cost=cost, policy_keys=keys)
         try:
-            early, _ = early_ipis(cfg)
+            early, mismatched, _ = early_ipis(cfg)
         except DeadlockError:
             return
     assert not early, "\n".join(early[:5])
+    assert not mismatched, "\n".join(mismatched[:5])
 
 
 def test_the_safe_time_check_sees_ipis():
@@ -86,5 +97,5 @@ def test_the_safe_time_check_sees_ipis():
     ops = [x for p in range(1, 12) for x in (K(0, p), U(0, p))] + [C(1, 500)] * 30
     with tempfile.TemporaryDirectory() as d:
         cfg = script_cfg(write_script(Path(d) / "ops.jsonl", ops), cpus=2, ring=4, cost={"lock_acquire": 0})
-        early, ipis = early_ipis(cfg)
-    assert not early and ipis >= 2
+        early, mismatched, ipis = early_ipis(cfg)
+    assert not early and not mismatched and ipis >= 2

@@ -9,19 +9,18 @@ in which order the transport delivers batches (tests/test_timing.py shuffles the
 Safe times travel only to CPUs they unblock, or ride on the replies and IPIs a CPU gets anyway.
 
 Shaped for mypyc (smpsim/native.py compiles it): Up and Down are plain classes, not NamedTuples (one of each
-per round, and a compiled class is built without running Python code); the inline transport's helpers at
-the end live here only to be compiled with the core.
+per round, and a compiled class is built without running Python code).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
 
+from smpsim.model import lookahead
 from smpsim.model.coordinator import Coordinator
 from smpsim.model.cpu import Cpu
 from smpsim.model.errors import ModelError
-from smpsim.model.messages import DONE, INF, RUNNING, Ipi, Progress, Request, sat_add
+from smpsim.model.messages import DONE, INF, RUNNING, Ipi, Progress, Request
 
 
 # A transport sends the fields of Up and Down, never the objects.
@@ -91,8 +90,36 @@ class Core:
         """Grant what can be granted; returns what to send to whom."""
         coord = self.coord
         coord.step()
+        out = self._route(coord.outbox)
+        if coord.events:
+            self.rec.add(0, coord.events)
+            coord.events = []
+        safe = coord.safe_until()
+        self._mark_waiting()
+        self._let_on(out, safe)
+        return self._send(out, safe)
+
+    # ---- the rules, each once ----------------------------------------------------------------------------
+    def _waits(self, c: int) -> bool:
+        """The waiting rule (lookahead.waits) from c's lb, the coordinator's bound on its next request: a
+        running CPU whose next request cannot come before the safe time it has may have stopped. Only a
+        report or a reply changes lb."""
+        return self.coord.status[c] == RUNNING and lookahead.waits(self.coord.lb[c], self.sent_safe[c])
+
+    def _lets_on(self, c: int, safe: int) -> bool:
+        """Whether `safe` lets a waiting CPU c on (lookahead.lets_on)."""
+        return lookahead.lets_on(self.coord.lb[c], safe)
+
+    def _holds(self, c: int, msgs: list, safe: int) -> bool:
+        """The hold rule: a reply (no IPI with it) that would leave its CPU waiting at once, as `safe` does
+        not let it on, waits here and goes with the safe time that does: one batch rather than two.
+        Meanwhile the CPU could only run ahead silently."""
+        return bool(msgs) and self._waits(c) and not self._lets_on(c, safe) and not _has_ipi(msgs)
+
+    # ---- the steps ---------------------------------------------------------------------------------------
+    def _route(self, outbox: list) -> dict[int, list]:
+        """The coordinator's messages by destination, noting the IPIs each CPU has yet to see."""
         out: dict[int, list] = {}
-        outbox = coord.outbox
         if outbox:
             for dest, msg in outbox:
                 msgs = out.get(dest)
@@ -104,20 +131,24 @@ class Core:
                     self.ipi_unseen[dest].append(msg.t_recv)
                     self.ipis_sent[dest] += 1
             outbox.clear()
-        if coord.events:
-            self.rec.add(0, coord.events)
-            coord.events = []
-        safe = coord.safe_until()
-        sent = self.sent_safe
-        # A CPU whose next request cannot come before the safe time it has (lb, from its last report) may
-        # have stopped: it is `waiting`, and gets a larger safe time once that lets it reach its next
-        # request (or, with no ring request left, any larger one). Only a report or a reply changes lb.
-        lb, status, waiting, touched = coord.lb, coord.status, self.waiting, self.touched
-        for c in touched:
-            if status[c] == RUNNING and lb[c] >= sent[c]:
-                waiting.add(c)
-            else:
-                waiting.discard(c)
+        return out
+
+    def _mark(self, c: int) -> None:
+        """Keep c in `waiting` as the waiting rule says."""
+        if self._waits(c):
+            self.waiting.add(c)
+        else:
+            self.waiting.discard(c)
+
+    def _mark_waiting(self) -> None:
+        """Apply the waiting rule to the CPUs that reported since the last step."""
+        for c in self.touched:
+            self._mark(c)
+
+    def _let_on(self, out: dict[int, list], safe: int) -> None:
+        """A batch, empty if nothing else goes there, for each waiting CPU and held reply `safe` lets on:
+        every waiting CPU when the safe time grew, else those that reported."""
+        waiting, touched = self.waiting, self.touched
         check: set[int] | list[int]
         if safe > self.safe:
             self.safe = safe
@@ -125,33 +156,29 @@ class Core:
         else:
             check = [c for c in touched if c in waiting]
         touched.clear()
+        sent = self.sent_safe
         for c in check:
-            if c not in out and safe > sent[c] and (safe > lb[c] or lb[c] >= INF):
+            if c not in out and safe > sent[c] and self._lets_on(c, safe):
                 out[c] = []
-        held = self.held
-        if held:  # released by the rule for waiting CPUs (lb does not change while its reply is held)
-            for c in held:
-                if c not in out and (safe > lb[c] or lb[c] >= INF):
-                    out[c] = []
+        for c in self.held:  # lb does not change while its reply is held
+            if c not in out and self._lets_on(c, safe):
+                out[c] = []
+
+    def _send(self, out: dict[int, list], safe: int) -> list[tuple[int, Down]]:
+        """Each batch with its CPU's safe time, held replies joined in; the hold rule keeps some back."""
+        held, sent = self.held, self.sent_safe
         todo = []
         for c, msgs in out.items():
             if held and c in held:
                 msgs = held.pop(c) + msgs
-            if msgs and status[c] == RUNNING and lb[c] >= safe and lb[c] >= sent[c] and lb[c] < INF \
-                    and not _has_ipi(msgs):
-                # A reply that would leave its CPU waiting at once for a larger safe time (lb: its next
-                # request comes no earlier): it waits here instead and goes with that safe time, in one
-                # batch rather than two. Meanwhile the CPU could only run ahead silently.
+            if self._holds(c, msgs, safe):
                 held[c] = msgs
-                waiting.discard(c)
+                self.waiting.discard(c)
                 continue
             if msgs or safe > sent[c]:
                 sent[c] = max(sent[c], safe)
                 todo.append((c, Down(msgs, sent[c])))
-            if status[c] == RUNNING and lb[c] >= sent[c]:
-                waiting.add(c)
-            else:
-                waiting.discard(c)
+            self._mark(c)
         return todo
 
     def start(self) -> list[tuple[int, Down]]:
@@ -238,13 +265,13 @@ class CpuPort:
             self.safe = down.safe
         if cpu.state != RUNNING or cpu.can_run(self.safe):
             return False
-        return self._believed() < self.safe
+        return not lookahead.waits(self.believed(), self.safe)
 
-    def _believed(self) -> int:
+    def believed(self) -> int:
         """The coordinator's idea of when this CPU's next request can come at the earliest (its lb)."""
         if not self.replied:
             return self.bound
-        return sat_add(self.cpu.resumed, self.after)
+        return lookahead.after_reply(self.cpu.resumed, self.after)
 
     def work(self, max_ops: int | None = None, must_report: bool = False) -> Up | None:
         """Run the Cpu as far as it may; the batch to send up, or None when there is nothing to say."""
@@ -259,7 +286,7 @@ class CpuPort:
         else:
             out = []
         if out and type(out[-1]) is Progress:
-            if self._believed() >= self.safe:
+            if lookahead.waits(self.believed(), self.safe):
                 out.pop()  # the coordinator already counts this CPU as waiting for a larger safe time
             else:
                 self.bound = out[-1].bound
@@ -278,26 +305,3 @@ class CpuPort:
 
     def runnable(self) -> bool:
         return self.cpu.can_run(self.safe)
-
-
-# ---- the in-process transport's half of a round (engines/inline.py), compiled with the core --------------
-def work_ports(core: Any, ports: list[CpuPort], report: list[bool], active: set[int], max_ops: int) -> None:
-    """Every CPU in `active` runs as far as it may, in id order, and its batch goes to the core at once; a
-    CPU that cannot run leaves `active` until a batch is delivered to it (deliver_ports). core: a Core,
-    or anything with its receive()."""
-    for c in sorted(active) if len(active) > 1 else list(active):
-        port = ports[c]
-        up = port.work(max_ops, report[c])
-        report[c] = False
-        if not port.runnable():
-            active.discard(c)
-        if up is not None:
-            core.receive(c, up)
-
-
-def deliver_ports(downs: list[tuple[int, Down]], ports: list[CpuPort], report: list[bool],
-                  active: set[int]) -> None:
-    """Each batch to its CPU's port at once; the CPU may have something to say now."""
-    for c, down in downs:
-        report[c] = ports[c].deliver(down)
-        active.add(c)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from smpsim.config import Config
 from smpsim.engines import stopping
-from smpsim.engines.core import Core, CpuPort, Down, deliver_ports, work_ports
+from smpsim.engines.core import Core, CpuPort, Down
+from smpsim.engines.inline_transport import deliver_ports, work_ports
 from smpsim.trace.recorder import Recorder
 from smpsim.model import workloads
 from smpsim.model.coordinator import Coordinator

@@ -9,27 +9,20 @@ lock spin until the initiator has every ack.
 A compound request (messages.Request) holds ring calls that only compute separates; the coordinator makes
 each later call at the time the CPU will, from its mirror of the IPIs it sent that CPU and the IPI rule
 the CPU applies (cpu.service_ipis), and replies once for all of them.
-
-Shaped for mypyc (smpsim/native.py compiles it): constants are Final (read as constants, not module
-attributes).
 """
 
 from __future__ import annotations
 
 from heapq import heapify, heappop, heappush
-from typing import Final
 
 from smpsim.config import Config
 from smpsim.model.messages import (ASLEEP, DONE, INF, KMAP, KUNMAP_MIGRATED, REQUESTED, RUNNING, Call, CallResult,
-                                   Done, Ipi, Progress, Request, reply, sat_add)
+                                   Done, Ipi, Progress, Request, reply)
+from smpsim.model import lookahead
 from smpsim.model.cpu import service_ipis
 from smpsim.model.errors import DeadlockError, ModelError
 from smpsim.model.policies import Flush, FlushPolicy, Guard, make_policy, next_tick, traits
 from smpsim.model.ring import PkmapRing
-
-# How far (cycles) a CPU that never takes kmap_lock may run ahead of the slowest: nothing else keeps such
-# CPUs together, and the events waiting to be merged in canonical order would grow with the run.
-RUN_AHEAD: Final = 1 << 18
 
 
 class _Request:
@@ -188,28 +181,15 @@ class Coordinator:
         return g
 
     def safe_until(self) -> int:
-        """CPUs may start operations strictly before this time: every IPI arriving earlier is known."""
-        if not self.uses_ring:  # lb: how far each got (Cpu.request_bound)
-            g = self._earliest_running()[0]
-            return sat_add(g, RUN_AHEAD)
-        g = self.bound()
-        if g >= INF:
-            return INF
-        if self.flushes_only_at_wrap:
-            g += self._time_to_wrap()
-        first = self.policy.first_message(g)
-        return INF if first is None else first
+        """CPUs may start operations strictly before this time (lookahead.safe_time)."""
+        to_wrap = self._time_to_wrap() if self.flushes_only_at_wrap else 0
+        return lookahead.safe_time(self.policy, self.uses_ring, self.bound(), to_wrap)
 
     def _time_to_wrap(self) -> int:
-        """A lower bound on the time from the next ring operation to the next wrap.
-
-        Between flushes no slot returns to 0 (deferred slots that become free only add new mappings
-        before the wrap), so with F free slots ahead of the cursor the wrap comes no earlier than the
-        (F+1)-th new mapping, and kmap_lock serializes those: each holds the lock for at least
-        lock_hold + pkmap_scan + pte_write."""
+        """lookahead.wrap_distance from the free slots ahead of the cursor, kept until the ring changes."""
         if self.free_ahead < 0:
             self.free_ahead = self.ring.free_ahead()
-        return self.free_ahead * (self.c_hold + self.c_scan + self.c_pte) + self.c_hold
+        return lookahead.wrap_distance(self.free_ahead, self.c_hold, self.c_scan, self.c_pte)
 
     def finished(self) -> bool:
         for s in self.status:
@@ -339,7 +319,7 @@ class Coordinator:
             self._pend(nxt)
             return
         self.status[cpu] = RUNNING
-        lb = self.lb[cpu] = sat_add(end, r.after)
+        lb = self.lb[cpu] = lookahead.after_reply(end, r.after)
         heappush(self.running, (lb, cpu))
         self.outbox.append((cpu, reply(cpu, tuple(r.results))))
 

@@ -19,7 +19,8 @@ from smpsim.config import Config
 from smpsim.model import messages as m
 from smpsim.model.messages import (ACCESS, BLOCKED, COMPUTE, DONE, INF, KMAP, KUNMAP, KUNMAP_MIGRATED, OP_CODES,
                                    RUNNING, Call, CallResult, Done, Ipi, Progress, Reply, Request, op_kind,
-                                   request, result_from_wire, sat_add)
+                                   request, result_from_wire)
+from smpsim.model import lookahead
 from smpsim.model.errors import ModelError
 from smpsim.model.policies import make_policy, traits
 from smpsim.model.tlb import Tlb
@@ -187,13 +188,8 @@ class Cpu:
         return self.state == RUNNING and (self.clock < safe or bool(self.results) or self.program.ended(self.pc))
 
     def request_bound(self) -> int:
-        """No ring request from this CPU before this time: its clock plus the least its next operations can
-        take before the next kmap/kunmap (IPI handlers and TLB misses only add to that). A CPU that never
-        takes kmap_lock reports its clock: how far it got (Coordinator.safe_until keeps CPUs together)."""
-        if not self.uses_ring:
-            return self.clock
-        gap = self._least_to_request(self.pc)
-        return sat_add(self.clock, gap)
+        """No ring request from this CPU before this time (lookahead.request_bound)."""
+        return lookahead.request_bound(self.uses_ring, self.clock, self._least_to_request(self.pc))
 
     def _least_to_request(self, pc: int, ops: list[tuple] | None = None, base: int = 0, scan: int = 64) -> int:
         """The least cycles from starting the operation at pc to the next kmap/kunmap request (INF: none).

@@ -138,7 +138,8 @@ class Policy:
     def first_message(self, t: int) -> int | None:
         """The lookahead: the earliest time a message this policy sends because of a ring operation at or
         after t can take effect on a CPU (None: it sends none). Non-decreasing in t, and more than t.
-        The default, t + ipi_latency, holds for any policy whose flushes go by IPI."""
+        The default, t + ipi_latency, holds for any policy whose flushes go by IPI. The engine's lookahead
+        (model/lookahead.py: safe_time) asks it for the earliest ring operation that can still come."""
         return t + self.ipi_latency
 
 
