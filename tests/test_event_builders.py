@@ -129,7 +129,7 @@ def test_fields_are_the_builders_parameters():
         # The body is the parameters in order, the type's name third: the signature is the layout.
         (ret,) = [n for n in ast.walk(fn) if isinstance(n, ast.Return)]
         assert isinstance(ret.value, ast.Tuple), f"{name} must return a tuple literal"
-        items = [e.id if isinstance(e, ast.Name) else e.value for e in ret.value.elts]  # type: ignore[attr-defined]
+        items = [e.id if isinstance(e, ast.Name) else e.value for e in ret.value.elts]
         assert items == [*COMMON, name, *params[len(COMMON):]], f"{name} returns its fields out of order"
 
 
