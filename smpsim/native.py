@@ -29,6 +29,7 @@ from importlib.util import spec_from_file_location
 # Source files (relative to the project root) that setup.py compiles, as one mypyc group.
 MODULES = (
     "smpsim/model/messages.py",
+    "smpsim/model/events.py",
     "smpsim/model/tlb.py",
     "smpsim/model/lookahead.py",
     "smpsim/model/cpu.py",

@@ -18,7 +18,7 @@ from heapq import heapify, heappop, heappush
 from smpsim.config import Config
 from smpsim.model.messages import (ASLEEP, DONE, INF, KMAP, KUNMAP_MIGRATED, REQUESTED, RUNNING, Call, CallResult,
                                    Done, Ipi, Progress, Request, reply)
-from smpsim.model import lookahead
+from smpsim.model import events, lookahead
 from smpsim.model.cpu import service_ipis
 from smpsim.model.errors import DeadlockError, ModelError
 from smpsim.model.policies import Flush, FlushPolicy, Guard, make_policy, next_tick, traits
@@ -225,7 +225,7 @@ class Coordinator:
                 nonlocal t
                 t = max(t, t_scan + probes * self.c_scan)
                 torn, flush = self.policy.wrap(ring, cpu)
-                self.events.append((t, cpu, "wrap", len(torn)))
+                self.events.append(events.wrap(t=t, cpu=cpu, slots=len(torn)))
                 if flush is not None:
                     t = self._flush(t, cpu, flush, r)
 
@@ -242,7 +242,7 @@ class Coordinator:
                 r.slept = True
                 self.pkmap_map_wait.append(r)
                 self.status[cpu] = ASLEEP
-                self.events.append((t, cpu, "wait", page))
+                self.events.append(events.wait(t=t, cpu=cpu, page=page))
                 return
             new = True
             t += self.c_pte
@@ -250,7 +250,8 @@ class Coordinator:
         if self.tracks_holds:
             self.policy.kmapped(cpu, page)
         self._unlock(t)
-        self.events.append((t, cpu, "kmap", page, slot, new, r.slept, t - r.t_first, r.lock_wait))
+        self.events.append(events.kmap(t=t, cpu=cpu, page=page, slot=slot, new=new, slept=r.slept,
+                                       cycles=t - r.t_first, lock_wait=r.lock_wait))
         self._reply(r, t, slot)
         if self.parked and page in self.parked:  # migrated kunmaps that waited for a kmap of this page
             for w in self.parked.pop(page):
@@ -279,7 +280,7 @@ class Coordinator:
                 count = ring.pkmap_count[slot]
                 t = self._flush(t, cpu, flush, r)
         self._unlock(t)
-        self.events.append((t, cpu, "kunmap", page, slot, count))
+        self.events.append(events.kunmap(t=t, cpu=cpu, page=page, slot=slot, count=count))
         if count <= 1:
             self._wake(t, cpu)
         self._reply(r, t, slot)
@@ -290,7 +291,7 @@ class Coordinator:
             return
         woken = self.pkmap_map_wait
         self.pkmap_map_wait = []
-        self.events.append((t, cpu, "wake", [w.cpu for w in woken]))
+        self.events.append(events.wake(t=t, cpu=cpu, woken=[w.cpu for w in woken]))
         for w in woken:
             w.t = t + self.cost.wakeup_latency
             self.status[w.cpu] = REQUESTED
@@ -302,7 +303,7 @@ class Coordinator:
         self.free_ahead = -1
         for initiator, slots in f.batches:
             self.ring.release(slots)
-            self.events.append((t, initiator, "free", len(slots)))
+            self.events.append(events.free(t=t, cpu=initiator, slots=len(slots)))
         del self.frees[f.t]
         self._wake(t, f.batches[0][0])
 
@@ -373,6 +374,6 @@ class Coordinator:
             t_end = max(t_end, t_ack)
         r.local_flushes += ((t_end, vpns),)  # then the initiator flushes its own TLB
         t_end += work
-        self.events.append((t, initiator, "flush", flush.scope, flush.slots, targets,
-                            None if vpns is None else len(vpns), t_end - t))
+        self.events.append(events.flush(t=t, cpu=initiator, scope=flush.scope, slots=flush.slots, targets=targets,
+                                        pages=None if vpns is None else len(vpns), stall=t_end - t))
         return t_end

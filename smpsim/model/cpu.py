@@ -16,6 +16,7 @@ from heapq import heappop, heappush
 from typing import Final
 
 from smpsim.config import Config
+from smpsim.model import events
 from smpsim.model import messages as m
 from smpsim.model.messages import (ACCESS, BLOCKED, COMPUTE, DONE, INF, KMAP, KUNMAP, KUNMAP_MIGRATED, OP_CODES,
                                    RUNNING, Call, CallResult, Done, Ipi, Progress, Reply, Request, op_kind,
@@ -289,11 +290,12 @@ class Cpu:
     def _handle_ipi(self, ipi: Ipi, running: bool) -> None:
         dropped = self._flush_tlb(ipi.vpns)
         if ipi.scope == "tick":  # not an interrupt: LATR's lazy list, invalidated locally at this tick
-            self.events.append((ipi.t_recv, self.id, "flush", "tick", None, [],
-                                None if ipi.vpns is None else len(ipi.vpns), ipi.t_handled - ipi.t_recv))
+            self.events.append(events.flush(t=ipi.t_recv, cpu=self.id, scope="tick", slots=None, targets=[],
+                                            pages=None if ipi.vpns is None else len(ipi.vpns),
+                                            stall=ipi.t_handled - ipi.t_recv))
             return
-        self.events.append((ipi.t_recv, self.id, "ipi", ipi.src, ipi.t_send, ipi.t_recv, ipi.t_ack, ipi.scope,
-                            dropped))
+        self.events.append(events.ipi(t=ipi.t_recv, cpu=self.id, src=ipi.src, t_send=ipi.t_send, t_recv=ipi.t_recv,
+                                      t_ack=ipi.t_ack, scope=ipi.scope, dropped=dropped))
 
     def _flush_tlb(self, vpns) -> int:
         if vpns is None:
@@ -315,7 +317,8 @@ class Cpu:
         if self.refill_due:  # the background working set walks back in after a full flush
             self.refill_due = False
             cycles = self.tlb.background * self.c_walk
-            ev.append((t, self.id, "tlb_miss", None, None, self.tlb.background, cycles, True))
+            ev.append(events.tlb_miss(t=t, cpu=self.id, page=None, slot=None, n=self.tlb.background, cycles=cycles,
+                                      flush_caused=True))
             t += cycles
         slot = vpn if vpn < LOCAL_BASE else vpn - LOCAL_BASE - self.id * self.local_slots
         # On a miss the page walk fills in `page`: a held slot's PTE cannot change while held.
@@ -324,11 +327,12 @@ class Cpu:
             caused = vpn in self.flushed
             if caused:
                 self.flushed.discard(vpn)
-            ev.append((t, self.id, "tlb_miss", page, slot, 1, self.c_walk, caused))
+            ev.append(events.tlb_miss(t=t, cpu=self.id, page=page, slot=slot, n=1, cycles=self.c_walk,
+                                      flush_caused=caused))
             hits, misses = n - 1, 1
         else:
             if frame != page:
-                ev.append((t, self.id, "stale", page, frame, slot, n))
+                ev.append(events.stale(t=t, cpu=self.id, page=page, reached=frame, slot=slot, n=n))
             hits, misses = n, 0
         u = self.use.get(page)
         if u is None:
@@ -347,7 +351,8 @@ class Cpu:
         u = self.use.get(page)
         if u is not None:
             del self.use[page]
-            self.events.append((self.clock, self.id, "access", page, u.slot, u.n, u.writes, u.hits, u.misses))
+            self.events.append(events.access(t=self.clock, cpu=self.id, page=page, slot=u.slot, n=u.n,
+                                             writes=u.writes, hits=u.hits, misses=u.misses))
 
     # ---- kmap_local: CPU-private slots, no lock, no IPIs -------------------------------------------------
     def _kmap_local(self, page: int) -> None:
@@ -358,7 +363,8 @@ class Cpu:
         self.local_stack.append(page)
         self.held.setdefault(page, []).append(vpn)
         self.clock += self.c_pte  # write the PTE; no flush: the slot was invalidated at its last unmap
-        self.events.append((self.clock, self.id, "kmap", page, idx, True, False, self.c_pte, 0))
+        self.events.append(events.kmap(t=self.clock, cpu=self.id, page=page, slot=idx, new=True, slept=False,
+                                       cycles=self.c_pte, lock_wait=0))
 
     def _kunmap_local(self, page: int) -> None:
         if not self.local_stack or self.local_stack[-1] != page:
@@ -371,8 +377,9 @@ class Cpu:
         gone = self.tlb.invalidate_pages((vpn,))  # pte_clear + local INVLPG (arch_kmap_local_post_unmap)
         self.flushed.update(gone)
         self.clock += self.c_pte + self.c_invlpg
-        self.events.append((t, self.id, "flush", "local", 1, [], 1, self.c_invlpg))
-        self.events.append((self.clock, self.id, "kunmap", page, idx, 0))
+        self.events.append(events.flush(t=t, cpu=self.id, scope="local", slots=1, targets=[], pages=1,
+                                        stall=self.c_invlpg))
+        self.events.append(events.kunmap(t=self.clock, cpu=self.id, page=page, slot=idx, count=0))
 
     def _release(self, page: int, op: str) -> int:
         self._record_use(page)
