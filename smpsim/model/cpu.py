@@ -16,12 +16,11 @@ from heapq import heappop, heappush
 from typing import Final
 
 from smpsim.config import Config
-from smpsim.model import events
+from smpsim.model import events, lookahead
 from smpsim.model import messages as m
 from smpsim.model.messages import (ACCESS, BLOCKED, COMPUTE, DONE, INF, KMAP, KUNMAP, KUNMAP_MIGRATED, OP_CODES,
                                    RUNNING, Call, CallResult, Done, Ipi, Progress, Reply, Request, op_kind,
                                    request, result_from_wire)
-from smpsim.model import lookahead
 from smpsim.model.errors import ModelError
 from smpsim.model.policies import make_policy, traits
 from smpsim.model.tlb import Tlb
