@@ -19,8 +19,8 @@ from smpsim.config import Config
 from smpsim.model import events, lookahead
 from smpsim.model import messages as m
 from smpsim.model.messages import (ACCESS, BLOCKED, COMPUTE, DONE, INF, KMAP, KUNMAP, KUNMAP_MIGRATED, OP_CODES,
-                                   RUNNING, Call, CallResult, Done, Ipi, Progress, Reply, Request, op_kind,
-                                   request, result_from_wire)
+                                   OP_KINDS, RUNNING, UNKNOWN_OP, Call, CallResult, Done, Ipi, Progress, Reply, Request,
+                                   op_kind, request, result_from_wire)
 from smpsim.model.errors import ModelError
 from smpsim.model.policies import make_policy, traits
 from smpsim.model.tlb import Tlb
@@ -122,7 +122,7 @@ class Cpu:
                 out.append(Progress(self.id, self.request_bound()))
                 break
             op = ops[pc - base]
-            kind = op_kind(op[0])
+            kind = OP_KINDS.get(op[0], UNKNOWN_OP)
             self.started = clock
             if kind == COMPUTE:
                 cycles: int = op[1]
@@ -167,7 +167,7 @@ class Cpu:
         gap, j, end, last = 0, pc + 1, min(base + len(ops), pc + CHAIN_SCAN), pc
         while j < end:
             op = ops[j - base]
-            kind = op_kind(op[0])
+            kind = OP_KINDS.get(op[0], UNKNOWN_OP)
             if kind == COMPUTE:
                 cycles: int = op[1]
                 gap += cycles
@@ -204,7 +204,7 @@ class Cpu:
         c_access = self.c_access
         for i in range(pc - base, min(end, pc + scan) - base):
             op = ops[i]
-            kind = op_kind(op[0])
+            kind = OP_KINDS.get(op[0], UNKNOWN_OP)
             if kind == COMPUTE:
                 cycles: int = op[1]
                 t += cycles
