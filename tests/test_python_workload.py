@@ -14,8 +14,9 @@ import pytest
 import smpsim
 from smpsim import api, workload_files
 from smpsim.config import ConfigError
-from smpsim.model import workloads
+from smpsim.model import generator, workloads
 from smpsim.model.errors import ModelError
+from smpsim.model.messages import ACCESS, COMPUTE, KUNMAP_MIGRATED
 
 GEN = textwrap.dedent('''\
     import itertools
@@ -79,6 +80,7 @@ def test_the_ops_follow_from_the_seed(tmp_path):
     ops = [workloads.build_cpu(cfg, c)[0] for c in range(3)]
     assert ops == [workloads.build_cpu(_cfg(tmp_path), c)[0] for c in range(3)]
     assert len(ops[0]) == 4 * 60 and ops[0] != ops[1]  # each CPU its own stream
+    assert [op[0] for op in ops[0][:4]] == ["compute", "kmap", "access", "kunmap"]  # as the generator wrote them
     assert [workloads.build_cpu(_cfg(tmp_path, seed=2), c)[0] for c in range(3)] != ops
 
 
@@ -87,7 +89,7 @@ def test_the_generator_is_consumed_as_the_cpu_runs(tmp_path):
     prog = workloads.program(_cfg(tmp_path, "forever"), 0)
     for pc in range(0, 200_000, 50):  # as a CPU consumes it, 64 ops ahead
         assert prog.fill(pc, 64)
-    assert prog.ops[pc + 10 - prog.base] == ("compute", pc + 10)
+    assert prog.ops[pc + 10 - prog.base] == (COMPUTE, pc + 10)  # the model's form: kind first
     assert len(prog.ops) < 2_000
 
 
@@ -97,6 +99,13 @@ def test_inline_and_distributed_give_the_same_digest(tmp_path):
         assert a.summary["status"] == b.summary["status"] == "ok"
         assert a.summary["counters"]["kmaps"] == 3 * 60
         assert a.summary["digest"] == b.summary["digest"]
+
+
+def test_an_op_is_checked_into_the_models_form():
+    """What a generator yields (code first, a tuple or a list) the model holds kind first."""
+    assert generator.check_op(["access", 3, 2, True]) == (ACCESS, 3, 2, True)
+    assert generator.check_op(("kunmap_migrated", 5)) == (KUNMAP_MIGRATED, 5)
+    assert generator.check_op(("kmapp", 5)).startswith("unknown op 'kmapp'")
 
 
 def test_a_bad_op_stops_the_run_naming_cpu_index_file_and_line(tmp_path):

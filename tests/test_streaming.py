@@ -20,6 +20,7 @@ from smpsim.engines import inline
 from smpsim.engines.distributed import protocol
 from smpsim.model import workloads
 from smpsim.model.cpu import DONE, INF, Cpu
+from smpsim.model.messages import KMAP, KUNMAP
 
 # Configs that reach every branch of the generators: nesting (with redraws and probing), few pages,
 # zipf's tables, stream's offsets, shared's hot set, pingpong's pairs (an odd CPU count leaves one alone),
@@ -45,7 +46,9 @@ def test_streamed_program_is_the_list_built_sequence(kind, variant):
     cfg = cfg_of(kind, **VARIANTS[variant])
     for c in range(cfg.machine.cpus):
         want = reference_workloads.build_cpu(cfg, c)
-        assert list(workloads.program(cfg, c)) == want, f"{kind} {VARIANTS[variant]} cpu {c}"
+        prog = workloads.program(cfg, c)
+        assert list(prog) == want, f"{kind} {VARIANTS[variant]} cpu {c}"  # the documented form, code first
+        assert all(type(op[0]) is int for op in prog.ops)  # the window the Cpu reads: kind first
         assert workloads.build_cpu(cfg, c) == (want, None)
 
 
@@ -64,7 +67,7 @@ def test_script_program_streams_and_names_lines(tmp_path):
         assert len(prog.ops) <= 1_100
         pc += 1
     mine = [(n, r) for n, r in enumerate(rows, 1) if r["cpu"] == 1]
-    assert seen == [(r["op"], r["page"]) for _, r in mine]
+    assert seen == [({"kmap": KMAP, "kunmap": KUNMAP}[r["op"]], r["page"]) for _, r in mine]  # kind first
     assert workloads.script_lines(cfg)[1] == [n for n, _ in mine]
     assert workloads.script_lines(cfg_of("uniform")) is None
 

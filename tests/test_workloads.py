@@ -15,7 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from smpsim.config import validate
-from smpsim.model.workloads import WorkloadError, build, build_cpu, load_script
+from smpsim.model.cpu import INF, Cpu
+from smpsim.model.errors import ModelError
+from smpsim.model.messages import KMAP
+from smpsim.model.workloads import Program, WorkloadError, build, build_cpu, load_script
 
 from registries import GENERATED_WORKLOADS
 
@@ -452,3 +455,20 @@ def test_script_access_defaults_and_foreign_kunmap(tmp_path):
     cfg = validate({"machine": {"cpus": 2}, "workload": {"kind": "script", "script": str(p)}})
     assert build_cpu(cfg, 0)[0] == [("kmap", 5), ("access", 5, 1, False)]
     assert build_cpu(cfg, 1)[0] == [("kunmap", 5)]
+
+
+
+def _run_local(prog: Program) -> ModelError:
+    """The error a kmap-local CPU (it runs without a coordinator) raises running prog."""
+    cpu = Cpu(validate({"machine": {"cpus": 1}, "policy": {"name": "kmap-local"}}), 0, prog)
+    with pytest.raises(ModelError) as e:
+        cpu.run(INF)
+    return e.value
+
+
+def test_cpu_errors_name_an_op_by_its_documented_code():
+    """Inside the model an op's kind comes first (an int); what the user reads is its code."""
+    e = _run_local(Program(iter([[(KMAP, 3), (9, 3)]])))  # the model's form
+    assert str(e).startswith("CPU 0, operation #1 (kind 9)") and "unknown operation ('kind 9', 3)" in str(e)
+    e = _run_local(Program.of([("kmap", 3), ("kunmap_migrated", 3)]))  # the documented form
+    assert str(e).startswith("CPU 0, operation #1 (kunmap_migrated)") and "by a task that migrated" in str(e)

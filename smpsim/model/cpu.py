@@ -19,8 +19,8 @@ from smpsim.config import Config
 from smpsim.model import events, lookahead
 from smpsim.model import messages as m
 from smpsim.model.messages import (ACCESS, BLOCKED, COMPUTE, DONE, INF, KMAP, KUNMAP, KUNMAP_MIGRATED, OP_CODES,
-                                   OP_KINDS, RUNNING, UNKNOWN_OP, Call, CallResult, Done, Ipi, Progress, Reply, Request,
-                                   op_kind, request, result_from_wire)
+                                   RUNNING, Call, CallResult, Done, Ipi, Progress, Reply, Request, op_by_code,
+                                   op_code, request, result_from_wire)
 from smpsim.model.errors import ModelError
 from smpsim.model.policies import make_policy, traits
 from smpsim.model.tlb import Tlb
@@ -122,18 +122,19 @@ class Cpu:
                 out.append(Progress(self.id, self.request_bound()))
                 break
             op = ops[pc - base]
-            kind = OP_KINDS.get(op[0], UNKNOWN_OP)
+            kind: int = op[0]
             self.started = clock
             if kind == COMPUTE:
                 cycles: int = op[1]
                 self.clock = clock + cycles
             elif kind == ACCESS:
                 self._access(op[1], op[2], op[3])
-            elif kind >= KMAP:
+            elif KMAP <= kind <= KUNMAP_MIGRATED:
                 if not self.uses_ring:
                     if kind == KUNMAP_MIGRATED:  # kmap_local pins the task to its CPU (migrate_disable)
-                        raise self._error(op[0], f"kunmap_local of page {op[1]} by a task that migrated since "
-                                                 "its kmap: kmap_local mappings are per-CPU and forbid that")
+                        raise self._error(OP_CODES[kind], f"kunmap_local of page {op[1]} by a task that "
+                                                          "migrated since its kmap: kmap_local mappings are per-CPU "
+                                                          "and forbid that")
                     self._kmap_local(op[1]) if kind == KMAP else self._kunmap_local(op[1])
                 else:
                     if kind == KUNMAP and op[1] in self.held:
@@ -146,7 +147,7 @@ class Cpu:
                     out.append(self._request(kind))
                     break
             else:
-                raise self._error(op[0], f"unknown operation {op!r}")
+                raise self._error(op_code(kind), f"unknown operation {op_by_code(op)!r}")
             self.pc = pc + 1
         return out
 
@@ -167,11 +168,11 @@ class Cpu:
         gap, j, end, last = 0, pc + 1, min(base + len(ops), pc + CHAIN_SCAN), pc
         while j < end:
             op = ops[j - base]
-            kind = OP_KINDS.get(op[0], UNKNOWN_OP)
+            kind = op[0]
             if kind == COMPUTE:
                 cycles: int = op[1]
                 gap += cycles
-            elif kind >= KMAP:
+            elif KMAP <= kind <= KUNMAP_MIGRATED:
                 items.append(Call(gap, kind, op[1], j))
                 gap, last = 0, j
                 if len(items) >= MAX_CHAIN:
@@ -204,7 +205,7 @@ class Cpu:
         c_access = self.c_access
         for i in range(pc - base, min(end, pc + scan) - base):
             op = ops[i]
-            kind = OP_KINDS.get(op[0], UNKNOWN_OP)
+            kind: int = op[0]
             if kind == COMPUTE:
                 cycles: int = op[1]
                 t += cycles
@@ -248,7 +249,7 @@ class Cpu:
             self.results.reverse()
             ops, base = self._window(self.pc + 1)
             op = ops[self.pc - base]
-            self._take_result(op_kind(op[0]), op[1])
+            self._take_result(op[0], op[1])
         else:
             raise ModelError(self.id, type(msg).__name__, None, f"unexpected message {msg!r}")
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from smpsim.model.errors import ModelError
-from smpsim.model.messages import MIGRATED_KUNMAP
+from smpsim.model.messages import MIGRATED_KUNMAP, op_by_kind
 
 if TYPE_CHECKING:
     from smpsim.config import Config
@@ -38,7 +38,7 @@ def _is_int(v: Any) -> bool:
 
 
 def check_op(op: Any) -> tuple | str:
-    """The op as a tuple, or what is wrong with it."""
+    """The op in the model's form (messages.op_by_kind: its kind first), or what is wrong with it."""
     if not isinstance(op, (tuple, list)) or not op:
         return f"expected an op tuple such as {_SHAPES['kmap']}, got {op!r}"
     code = op[0]
@@ -57,7 +57,7 @@ def check_op(op: Any) -> tuple | str:
             return f"{tuple(op)!r}: n must be an integer >= 1"
         if not isinstance(op[3], bool):
             return f"{tuple(op)!r}: write must be True or False"
-    return op if type(op) is tuple else tuple(op)
+    return op_by_kind(op)
 
 
 def load(cfg: "Config") -> Any:

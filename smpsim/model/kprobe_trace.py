@@ -22,10 +22,11 @@ header, other events, lost-event markers) is counted as unused. docs/workloads.m
   page. A kunmap of a page with none (the trace started while it was held) is skipped and counted. A
   kunmap on another CPU than its kmap (the task migrated) is replayed on the CPU that made it: in the
   kernel kunmap_high is not per-CPU (it drops the slot's count under kmap_lock, whichever CPU calls it),
-  and so is the model's. It is the op MIGRATED_KUNMAP, which differs from a kunmap in one way: the replay
-  keeps each CPU's own timing, so the kmapping CPU may be later in the model than in the trace; while the
-  page has no holder, the kunmap waits for the next kmap of it (model/coordinator.py), as the migrated
-  task could not have called kunmap before its kmap returned. Such kunmaps are counted.
+  and so is the model's. It is the op kunmap_migrated (messages.KUNMAP_MIGRATED), which differs from a
+  kunmap in one way: the replay keeps each CPU's own timing, so the kmapping CPU may be later in the model
+  than in the trace; while the page has no holder, the kunmap waits for the next kmap of it
+  (model/coordinator.py), as the migrated task could not have called kunmap before its kmap returned. Such
+  kunmaps are counted.
 
 Each CPU process reads the file itself, lazily: ``blocks(cfg, cpu)`` streams the whole file (the hold
 counts need every CPU's lines) and keeps only its CPU's operations, a block at a time. Memory is the
@@ -43,7 +44,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from smpsim.model.errors import WorkloadError
-from smpsim.model.messages import MIGRATED_KUNMAP
+from smpsim.model.messages import COMPUTE, KMAP, KUNMAP, KUNMAP_MIGRATED, OP_CODES
 
 if TYPE_CHECKING:
     from smpsim.config import Config
@@ -56,7 +57,7 @@ _LINE = re.compile(
     rb"\[(?P<cpu>\d+)\]\s+(?:\S{4,6}\s+)?"
     rb"(?P<sec>\d+)\.(?P<frac>\d+):\s+\S+:\s+"
     rb"\((?P<sym>[A-Za-z_.$][\w.$]*)\+0x[0-9a-fA-F]+/0x[0-9a-fA-F]+\)(?:.*?\b0x(?P<ptr>[0-9a-fA-F]+)\b)?")
-_OPS = {b"kmap_high": "kmap", b"kunmap_high": "kunmap"}
+_OPS = {b"kmap_high": KMAP, b"kunmap_high": KUNMAP}
 _MARK = b"map_high+"  # in every line that can be a call: a cheap test before the regex
 _NAMED = re.compile(rb"\((?:kmap_high|kunmap_high)\+")
 
@@ -95,10 +96,10 @@ def _settings(cfg: "Config") -> tuple[str, int, int]:
 
 
 def _calls(path: str, mhz: int, page_bytes: int, cpus: int, stats: TraceStats | None = None,
-           want: int | None = None) -> Iterator[tuple[int, int, str, int, int]]:
-    """(line, cpu, op, page, cycles since the first call) of every call replayed (only CPU ``want``'s,
-    if given), in file order (op: "kmap", "kunmap" or MIGRATED_KUNMAP); skipped kunmaps and unused lines
-    only go to ``stats``."""
+           want: int | None = None) -> Iterator[tuple[int, int, int, int, int]]:
+    """(line, cpu, kind, page, cycles since the first call) of every call replayed (only CPU ``want``'s,
+    if given), in file order (kind: messages.KMAP, KUNMAP or KUNMAP_MIGRATED); skipped kunmaps and unused
+    lines only go to ``stats``."""
     holders: dict[int, list[int]] = {}  # page -> CPUs of its kmaps not yet kunmapped (pages held now only)
     origin = -1
     try:
@@ -110,8 +111,8 @@ def _calls(path: str, mhz: int, page_bytes: int, cpus: int, stats: TraceStats | 
         for raw in f:
             lineno += 1
             m = _LINE.search(raw) if _MARK in raw else None
-            op = _OPS.get(m["sym"]) if m is not None else None
-            if op is None:
+            kind = _OPS.get(m["sym"]) if m is not None else None
+            if kind is None:
                 if m is None and _NAMED.search(raw):
                     text = raw.decode("utf-8", "replace").strip()
                     raise WorkloadError(
@@ -130,10 +131,10 @@ def _calls(path: str, mhz: int, page_bytes: int, cpus: int, stats: TraceStats | 
                     "machine's number of CPUs)")
             ptr = m["ptr"]
             if ptr is None:
-                raise WorkloadError(f"{path}:{lineno}: {op} without a hex argument: the page pointer is the "
-                                    "first one (record the probe with page=$arg1, see docs/workloads.md)")
+                raise WorkloadError(f"{path}:{lineno}: {OP_CODES[kind]} without a hex argument: the page pointer "
+                                    "is the first one (record the probe with page=$arg1, see docs/workloads.md)")
             page = int(ptr, 16) // page_bytes
-            if op == "kmap":
+            if kind == KMAP:
                 holders.setdefault(page, []).append(cpu)
             else:
                 mine = holders.get(page)
@@ -151,7 +152,7 @@ def _calls(path: str, mhz: int, page_bytes: int, cpus: int, stats: TraceStats | 
                     del mine[len(mine) - 1 - mine[::-1].index(cpu)]
                 else:
                     mine.pop(0)  # the oldest hold of another CPU: the task that migrated
-                    op = MIGRATED_KUNMAP
+                    kind = KUNMAP_MIGRATED
                     if stats is not None:
                         stats.migrated += 1
                         if stats.first_migrated is None:
@@ -160,14 +161,14 @@ def _calls(path: str, mhz: int, page_bytes: int, cpus: int, stats: TraceStats | 
                     del holders[page]
             if stats is not None:
                 stats.cpus.add(cpu)
-                if op == "kmap":
+                if kind == KMAP:
                     stats.kmaps += 1
                 else:
                     stats.kunmaps += 1
             if origin < 0:
                 origin = _ns(m)
             if want is None or cpu == want:
-                yield lineno, cpu, op, page, (_ns(m) - origin) * mhz // 1000
+                yield lineno, cpu, kind, page, (_ns(m) - origin) * mhz // 1000
     if stats is not None:
         stats.lines = lineno
 
@@ -201,11 +202,11 @@ def blocks(cfg: "Config", cpu: int) -> Iterator[list[tuple]]:
     path, mhz, page_bytes = _settings(cfg)
     ops: list[tuple] = []
     clock = 0
-    for _, _, op, page, cycles in _calls(path, mhz, page_bytes, cfg.machine.cpus, want=cpu):
+    for _, _, kind, page, cycles in _calls(path, mhz, page_bytes, cfg.machine.cpus, want=cpu):
         if cycles > clock:
-            ops.append(("compute", cycles - clock))
+            ops.append((COMPUTE, cycles - clock))
             clock = cycles
-        ops.append((op, page))
+        ops.append((kind, page))
         if len(ops) >= _BLOCK:
             yield ops
             ops = []

@@ -36,8 +36,11 @@ DONE: Final = "done"
 # while the page has no holder it waits for the next kmap of the page (model/coordinator.py).
 MIGRATED_KUNMAP: Final = "kunmap_migrated"
 
-# The kind of a program's operation (workloads.py: a tuple whose first item is its code): OP_KINDS is the one
-# place that reads the codes, every dispatch switches on the kind. The ring calls are the kinds from KMAP on.
+# The kind of a program's operation. Inside the model an operation is a tuple whose first item is its kind,
+# e.g. (KMAP, page), so the CPU's hot loops switch on op[0] with no lookup; users write and read the
+# documented form, its code first (("kmap", page), docs/architecture.md "Workload operations"). OP_CODES /
+# OP_KINDS are the one place that maps one to the other, op_by_kind / op_by_code the one converter pair.
+# The ring calls are the kinds from KMAP on.
 COMPUTE: Final = 0
 ACCESS: Final = 1
 KMAP: Final = 2
@@ -45,15 +48,28 @@ KUNMAP: Final = 3
 KUNMAP_MIGRATED: Final = 4
 UNKNOWN_OP: Final = -1
 OP_CODES: Final = ("compute", "access", "kmap", "kunmap", MIGRATED_KUNMAP)  # OP_CODES[kind] is its code
-# The CPU's hot loops look a code up here in line (OP_KINDS.get(code, UNKNOWN_OP)), not through op_kind: one
-# interpreted call fewer per operation scanned (about 25 per kmap) on the pure-Python path; compiled, both
-# measured the same.
 OP_KINDS: Final[dict[str, int]] = {code: kind for kind, code in enumerate(OP_CODES)}
 
 
 def op_kind(code: str) -> int:
     """The kind of an operation code (UNKNOWN_OP for none)."""
     return OP_KINDS.get(code, UNKNOWN_OP)
+
+
+def op_code(kind: int) -> str:
+    """The code of an operation kind, as users write it (for none: "kind N", to name it in an error)."""
+    return OP_CODES[kind] if 0 <= kind < len(OP_CODES) else f"kind {kind!r}"
+
+
+def op_by_kind(op: Any) -> tuple:
+    """The model's form of an operation in the documented form (a tuple or list, its code first, checked by
+    the caller)."""
+    return (OP_KINDS[op[0]], *op[1:])
+
+
+def op_by_code(op: tuple) -> tuple:
+    """The documented form of an operation in the model's form (its kind first)."""
+    return (op_code(op[0]), *op[1:])
 
 
 class Call:

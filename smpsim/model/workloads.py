@@ -8,6 +8,11 @@ A workload is, for each CPU, a finite sequence of operations in program order (d
     ("kunmap", page)               kunmap(page)
     ("compute", cycles)            local work, cycles an int >= 0
 
+That documented form, its code first, is what ``build_cpu``, ``build``, ``load_script`` and iterating a
+Program give, and what ``Program.of`` takes. Inside the model an operation has its kind first instead
+(messages.KMAP, ...: ``(KMAP, page)``): ``Program.ops``, the window the Cpu reads, so the Cpu's hot loops
+switch on ``op[0]`` with no lookup; messages.op_by_kind / op_by_code convert.
+
 Everything here is pure: a CPU's stream depends only on (cfg, cpu), so a CPU process can rebuild its
 own stream alone with ``program``. A Program generates the operations as the CPU consumes them and holds
 only a bounded window of them, so memory does not grow with ``kmaps_per_cpu``; ``build_cpu`` lists a
@@ -49,6 +54,7 @@ from typing import Any, Callable, Final, Iterator
 
 from smpsim.config import Config
 from smpsim.model.errors import WorkloadError
+from smpsim.model.messages import ACCESS, COMPUTE, KMAP, KUNMAP, op_by_code, op_by_kind
 
 Op = tuple
 ScriptOps = dict[int, list[tuple[Op, int]]]
@@ -71,7 +77,8 @@ _SCRIPT_BLOCK: Final = 512
 class Program:
     """One CPU's operations in program order, generated as they are consumed.
 
-    ``ops[0]`` is the operation at position ``base``; positions before ``base`` are gone. ``fill(pc, n)``
+    ``ops`` holds them in the model's form (kind first); iterating gives the documented form. ``ops[0]``
+    is the operation at position ``base``; positions before ``base`` are gone. ``fill(pc, n)``
     slides the window to hold positions pc .. pc+n-1 (as far as the program goes), where pc is the
     consumer's position: nothing from pc on is dropped. So the window never holds more than n + one
     generated block + ``KEEP`` operations.
@@ -89,8 +96,8 @@ class Program:
 
     @classmethod
     def of(cls, ops: list[Op]) -> "Program":
-        """A program of a list already in memory (a script shipped by the coordinator)."""
-        return cls(iter([ops]))
+        """A program of a list already in memory, in the documented form."""
+        return cls(iter([[op_by_kind(op) for op in ops]]))
 
     def fill(self, pc: int, n: int = 1) -> bool:
         """Hold positions pc .. pc+n-1 (those that exist); whether position pc exists."""
@@ -129,9 +136,10 @@ class Program:
         return pc - self.base >= len(self.ops) and not self.fill(pc)
 
     def __iter__(self) -> Iterator[Op]:
+        """The operations from ``base`` on, in the documented form."""
         pc = self.base
         while self.fill(pc):
-            yield self.ops[pc - self.base]
+            yield op_by_code(self.ops[pc - self.base])
             pc += 1
 
 
@@ -157,10 +165,11 @@ def program(cfg: Config, cpu: int) -> Program:
 
 
 def build_cpu(cfg: Config, cpu: int) -> tuple[list[Op], list[int] | None]:
-    """The whole stream of ``cpu`` as a list and, for ``script``, each op's 1-based source line."""
+    """The whole stream of ``cpu`` as a list (the documented form) and, for ``script``, each op's 1-based
+    source line."""
     ops: list[Op] = []
     for block in program(cfg, cpu)._blocks:
-        ops += block
+        ops += [op_by_code(op) for op in block]
     lines = [line for _, line in _script_cpu(cfg, cpu)] if cfg.workload.kind == "script" else None
     return ops, lines
 
@@ -189,7 +198,7 @@ def load_script(path: str | os.PathLike[str]) -> ScriptOps:
     except OSError as e:
         raise WorkloadError(f"{path}: cannot read the workload script: {e.strerror or e}") from None
     parsed = _load_script_cached(str(path), st.st_mtime_ns, st.st_size)
-    return {cpu: list(ops) for cpu, ops in parsed.items()}
+    return {cpu: [(op_by_code(op), line) for op, line in ops] for cpu, ops in parsed.items()}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -286,7 +295,8 @@ def _parse_script(path: str, problems: list[str] | None) -> dict[int, list[tuple
 
 def _parse_line(path: str, lineno: int, raw: bytes, held: dict[int, dict[int, int]],
                 released: dict[int, dict[int, int]]) -> tuple[int, Op] | None:
-    """(cpu, op) of one script line, None for a blank or comment line; tracks the pages each CPU holds."""
+    """(cpu, op) of one script line (op in the model's form), None for a blank or comment line; tracks the
+    pages each CPU holds."""
     where = f"{path}:{lineno}"
     try:
         text = raw.decode("utf-8")
@@ -328,7 +338,7 @@ def _parse_line(path: str, lineno: int, raw: bytes, held: dict[int, dict[int, in
         if not _is_int(cycles) or cycles < 0:
             raise WorkloadError(
                 f'{where}: field "cycles" of op "compute" must be an integer >= 0, got {json.dumps(cycles)}')
-        tup: Op = ("compute", cycles)
+        tup: Op = (COMPUTE, cycles)
     else:
         page = obj["page"]
         if not _is_int(page) or page < 0:
@@ -337,7 +347,7 @@ def _parse_line(path: str, lineno: int, raw: bytes, held: dict[int, dict[int, in
         holds = held.setdefault(cpu, {})
         if op == "kmap":
             holds[page] = holds.get(page, 0) + 1
-            tup = ("kmap", page)
+            tup = (KMAP, page)
         else:
             if op == "access":
                 n, write = obj.get("n", 1), obj.get("write", False)
@@ -347,9 +357,9 @@ def _parse_line(path: str, lineno: int, raw: bytes, held: dict[int, dict[int, in
                 if not isinstance(write, bool):
                     raise WorkloadError(
                         f'{where}: field "write" of op "access" must be true or false, got {json.dumps(write)}')
-                tup = ("access", page, n, write)
+                tup = (ACCESS, page, n, write)
             else:
-                tup = ("kunmap", page)
+                tup = (KUNMAP, page)
             if op == "access" and not holds.get(page):
                 # A kunmap of a page this CPU does not hold is left to the model: the mapping is
                 # global, and kunmap_high BUG()s only if the page is unmapped or its count hits 0.
@@ -376,19 +386,19 @@ class _ComputeOps:
     __slots__ = ()
 
     def __getitem__(self, c: int) -> Op:
-        return ("compute", c)
+        return (COMPUTE, c)
 
 
 @lru_cache(maxsize=8)
 def _compute_table(mean: int) -> tuple[Any, int]:
-    """(table, n): ``table[int(rand() * n)]`` is ("compute", c) with c uniform in [0, 2*mean].
+    """(table, n): ``table[int(rand() * n)]`` is (COMPUTE, c) with c uniform in [0, 2*mean].
 
     The table holds shared immutable tuples, which saves building one tuple per compute op; every CPU's
     generator keeps it while it runs, so one table serves them all.
     """
     n = 2 * mean + 1 if mean > 0 else 1
     if n <= _COMPUTE_TABLE_MAX:
-        return [("compute", c) for c in range(n)], n
+        return [(COMPUTE, c) for c in range(n)], n
     return _ComputeOps(), n
 
 
@@ -479,7 +489,7 @@ def _pingpong(cfg: Config, cpu: int) -> Iterator[list[Op]]:
     pages = w.pages
     span = min(max(1, min(_PINGPONG_SPAN, pages // pairs)), pages)
     base = (pair * span) % pages
-    ops: list[Op] = [("compute", w.think + w.hold * w.accesses_per_kmap)] if reader else []
+    ops: list[Op] = [(COMPUTE, w.think + w.hold * w.accesses_per_kmap)] if reader else []
     # consecutive rounds' pages: distinct within a group of at most span
     yield from _groups(cfg, ops, random.Random(f"{cfg.seed}:{2 * pair}:pingpong").random,
                        lambda r: (base + r % span) % pages, min(w.nesting, span), False, not reader)
@@ -503,15 +513,15 @@ def _groups(cfg: Config, ops: list[Op], rand: Callable[[], float], pick: Callabl
         for i in range(total):
             ops.append(think_t[int(rand() * think_n)])
             p = pick(i)
-            ops.append(("kmap", p))
+            ops.append((KMAP, p))
             if draw:
-                acc_w, acc_r = ("access", p, burst, True), ("access", p, burst, False)
+                acc_w, acc_r = (ACCESS, p, burst, True), (ACCESS, p, burst, False)
             else:
-                acc_w = acc_r = ("access", p, burst, write is True)
+                acc_w = acc_r = (ACCESS, p, burst, write is True)
             for _ in range(accesses):
                 ops.append(hold_t[int(rand() * hold_n)])
                 ops.append(acc_w if draw and rand() < wf else acc_r)
-            ops.append(("kunmap", p))
+            ops.append((KUNMAP, p))
             if len(ops) >= _BLOCK:
                 yield ops
                 ops = []
@@ -531,17 +541,17 @@ def _groups(cfg: Config, ops: list[Op], rand: Callable[[], float], pick: Callabl
                 while p in group:  # pathological (e.g. hot_fraction = 1 with few hot pages): probe
                     p = (p + 1) % pages
             group.append(p)
-            ops.append(("kmap", p))
+            ops.append((KMAP, p))
             if draw:
-                acc_w, acc_r = ("access", p, burst, True), ("access", p, burst, False)
+                acc_w, acc_r = (ACCESS, p, burst, True), (ACCESS, p, burst, False)
             else:  # one access, whichever branch
-                acc_w = acc_r = ("access", p, burst, write is True)
+                acc_w = acc_r = (ACCESS, p, burst, write is True)
             for _ in range(accesses):
                 ops.append(hold_t[int(rand() * hold_n)])
                 ops.append(acc_w if draw and rand() < wf else acc_r)
             i += 1
         for p in reversed(group):
-            ops.append(("kunmap", p))
+            ops.append((KUNMAP, p))
         if len(ops) >= _BLOCK:
             yield ops
             ops = []
