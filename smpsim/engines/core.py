@@ -69,6 +69,7 @@ class Core:
         self.ipis_sent = [0] * n
         self.sent_safe = [-1] * n
         self.safe = -1
+        self.bound_at_step = -1                         # coord.bound() as of the last step (-1: changed since)
         self.watermark = 0
         self.touched: set[int] = set()                  # CPUs that reported since the last step
         self.waiting: set[int] = set()                  # running CPUs that may wait for a larger safe time
@@ -80,6 +81,7 @@ class Core:
         for msg in up.msgs:
             coord.receive(msg)
         self.touched.add(cpu)
+        self.bound_at_step = -1
         self.rec.add(1 + cpu, up.events)
         self.horizon[cpu] = up.horizon
         q = self.ipi_unseen[cpu]
@@ -94,8 +96,10 @@ class Core:
         if coord.events:
             self.rec.add(0, coord.events)
             coord.events = []
-        safe = coord.safe_until()
-        self._mark_waiting()
+        # Only receive() and step() change the coordinator's bound: kept for release().
+        self.bound_at_step = coord.bound()
+        safe = coord.safe_until(self.bound_at_step)
+        self._mark_waiting(self.touched)
         self._let_on(out, safe)
         return self._send(out, safe)
 
@@ -106,15 +110,12 @@ class Core:
         report or a reply changes lb."""
         return self.coord.status[c] == RUNNING and lookahead.waits(self.coord.lb[c], self.sent_safe[c])
 
-    def _lets_on(self, c: int, safe: int) -> bool:
-        """Whether `safe` lets a waiting CPU c on (lookahead.lets_on)."""
-        return lookahead.lets_on(self.coord.lb[c], safe)
-
     def _holds(self, c: int, msgs: list, safe: int) -> bool:
         """The hold rule: a reply (no IPI with it) that would leave its CPU waiting at once, as `safe` does
         not let it on, waits here and goes with the safe time that does: one batch rather than two.
         Meanwhile the CPU could only run ahead silently."""
-        return bool(msgs) and self._waits(c) and not self._lets_on(c, safe) and not _has_ipi(msgs)
+        return (bool(msgs) and self._waits(c) and not lookahead.lets_on(self.coord.lb[c], safe)
+                and not _has_ipi(msgs))
 
     # ---- the steps ---------------------------------------------------------------------------------------
     def _route(self, outbox: list) -> dict[int, list]:
@@ -133,17 +134,15 @@ class Core:
             outbox.clear()
         return out
 
-    def _mark(self, c: int) -> None:
-        """Keep c in `waiting` as the waiting rule says."""
-        if self._waits(c):
-            self.waiting.add(c)
-        else:
-            self.waiting.discard(c)
-
-    def _mark_waiting(self) -> None:
-        """Apply the waiting rule to the CPUs that reported since the last step."""
-        for c in self.touched:
-            self._mark(c)
+    def _mark_waiting(self, cpus: set[int] | list[int]) -> None:
+        """Keep each of these CPUs in `waiting` as the waiting rule says: those that reported since the last
+        step, then those sent a batch."""
+        waiting = self.waiting
+        for c in cpus:
+            if self._waits(c):
+                waiting.add(c)
+            else:
+                waiting.discard(c)
 
     def _let_on(self, out: dict[int, list], safe: int) -> None:
         """A batch, empty if nothing else goes there, for each waiting CPU and held reply `safe` lets on:
@@ -156,18 +155,19 @@ class Core:
         else:
             check = [c for c in touched if c in waiting]
         touched.clear()
-        sent = self.sent_safe
+        sent, lb, lets_on = self.sent_safe, self.coord.lb, lookahead.lets_on
         for c in check:
-            if c not in out and safe > sent[c] and self._lets_on(c, safe):
+            if c not in out and safe > sent[c] and lets_on(lb[c], safe):
                 out[c] = []
         for c in self.held:  # lb does not change while its reply is held
-            if c not in out and self._lets_on(c, safe):
+            if c not in out and lets_on(lb[c], safe):
                 out[c] = []
 
     def _send(self, out: dict[int, list], safe: int) -> list[tuple[int, Down]]:
         """Each batch with its CPU's safe time, held replies joined in; the hold rule keeps some back."""
         held, sent = self.held, self.sent_safe
         todo = []
+        marked: list[int] = []  # as the waiting rule says once sent
         for c, msgs in out.items():
             if held and c in held:
                 msgs = held.pop(c) + msgs
@@ -178,7 +178,8 @@ class Core:
             if msgs or safe > sent[c]:
                 sent[c] = max(sent[c], safe)
                 todo.append((c, Down(msgs, sent[c])))
-            self._mark(c)
+            marked.append(c)
+        self._mark_waiting(marked)
         return todo
 
     def start(self) -> list[tuple[int, Down]]:
@@ -189,7 +190,7 @@ class Core:
 
     def release(self) -> None:
         """Hand the recorder every event below the watermark: no CPU or coordinator event can come earlier."""
-        wm = self.coord.bound()
+        wm = self.bound_at_step if self.bound_at_step >= 0 else self.coord.bound()
         hz, unseen = self.horizon, self.ipi_unseen
         for c in range(self.n):
             h = hz[c]

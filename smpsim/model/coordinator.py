@@ -68,9 +68,10 @@ class Coordinator:
         self.c_acquire, self.c_handoff, self.c_hold = c.lock_acquire, c.lock_handoff, c.lock_hold
         self.c_scan, self.c_pte = c.pkmap_scan, c.pte_write
         self.ring = PkmapRing(cfg.machine.ring_size)
-        # ring.free_ahead(), asked at every step, kept until a call that can change it (-1: ask again):
-        # only a new mapping (the cursor moves, a wrap), a policy's teardown or a deferred release do.
-        self.free_ahead = -1
+        # The wrap distance (_time_to_wrap), asked at every step, kept until a call that can change the free
+        # slots ahead of the cursor (-1: work it out again): only a new mapping (the cursor moves, a wrap), a
+        # policy's teardown or a deferred release do.
+        self.to_wrap = -1
         self.policy: FlushPolicy = make_policy(cfg, self.ring)
         # The policy's traits (policies.traits): hooks it leaves as no-ops are not called at every kmap.
         kind = traits(self.policy)
@@ -90,6 +91,7 @@ class Coordinator:
         self.inboxes: list[list] = [[] for _ in range(self.ncpu)]
         self.computing: list[_Request | None] = [None] * self.ncpu  # pending compound call, not yet made
         self.status = [RUNNING] * self.ncpu
+        self.unfinished = self.ncpu              # CPUs not DONE: asked after every step
         self.lb = [0] * self.ncpu                # RUNNING CPUs: no request before this time
         self.running = [(0, c) for c in range(self.ncpu)]  # heap of (lb, cpu), outdated entries skipped
         self.pkmap_map_wait: list[_Request] = []  # sleepers, in the order they went to sleep
@@ -115,6 +117,8 @@ class Coordinator:
             heappush(self.running, (bound, cpu))
         elif kind is Done:
             cpu, _ = msg
+            if self.status[cpu] != DONE:
+                self.unfinished -= 1
             self.status[cpu] = DONE
             self.inboxes[cpu] = []
         else:
@@ -180,22 +184,21 @@ class Coordinator:
             g = self.pending[0][0]
         return g
 
-    def safe_until(self) -> int:
-        """CPUs may start operations strictly before this time (lookahead.safe_time)."""
-        to_wrap = self._time_to_wrap() if self.flushes_only_at_wrap else 0
-        return lookahead.safe_time(self.policy, self.uses_ring, self.bound(), to_wrap)
+    def safe_until(self, bound: int = -1) -> int:
+        """CPUs may start operations strictly before this time (lookahead.safe_time); bound: self.bound(), if
+        the caller has it."""
+        to_wrap = 0
+        if self.flushes_only_at_wrap:
+            to_wrap = self.to_wrap if self.to_wrap >= 0 else self._time_to_wrap()
+        return lookahead.safe_time(self.policy, self.uses_ring, bound if bound >= 0 else self.bound(), to_wrap)
 
     def _time_to_wrap(self) -> int:
         """lookahead.wrap_distance from the free slots ahead of the cursor, kept until the ring changes."""
-        if self.free_ahead < 0:
-            self.free_ahead = self.ring.free_ahead()
-        return lookahead.wrap_distance(self.free_ahead, self.c_hold, self.c_scan, self.c_pte)
+        self.to_wrap = lookahead.wrap_distance(self.ring.free_ahead(), self.c_hold, self.c_scan, self.c_pte)
+        return self.to_wrap
 
     def finished(self) -> bool:
-        for s in self.status:
-            if s != DONE:
-                return False
-        return True
+        return self.unfinished == 0
 
     # ---- kmap_lock ------------------------------------------------------------------------------------
     def _lock(self, r: _Request) -> int:
@@ -218,7 +221,7 @@ class Coordinator:
         slot = ring.page_address.get(page)
         new = False
         if slot is None:
-            self.free_ahead = -1
+            self.to_wrap = -1
             t_scan = t
 
             def on_wrap(probes: int) -> None:
@@ -274,14 +277,14 @@ class Coordinator:
                              f"kunmap_high: more kunmaps than kmaps (the kernel BUG()s: a count must never "
                              f"go down to zero without a TLB flush)", r.t)
         if count == 1 and self.flushes_at_unmap:
-            self.free_ahead = -1
+            self.to_wrap = -1
             flush = self.policy.unmap_flush(ring, slot, cpu)
             if flush is not None:  # the policy tore slots down (this one among them): make that safe
                 count = ring.pkmap_count[slot]
                 t = self._flush(t, cpu, flush, r)
         self._unlock(t)
         self.events.append(events.kunmap(t=t, cpu=cpu, page=page, slot=slot, count=count))
-        if count <= 1:
+        if count <= 1 and self.pkmap_map_wait:
             self._wake(t, cpu)
         self._reply(r, t, slot)
 
@@ -300,7 +303,7 @@ class Coordinator:
     def _free(self, f: _Free) -> None:
         """Deferred slots become free once every CPU has invalidated them, then sleepers retry."""
         t = max(f.t, self.lock_free_at)
-        self.free_ahead = -1
+        self.to_wrap = -1
         for initiator, slots in f.batches:
             self.ring.release(slots)
             self.events.append(events.free(t=t, cpu=initiator, slots=len(slots)))
@@ -314,8 +317,10 @@ class Coordinator:
         end = service_ipis(t, inbox, False) if inbox and inbox[0][0] <= t else t
         if r.nxt < len(r.ops):
             call = r.ops[r.nxt]
-            nxt = _Request(service_ipis(end + call.gap, inbox, True), cpu, call.kind, call.page, call.pc, r.ops,
-                           r.nxt + 1, r.results, r.after)
+            t_call = end + call.gap  # then stretched by the IPIs due meanwhile
+            if inbox and inbox[0][0] <= t_call:
+                t_call = service_ipis(t_call, inbox, True)
+            nxt = _Request(t_call, cpu, call.kind, call.page, call.pc, r.ops, r.nxt + 1, r.results, r.after)
             self.computing[cpu] = nxt
             self._pend(nxt)
             return

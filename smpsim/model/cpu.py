@@ -220,7 +220,8 @@ class Cpu:
         """(ops, base): the program's window, holding the operations from pc up to `upto` (those that exist);
         ops[i - base] is the operation at position i."""
         prog = self.program
-        prog.fill(self.pc, upto - self.pc)
+        if upto > prog.base + len(prog.ops):  # mostly it does already
+            prog.fill(self.pc, upto - self.pc)
         return prog.ops, prog.base
 
     def horizon(self) -> int:
@@ -247,8 +248,8 @@ class Cpu:
             self.state = RUNNING
             self.results = list(msg.results)
             self.results.reverse()
-            ops, base = self._window(self.pc + 1)
-            op = ops[self.pc - base]
+            prog = self.program  # the call at pc is in the window: it was when the request went
+            op = prog.ops[self.pc - prog.base]
             self._take_result(op[0], op[1])
         else:
             raise ModelError(self.id, type(msg).__name__, None, f"unexpected message {msg!r}")
