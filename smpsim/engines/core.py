@@ -104,18 +104,13 @@ class Core:
         return self._send(out, safe)
 
     # ---- the rules, each once ----------------------------------------------------------------------------
-    def _waits(self, c: int) -> bool:
-        """The waiting rule (lookahead.waits) from c's lb, the coordinator's bound on its next request: a
-        running CPU whose next request cannot come before the safe time it has may have stopped. Only a
-        report or a reply changes lb."""
-        return self.coord.status[c] == RUNNING and lookahead.waits(self.coord.lb[c], self.sent_safe[c])
-
     def _holds(self, c: int, msgs: list, safe: int) -> bool:
         """The hold rule: a reply (no IPI with it) that would leave its CPU waiting at once, as `safe` does
         not let it on, waits here and goes with the safe time that does: one batch rather than two.
         Meanwhile the CPU could only run ahead silently."""
-        return (bool(msgs) and self._waits(c) and not lookahead.lets_on(self.coord.lb[c], safe)
-                and not _has_ipi(msgs))
+        lb = self.coord.lb[c]
+        return (bool(msgs) and lookahead.waits(self.coord.status[c] == RUNNING, lb, self.sent_safe[c])
+                and not lookahead.lets_on(lb, safe) and not _has_ipi(msgs))
 
     # ---- the steps ---------------------------------------------------------------------------------------
     def _route(self, outbox: list) -> dict[int, list]:
@@ -135,11 +130,12 @@ class Core:
         return out
 
     def _mark_waiting(self, cpus: set[int] | list[int]) -> None:
-        """Keep each of these CPUs in `waiting` as the waiting rule says: those that reported since the last
-        step, then those sent a batch."""
-        waiting = self.waiting
+        """Keep each of these CPUs in `waiting` as the waiting rule (lookahead.waits) says, from its lb, the
+        coordinator's bound on its next request (only a report or a reply changes it), and the safe time
+        sent to it: those that reported since the last step, then those sent a batch."""
+        waiting, status, lb, sent = self.waiting, self.coord.status, self.coord.lb, self.sent_safe
         for c in cpus:
-            if self._waits(c):
+            if lookahead.waits(status[c] == RUNNING, lb[c], sent[c]):
                 waiting.add(c)
             else:
                 waiting.discard(c)
@@ -266,7 +262,7 @@ class CpuPort:
             self.safe = down.safe
         if cpu.state != RUNNING or cpu.can_run(self.safe):
             return False
-        return not lookahead.waits(self.believed(), self.safe)
+        return not lookahead.waits(True, self.believed(), self.safe)
 
     def believed(self) -> int:
         """The coordinator's idea of when this CPU's next request can come at the earliest (its lb)."""
@@ -287,7 +283,7 @@ class CpuPort:
         else:
             out = []
         if out and type(out[-1]) is Progress:
-            if lookahead.waits(self.believed(), self.safe):
+            if lookahead.waits(True, self.believed(), self.safe):
                 out.pop()  # the coordinator already counts this CPU as waiting for a larger safe time
             else:
                 self.bound = out[-1].bound

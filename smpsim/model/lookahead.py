@@ -60,11 +60,11 @@ def safe_time(policy: Policy, uses_ring: bool, bound: int, to_wrap: int) -> int:
     return INF if first is None else first
 
 
-def waits(bound: int, safe: int) -> bool:
+def waits(running: bool, bound: int, safe: int) -> bool:
     """The waiting rule: a running CPU whose next ring request cannot come before the safe time it has
     (bound >= safe) may stop there with nothing to send, and goes on only with a larger safe time. The core
     keeps such CPUs to unblock; a CPU's port reports progress when the core would not know it waits."""
-    return bound >= safe
+    return running and bound >= safe
 
 
 def lets_on(bound: int, safe: int) -> bool:
