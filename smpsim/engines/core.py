@@ -67,6 +67,7 @@ class Core:
         self.horizon = [0] * n                          # as last reported
         self.ipi_unseen: list[deque[int]] = [deque() for _ in range(n)]  # t_recv of IPIs sent, not yet reported received
         self.ipis_sent = [0] * n
+        self.in_flight: set[int] = set()                # CPUs with IPIs sent, not yet reported received
         self.sent_safe = [-1] * n
         self.safe = -1
         self.bound_at_step = -1                         # coord.bound() as of the last step (-1: changed since)
@@ -85,8 +86,11 @@ class Core:
         self.rec.add(1 + cpu, up.events)
         self.horizon[cpu] = up.horizon
         q = self.ipi_unseen[cpu]
-        for _ in range(up.ipis_seen - (self.ipis_sent[cpu] - len(q))):
-            q.popleft()
+        if q:
+            for _ in range(up.ipis_seen - (self.ipis_sent[cpu] - len(q))):
+                q.popleft()
+            if not q:
+                self.in_flight.discard(cpu)
 
     def step(self) -> list[tuple[int, Down]]:
         """Grant what can be granted; returns what to send to whom."""
@@ -126,6 +130,7 @@ class Core:
                 if type(msg) is Ipi:
                     self.ipi_unseen[dest].append(msg.t_recv)
                     self.ipis_sent[dest] += 1
+                    self.in_flight.add(dest)
             outbox.clear()
         return out
 
@@ -187,25 +192,19 @@ class Core:
     def release(self) -> None:
         """Hand the recorder every event below the watermark: no CPU or coordinator event can come earlier."""
         wm = self.bound_at_step if self.bound_at_step >= 0 else self.coord.bound()
-        hz, unseen = self.horizon, self.ipi_unseen
-        for c in range(self.n):
-            h = hz[c]
-            q = unseen[c]
-            if q and q[0] < h:
-                h = q[0]
-            if h < wm:
-                wm = h
+        h = min(self.horizon)
+        if h < wm:
+            wm = h
+        for c in self.in_flight:  # an IPI not yet seen can still make its CPU emit events from its t_recv
+            t = self.ipi_unseen[c][0]
+            if t < wm:
+                wm = t
         if wm != self.watermark or wm == 0:  # an unchanged watermark (after the first) releases nothing new
             self.watermark = wm
             self.rec.release(wm)
 
     def complete(self) -> bool:
-        if not self.coord.finished():
-            return False
-        for q in self.ipi_unseen:
-            if q:
-                return False
-        return True
+        return self.coord.finished() and not self.in_flight
 
     def fail(self, err: Exception) -> dict:
         """End the run on an error: locate it in the script, keep everything recorded; the summary."""
