@@ -156,12 +156,12 @@ class Core:
         else:
             check = [c for c in touched if c in waiting]
         touched.clear()
-        sent, lb, lets_on = self.sent_safe, self.coord.lb, lookahead.lets_on
+        sent, lb = self.sent_safe, self.coord.lb
         for c in check:
-            if c not in out and safe > sent[c] and lets_on(lb[c], safe):
+            if c not in out and safe > sent[c] and lookahead.lets_on(lb[c], safe):
                 out[c] = []
         for c in self.held:  # lb does not change while its reply is held
-            if c not in out and lets_on(lb[c], safe):
+            if c not in out and lookahead.lets_on(lb[c], safe):
                 out[c] = []
 
     def _send(self, out: dict[int, list], safe: int) -> list[tuple[int, Down]]:
