@@ -192,13 +192,14 @@ class Core:
     def release(self) -> None:
         """Hand the recorder every event below the watermark: no CPU or coordinator event can come earlier."""
         wm = self.bound_at_step if self.bound_at_step >= 0 else self.coord.bound()
-        h = min(self.horizon)
-        if h < wm:
-            wm = h
-        for c in self.in_flight:  # an IPI not yet seen can still make its CPU emit events from its t_recv
-            t = self.ipi_unseen[c][0]
-            if t < wm:
-                wm = t
+        for h in self.horizon:
+            if h < wm:
+                wm = h
+        if self.in_flight:  # an IPI not yet seen can still make its CPU emit events from its t_recv
+            for c in self.in_flight:
+                h = self.ipi_unseen[c][0]
+                if h < wm:
+                    wm = h
         if wm != self.watermark or wm == 0:  # an unchanged watermark (after the first) releases nothing new
             self.watermark = wm
             self.rec.release(wm)

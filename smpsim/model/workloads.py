@@ -531,8 +531,9 @@ def _groups(cfg: Config, ops: list[Op], rand: Callable[[], float], pick: Callabl
             ops.append(hold_t[int(rand() * hold_n)])
             ops.append(acc_w if draw and rand() < wf else acc_r)
         if len(group) == nest or i == last:  # the group is complete: kunmapped in reverse order
-            while group:
-                ops.append((KUNMAP, group.pop()))
+            for k in range(len(group) - 1, -1, -1):
+                ops.append((KUNMAP, group[k]))
+            group.clear()
             if len(ops) >= _BLOCK:
                 yield ops
                 ops = []
