@@ -60,7 +60,7 @@ def run(cfg: Config, out_dir: Path | None = None,
     t0 = time.perf_counter()
     engine = InlineEngine(cfg, Recorder(cfg, out_dir, "inline"))
     t1 = time.perf_counter()
-    with young_collections():  # the close too: its final trace chunk allocates as much as the run's
+    with young_collections():  # the close too: at the default threshold its last chunk set off a full collection
         try:
             engine.drive(progress)
         except (ModelError, stopping.Interrupted, TraceWriteError) as e:
