@@ -20,7 +20,7 @@ from smpsim.engines import inline
 from smpsim.engines.distributed import protocol
 from smpsim.model import workloads
 from smpsim.model.cpu import DONE, INF, Cpu
-from smpsim.model.messages import KMAP, KUNMAP
+from smpsim.model.messages import OP_KINDS
 
 # Configs that reach every branch of the generators: nesting (with redraws and probing), few pages,
 # zipf's tables, stream's offsets, shared's hot set, pingpong's pairs (an odd CPU count leaves one alone),
@@ -67,7 +67,7 @@ def test_script_program_streams_and_names_lines(tmp_path):
         assert len(prog.ops) <= 1_100
         pc += 1
     mine = [(n, r) for n, r in enumerate(rows, 1) if r["cpu"] == 1]
-    assert seen == [({"kmap": KMAP, "kunmap": KUNMAP}[r["op"]], r["page"]) for _, r in mine]  # kind first
+    assert seen == [(OP_KINDS[r["op"]], r["page"]) for _, r in mine]  # kind first
     assert workloads.script_lines(cfg)[1] == [n for n, _ in mine]
     assert workloads.script_lines(cfg_of("uniform")) is None
 

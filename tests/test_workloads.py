@@ -457,7 +457,6 @@ def test_script_access_defaults_and_foreign_kunmap(tmp_path):
     assert build_cpu(cfg, 1)[0] == [("kunmap", 5)]
 
 
-
 def _run_local(prog: Program) -> ModelError:
     """The error a kmap-local CPU (it runs without a coordinator) raises running prog."""
     cpu = Cpu(validate({"machine": {"cpus": 1}, "policy": {"name": "kmap-local"}}), 0, prog)

@@ -220,7 +220,7 @@ class Cpu:
         """(ops, base): the program's window, holding the operations from pc up to `upto` (those that exist);
         ops[i - base] is the operation at position i."""
         prog = self.program
-        if upto > prog.base + len(prog.ops):  # mostly it does already
+        if upto > prog.base + len(prog.ops):  # mostly it does: the check costs less than the call
             prog.fill(self.pc, upto - self.pc)
         return prog.ops, prog.base
 
