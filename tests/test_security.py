@@ -624,6 +624,34 @@ def test_a_malformed_message_ends_the_coordinator_with_one_error(tmp_path, smpsi
                                                    for f in summary["faults"]["first"])
 
 
+@pytest.mark.timeout(90)
+def test_a_cpu_that_comes_after_the_run_ended_in_the_join_is_told_why(tmp_path, smpsim_cmd, subprocess_env):
+    """CPU 1 cannot take the config, so the run ends before CPU 0 has joined. CPU 0, asking to join while
+    the coordinator waits for CPU 1's goodbye, is refused with the reason rather than left to wait out its
+    join timeout (what a CPU started a moment late used to do)."""
+    addr = f"tcp://127.0.0.1:{_free_port()}"
+    coord = _coordinator(smpsim_cmd, subprocess_env, tmp_path / "run", "--listen", addr, "--token", "t", cpus=2)
+    _stderr_line(coord, "listening on", 60)
+    try:
+        with dealer(addr) as first, dealer(addr) as late:
+            assert _hello(first, 1, token="t")[0] == p.WELCOME
+            first.send(msgpack.packb([p.FAIL, 0, 1, p.JOIN_OP, None, "CPU 1 cannot take the planted config", None]))
+            assert first.poll(30_000), "no END within 30 s"
+            assert msgpack.unpackb(first.recv(), raw=False)[0] == p.END
+            answer = _hello(late, 0, token="t")  # the coordinator now waits for CPU 1's goodbye
+            first.send(msgpack.packb([p.BYE, 1, 0]))
+            _, err = coord.communicate(timeout=30)
+    finally:
+        coord.kill()
+        coord.wait()
+    assert answer[0] == p.REFUSE and "the run has ended (aborted" in answer[1], answer
+    assert "CPU 1 cannot take the planted config" in answer[1], answer
+    assert coord.returncode == 1 and "Traceback" not in err, err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "aborted"
+    assert [(f["cpu"], f["kind"]) for f in summary["faults"]["first"]] == [(1, "config refused"), (0, "refused")]
+
+
 def test_deploy_manifests_use_the_keys_keygen_makes(tmp_path):
     """The Secrets' file names, the paths the coordinator and CPU arguments name, and the Compose secrets
     are exactly what `smpsim keygen --cpus N` writes; beyond loopback nothing runs plain TCP."""

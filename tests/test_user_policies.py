@@ -319,7 +319,7 @@ def test_a_cpu_on_another_host_loads_its_own_copy_and_a_different_one_is_refused
                                                                                   subprocess_env):
     """`smpsim cpu` never runs code from the wire: it loads the file named by the config (relative to its
     own working directory) and is refused before running it when its hash is not the coordinator's."""
-    from proc_helpers import free_port
+    from proc_helpers import free_port, log_has, wait_for
 
     source = "from smpsim import Policy\nclass P(Policy):\n    name = 'p'\n"
     here, there, other = (tmp_path / d for d in ("here", "there", "other"))
@@ -329,22 +329,35 @@ def test_a_cpu_on_another_host_loads_its_own_copy_and_a_different_one_is_refused
     write(here / "c.toml", CONFIG + "[policy]\nname = 'pol.py:P'\n")
 
     def launch(cpu_dirs: list[Path]) -> tuple[subprocess.Popen, list[subprocess.Popen], Path]:
+        """The coordinator, then CPU 0 and, once CPU 0 has joined, CPU 1: a refused CPU 1 then always finds
+        CPU 0 in the run (a CPU 0 still starting would wait out its join timeout)."""
         addr, out = f"tcp://127.0.0.1:{free_port()}", tmp_path / f"run-{len(list(tmp_path.glob('run-*')))}"
         coord = subprocess.Popen([*smpsim_cmd, "coordinator", "-c", str(here / "c.toml"), "--listen", addr, "--out",
                                   str(out), "--token", "t"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                  text=True, env=subprocess_env)
-        cpus = [subprocess.Popen([*smpsim_cmd, "cpu", "--coordinator", addr, "--cpu-id", str(c), "--token", "t"],
-                                 cwd=d, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=subprocess_env)
-                for c, d in enumerate(cpu_dirs)]
+        cpus: list[subprocess.Popen] = []
+        try:
+            for c, d in enumerate(cpu_dirs):
+                if c:
+                    wait_for(lambda: log_has(out / "logs" / "coordinator.log.jsonl", "joined"), 60, "CPU 0 joined")
+                cpus.append(subprocess.Popen([*smpsim_cmd, "cpu", "--coordinator", addr, "--cpu-id", str(c),
+                                              "--token", "t"], cwd=d, stdout=subprocess.DEVNULL,
+                                             stderr=subprocess.PIPE, text=True, env=subprocess_env))
+        except BaseException:
+            stop([coord, *cpus])
+            raise
         return coord, cpus, out
+
+    def stop(procs: list[subprocess.Popen]) -> None:
+        for p in procs:
+            p.kill()
+            p.wait()
 
     def finish(procs: list[subprocess.Popen]) -> list[str]:
         try:
             return [p.communicate(timeout=60)[1] for p in procs]
         finally:
-            for p in procs:
-                p.kill()
-                p.wait()
+            stop(procs)
 
     coord, cpus, out = launch([here, there])
     errs = finish([coord, *cpus])
@@ -353,10 +366,11 @@ def test_a_cpu_on_another_host_loads_its_own_copy_and_a_different_one_is_refused
     assert json.loads((out / "summary.json").read_text())["digest"] == want
 
     coord, cpus, out = launch([here, other])
-    coord_err, _, cpu_err = finish([coord, *cpus])
+    coord_err, first_err, cpu_err = finish([coord, *cpus])
     mine = policies.resolve("pol.py:P", str(other)).sha256
     theirs = load_config(here / "c.toml").policy.sha256
     for err in (coord_err, cpu_err):
         assert "CPU 1" in err and mine in err and theirs in err and "Traceback" not in err, err
     assert coord.returncode != 0 and cpus[1].returncode != 0
+    assert cpus[0].returncode == 1 and "ended the run with status 'aborted'" in first_err, first_err
     assert json.loads((out / "summary.json").read_text())["status"] == "aborted"

@@ -99,6 +99,11 @@ class Liveness:
         return now - self.checked_at >= LIVENESS_EVERY_S
 
 
+def _who(hello: list) -> dict:
+    """Who a HELLO says it is, for the log and the record (a stranger's strings: bounded)."""
+    return {"cpu": hello[3], "pid": hello[4], "host": hello[5][:100]}
+
+
 class Strangers:
     """Connections that have not joined: their refusals, in the log at a bounded rate (log), answered the
     first REFUSE_ANSWERS times per connection (answered); curve: the security.CurveServer whose handshake
@@ -363,8 +368,8 @@ class CoordinatorNode:
                              **who)
 
     def _hello(self, ident: bytes, msg: list, frame: zmq.Frame) -> None:
-        _, version, run_id, cpu, pid, host, token = msg
-        who = {"cpu": cpu, "pid": pid, "host": host[:100]}  # a stranger's strings: bounded in logs
+        _, version, run_id, cpu, _, _, token = msg
+        who = _who(msg)
         joins, curve = self.joins, self.strangers.curve
         if version != p.VERSION:
             return self._refuse(ident, f"protocol version {version} (this coordinator speaks {p.VERSION})", **who)
@@ -580,7 +585,7 @@ class CoordinatorNode:
         if isinstance(e, RunAborted):
             self._fault(e.kind, str(e), e.cpu)
             lost = e.cpu if e.kind == "cpu lost" else None
-        self._end(status, lost)
+        self._end(status, lost, str(e))
         self.core.release()  # up to the last watermark (an interrupted run keeps no more)
         self.summary = self.core.fail(e)
         if self.log:
@@ -599,8 +604,10 @@ class CoordinatorNode:
                 "messages_in": pr.n_in, "messages_out": pr.n_out, "wakeups": pr.n_wakeups,
                 "steps": pr.n_steps, "cpu_maxrss_kb": max(pr.cpu_maxrss_kb.values(), default=None)}
 
-    def _end(self, status: str, lost: int | None = None) -> None:
-        """Tell every CPU the run is over and wait a little for their goodbyes (none from a lost one)."""
+    def _end(self, status: str, lost: int | None = None, reason: str = "") -> None:
+        """Tell every CPU the run is over and wait a little for their goodbyes (none from a lost one). A run
+        that ends before everyone joined waits the whole while: a CPU still on its way is told why the run
+        ended rather than left to wait out its join timeout."""
         joins = self.joins
         joins.running = False  # a CPU lost from here on is not replaced
         for ident, who, _ in self.respawner.claims.values():
@@ -611,15 +618,19 @@ class CoordinatorNode:
                     self._send(c, p.END, status)
                 except (RunAborted, zmq.ZMQError):
                     pass
+        late = f"the run has ended ({status}: {reason})" if reason else "the run has ended"
         deadline = time.monotonic() + BYE_WAIT_S
         expected = len(joins.by_ident) - (lost is not None)
-        while len(self.bye) < expected and time.monotonic() < deadline:
+        some_never_joined = joins.t_all_joined is None
+        while (len(self.bye) < expected or some_never_joined) and time.monotonic() < deadline:
             if self.sock.poll(BYE_POLL_MS):
                 try:
                     ident, frame = self.sock.recv_multipart(flags=zmq.NOBLOCK)[:2]
                     cpu = joins.by_ident.get(ident)
-                    msg = p.unpack(frame)
+                    msg = p.unpack(frame, p.TO_COORDINATOR)
                     if cpu is not None and msg[0] == p.BYE:
                         self._bye(cpu, msg)
+                    elif cpu is None and msg[0] == p.HELLO:
+                        self._refuse(ident, late, **_who(msg))
                 except (zmq.ZMQError, ValueError, p.ProtocolError):
                     pass
