@@ -606,7 +606,7 @@ class CoordinatorNode:
 
     def _end(self, status: str, lost: int | None = None, reason: str = "") -> None:
         """Tell every CPU the run is over and wait a little for their goodbyes (none from a lost one). A run
-        that ends before everyone joined waits the whole while: a CPU still on its way is told why the run
+        that fails before everyone joined waits the whole while: a CPU still on its way is told why the run
         ended rather than left to wait out its join timeout."""
         joins = self.joins
         joins.running = False  # a CPU lost from here on is not replaced
@@ -621,7 +621,7 @@ class CoordinatorNode:
         late = f"the run has ended ({status}: {reason})" if reason else "the run has ended"
         deadline = time.monotonic() + BYE_WAIT_S
         expected = len(joins.by_ident) - (lost is not None)
-        some_never_joined = joins.t_all_joined is None
+        some_never_joined = joins.t_all_joined is None and status != "interrupted"  # (Ctrl-C: out at once)
         while (len(self.bye) < expected or some_never_joined) and time.monotonic() < deadline:
             if self.sock.poll(BYE_POLL_MS):
                 try:
