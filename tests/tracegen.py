@@ -12,7 +12,7 @@ LAYOUT = {
     "kmap": "page slot new slept cycles lock_wait", "kunmap": "page slot count", "wrap": "slots",
     "flush": "scope slots targets pages stall", "ipi": "src t_send t_recv t_ack scope dropped",
     "access": "page slot n writes hits misses", "tlb_miss": "page slot n cycles flush_caused",
-    "stale": "page reached slot n", "wait": "page", "wake": "woken",
+    "stale": "page reached slot n", "wait": "page", "wake": "woken", "free": "slots",
 }
 
 
@@ -34,7 +34,7 @@ def make_events(count: int, seed: int = 1, cpus: int = 4) -> list[dict]:
     for i in range(count):
         t += rng.randrange(0, 40)
         cpu = rng.randrange(cpus)
-        kind = i % 10
+        kind = i % 10  # (tests pick events by position: the types keep their places, free shares wake's)
         if kind == 0:
             e = {"ev": "kmap", "page": rng.randrange(1 << 40), "slot": rng.randrange(256), "new": rng.random() < .5,
                  "slept": False, "cycles": rng.randrange(10_000), "lock_wait": rng.randrange(5000)}
@@ -57,7 +57,9 @@ def make_events(count: int, seed: int = 1, cpus: int = 4) -> list[dict]:
             e = {"ev": "stale", "page": 5, "reached": 884, "slot": 13, "n": 8}
         elif kind == 8:
             e = {"ev": "wait", "page": rng.randrange(8192)}
-        else:
+        elif i % 20 == 9:
             e = {"ev": "wake", "woken": sorted(rng.sample(range(cpus), 2))}
+        else:
+            e = {"ev": "free", "slots": rng.randrange(1, 256)}
         out.append({"seq": i, "t": t, "cpu": cpu, **e})
     return out
