@@ -21,6 +21,7 @@ from cli_helpers import invoke, user_error
 BROKEN = ("no-ipi", "no-flush")
 CORRECT = [name for name in POLICIES if name not in BROKEN]
 NAIVE = Path(__file__).resolve().parent / "data" / "policies" / "kmapped_since_wrap.py"
+MIGRATION_BLIND = Path(__file__).resolve().parent / "data" / "policies" / "used_since_wrap.py"
 HAS_USER_POLICIES = hasattr(policies, "spec_of")  # smpsim.Policy and specs in policy.name (issue 17 item 1)
 
 
@@ -49,8 +50,11 @@ def test_broken_policy_is_unsafe_with_a_short_counterexample_that_replays(tmp_pa
 def test_correct_builtin_policy_is_safe(policy):
     v = check_policy(policy, seed=1, workloads=25, budget=300)
     assert v.safe, (v.failure.where, v.failure.message) if v.failure else None
-    assert v.cases == len(CASES) and v.generated == 25
-    assert v.cost.startswith(f"cost on the {sum(c.engine == 'inline' for c in CASES)} cases run inline, vs ")
+    # per-CPU slots (kmap-local) forbid a migrated task's kunmap: the cases that make one are not theirs
+    cases = [c for c in CASES if POLICIES[policy].uses_ring or not c.ring_only]
+    assert len(cases) < len(CASES) if policy == "kmap-local" else len(cases) == len(CASES)
+    assert v.cases == len(cases) and v.generated == 25
+    assert v.cost.startswith(f"cost on the {sum(c.engine == 'inline' for c in cases)} cases run inline, vs ")
     for base in ("linux-2.4", "eager"):
         assert (f"vs {base}: " in v.cost) == (base != policy), v.cost
 
@@ -165,6 +169,24 @@ def test_naive_policy_class_is_unsafe():
     v = check_policy(_Naive.load(), workloads=50)
     assert not v.safe and v.failure.kind == "stale use"
     assert any("did not reach CPU" in line for line in v.failure.explanation)
+
+
+@pytest.mark.skipif(not HAS_USER_POLICIES, reason="needs user policies in policy.name (issue 17 item 1)")
+def test_a_policy_blind_to_migrated_holders_is_unsafe_and_replays(tmp_path):
+    """Only the migrated-holder case catches this policy: without it the check calls it safe."""
+    spec = f"{MIGRATION_BLIND}:UsedSinceWrap"
+    others = [c for c in CASES if not c.ring_only]
+    assert check_policy(spec, cases=others, workloads=10).safe
+    out = tmp_path / "ce"
+    r = invoke("policy", "check", spec, "--workloads", 10, "--out", out)
+    assert r.exit_code == 1, r.output
+    text = " ".join(r.stdout.split())
+    assert "UNSAFE: stale use in a holder that migrated" in text, r.output
+    assert "The flush that did not reach CPU 0" in text, r.output
+    assert not (out / "counterexample.jsonl").exists()  # no script form: replayed from its generator
+    run = invoke("run", out / "counterexample.toml", "--out", tmp_path / "run")
+    assert run.exit_code == 0, run.output
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["counters"]["stale"] > 0
 
 
 def test_a_broken_contract_is_a_policy_error_not_a_kernel_bug(tmp_path):

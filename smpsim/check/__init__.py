@@ -136,7 +136,7 @@ def _case_failure(case: Case, out: Outcome, inline: Outcome | None = None) -> Fa
     if failure is None:
         return None
     script = list(case.script) if case.script else None
-    return Failure(case.name, failure[0], failure[1], dict(case.keys), script)
+    return Failure(case.name, failure[0], failure[1], dict(case.keys), script, explain_stale(out.events))
 
 
 def _machine(keys: dict[str, Any]) -> dict[str, Any]:
@@ -167,6 +167,7 @@ def check_policy(policy: PolicyArg, *, seed: int = 1, budget: float = DEFAULT_BU
 
     try:
         stack = not make_policy(_config(policy, {}, None, overrides, ws)).uses_ring
+        cases = [c for c in cases if not (stack and c.ring_only)]
         failed: Failure | None = None
         ran: list[tuple[Case, Outcome]] = []
         for i, case in enumerate(cases):
@@ -207,11 +208,13 @@ def check_policy(policy: PolicyArg, *, seed: int = 1, budget: float = DEFAULT_BU
 def _shrunk(failed: Failure, cfg: Config, stack: bool,
             failure_of: Callable[[dict[str, Any], list[Op]], Outcome]) -> Failure | None:
     """The failure of a case on the shortest script shrinking finds (None: it does not fail as a script
-    on the inline engine, e.g. the engines disagreed)."""
+    on the inline engine, e.g. the engines disagreed, or its workload has no script form)."""
     from smpsim.check.shrink import script_of, shrink_case
 
     keys = _machine(failed.keys)
     start = failed.script if failed.script is not None else script_of(cfg)
+    if start is None:
+        return None
 
     def same(keys: dict[str, Any], script: list[Op]) -> bool:
         f = failure_of(keys, script).failure

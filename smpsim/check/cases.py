@@ -1,8 +1,8 @@
 """The fixed cases of ``smpsim policy check``: each chosen to break an unsafe policy in its own way.
 
 Every workload kind; 1, 2, 3, 8 and 32 CPUs; rings of 8, 16 and 64 slots; nesting; sleeps on a full ring
-(more pages held than slots); a page held across a wrap (a script); idle CPUs (``active_cpus``); and two
-small cases on the distributed engine. The generated workloads are kept short (tens of kmaps per CPU) and
+(more pages held than slots); a page held across a wrap (a script); a holder that migrates (a generator);
+idle CPUs (``active_cpus``); and two small cases on the distributed engine. The generated workloads are kept short (tens of kmaps per CPU) and
 their pages few, so slots are reused and rings wrap many times in each.
 """
 
@@ -25,6 +25,7 @@ class Case:
     script: tuple[Op, ...] = ()  # the lines of a script workload
     engine: str = "inline"
     trace: str = ""              # the text of a trace workload (tracefs, kprobes on kmap_high / kunmap_high)
+    ring_only: bool = False      # a kunmap by a migrated task: per-CPU slots (kmap_local) forbid it
 
 
 TRACE_PAGE_BYTES = 32  # workload.trace_page_bytes: page = pointer / this
@@ -94,6 +95,10 @@ CASES: tuple[Case, ...] = (
          held_across_wrap(8)),
     Case("a page held across a wrap: script, 3 CPUs (one idle), ring 16",
          {"machine.cpus": 3, "machine.last_pkmap": 16}, held_across_wrap(16)),
+    # a policy that counts only kmaps and kunmaps as uses forgets a holder whose task migrated
+    Case("a holder that migrated: python generator, 2 CPUs, ring 8",
+         {"machine.cpus": 2, "machine.last_pkmap": 8, "workload.kind": "python",
+          "workload.generator": "smpsim.check.generators:migrated"}, ring_only=True),
     Case("uniform, 1 CPU, ring 8", _gen("uniform", 1, 8)),
     Case("uniform, 2 CPUs, ring 8", _gen("uniform", 2, 8)),
     Case("zipf, 3 CPUs, ring 16", _gen("zipf", 3, 16)),

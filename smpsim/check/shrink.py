@@ -13,9 +13,9 @@ from smpsim.config import Config
 MAX_RUNS = 3000  # runs of the policy one shrink may take (each a few milliseconds on a short script)
 
 
-def script_of(cfg: Config) -> list[Op]:
+def script_of(cfg: Config) -> list[Op] | None:
     """Every CPU's operations of a config's workload as script lines (CPU by CPU: only each CPU's own
-    order matters)."""
+    order matters); None if one has no script form (a kunmap by a migrated task)."""
     from smpsim.model.workloads import build
 
     out: list[Op] = []
@@ -25,8 +25,10 @@ def script_of(cfg: Config) -> list[Op]:
                 out.append({"cpu": cpu, "op": "compute", "cycles": op[1]})
             elif op[0] == "access":
                 out.append({"cpu": cpu, "op": "access", "page": op[1], "n": op[2], "write": op[3]})
-            else:
+            elif op[0] in ("kmap", "kunmap"):
                 out.append({"cpu": cpu, "op": op[0], "page": op[1]})
+            else:
+                return None
     return out
 
 
