@@ -2,8 +2,9 @@
 
 Every workload kind; 1, 2, 3, 8 and 32 CPUs; rings of 8, 16 and 64 slots; nesting; sleeps on a full ring
 (more pages held than slots); a page held across a wrap (a script); a holder that migrates (a generator);
-idle CPUs (``active_cpus``); and two small cases on the distributed engine. The generated workloads are kept short (tens of kmaps per CPU) and
-their pages few, so slots are reused and rings wrap many times in each.
+idle CPUs (``active_cpus``); and two small cases on the distributed engine. The generated workloads are
+kept short (tens of kmaps per CPU) and their pages few, so slots are reused and rings wrap many times in
+each.
 """
 
 from __future__ import annotations
