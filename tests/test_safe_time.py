@@ -1,13 +1,17 @@
 """The safe-time rule, checked at every step of the engine core: no IPI reaches a CPU earlier than a safe
 time already sent to it (a CPU may have run up to just below that time, so an earlier IPI would arrive in
 its past). The pinned configs hide a lookahead one cycle too generous; random small scripts with cheap locks
-(lock_acquire = 0), short ticks and no broadcast delay do not."""
+(lock_acquire = 0), short ticks and no broadcast delay find some such bugs, and the hand-built scripts at the
+end reach the tightest bounds on purpose (random ones rarely do: a request exactly at its bound, a ring call
+just past the scan window)."""
 
 from __future__ import annotations
 
+import inspect
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -17,7 +21,8 @@ from smpsim.model.errors import DeadlockError
 from smpsim.model.messages import RUNNING, Ipi
 
 from registries import RING_POLICIES  # kmap_local sends no IPI, and random scripts break its stack order
-from script_helpers import C, K, U, script_cfg, scripts, write_script
+from script_helpers import A, C, K, U, script_cfg, scripts, write_script
+from smpsim.model.cpu import Cpu
 
 
 def early_ipis(cfg) -> tuple[list[str], list[str], int]:
@@ -99,3 +104,49 @@ def test_the_safe_time_check_sees_ipis():
         cfg = script_cfg(write_script(Path(d) / "ops.jsonl", ops), cpus=2, ring=4, cost={"lock_acquire": 0})
         early, mismatched, ipis = early_ipis(cfg)
     assert not early and not mismatched and ipis >= 2
+
+
+# Costs that make the bounds exact: no lock acquire, scan, PTE write or page walk, one cycle of lock hold,
+# access and IPI latency. A request that follows an access then comes exactly at its CPU's bound.
+TIGHT = {"lock_acquire": 0, "lock_hold": 1, "pkmap_scan": 0, "pte_write": 0, "page_walk": 0, "tlb_hit": 0,
+         "access": 1, "ipi_latency": 1, "ipi_broadcast_step": 0}
+
+
+def _early(ops, **kw) -> tuple[list[str], int]:
+    with tempfile.TemporaryDirectory() as d:
+        cfg = script_cfg(write_script(Path(d) / "ops.jsonl", ops), **kw)
+        early, mismatched, ipis = early_ipis(cfg)
+    assert not mismatched, "\n".join(mismatched[:5])
+    return early, ipis
+
+
+@pytest.mark.parametrize("policy, tick", [("linux-2.4", None), ("latr", 7)])
+def test_the_lookahead_is_exact_when_the_next_kmap_wraps(policy, tick):
+    """The lookahead at its tightest: CPU 0's cursor is on the last slot with nothing free ahead, and its
+    next request, due exactly at its bound, is the kmap that wraps. The safe time must then be no later
+    than that wrap's first message: an IPI one lock hold after the bound (linux-2.4), the first tick after
+    that (latr; every start time over one tick period). Mutants killed: wrap_distance counting one new
+    mapping too many ((free_ahead + 1) * ...), and safe_time asking first_message one cycle late
+    (bound + to_wrap + 1)."""
+    keys = {"tick": tick} if tick else {}
+    for start in range(tick or 1):
+        # CPU 0 holds page 1, maps and drops 2 and 3 (count 1, torn down at the wrap), an access before
+        # each request; the kmap of 4 wraps. CPU 1 only computes: it gets the flush.
+        ops = [C(0, start), K(0, 1), A(0, 1, n=1), K(0, 2), U(0, 2), A(0, 1, n=1), K(0, 3), U(0, 3),
+               A(0, 1, n=1), K(0, 4), U(0, 4), U(0, 1), C(1, 100_000)]
+        early, ipis = _early(ops, cpus=2, ring=4, policy=policy, cost=TIGHT, policy_keys=keys)
+        assert ipis >= 1 and not early, f"start {start}: " + "\n".join(early[:5])
+
+
+def test_a_ring_call_just_past_the_scan_window_still_bounds_its_cpu():
+    """Cpu._least_to_request looks `scan` operations ahead for the next ring call and gives INF (no request
+    ever) only when the program ends within them. CPU 1 kmaps, then has `scan` operations without a ring
+    call, give or take, then its kunmap, which eager answers with a shootdown IPI to CPU 0: however far
+    the kunmap lies, CPU 0 (computing, never bounding) must not be let run past its arrival. Mutant
+    killed: the program taken to end one operation early (`pc + scan + 1 >= end`), so a kunmap just past
+    the window counts as none and CPU 0 gets an infinite safe time."""
+    scan = inspect.signature(Cpu._least_to_request).parameters["scan"].default
+    for computes in range(scan - 3, scan + 2):
+        ops = [C(0, 1000)] * 5 + [K(1, 5), A(1, 5, n=1)] + [C(1, 1)] * computes + [U(1, 5)]
+        early, ipis = _early(ops, cpus=2, ring=4, policy="eager")
+        assert ipis == 1 and not early, f"{computes} computes: " + "\n".join(early[:5])

@@ -39,10 +39,25 @@ def test_replay_purges_at_the_first_count_above_the_kernel_formula(ncpus, limit,
     assert purges[0].after == n + per - 1   # the free that crossed, counting the allocations before it
 
 
+@pytest.mark.parametrize("ncpus", [1, 2, 4])
+def test_a_count_exactly_at_the_limit_does_not_purge(ncpus):
+    """mm/vmalloc.c drains when vmap_lazy_nr EXCEEDS lazy_max_pages(): frees that bring it to exactly the
+    limit wait; the next page purges them all (areas of 1024 pages divide the limit, 8192 per fls unit)."""
+    m = LazyVmap(ncpus)
+    n = lazy_max_pages(ncpus) // 1024
+    for i in range(n):
+        m.alloc(BASE + i * (2 << 20), 1024)
+        assert m.free(BASE + i * (2 << 20)) is None, f"purged at {(i + 1) * 1024} pages, not above the limit"
+    assert m.lazy_nr == lazy_max_pages(ncpus)
+    m.alloc(BASE + (1 << 30), 1)
+    p = m.free(BASE + (1 << 30))
+    assert p is not None and (p.areas, p.pages) == (n + 1, lazy_max_pages(ncpus) + 1)
+
+
 def test_areas_waiting_before_the_replay_join_the_first_purge_without_a_span():
     m = LazyVmap(2, lazy_pages=16_000, lazy_areas=40)
     m.alloc(BASE, 257)
-    assert m.free(BASE) is None or True  # 16,257 is not above 16,384 ...
+    assert m.free(BASE) is None          # 16,257 is not above 16,384 ...
     m.alloc(BASE + (1 << 30), 257)
     p = m.free(BASE + (1 << 30))         # ... 16,514 is
     assert p is not None and (p.areas, p.pages, p.start, p.span_pages) == (42, 16_514, None, None)
